@@ -1,0 +1,25 @@
+"""Dataset samples shared by every reader and by the scene generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labeled image. Fields a task does not use stay empty.
+
+    ``boxes`` are ``[x1, y1, x2, y2]`` pixels; ``box_labels`` index ``class_names`` of the
+    dataset (detection class names exclude background). ``mask`` is a class-index map
+    where 0 is background and ``k`` is ``class_names[k]`` of the segmentation classes.
+    """
+
+    image: np.ndarray = field(repr=False)
+    label: int | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)
+    box_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64), repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    instance_masks: np.ndarray | None = field(default=None, repr=False)
+    source: str = ""

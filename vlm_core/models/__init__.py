@@ -1,0 +1,17 @@
+"""Model zoo and Predictors."""
+
+from vlm_core.models.predictor import Predictor, build_predictor
+from vlm_core.models.spec import PRETRAINED, ModelSpec, Task
+from vlm_core.models.zoo import architectures, build_model, get_architecture, imagenet_class_names
+
+__all__ = [
+    "PRETRAINED",
+    "ModelSpec",
+    "Predictor",
+    "Task",
+    "architectures",
+    "build_model",
+    "build_predictor",
+    "get_architecture",
+    "imagenet_class_names",
+]

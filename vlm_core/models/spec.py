@@ -1,0 +1,86 @@
+"""ModelSpec: everything needed to build a Predictor, as one frozen value."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from vlm_core.errors import ConfigError
+
+
+class Task(str, enum.Enum):
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+
+
+#: ``weights`` values that mean "torchvision's own pretrained weights for this arch".
+PRETRAINED = "pretrained"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one model.
+
+    ``weights`` is ``None`` (random init), ``"pretrained"`` (torchvision's weights, from
+    the local torch hub cache or online), or a path to a ``.safetensors`` / ``.pt`` file.
+    ``class_names`` are the labels the model predicts; for detection they exclude the
+    implicit background class, for segmentation index 0 is the background.
+    """
+
+    task: Task
+    arch: str
+    weights: str | None = None
+    class_names: tuple[str, ...] = ()
+    name: str = ""
+    version: str = "0"
+    #: Detection: drop boxes scoring below this. Segmentation: unused.
+    score_threshold: float = 0.5
+    #: Classification: how many classes each result lists.
+    top_k: int = 5
+    #: Side of the square model input for classification and segmentation; detection
+    #: models resize internally.
+    input_size: int | None = None
+    #: Detection: keep at most this many boxes per frame.
+    max_detections: int = 100
+    #: Optional ImageNet backbone weights file for architectures that accept one.
+    backbone_weights: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, Task):
+            try:
+                object.__setattr__(self, "task", Task(self.task))
+            except ValueError:
+                raise ConfigError(
+                    f"unknown task {self.task!r}; use one of {[t.value for t in Task]}"
+                ) from None
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if not self.name:
+            object.__setattr__(self, "name", self.arch)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.input_size is not None and self.input_size < 32:
+            raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
+
+    def with_(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["task"] = self.task.value
+        doc["class_names"] = list(self.class_names)
+        doc["extra"] = dict(self.extra)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ModelSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(doc) - known
+        if unknown:
+            raise ConfigError(f"unknown model spec field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(doc))

@@ -1,0 +1,169 @@
+"""The model zoo: one obvious way to build a torchvision model from a ModelSpec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from vlm_core.errors import ConfigError, UnknownArchitectureError, WeightsError
+from vlm_core.models.spec import PRETRAINED, ModelSpec, Task
+from vlm_core.models.weights import load_state_dict
+
+BACKGROUND = "__background__"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    task: Task
+    #: Builds the network for ``num_classes`` outputs (detection: including background).
+    build: Callable[[int], nn.Module]
+    #: torchvision weights enum name, used for ``weights="pretrained"``.
+    torchvision_name: str | None = None
+
+
+def _tv(name: str, **kwargs: object) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+
+    return build
+
+
+_CLASSIFIERS = (
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mobilenet_v2",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+)
+_DETECTORS = (
+    "ssdlite320_mobilenet_v3_large",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+)
+_SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
+
+
+def _registry() -> dict[str, Architecture]:
+    archs: dict[str, Architecture] = {}
+    for name in _CLASSIFIERS:
+        archs[name] = Architecture(name, Task.CLASSIFICATION, _tv(name), name)
+    for name in _DETECTORS:
+        archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name)
+    for name in _SEGMENTERS:
+        archs[name] = Architecture(name, Task.SEGMENTATION, _tv(name, weights_backbone=None), name)
+    return archs
+
+
+ARCHITECTURES: dict[str, Architecture] = _registry()
+
+
+def architectures(task: Task | None = None) -> list[str]:
+    return sorted(name for name, arch in ARCHITECTURES.items() if task is None or arch.task is task)
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}", hint=f"choose one of: {', '.join(architectures())}"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k labels, from torchvision's weights metadata (no download)."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
+    """Build the network for ``spec`` with its weights loaded; returns (model, class names)."""
+    arch = get_architecture(spec.arch)
+    if arch.task is not spec.task:
+        raise ConfigError(
+            f"architecture {spec.arch!r} is a {arch.task.value} model, but the spec asks for {spec.task.value}",
+            hint=f"{spec.task.value} architectures: {', '.join(architectures(spec.task))}",
+        )
+    if spec.weights == PRETRAINED:
+        return _build_pretrained(arch, spec)
+    if not spec.class_names:
+        raise ConfigError(f"model {spec.name!r} needs class_names (or weights='pretrained')")
+    num_classes = len(spec.class_names) + (1 if arch.task is Task.DETECTION else 0)
+    model = arch.build(num_classes)
+    if spec.weights:
+        state = load_state_dict(spec.weights)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise WeightsError(
+                f"weights {spec.weights} do not fit {spec.arch} with {len(spec.class_names)} classes: {first}",
+                hint="check that arch and class_names match the ones the weights were trained with",
+            ) from None
+    elif spec.backbone_weights:
+        load_backbone(model, arch, spec.backbone_weights)
+    return model, spec.class_names
+
+
+def load_backbone(model: nn.Module, arch: Architecture, path: str) -> int:
+    """Copy matching tensors of an ImageNet classifier checkpoint into ``model``'s backbone.
+
+    Returns the number of tensors copied; raises when none fit.
+    """
+    source = load_state_dict(path)
+    target = model.state_dict()
+    copied = 0
+    for key, tensor in target.items():
+        for prefix in ("backbone.body.", "backbone.features.", "backbone."):
+            if key.startswith(prefix):
+                candidate = "features." + key[len(prefix) :]
+                if candidate in source and source[candidate].shape == tensor.shape:
+                    target[key] = source[candidate]
+                    copied += 1
+                break
+    if copied == 0:
+        raise WeightsError(f"no tensor of {path} fits the backbone of {arch.name}")
+    model.load_state_dict(target)
+    return copied
+
+
+def _build_pretrained(arch: Architecture, spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch.torchvision_name or arch.name).DEFAULT
+    categories = tuple(weights.meta["categories"])
+    if arch.task is Task.DETECTION:
+        categories = categories[1:]
+    try:
+        model = torchvision.models.get_model(arch.torchvision_name or arch.name, weights=weights)
+    except Exception as exc:
+        raise WeightsError(
+            f"torchvision's pretrained weights for {arch.name} are not cached and cannot be downloaded: {exc}",
+            hint="put the file in the torch hub cache, or give a local weights path",
+        ) from None
+    if spec.class_names and tuple(spec.class_names) != categories:
+        raise ConfigError(f"class_names given for {arch.name} differ from its pretrained categories")
+    return model, categories
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_device() -> torch.device:
+    import os
+
+    forced = os.environ.get("VLM_DEVICE")
+    if forced:
+        return torch.device(forced)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

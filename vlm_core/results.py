@@ -1,0 +1,235 @@
+"""The result contract ``vlm.result/v1``: one JSON document per frame.
+
+The dataclasses below serialise to the JSON Schema shipped in ``schemas/result-v1.json``
+and parse it back; changing the shape means a new schema version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from vlm_core.errors import ResultError
+from vlm_core.rle import RLE
+
+RESULT_SCHEMA_VERSION = "vlm.result/v1"
+
+
+@lru_cache(maxsize=1)
+def result_json_schema() -> dict[str, Any]:
+    text = resources.files("vlm_core").joinpath("schemas/result-v1.json").read_text()
+    return json.loads(text)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(result_json_schema())
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelRef:
+        return cls(doc["name"], doc["version"])
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    class_id: int
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 6)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ClassScore:
+        return cls(doc["label"], doc["class_id"], doc["score"])
+
+
+@dataclass(frozen=True)
+class Classification:
+    model: ModelRef
+    top_k: tuple[ClassScore, ...]
+
+    @property
+    def top(self) -> ClassScore | None:
+        return self.top_k[0] if self.top_k else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model.to_json(), "top_k": [c.to_json() for c in self.top_k]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Classification:
+        return cls(ModelRef.from_json(doc["model"]), tuple(ClassScore.from_json(c) for c in doc["top_k"]))
+
+
+@dataclass(frozen=True)
+class Detection:
+    #: ``(x1, y1, x2, y2)`` in the original frame's pixels.
+    box: tuple[float, float, float, float]
+    label: str
+    class_id: int
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "label": self.label,
+            "class_id": self.class_id,
+            "score": round(self.score, 6),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Detection:
+        x1, y1, x2, y2 = doc["box"]
+        return cls((x1, y1, x2, y2), doc["label"], doc["class_id"], doc["score"])
+
+
+@dataclass(frozen=True)
+class Detections:
+    model: ModelRef
+    detections: tuple[Detection, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model.to_json(), "detections": [d.to_json() for d in self.detections]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Detections:
+        return cls(ModelRef.from_json(doc["model"]), tuple(Detection.from_json(d) for d in doc["detections"]))
+
+
+@dataclass(frozen=True)
+class ClassMask:
+    class_id: int
+    label: str
+    pixel_fraction: float
+    mask: RLE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class_id": self.class_id,
+            "label": self.label,
+            "pixel_fraction": round(self.pixel_fraction, 6),
+            "mask": self.mask.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ClassMask:
+        return cls(doc["class_id"], doc["label"], doc["pixel_fraction"], RLE.from_json(doc["mask"]))
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    model: ModelRef
+    classes: tuple[ClassMask, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model.to_json(), "classes": [c.to_json() for c in self.classes]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Segmentation:
+        return cls(ModelRef.from_json(doc["model"]), tuple(ClassMask.from_json(c) for c in doc["classes"]))
+
+
+TaskOutput = Classification | Detections | Segmentation
+
+_TASK_KEYS: dict[type, str] = {
+    Classification: "classification",
+    Detections: "detection",
+    Segmentation: "segmentation",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    camera_id: str
+    seq: int
+    capture_ts_ms: int
+    processed_ts_ms: int
+    width: int
+    height: int
+    classification: Classification | None = None
+    detection: Detections | None = None
+    segmentation: Segmentation | None = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    partition: int | None = None
+    offset: int | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        return self.processed_ts_ms - self.capture_ts_ms
+
+    def to_json(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {"width": self.width, "height": self.height}
+        if self.partition is not None:
+            frame["partition"] = self.partition
+        if self.offset is not None:
+            frame["offset"] = self.offset
+        tasks: dict[str, Any] = {}
+        for output in (self.classification, self.detection, self.segmentation):
+            if output is not None:
+                tasks[_TASK_KEYS[type(output)]] = output.to_json()
+        return {
+            "schema": RESULT_SCHEMA_VERSION,
+            "camera_id": self.camera_id,
+            "seq": self.seq,
+            "capture_ts_ms": self.capture_ts_ms,
+            "processed_ts_ms": self.processed_ts_ms,
+            "frame": frame,
+            "tasks": tasks,
+            "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], *, validate: bool = True) -> Result:
+        if validate:
+            validate_result(doc)
+        tasks = doc["tasks"]
+        frame = doc["frame"]
+        return cls(
+            camera_id=doc["camera_id"],
+            seq=doc["seq"],
+            capture_ts_ms=doc["capture_ts_ms"],
+            processed_ts_ms=doc["processed_ts_ms"],
+            width=frame["width"],
+            height=frame["height"],
+            classification=Classification.from_json(tasks["classification"]) if "classification" in tasks else None,
+            detection=Detections.from_json(tasks["detection"]) if "detection" in tasks else None,
+            segmentation=Segmentation.from_json(tasks["segmentation"]) if "segmentation" in tasks else None,
+            timing_ms=dict(doc["timing_ms"]),
+            partition=frame.get("partition"),
+            offset=frame.get("offset"),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, validate: bool = True) -> Result:
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ResultError(f"result is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ResultError("result must be a JSON object")
+        return cls.from_json(doc, validate=validate)
+
+
+def validate_result(doc: dict[str, Any]) -> None:
+    """Raise ResultError naming the first schema violation."""
+    error = next(iter(_validator().iter_errors(doc)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "<root>"
+        raise ResultError(f"result violates {RESULT_SCHEMA_VERSION} at {where}: {error.message}")
