@@ -1,0 +1,1 @@
+"""Thin deployables wiring vlm_core to Kafka and Ray: ingest, inference, trainer."""

@@ -171,9 +171,7 @@ class Frame:
         image = decode_image(self.data, self.encoding)
         height, width = image.shape[:2]
         if (width, height) != (self.width, self.height):
-            raise FrameDimensionMismatchError(
-                f"headers say {self.width}x{self.height}, image is {width}x{height}"
-            )
+            raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
         return image
 
 

@@ -32,9 +32,7 @@ class CocoDataset:
             if key not in doc:
                 raise DatasetError(f"{self.annotations_path} is not COCO: missing {key!r}")
         self.image_root = Path(image_root) if image_root else self.annotations_path.parent
-        categories = sorted(
-            (c for c in doc["categories"] if c["name"] not in _BACKGROUND_NAMES), key=lambda c: c["id"]
-        )
+        categories = sorted((c for c in doc["categories"] if c["name"] not in _BACKGROUND_NAMES), key=lambda c: c["id"])
         self.class_names = tuple(c["name"] for c in categories)
         self._category_index = {c["id"]: i for i, c in enumerate(categories)}
         self.images: list[dict[str, Any]] = sorted(doc["images"], key=lambda im: im["id"])

@@ -151,8 +151,10 @@ class SegmentationPredictor(Predictor):
 
     def _predict(self, images: Sequence[np.ndarray]) -> list[TaskOutput]:
         size = self.input_size or 320
-        rgb = [cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-               for img in images]
+        rgb = [
+            cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+            for img in images
+        ]
         logits = self.model(self._to_batch(rgb))["out"].float()
         ref = self.model_ref
         results: list[TaskOutput] = []

@@ -54,9 +54,7 @@ class ModelSpec:
             try:
                 object.__setattr__(self, "task", Task(self.task))
             except ValueError:
-                raise ConfigError(
-                    f"unknown task {self.task!r}; use one of {[t.value for t in Task]}"
-                ) from None
+                raise ConfigError(f"unknown task {self.task!r}; use one of {[t.value for t in Task]}") from None
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if not self.name:
             object.__setattr__(self, "name", self.arch)

@@ -1,0 +1,58 @@
+"""``sources.yaml``: many cameras for one ingest process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from services.ingest.worker import CameraConfig
+from vlm_core.errors import ConfigError
+from vlm_core.frame import Encoding
+
+
+class CameraEntry(BaseModel, extra="forbid"):
+    camera_id: str = Field(min_length=1, max_length=128)
+    source: str = Field(min_length=1)
+    fps: float | None = Field(default=None, gt=0)
+    max_width: int | None = Field(default=None, ge=16)
+    jpeg_quality: int | None = Field(default=None, ge=1, le=100)
+    encoding: Encoding | None = None
+    loop: bool = False
+    max_frames: int | None = Field(default=None, ge=1)
+
+
+class SourcesFile(BaseModel, extra="forbid"):
+    fps: float = Field(default=10.0, gt=0)
+    max_width: int = Field(default=640, ge=16)
+    jpeg_quality: int = Field(default=85, ge=1, le=100)
+    cameras: list[CameraEntry] = Field(min_length=1)
+
+
+def load_cameras(path: Path) -> list[CameraConfig]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"sources file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        parsed = SourcesFile.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}", hint="see deploy/ingest/sources.example.yaml") from None
+    return [
+        CameraConfig(
+            camera_id=c.camera_id,
+            source=c.source,
+            fps=c.fps or parsed.fps,
+            max_width=c.max_width or parsed.max_width,
+            jpeg_quality=c.jpeg_quality or parsed.jpeg_quality,
+            encoding=c.encoding or Encoding.JPEG,
+            loop=c.loop,
+            max_frames=c.max_frames,
+        )
+        for c in parsed.cameras
+    ]

@@ -1,0 +1,30 @@
+"""Ingest's own Prometheus metrics (prometheus-client, served on its own port)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry()
+
+FRAMES_READ = Counter("vlm_ingest_frames_read", "Frames read from the camera source", ["camera_id"], registry=REGISTRY)
+FRAMES_SENT = Counter(
+    "vlm_ingest_frames_sent", "Frames acknowledged by the Kafka broker", ["camera_id"], registry=REGISTRY
+)
+FRAMES_FAILED = Counter(
+    "vlm_ingest_frames_failed", "Frames lost before Kafka, by reason", ["camera_id", "reason"], registry=REGISTRY
+)
+SOURCE_RECONNECTS = Counter(
+    "vlm_ingest_source_reconnects", "Times a camera source was reopened", ["camera_id"], registry=REGISTRY
+)
+PRODUCE_ERRORS = Counter("vlm_ingest_produce_errors", "Kafka produce errors", ["camera_id"], registry=REGISTRY)
+ENCODE_SECONDS = Histogram(
+    "vlm_ingest_encode_seconds",
+    "Time to resize and encode one frame",
+    ["camera_id"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+    registry=REGISTRY,
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    start_http_server(port, addr=host, registry=REGISTRY)

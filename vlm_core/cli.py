@@ -1,0 +1,193 @@
+"""The ``vlm`` command line: the product's front door."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlm_core.config import LocalSettings, Topics, ray_environment
+from vlm_core.errors import VlmError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="vlm",
+    help="vlm-stream: cameras -> Kafka -> Ray Serve (classify / detect / segment) -> Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+local_app = typer.Typer(help="Run the local single-node stack (Kafka KRaft, Ray, Prometheus).", no_args_is_help=True)
+models_app = typer.Typer(help="Model zoo and registry.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+app.add_typer(models_app, name="models")
+
+BootstrapOpt = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (default: the local stack's broker).")
+]
+
+
+def _settings() -> LocalSettings:
+    return LocalSettings.from_env()
+
+
+def _status_table(statuses: list) -> Table:  # type: ignore[type-arg]
+    table = Table(title="vlm local stack")
+    for column in ("service", "state", "pid", "address", "log / detail"):
+        table.add_column(column)
+    colors = {"running": "green", "stopped": "yellow", "not installed": "dim", "unhealthy": "red"}
+    for s in statuses:
+        table.add_row(
+            s.name,
+            f"[{colors.get(s.state, 'white')}]{s.state}[/]",
+            str(s.pid or "-"),
+            s.address,
+            s.detail or (str(s.log) if s.log else ""),
+        )
+    return table
+
+
+@local_app.command("up")
+def local_up(
+    services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
+) -> None:
+    """Start the local services (idempotent) and create the topics."""
+    from vlm_core.local import LocalStack
+
+    stack = LocalStack(_settings())
+    with console.status("starting local services (the first start downloads Kafka's jars)..."):
+        statuses = stack.up(services)
+        if any(s.name == "kafka" and s.running for s in statuses):
+            create_default_topics(stack.settings.bootstrap_servers)
+    console.print(_status_table(statuses))
+
+
+@local_app.command("down")
+def local_down(
+    services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
+) -> None:
+    """Stop the local services by PID (idempotent)."""
+    from vlm_core.local import LocalStack
+
+    console.print(_status_table(LocalStack(_settings()).down(services)))
+
+
+@local_app.command("status")
+def local_status() -> None:
+    """Show which local services run, with PIDs, ports and log files."""
+    from vlm_core.local import LocalStack
+
+    statuses = LocalStack(_settings()).status()
+    console.print(_status_table(statuses))
+
+
+def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
+    from vlm_core.kafka_io import TopicSpec, ensure_topics
+
+    topics = Topics()
+    ensure_topics(
+        bootstrap,
+        [
+            TopicSpec(topics.frames, partitions, retention_ms=3_600_000),
+            TopicSpec(topics.results, partitions),
+            TopicSpec(topics.dlq, 1),
+            TopicSpec(topics.labels, 1),
+            TopicSpec(topics.to_label, 1),
+        ],
+    )
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        str | None, typer.Option(help="Source URI: file, rtsp://, http(s)://, device:N, synthetic://")
+    ] = None,
+    camera_id: Annotated[str | None, typer.Option("--camera-id", help="Camera id (the Kafka key).")] = None,
+    sources: Annotated[Path | None, typer.Option(help="YAML file listing many cameras.")] = None,
+    fps: Annotated[float, typer.Option(help="Target frames per second per camera.")] = 10.0,
+    max_width: Annotated[int, typer.Option("--max-width", help="Downscale wider frames to this width.")] = 640,
+    jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100)] = 85,
+    loop: Annotated[bool, typer.Option(help="Loop video files forever.")] = False,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop each camera after N frames.")] = None,
+    topic: Annotated[str, typer.Option(help="Frames topic.")] = Topics().frames,
+    bootstrap: BootstrapOpt = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus endpoint port.")] = None,
+) -> None:
+    """Read cameras with OpenCV and publish their frames to Kafka."""
+    from services.ingest.config import load_cameras
+    from services.ingest.metrics import serve_metrics
+    from services.ingest.worker import CameraConfig, IngestRunner
+
+    settings = _settings()
+    if sources is not None:
+        cameras = load_cameras(sources)
+    elif source and camera_id:
+        cameras = [CameraConfig(camera_id, source, fps, max_width, jpeg_quality, loop=loop, max_frames=max_frames)]
+    else:
+        raise VlmError("give --source and --camera-id, or --sources FILE.yaml", hint="see `vlm ingest --help`")
+    port = metrics_port if metrics_port is not None else settings.ingest_metrics_port
+    serve_metrics(port, settings.host)
+    runner = IngestRunner(cameras, bootstrap or settings.bootstrap_servers, topic)
+    runner.start()
+    console.print(f"ingesting {len(cameras)} camera(s) to {topic}; metrics on http://{settings.host}:{port}/metrics")
+    try:
+        while not runner.all_finished():
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        runner.stop()
+    for w in runner.workers:
+        s = w.stats
+        console.print(
+            f"{w.config.camera_id}: read {s.read}, sent {s.sent}, failed {s.failed}, reconnects {s.reconnects}"
+        )
+
+
+@models_app.command("archs")
+def models_archs() -> None:
+    """List the architectures the zoo can build."""
+    from vlm_core.models import Task, architectures
+
+    table = Table(title="architectures")
+    table.add_column("task")
+    table.add_column("arch")
+    for task in Task:
+        for arch in architectures(task):
+            table.add_row(task.value, arch)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    frames: Annotated[int, typer.Option(help="Frames per camera.")] = 100,
+    keep_running: Annotated[bool, typer.Option("--keep/--stop", help="Leave the local stack running.")] = True,
+) -> None:
+    """Start the local stack and stream the sample video and a synthetic camera through Kafka."""
+    from services.demo import run_demo
+
+    os.environ.update(ray_environment())
+    run_demo(_settings(), frames_per_camera=frames, console=console, keep_running=keep_running)
+
+
+def main() -> None:
+    try:
+        app()
+    except VlmError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        err_console.print(f"[red]error:[/] {exc}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

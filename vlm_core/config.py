@@ -1,0 +1,76 @@
+"""Settings shared by the CLI, the services and the tests (pydantic, overridable by env)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "VLM_"
+
+
+def _state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
+class Topics(BaseModel, frozen=True):
+    frames: str = "vlm.frames"
+    results: str = "vlm.results"
+    dlq: str = "vlm.frames.dlq"
+    labels: str = "vlm.labels"
+    to_label: str = "vlm.to_label"
+
+
+class LocalSettings(BaseModel, frozen=True):
+    """Where the local single-node stack lives and listens. All addresses are loopback.
+
+    Every field can be set from the environment as ``VLM_<FIELD>`` (upper case), e.g.
+    ``VLM_KAFKA_PORT=29192``.
+    """
+
+    host: str = "127.0.0.1"
+    kafka_port: int = 29092
+    kafka_controller_port: int = 29093
+    kafka_version: str = "4.1.1"
+    kafka_heap: str = "512m"
+    ray_port: int = 26379
+    ray_metrics_port: int = 28080
+    ray_num_cpus: int = 2
+    ray_object_store_bytes: int = 1_000_000_000
+    prometheus_port: int = 29090
+    ingest_metrics_port: int = 29100
+    state_dir: Path = Field(default_factory=lambda: _state_home() / "vlm-stream")
+    cache_dir: Path = Field(default_factory=lambda: _cache_home() / "vlm-stream")
+    start_timeout_s: float = 90.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> LocalSettings:
+        env = os.environ if environ is None else environ
+        values = {name: env[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in env}
+        return cls.model_validate(values)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"{self.host}:{self.ray_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+
+def ray_environment() -> dict[str, str]:
+    """Environment every Ray process and client needs to stay local and quiet."""
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }

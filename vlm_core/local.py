@@ -1,0 +1,412 @@
+"""The local single-node stack: Apache Kafka (KRaft), a Ray head, Prometheus.
+
+Each service runs as a child process in its own session with a PID file and a log file
+in the state dir; it is stopped by that PID, never by name. Everything listens on
+loopback only. ``up`` and ``down`` are idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vlm_core.config import LocalSettings, ray_environment
+from vlm_core.errors import InfrastructureError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_DIR = REPO_ROOT / "deploy"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str  # running | stopped | not installed | unhealthy
+    pid: int | None
+    address: str
+    log: Path | None
+    detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+class LocalService:
+    name: str = ""
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.dir = settings.state_dir / self.name
+        self.pid_file = self.dir / f"{self.name}.pid"
+        self.log_file = self.dir / f"{self.name}.log"
+
+    # -- to override ------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+    def installed(self) -> str | None:
+        """None when the service can run here, else what is missing and how to fix it."""
+        return None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """One-time set-up before the first start (download, format, render config)."""
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    stop_timeout_s: float = 20.0
+
+    # -- shared mechanics ---------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def status(self) -> ServiceStatus:
+        missing = self.installed()
+        if missing:
+            return ServiceStatus(self.name, "not installed", None, self.address, None, missing)
+        pid = self.pid()
+        if pid is None:
+            return ServiceStatus(self.name, "stopped", None, self.address, self.log_file)
+        state = "running" if self.healthy() else "unhealthy"
+        return ServiceStatus(self.name, state, pid, self.address, self.log_file)
+
+    def start(self) -> ServiceStatus:
+        missing = self.installed()
+        if missing:
+            raise InfrastructureError(f"{self.name} cannot start: {missing}")
+        if self.pid() is not None:
+            self._wait_healthy()
+            return self.status()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        env = {**os.environ, **self.environment()}
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        self._wait_healthy(proc)
+        return self.status()
+
+    def stop(self) -> bool:
+        """Stop by PID: SIGTERM, then SIGKILL to its process group. True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the session we created: pgid == pid
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _wait_healthy(self, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if proc is not None and proc.poll() is not None:
+                raise InfrastructureError(
+                    f"{self.name} exited with code {proc.returncode} while starting; last log lines:\n"
+                    + _tail(self.log_file)
+                )
+            time.sleep(0.5)
+        raise InfrastructureError(
+            f"{self.name} did not become healthy within {self.settings.start_timeout_s:.0f}s; see {self.log_file}"
+        )
+
+
+class KafkaService(LocalService):
+    name = "kafka"
+
+    @property
+    def address(self) -> str:
+        return self.settings.bootstrap_servers
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.settings.cache_dir / f"kafka-{self.settings.kafka_version}" / "libs"
+
+    def installed(self) -> str | None:
+        for tool, package in (("java", "default-jre-headless"), ("mvn", "maven")):
+            if shutil.which(tool) is None:
+                return f"'{tool}' is not on PATH; install it (Debian: apt-get install {package})"
+        return None
+
+    def environment(self) -> dict[str, str]:
+        return {"KAFKA_HEAP_OPTS": f"-Xmx{self.settings.kafka_heap}"}
+
+    def ensure_jars(self) -> Path:
+        marker = self.libs_dir / ".complete"
+        if marker.is_file():
+            return self.libs_dir
+        self.libs_dir.mkdir(parents=True, exist_ok=True)
+        pom = DEPLOY_DIR / "local" / "kafka" / "pom.xml"
+        cmd = [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            f"-Dkafka.version={self.settings.kafka_version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={self.libs_dir}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise InfrastructureError(
+                f"Maven could not fetch Kafka {self.settings.kafka_version} jars:\n"
+                + proc.stdout[-2000:]
+                + proc.stderr[-2000:]
+            )
+        marker.touch()
+        return self.libs_dir
+
+    def prepare(self) -> None:
+        self.ensure_jars()
+        data_dir = self.dir / "data"
+        template = (DEPLOY_DIR / "local" / "kafka" / "server.properties.template").read_text()
+        props = string.Template(template).substitute(
+            kafka_port=self.settings.kafka_port,
+            controller_port=self.settings.kafka_controller_port,
+            data_dir=data_dir,
+        )
+        (self.dir / "server.properties").write_text(props)
+        if not (data_dir / "meta.properties").is_file():
+            cluster_id = _kafka_cluster_id()
+            proc = subprocess.run(
+                [
+                    *self._java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.dir / "server.properties"),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **self.environment()},
+            )
+            if proc.returncode != 0:
+                raise InfrastructureError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+
+    def _java(self) -> list[str]:
+        log4j = DEPLOY_DIR / "local" / "kafka" / "log4j2.yaml"
+        return [
+            "java",
+            f"-Xmx{self.settings.kafka_heap}",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{self.libs_dir}/*",
+        ]
+
+    def command(self) -> list[str]:
+        return [*self._java(), "kafka.Kafka", str(self.dir / "server.properties")]
+
+    def healthy(self) -> bool:
+        if not port_open(self.settings.host, self.settings.kafka_port):
+            return False
+        try:
+            from kafka import KafkaAdminClient
+
+            admin = KafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=3000)
+            try:
+                admin.list_topics()
+            finally:
+                admin.close()
+        except Exception:
+            return False
+        return True
+
+
+class RayService(LocalService):
+    name = "ray"
+    stop_timeout_s = 40.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.ray_address} (metrics :{self.settings.ray_metrics_port})"
+
+    def environment(self) -> dict[str, str]:
+        return ray_environment()
+
+    def command(self) -> list[str]:
+        ray_bin = Path(sys.executable).with_name("ray")
+        s = self.settings
+        return [
+            str(ray_bin) if ray_bin.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            s.host,
+            "--port",
+            str(s.ray_port),
+            "--num-cpus",
+            str(s.ray_num_cpus),
+            "--object-store-memory",
+            str(s.ray_object_store_bytes),
+            "--metrics-export-port",
+            str(s.ray_metrics_port),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+
+    def healthy(self) -> bool:
+        return port_open(self.settings.host, self.settings.ray_port) and port_open(
+            self.settings.host, self.settings.ray_metrics_port
+        )
+
+
+class PrometheusService(LocalService):
+    name = "prometheus"
+
+    @property
+    def address(self) -> str:
+        return self.settings.prometheus_url
+
+    def installed(self) -> str | None:
+        if shutil.which("prometheus") is None:
+            return "the 'prometheus' binary is not on PATH (Debian: apt-get install prometheus)"
+        return None
+
+    def prepare(self) -> None:
+        render_prometheus_config(self.settings, self.dir / "prometheus.yml")
+
+    def command(self) -> list[str]:
+        return [
+            "prometheus",
+            f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={self.settings.host}:{self.settings.prometheus_port}",
+            "--storage.tsdb.retention.time=2d",
+        ]
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.settings.prometheus_url}/-/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+
+def render_prometheus_config(settings: LocalSettings, path: Path) -> None:
+    """The repo's prometheus.yml with scrape targets pointed at this stack's ports."""
+    config = yaml.safe_load((DEPLOY_DIR / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        "ray": f"{settings.host}:{settings.ray_metrics_port}",
+        "vlm-ingest": f"{settings.host}:{settings.ingest_metrics_port}",
+    }
+    for job in config.get("scrape_configs", []):
+        if job["job_name"] in targets:
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    rules = config.get("rule_files", [])
+    config["rule_files"] = [str((DEPLOY_DIR / "prometheus" / r).resolve()) for r in rules]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+SERVICE_TYPES: tuple[type[LocalService], ...] = (KafkaService, RayService, PrometheusService)
+
+
+class LocalStack:
+    def __init__(self, settings: LocalSettings | None = None) -> None:
+        self.settings = settings or LocalSettings.from_env()
+        self.services = {cls.name: cls(self.settings) for cls in SERVICE_TYPES}
+
+    def select(self, names: list[str] | None) -> list[LocalService]:
+        if not names:
+            return list(self.services.values())
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise InfrastructureError(f"unknown service(s) {unknown}", hint=f"choose from {', '.join(self.services)}")
+        return [self.services[n] for n in names]
+
+    def up(
+        self, names: list[str] | None = None, *, required: tuple[str, ...] = ("kafka", "ray")
+    ) -> list[ServiceStatus]:
+        statuses = []
+        for service in self.select(names):
+            missing = service.installed()
+            if missing and service.name not in required and not names:
+                statuses.append(service.status())
+                continue
+            statuses.append(service.start())
+        return statuses
+
+    def down(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        for service in reversed(self.select(names)):
+            service.stop()
+        return [s.status() for s in self.select(names)]
+
+    def status(self) -> list[ServiceStatus]:
+        return [s.status() for s in self.services.values()]
+
+
+def _kafka_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
