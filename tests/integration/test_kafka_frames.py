@@ -1,0 +1,62 @@
+"""1,000 frames through the real broker, 4 partitions, consumed by a consumer group."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from vlm_core import kafka_io
+from vlm_core.frame import Frame
+
+pytestmark = pytest.mark.integration
+
+CAMERAS = tuple(f"cam-{i:02d}" for i in range(16))
+TOTAL = 1000
+
+
+def test_thousand_frames_exactly_once(kafka_bootstrap: str, topic_name: str) -> None:
+    kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, partitions=4)])
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    producer = kafka_io.producer(kafka_bootstrap)
+    futures = []
+    for i in range(TOTAL):
+        camera = CAMERAS[i % len(CAMERAS)]
+        image = np.roll(base, i, axis=1)
+        frame = Frame.from_image(image, camera_id=camera, seq=i // len(CAMERAS), capture_ts_ms=i)
+        futures.append(kafka_io.send_frame(producer, topic_name, frame))
+    producer.flush()
+    metadata = [f.get(timeout=30) for f in futures]
+    producer.close()
+    assert {m.partition for m in metadata} == {0, 1, 2, 3}, "frames must spread over all 4 partitions"
+    # One camera stays on one partition.
+    partition_of: dict[str, set[int]] = {}
+    for i, m in enumerate(metadata):
+        partition_of.setdefault(CAMERAS[i % len(CAMERAS)], set()).add(m.partition)
+    assert all(len(p) == 1 for p in partition_of.values())
+
+    group = f"test-group-{uuid.uuid4().hex[:8]}"
+    consumer = kafka_io.consumer(kafka_bootstrap, topic_name, group_id=group)
+    seen: Counter[tuple[str, int]] = Counter()
+    last_seq: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while sum(seen.values()) < TOTAL and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                for rec in records:
+                    frame = Frame.from_kafka(rec.key, rec.value, rec.headers)
+                    image = frame.decode()
+                    assert image.shape == (48, 64, 3)
+                    seen[(frame.camera_id, frame.seq)] += 1
+                    assert frame.seq > last_seq.get(frame.camera_id, -1), "per-camera order must hold"
+                    last_seq[frame.camera_id] = frame.seq
+            consumer.commit()
+    finally:
+        consumer.close()
+    expected = {(CAMERAS[i % len(CAMERAS)], i // len(CAMERAS)) for i in range(TOTAL)}
+    assert set(seen) == expected
+    assert all(count == 1 for count in seen.values())

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+
+from vlm_core.datasets import SCENE_CLASSES, SceneConfig, SceneGenerator, SceneVideo
+
+
+def test_scenes_are_deterministic() -> None:
+    a, b = SceneGenerator(seed=4), SceneGenerator(seed=4)
+    for i in (0, 17):
+        sa, sb = a.scene(i), b.scene(i)
+        assert np.array_equal(sa.image, sb.image)
+        assert np.array_equal(sa.boxes, sb.boxes)
+    assert not np.array_equal(a.scene(0).image, SceneGenerator(seed=5).scene(0).image)
+
+
+def test_boxes_masks_and_labels_agree() -> None:
+    gen = SceneGenerator(SceneConfig(width=200, height=150, min_items=2, max_items=4), seed=1)
+    for i in range(20):
+        s = gen.scene(i)
+        assert s.image.shape == (150, 200, 3)
+        assert s.instance_masks is not None and len(s.instance_masks) == len(s.boxes) == len(s.box_labels) >= 1
+        for box, label, inst in zip(s.boxes, s.box_labels, s.instance_masks, strict=True):
+            ys, xs = np.nonzero(inst)
+            # Exact: the box is the tight bound of the item's pixels.
+            assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box.tolist()
+            assert s.mask is not None and (s.mask[inst] == label + 1).all()
+            assert 0 <= label < len(SCENE_CLASSES)
+        assert s.mask is not None and (s.mask > 0).sum() == sum(int(m.sum()) for m in s.instance_masks)
+
+
+def test_scene_items_are_real_fashion_mnist() -> None:
+    gen = SceneGenerator(seed=2)
+    labels = np.concatenate([gen.scene(i).box_labels for i in range(60)])
+    assert len(set(labels.tolist())) >= 8  # many of the 10 real classes appear
+
+
+def test_video_items_move_and_stay_inside() -> None:
+    video = SceneVideo(SceneConfig(width=160, height=120, min_items=3, max_items=3, max_item_size=50), seed=9)
+    frames = [video.next() for _ in range(60)]
+    first, last = frames[0], frames[-1]
+    assert len(first.boxes) == 3
+    assert not np.array_equal(first.boxes, last.boxes)
+    for f in frames:
+        assert (f.boxes[:, [0, 1]] >= 0).all() and (f.boxes[:, 2] <= 160).all() and (f.boxes[:, 3] <= 120).all()
+    again = SceneVideo(SceneConfig(width=160, height=120, min_items=3, max_items=3, max_item_size=50), seed=9)
+    assert np.array_equal(again.next().image, first.image)

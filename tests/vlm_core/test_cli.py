@@ -1,0 +1,49 @@
+"""User mistakes get one line naming the problem and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def vlm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ingest"], "give --source and --camera-id"),
+        (["ingest", "--source", "ftp://x/y", "--camera-id", "c"], "unsupported source scheme"),
+        (["ingest", "--sources", "/no/such/sources.yaml"], "does not exist"),
+        (["local", "up", "zookeeper"], "unknown service"),
+    ],
+)
+def test_user_errors_are_one_line(args: list[str], expected: str) -> None:
+    proc = vlm(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:") and expected in lines[0]
+
+
+def test_unknown_option_is_reported_by_the_parser() -> None:
+    proc = vlm("ingest", "--frobnicate")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "frobnicate" in proc.stderr
+
+
+def test_models_archs_lists_the_zoo() -> None:
+    proc = vlm("models", "archs")
+    assert proc.returncode == 0
+    assert "ssdlite320_mobilenet_v3_large" in proc.stdout and "lraspp_mobilenet_v3_large" in proc.stdout

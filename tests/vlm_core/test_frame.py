@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import random_image
+from vlm_core.errors import (
+    FrameDecodeError,
+    FrameDimensionMismatchError,
+    FrameError,
+    FrameHeaderError,
+    FrameTooLargeError,
+    UnsupportedEncodingError,
+)
+from vlm_core.frame import (
+    FRAME_SCHEMA_VERSION,
+    Encoding,
+    Frame,
+    FrameLimits,
+    Header,
+    decode_all,
+    decode_batch,
+)
+
+
+def smooth_image(height: int = 60, width: int = 80) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 3 % 256, y * 4 % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+
+
+def roundtrip(frame: Frame, **kwargs: object) -> Frame:
+    rec = frame.to_kafka()
+    return Frame.from_kafka(rec.key, rec.value, rec.headers, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_roundtrip_each_encoding(encoding: Encoding) -> None:
+    image = smooth_image()
+    frame = Frame.from_image(image, camera_id="cam-1", seq=7, capture_ts_ms=123, encoding=encoding)
+    back = roundtrip(frame)
+    assert back == frame
+    decoded = back.decode()
+    assert decoded.shape == image.shape
+    if encoding is Encoding.JPEG:
+        assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 6
+    else:
+        assert np.array_equal(decoded, image)
+
+
+def test_kafka_record_layout() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="lobby", seq=3, capture_ts_ms=99)
+    rec = frame.to_kafka()
+    headers = dict(rec.headers)
+    assert rec.key == b"lobby"
+    assert rec.value.startswith(b"\xff\xd8")  # raw JPEG bytes, not base64
+    assert headers[Header.SCHEMA.value] == FRAME_SCHEMA_VERSION.encode()
+    assert headers[Header.SEQ.value] == b"3"
+    assert headers[Header.WIDTH.value] == b"80" and headers[Header.HEIGHT.value] == b"60"
+
+
+@pytest.mark.parametrize("missing", list(Header))
+def test_missing_header(missing: Header) -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    headers = [(k, v) for k, v in rec.headers if k != missing.value]
+    with pytest.raises(FrameHeaderError, match=missing.value if missing is not Header.SCHEMA else "schema"):
+        Frame.from_kafka(rec.key, rec.value, headers)
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        (Header.SEQ, b"seven"),
+        (Header.SEQ, b"-1"),
+        (Header.WIDTH, b"0"),
+        (Header.CAPTURE_TS_MS, b"\xff\xfe"),
+        (Header.SCHEMA, b"vlm.frame/v0"),
+        (Header.CAMERA_ID, b""),
+    ],
+)
+def test_garbled_header(header: Header, value: bytes) -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    headers = [(k, value if k == header.value else v) for k, v in rec.headers]
+    with pytest.raises(FrameHeaderError):
+        Frame.from_kafka(None, rec.value, headers)
+
+
+def test_key_must_match_camera_header() -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="a", seq=0).to_kafka()
+    with pytest.raises(FrameHeaderError, match="differs"):
+        Frame.from_kafka(b"b", rec.value, rec.headers)
+
+
+def test_no_headers_at_all() -> None:
+    with pytest.raises(FrameHeaderError):
+        Frame.from_kafka(b"a", b"\xff\xd8\xff", None)
+
+
+def test_unsupported_encoding() -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    headers = [(k, b"webp" if k == Header.ENCODING.value else v) for k, v in rec.headers]
+    with pytest.raises(UnsupportedEncodingError, match="webp"):
+        Frame.from_kafka(rec.key, rec.value, headers)
+
+
+def test_zero_bytes_is_undecodable() -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    with pytest.raises(FrameDecodeError):
+        Frame.from_kafka(rec.key, b"", rec.headers)
+
+
+def test_truncated_jpeg() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0)
+    cut = Frame(**{**frame.__dict__, "data": frame.data[: len(frame.data) // 2]})
+    with pytest.raises(FrameDecodeError, match="truncated"):
+        cut.decode()
+
+
+def test_not_an_image() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0)
+    text = Frame(**{**frame.__dict__, "data": b"hello, I am not a JPEG" * 10})
+    with pytest.raises(FrameDecodeError, match="magic"):
+        text.decode()
+
+
+def test_corrupt_png_body() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0, encoding=Encoding.PNG)
+    broken = Frame(**{**frame.__dict__, "data": frame.data[:16] + b"\x00" * 40})
+    with pytest.raises(FrameDecodeError):
+        broken.decode()
+
+
+def test_byte_limit() -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    with pytest.raises(FrameTooLargeError, match="bytes"):
+        Frame.from_kafka(rec.key, rec.value, rec.headers, limits=FrameLimits(max_bytes=100))
+
+
+def test_pixel_limit() -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=0).to_kafka()
+    with pytest.raises(FrameTooLargeError, match="pixels"):
+        Frame.from_kafka(rec.key, rec.value, rec.headers, limits=FrameLimits(max_pixels=60 * 80 - 1))
+
+
+def test_dimension_mismatch() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0)
+    liar = Frame(**{**frame.__dict__, "width": 81})
+    with pytest.raises(FrameDimensionMismatchError, match="81x60"):
+        liar.decode()
+
+
+def test_raw_size_mismatch() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0, encoding=Encoding.RAW)
+    short = Frame(**{**frame.__dict__, "data": frame.data[:-3]})
+    with pytest.raises(FrameDimensionMismatchError):
+        short.decode()
+
+
+def test_every_frame_error_has_a_distinct_reason() -> None:
+    classes = [FrameHeaderError, UnsupportedEncodingError, FrameDecodeError, FrameTooLargeError,
+               FrameDimensionMismatchError]
+    assert all(issubclass(c, FrameError) for c in classes)
+    assert len({c.reason for c in classes}) == len(classes)
+
+
+def test_decode_batch_keeps_good_frames(rng: np.random.Generator) -> None:
+    good = [Frame.from_image(random_image(rng, 30 + i, 40), camera_id="c", seq=i) for i in range(3)]
+    bad = Frame(**{**good[0].__dict__, "data": b"junk", "seq": 99})
+    images, ok, failures = decode_batch([good[0], bad, good[1], good[2]])
+    assert ok == [0, 2, 3]
+    assert [img.shape[0] for img in images] == [30, 31, 32]
+    assert len(failures) == 1 and failures[0].index == 1
+    assert isinstance(failures[0].error, FrameDecodeError)
+    with pytest.raises(FrameDecodeError):
+        decode_all([good[0], bad])
+
+
+def test_from_image_rejects_wrong_shape() -> None:
+    with pytest.raises(FrameError):
+        Frame.from_image(np.zeros((10, 10), np.uint8), camera_id="c", seq=0)
+
+
+def test_jpeg_quality_changes_size() -> None:
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8), (3, 3), 0)
+    low = Frame.from_image(image, camera_id="c", seq=0, jpeg_quality=20)
+    high = Frame.from_image(image, camera_id="c", seq=0, jpeg_quality=95)
+    assert len(low.data) < len(high.data)

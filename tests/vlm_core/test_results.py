@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vlm_core.errors import ResultError
+from vlm_core.results import (
+    RESULT_SCHEMA_VERSION,
+    Classification,
+    ClassMask,
+    ClassScore,
+    Detection,
+    Detections,
+    ModelRef,
+    Result,
+    Segmentation,
+    result_json_schema,
+    validate_result,
+)
+from vlm_core.rle import RLE, polygons_to_mask
+
+
+def full_result() -> Result:
+    mask = np.zeros((40, 60), bool)
+    mask[5:20, 10:30] = True
+    return Result(
+        camera_id="cam-1",
+        seq=12,
+        capture_ts_ms=1_000,
+        processed_ts_ms=1_040,
+        width=60,
+        height=40,
+        classification=Classification(ModelRef("cls", "3"), (ClassScore("cat", 1, 0.9), ClassScore("dog", 0, 0.1))),
+        detection=Detections(ModelRef("det", "1"), (Detection((1.0, 2.0, 30.5, 39.0), "bag", 8, 0.77),)),
+        segmentation=Segmentation(ModelRef("seg", "2"), (ClassMask(4, "coat", mask.mean(), RLE.encode(mask)),)),
+        timing_ms={"decode": 1.5, "classification": 3.25, "total": 40.0},
+        partition=2,
+        offset=77,
+    )
+
+
+def test_roundtrip_through_json_and_schema() -> None:
+    result = full_result()
+    doc = result.to_json()
+    validate_result(doc)
+    assert doc["schema"] == RESULT_SCHEMA_VERSION
+    back = Result.from_bytes(result.to_bytes())
+    assert back == result
+    assert back.latency_ms == 40
+    assert back.classification is not None and back.classification.top == ClassScore("cat", 1, 0.9)
+
+
+def test_mask_survives_roundtrip() -> None:
+    result = full_result()
+    back = Result.from_bytes(result.to_bytes())
+    assert back.segmentation is not None
+    decoded = back.segmentation.classes[0].mask.decode()
+    assert decoded.shape == (40, 60)
+    assert decoded[5:20, 10:30].all() and decoded.sum() == 15 * 20
+
+
+def test_tasks_are_optional() -> None:
+    result = Result("c", 0, 1, 2, 10, 10)
+    validate_result(result.to_json())
+    assert Result.from_json(result.to_json()) == result
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda d: d.update(schema="vlm.result/v0"), "schema"),
+        (lambda d: d.pop("camera_id"), "<root>"),
+        (lambda d: d["tasks"]["detection"]["detections"][0].update(box=[1, 2, 3]), "box"),
+        (lambda d: d["tasks"]["classification"]["top_k"][0].update(score=1.5), "score"),
+        (lambda d: d.update(unexpected=1), "<root>"),
+        (lambda d: d["tasks"]["segmentation"]["classes"][0]["mask"].pop("counts"), "mask"),
+    ],
+)
+def test_schema_violations_are_typed(mutate, where: str) -> None:  # type: ignore[no-untyped-def]
+    doc = full_result().to_json()
+    mutate(doc)
+    with pytest.raises(ResultError, match=where):
+        Result.from_json(doc)
+
+
+def test_not_json() -> None:
+    with pytest.raises(ResultError):
+        Result.from_bytes(b"\x00garbage")
+    with pytest.raises(ResultError):
+        Result.from_bytes(b"[1, 2]")
+
+
+def test_schema_file_is_shipped_and_valid() -> None:
+    import jsonschema
+
+    schema = result_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["schema"]["const"] == RESULT_SCHEMA_VERSION
+
+
+def test_rle_is_coco_compatible() -> None:
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((7, 9), bool)
+    mask[1:4, 2:8] = True
+    rle = RLE.encode(mask)
+    assert rle.area() == 18
+    theirs = mask_utils.decode({"size": [7, 9], "counts": rle.counts.encode()})
+    assert np.array_equal(theirs.astype(bool), mask)
+    assert json.loads(json.dumps(rle.to_json())) == {"size": [7, 9], "counts": rle.counts}
+
+
+def test_polygons_to_mask() -> None:
+    mask = polygons_to_mask([[0, 0, 10, 0, 10, 10, 0, 10]], 20, 20)
+    assert 90 <= mask.sum() <= 121
+    assert not mask[15:, 15:].any()
