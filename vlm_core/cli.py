@@ -152,6 +152,58 @@ def ingest(
         )
 
 
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="Serve config file (default deploy/serve/pipeline.yaml).")] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="Application in the config (default: first).")] = None,
+    bootstrap: BootstrapOpt = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster (default: local stack).")
+    ] = None,
+    down: Annotated[bool, typer.Option("--down", help="Delete the application instead.")] = False,
+) -> None:
+    """Deploy the Serve pipeline (StreamProcessor + model deployments) to Ray."""
+    from services.inference import deploy as d
+
+    settings = _settings()
+    name, args = d.load_args(config, app_name, bootstrap=bootstrap or None)
+    d.connect(ray_address or settings.ray_address)
+    if down:
+        d.delete(name)
+        console.print(f"deleted Serve application {name!r}")
+        return
+    if bootstrap is None and args.get("bootstrap") == "127.0.0.1:29092":
+        args["bootstrap"] = settings.bootstrap_servers
+    with console.status(f"deploying Serve application {name!r} (models load and warm up first)..."):
+        d.deploy(args, app_name=name)
+    console.print(f"Serve application {name!r} is RUNNING; frames from {args['bootstrap']}")
+
+
+@app.command()
+def results(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new results.")] = False,
+    camera: Annotated[str | None, typer.Option("--camera", help="Only this camera.")] = None,
+    topic: Annotated[str, typer.Option(help="Results topic.")] = Topics().results,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest result.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after N results.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON documents.")] = False,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Print results from the results topic readably."""
+    from services.results import follow_results
+
+    follow_results(
+        bootstrap or _settings().bootstrap_servers,
+        topic,
+        console=console,
+        follow=follow,
+        camera=camera,
+        from_beginning=from_beginning,
+        limit=limit,
+        as_json=as_json,
+    )
+
+
 @models_app.command("archs")
 def models_archs() -> None:
     """List the architectures the zoo can build."""
@@ -179,6 +231,7 @@ def demo(
 
 
 def main() -> None:
+    os.environ.update({k: v for k, v in ray_environment().items() if k not in os.environ})
     try:
         app()
     except VlmError as exc:

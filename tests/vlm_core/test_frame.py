@@ -157,8 +157,13 @@ def test_raw_size_mismatch() -> None:
 
 
 def test_every_frame_error_has_a_distinct_reason() -> None:
-    classes = [FrameHeaderError, UnsupportedEncodingError, FrameDecodeError, FrameTooLargeError,
-               FrameDimensionMismatchError]
+    classes = [
+        FrameHeaderError,
+        UnsupportedEncodingError,
+        FrameDecodeError,
+        FrameTooLargeError,
+        FrameDimensionMismatchError,
+    ]
     assert all(issubclass(c, FrameError) for c in classes)
     assert len({c.reason for c in classes}) == len(classes)
 

@@ -28,7 +28,10 @@ def test_bad_uris(uri: str) -> None:
 
 
 def test_synthetic_source_moves_and_is_deterministic() -> None:
-    a, b = open_source("synthetic://?seed=5&width=160&height=120"), open_source("synthetic://?seed=5&width=160&height=120")
+    a, b = (
+        open_source("synthetic://?seed=5&width=160&height=120"),
+        open_source("synthetic://?seed=5&width=160&height=120"),
+    )
     a.open()
     b.open()
     first = a.read()

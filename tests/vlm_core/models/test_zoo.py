@@ -15,10 +15,19 @@ from vlm_core.models.weights import load_state_dict, save_state_dict, sha256_fil
 from vlm_core.results import Classification, Detections, Segmentation
 
 REQUIRED = {
-    Task.CLASSIFICATION: {"mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_b0",
-                          "mobilenet_v2"},
-    Task.DETECTION: {"ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                     "fasterrcnn_mobilenet_v3_large_fpn"},
+    Task.CLASSIFICATION: {
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "resnet18",
+        "resnet50",
+        "efficientnet_b0",
+        "mobilenet_v2",
+    },
+    Task.DETECTION: {
+        "ssdlite320_mobilenet_v3_large",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+    },
     Task.SEGMENTATION: {"lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"},
 }
 FRAMES = [
@@ -71,8 +80,9 @@ def test_build_and_predict_shapes(arch: str) -> None:
 def test_detection_boxes_are_in_frame_pixels() -> None:
     """The same scene at two resolutions gives boxes scaled by the resolution ratio."""
     torch.manual_seed(3)
-    spec = ModelSpec(Task.DETECTION, "ssdlite320_mobilenet_v3_large", class_names=("a",), score_threshold=0.0,
-                     max_detections=1)
+    spec = ModelSpec(
+        Task.DETECTION, "ssdlite320_mobilenet_v3_large", class_names=("a",), score_threshold=0.0, max_detections=1
+    )
     predictor = build_predictor(spec, device="cpu")
     base = cv2.GaussianBlur(np.random.default_rng(7).integers(0, 256, (320, 320, 3), dtype=np.uint8), (9, 9), 0)
     large = cv2.resize(base, (960, 640), interpolation=cv2.INTER_LINEAR)  # x3 wide, x2 tall
@@ -148,5 +158,11 @@ def test_weights_errors(tmp_path: Path) -> None:
     model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=("a", "b")))
     save_state_dict(model.state_dict(), tmp_path / "two.safetensors")
     with pytest.raises(WeightsError, match="do not fit"):
-        build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=("a", "b", "c"),
-                              weights=str(tmp_path / "two.safetensors")))
+        build_model(
+            ModelSpec(
+                Task.CLASSIFICATION,
+                "mobilenet_v3_small",
+                class_names=("a", "b", "c"),
+                weights=str(tmp_path / "two.safetensors"),
+            )
+        )

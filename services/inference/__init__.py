@@ -1,0 +1,1 @@
+"""The Ray Serve application: StreamProcessor replicas and one deployment per model."""

@@ -1,0 +1,89 @@
+"""Deploy, inspect and delete the Serve application on a running Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vlm_core.config import ray_environment
+from vlm_core.errors import InfrastructureError
+from vlm_core.pipeline import PipelineConfig, load_serve_config, pipeline_args
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "pipeline.yaml"
+
+
+def connect(address: str) -> None:
+    os.environ.update(ray_environment())  # before Ray is imported: it reads them at import time
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(
+            address=address,
+            logging_level="ERROR",
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **ray_environment()}},
+        )
+    except ConnectionError as exc:
+        raise InfrastructureError(
+            f"cannot reach Ray at {address}: {exc}", hint="start it with `vlm local up`"
+        ) from None
+
+
+def load_args(config_path: Path | None, app_name: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    serve_config = load_serve_config(config_path or DEFAULT_CONFIG)
+    name, args = pipeline_args(serve_config, app_name)
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    PipelineConfig.parse(args, source=str(config_path or DEFAULT_CONFIG))  # fail fast, with the file name
+    return name, args
+
+
+def deploy(args: dict[str, Any], *, app_name: str = "vlm", wait_s: float = 300.0) -> None:
+    from ray import serve
+
+    from services.inference.app import build_app
+
+    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+    serve.run(build_app(args), name=app_name, route_prefix=None, blocking=False)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = app_status(app_name)
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise InfrastructureError(f"Serve application {app_name!r} is {status}: {app_message(app_name)}")
+        time.sleep(1)
+    raise InfrastructureError(f"Serve application {app_name!r} not running after {wait_s:.0f}s")
+
+
+def app_status(app_name: str) -> str | None:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    return None if app is None else str(app.status.value if hasattr(app.status, "value") else app.status)
+
+
+def app_message(app_name: str) -> str:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return ""
+    parts = [app.message] + [f"{n}: {d.message}" for n, d in app.deployments.items() if d.message]
+    return "; ".join(p for p in parts if p)
+
+
+def delete(app_name: str = "vlm") -> None:
+    from ray import serve
+
+    serve.delete(app_name)
+
+
+def processor_stats(app_name: str = "vlm") -> dict[str, Any]:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("StreamProcessor", app_name=app_name)
+    return handle.stats.remote().result(timeout_s=30)

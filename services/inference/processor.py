@@ -1,0 +1,116 @@
+"""The StreamProcessor Serve deployment: a consumer-group member running the processor loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from services.inference.kafka_adapters import KafkaFrameConsumer, KafkaResultProducer
+from services.inference.ray_metrics import RayMetricsSink
+from vlm_core.models.spec import Task
+from vlm_core.pipeline import PipelineConfig
+from vlm_core.stream import ProcessorTopics, StreamProcessor
+
+log = logging.getLogger("ray.serve")
+
+
+class _Response:
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.response.result(timeout_s=timeout)
+
+
+class StreamProcessorReplica:
+    """Runs :class:`vlm_core.stream.StreamProcessor` on a background thread.
+
+    Several replicas share the consumer group, so Kafka spreads the partitions over them;
+    more replicas than partitions leaves the extra ones idle.
+    """
+
+    def __init__(self, args: dict[str, Any], models: dict[str, Any]) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        self.config = PipelineConfig.parse(args)
+        self.handles = {Task(task): handle.options(method_name="predict") for task, handle in models.items()}
+        self.metrics = RayMetricsSink()
+        self.stop_event = threading.Event()
+        self.processor: StreamProcessor | None = None
+        self.error = ""
+        self.started = time.time()
+        self.thread = threading.Thread(target=self._run, name="stream-processor", daemon=True)
+        self.thread.start()
+
+    def _client(self, task: Task):  # type: ignore[no-untyped-def]
+        handle = self.handles[task]
+
+        def send(images: list[np.ndarray]) -> _Response:
+            return _Response(handle.remote(images))
+
+        return send
+
+    def _run(self) -> None:
+        cfg = self.config
+        while not self.stop_event.is_set():
+            consumer = producer = None
+            try:
+                producer = KafkaResultProducer(cfg.bootstrap)
+                consumer = KafkaFrameConsumer(
+                    cfg.bootstrap, cfg.topics.frames, cfg.processor.group_id, on_revoke=self._drain
+                )
+                self.processor = StreamProcessor(
+                    consumer,
+                    producer,
+                    {task: self._client(task) for task in self.handles},
+                    cfg.cameras,
+                    ProcessorTopics(cfg.topics.results, cfg.topics.dlq, cfg.topics.to_label),
+                    metrics=self.metrics,
+                    limits=cfg.processor.limits,
+                    batch_size=cfg.processor.batch_size,
+                    poll_timeout_ms=cfg.processor.poll_timeout_ms,
+                    max_inflight=cfg.processor.max_inflight_batches,
+                    model_timeout_s=cfg.processor.model_timeout_s,
+                    produce_timeout_s=cfg.processor.produce_timeout_s,
+                )
+                self.error = ""
+                self.processor.run(self.stop_event.is_set)
+            except Exception as exc:  # keep the replica alive; reconnect after a pause
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("stream processor loop failed; restarting in 2s")
+                self.stop_event.wait(2.0)
+            finally:
+                for client in (consumer, producer):
+                    if client is not None:
+                        try:
+                            client.close()
+                        except Exception:
+                            log.exception("closing Kafka client failed")
+
+    def _drain(self) -> None:
+        if self.processor is not None:
+            self.processor.drain()
+
+    def check_health(self) -> None:
+        if not self.thread.is_alive():
+            raise RuntimeError(f"stream processor thread died: {self.error}")
+
+    def stats(self) -> dict[str, Any]:
+        processor = self.processor
+        return {
+            "results_produced": processor.results_produced if processor else 0,
+            "error": self.error,
+            "uptime_s": time.time() - self.started,
+            "counters": {f"{name}{dict(tags)}": v for (name, tags), v in self.metrics.counters.items()},
+        }
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful shutdown: stop polling, drain in-flight batches.
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)

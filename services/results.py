@@ -1,0 +1,90 @@
+"""``vlm results``: read the results topic and print each result on one line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+
+from vlm_core.errors import ResultError
+from vlm_core.results import Result
+
+
+def describe(result: Result) -> str:
+    parts = [f"[bold]{result.camera_id}[/]#{result.seq}", f"{result.latency_ms}ms"]
+    if result.classification and result.classification.top:
+        top = result.classification.top
+        parts.append(f"class={top.label} ({top.score:.2f})")
+    if result.detection is not None:
+        dets = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detection.detections[:4])
+        parts.append(f"detections[{len(result.detection.detections)}]={dets or '-'}")
+    if result.segmentation is not None:
+        segs = ", ".join(f"{c.label} {c.pixel_fraction:.0%}" for c in result.segmentation.classes[:3])
+        parts.append(f"segments={segs or '-'}")
+    versions = sorted(
+        {
+            f"{o.model.name}@{o.model.version}"
+            for o in (result.classification, result.detection, result.segmentation)
+            if o is not None
+        }
+    )
+    parts.append(f"[dim]{' '.join(versions)}[/]")
+    return "  ".join(parts)
+
+
+def follow_results(
+    bootstrap: str,
+    topic: str,
+    *,
+    console: Console,
+    follow: bool,
+    camera: str | None,
+    from_beginning: bool,
+    limit: int | None,
+    as_json: bool,
+) -> int:
+    from kafka import TopicPartition
+
+    from vlm_core.kafka_io import consumer
+
+    reader = consumer(bootstrap, group_id=None)
+    partitions = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])]
+    if not partitions:
+        console.print(f"topic {topic!r} does not exist yet")
+        return 0
+    reader.assign(partitions)
+    if from_beginning or not follow:
+        reader.seek_to_beginning(*partitions)
+    else:
+        reader.seek_to_end(*partitions)
+    ends = reader.end_offsets(partitions)
+    shown = 0
+    try:
+        while limit is None or shown < limit:
+            batches = reader.poll(timeout_ms=500)
+            for records in batches.values():
+                for rec in records:
+                    try:
+                        result = Result.from_bytes(rec.value)
+                    except ResultError as exc:
+                        console.print(f"[red]invalid result at {rec.partition}/{rec.offset}: {exc}[/]")
+                        continue
+                    if camera and result.camera_id != camera:
+                        continue
+                    if as_json:
+                        console.print_json(json.dumps(result.to_json()))
+                    else:
+                        console.print(describe(result), highlight=False)
+                    shown += 1
+                    if limit is not None and shown >= limit:
+                        return shown
+            if not follow and all(reader.position(tp) >= ends[tp] for tp in partitions):
+                break
+            if not batches:
+                time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.close()
+    return shown

@@ -1,0 +1,126 @@
+"""Metric definitions: one table used by the inference service, the docs and the dashboards.
+
+Names follow Prometheus conventions. Ray's metrics export prefixes every name with
+``ray_``; :func:`exported_name` gives the name as Prometheus sees it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+class Kind(str, enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    kind: Kind
+    description: str
+    tags: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+FRAMES_CONSUMED = MetricDef(
+    "vlm_frames_consumed_total", Kind.COUNTER, "Frames read from the frames topic", ("camera_id",)
+)
+FRAMES_PROCESSED = MetricDef(
+    "vlm_frames_processed_total", Kind.COUNTER, "Frames whose result the broker acknowledged", ("camera_id",)
+)
+FRAMES_DROPPED = MetricDef(
+    "vlm_frames_dropped_total", Kind.COUNTER, "Frames dropped on purpose, by reason", ("camera_id", "reason")
+)
+FRAMES_DEAD_LETTERED = MetricDef(
+    "vlm_frames_dead_lettered_total", Kind.COUNTER, "Invalid frames sent to the dead-letter topic", ("reason",)
+)
+E2E_LATENCY = MetricDef(
+    "vlm_e2e_latency_seconds",
+    Kind.HISTOGRAM,
+    "Capture time to result acknowledged by the broker",
+    ("camera_id",),
+    LATENCY_BUCKETS_S,
+)
+MODEL_LATENCY = MetricDef(
+    "vlm_model_latency_seconds",
+    Kind.HISTOGRAM,
+    "Model request round trip for one batch",
+    ("task", "model", "version"),
+    LATENCY_BUCKETS_S,
+)
+MODEL_BATCH_SIZE = MetricDef(
+    "vlm_model_batch_size", Kind.HISTOGRAM, "Frames per model batch", ("task", "model", "version"), BATCH_BUCKETS
+)
+CONSUMER_LAG = MetricDef("vlm_consumer_lag", Kind.GAUGE, "Messages behind the partition end", ("topic", "partition"))
+INFLIGHT_BATCHES = MetricDef("vlm_inflight_batches", Kind.GAUGE, "Batches sent to models, not yet committed")
+BATCH_FAILURES = MetricDef(
+    "vlm_batch_failures_total", Kind.COUNTER, "Batches retried after a model or broker failure", ("stage",)
+)
+TO_LABEL_SAMPLED = MetricDef(
+    "vlm_to_label_sampled_total", Kind.COUNTER, "Low-confidence frames sent for labelling", ("task",)
+)
+MODEL_LOADS = MetricDef(
+    "vlm_model_loads_total", Kind.COUNTER, "Model version loads, by outcome", ("task", "model", "version", "outcome")
+)
+MODEL_INFO = MetricDef(
+    "vlm_model_version_info", Kind.GAUGE, "1 for the model version a replica serves", ("task", "model", "version")
+)
+
+ALL_METRICS: tuple[MetricDef, ...] = (
+    FRAMES_CONSUMED,
+    FRAMES_PROCESSED,
+    FRAMES_DROPPED,
+    FRAMES_DEAD_LETTERED,
+    E2E_LATENCY,
+    MODEL_LATENCY,
+    MODEL_BATCH_SIZE,
+    CONSUMER_LAG,
+    INFLIGHT_BATCHES,
+    BATCH_FAILURES,
+    TO_LABEL_SAMPLED,
+    MODEL_LOADS,
+    MODEL_INFO,
+)
+
+RAY_PREFIX = "ray_"
+
+
+def exported_name(metric: MetricDef) -> str:
+    return RAY_PREFIX + metric.name
+
+
+class MetricsSink:
+    """Where the processor reports. The default keeps values in memory (tests, the demo
+    summary); the Serve deployment adds Ray's exporter on top."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+
+    def inc(self, metric: MetricDef, value: float = 1.0, **tags: str) -> None:
+        self.counters[(metric.name, tuple(sorted(tags.items())))] += value
+
+    def set(self, metric: MetricDef, value: float, **tags: str) -> None:
+        self.gauges[(metric.name, tuple(sorted(tags.items())))] = value
+
+    def observe(self, metric: MetricDef, value: float, **tags: str) -> None:
+        observations = self.observations[(metric.name, tuple(sorted(tags.items())))]
+        observations.append(value)
+        if len(observations) > 10_000:
+            del observations[:5_000]
+
+    def total(self, metric: MetricDef, **match: str) -> float:
+        return sum(
+            value
+            for (name, tags), value in self.counters.items()
+            if name == metric.name and all(dict(tags).get(k) == v for k, v in match.items())
+        )

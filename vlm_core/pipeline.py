@@ -1,0 +1,145 @@
+"""Pipeline configuration: what ``deploy/serve/pipeline.yaml`` passes to the Serve app.
+
+The same args drive ``vlm serve`` and Ray's own ``serve run`` / ``serve deploy``.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlm_core.config import Topics
+from vlm_core.errors import ConfigError
+from vlm_core.frame import FrameLimits
+from vlm_core.models.spec import ModelSpec, Task
+
+
+class DropPolicy(str, enum.Enum):
+    #: Every frame gets a result, however late.
+    PROCESS_ALL = "process_all"
+    #: Frames older than ``max_age_ms`` when dequeued are dropped (and counted).
+    DROP_STALE = "drop_stale"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraPolicy(_Strict):
+    tasks: tuple[Task, ...] = (Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION)
+    drop_policy: DropPolicy = DropPolicy.PROCESS_ALL
+    max_age_ms: int = Field(default=2000, ge=1)
+
+
+class CameraRouting(_Strict):
+    default: CameraPolicy = CameraPolicy()
+    overrides: dict[str, CameraPolicy] = {}
+
+    def policy_for(self, camera_id: str) -> CameraPolicy:
+        return self.overrides.get(camera_id, self.default)
+
+
+class DeploymentSettings(_Strict):
+    """Ray Serve options of one model deployment."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    max_batch_size: int = Field(default=4, ge=1, description="requests (each a frame batch) merged per model call")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    num_cpus: float = Field(default=0.5, gt=0)
+    #: "auto": a fraction of a GPU when the cluster has one, else none.
+    num_gpus: float | str = "auto"
+    gpu_fraction: float = Field(default=0.25, gt=0, le=1)
+    torch_threads: int = Field(default=1, ge=1)
+
+
+class ModelConfig(_Strict):
+    spec: dict[str, Any]
+    deployment: DeploymentSettings = DeploymentSettings()
+    #: Registry model name: when set, the model follows that name's production version.
+    registry_name: str | None = None
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.spec)
+
+
+class ProcessorSettings(_Strict):
+    replicas: int = Field(default=1, ge=1)
+    group_id: str = "vlm-stream-processor"
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    poll_timeout_ms: int = Field(default=100, ge=1)
+    max_inflight_batches: int = Field(default=2, ge=1, le=16)
+    max_frame_bytes: int = Field(default=FrameLimits().max_bytes, ge=1)
+    max_frame_pixels: int = Field(default=FrameLimits().max_pixels, ge=1)
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    produce_timeout_s: float = Field(default=30.0, gt=0)
+    num_cpus: float = Field(default=0.5, gt=0)
+
+    @property
+    def limits(self) -> FrameLimits:
+        return FrameLimits(self.max_frame_bytes, self.max_frame_pixels)
+
+
+class ActiveLearningSettings(_Strict):
+    enabled: bool = False
+    score_threshold: float = Field(default=0.4, ge=0, le=1)
+    max_per_minute: int = Field(default=30, ge=0)
+
+
+class PipelineConfig(_Strict):
+    bootstrap: str = "127.0.0.1:29092"
+    topics: Topics = Topics()
+    processor: ProcessorSettings = ProcessorSettings()
+    models: dict[Task, ModelConfig] = {}
+    cameras: CameraRouting = CameraRouting()
+    active_learning: ActiveLearningSettings = ActiveLearningSettings()
+    registry_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if not self.models:
+            raise ValueError("at least one model is needed under 'models'")
+        for task, model in self.models.items():
+            spec = model.model_spec()
+            if spec.task is not task:
+                raise ValueError(f"models.{task.value} has a {spec.task.value} spec")
+        return self
+
+    @classmethod
+    def parse(cls, args: dict[str, Any], *, source: str = "pipeline args") -> PipelineConfig:
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "<root>"
+            raise ConfigError(f"{source}: {where}: {first['msg']}", hint="see deploy/serve/pipeline.yaml") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", hint=exc.hint) from None
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """Read a Serve config file (the format of ``serve deploy``)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline config {path} does not exist", hint="see deploy/serve/pipeline.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not doc.get("applications"):
+        raise ConfigError(f"{path} has no 'applications' list", hint="it must be a Ray Serve config file")
+    return doc
+
+
+def pipeline_args(serve_config: dict[str, Any], app_name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(application name, builder args) of the vlm application in a Serve config."""
+    for app in serve_config["applications"]:
+        if app_name is None or app.get("name") == app_name:
+            return app.get("name", "vlm"), dict(app.get("args") or {})
+    raise ConfigError(f"no application named {app_name!r} in the Serve config")

@@ -1,0 +1,310 @@
+"""StreamProcessor: frames topic -> models -> results topic, at least once.
+
+Pure logic over three small protocols (a consumer, a producer, model clients), so it is
+testable without Kafka or Ray; ``services/inference`` wires it to both.
+
+Per poll the processor validates and decodes the batch, dead-letters bad frames, drops
+stale ones by policy, and sends **one request per batch** to each model the batch's
+cameras need. Up to ``max_inflight`` batches overlap (decode of the next batch runs
+while models work on the current one). Batches complete in order: results are produced,
+the broker's acknowledgements awaited, and only then the batch's offsets committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from vlm_core import metrics as m
+from vlm_core.errors import FrameError
+from vlm_core.frame import DEFAULT_LIMITS, Frame, FrameLimits
+from vlm_core.models.spec import Task
+from vlm_core.pipeline import CameraRouting, DropPolicy
+from vlm_core.results import Classification, Detections, Result, Segmentation, TaskOutput
+
+log = logging.getLogger(__name__)
+
+DLQ_REASON_HEADER = "vlm-dlq-reason"
+DLQ_ERROR_HEADER = "vlm-dlq-error"
+DLQ_SOURCE_HEADER = "vlm-dlq-source"
+
+TopicPartition = tuple[str, int]
+
+
+class Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] | None
+
+
+class Pending(Protocol):
+    def result(self, timeout: float | None = None) -> Any: ...
+
+
+class FrameConsumer(Protocol):
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset."""
+
+    def lag(self) -> dict[TopicPartition, int]: ...
+
+
+class ResultProducer(Protocol):
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Pending: ...
+
+
+#: Sends one batch of decoded frames to a model deployment; returns its pending outputs.
+ModelClient = Callable[[list[np.ndarray]], Pending]
+
+
+class BatchFailedError(Exception):
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage} failed: {cause!r}")
+        self.stage = stage
+
+
+@dataclass
+class _Item:
+    frame: Frame
+    image: np.ndarray
+    record: Record
+    tasks: tuple[Task, ...]
+    dequeued_ms: int
+    decode_ms: float
+
+
+@dataclass
+class _Batch:
+    offsets: dict[TopicPartition, int]
+    items: list[_Item] = field(default_factory=list)
+    requests: dict[Task, tuple[list[int], Pending, float]] = field(default_factory=dict)
+    side_sends: list[Pending] = field(default_factory=list)  # DLQ records of this batch
+
+
+@dataclass(frozen=True)
+class ProcessorTopics:
+    results: str
+    dlq: str
+    to_label: str | None = None
+
+
+class StreamProcessor:
+    def __init__(
+        self,
+        consumer: FrameConsumer,
+        producer: ResultProducer,
+        models: dict[Task, ModelClient],
+        routing: CameraRouting,
+        topics: ProcessorTopics,
+        *,
+        metrics: m.MetricsSink | None = None,
+        limits: FrameLimits = DEFAULT_LIMITS,
+        batch_size: int = 8,
+        poll_timeout_ms: int = 100,
+        max_inflight: int = 2,
+        model_timeout_s: float = 60.0,
+        produce_timeout_s: float = 30.0,
+        on_result: Callable[[Result], None] | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.models = models
+        self.routing = routing
+        self.topics = topics
+        self.metrics = metrics or m.MetricsSink()
+        self.limits = limits
+        self.batch_size = batch_size
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_inflight = max_inflight
+        self.model_timeout_s = model_timeout_s
+        self.produce_timeout_s = produce_timeout_s
+        self.on_result = on_result
+        self.clock_ms = clock_ms
+        self._inflight: deque[_Batch] = deque()
+        self.results_produced = 0
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            self.step()
+        self.drain()
+
+    def step(self) -> int:
+        """Poll once, submit the batch, complete what is ready. Returns records polled."""
+        try:
+            records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
+            if records:
+                self._inflight.append(self._submit(records))
+            while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
+                self._complete(self._inflight.popleft())
+        except BatchFailedError as exc:
+            self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
+            log.warning("%s; rewinding to the last committed offsets", exc)
+            self._inflight.clear()
+            self.consumer.rewind()
+            return 0
+        finally:
+            self.metrics.set(m.INFLIGHT_BATCHES, len(self._inflight))
+        self._report_lag()
+        return len(records)
+
+    def drain(self) -> None:
+        """Finish every in-flight batch and commit it (shutdown, partition revoke)."""
+        try:
+            while self._inflight:
+                self._complete(self._inflight.popleft())
+        except BatchFailedError as exc:
+            self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
+            log.warning("%s while draining; uncommitted frames will be redelivered", exc)
+            self._inflight.clear()
+        self.metrics.set(m.INFLIGHT_BATCHES, 0)
+
+    # -- stages -------------------------------------------------------------------------
+    def _submit(self, records: Sequence[Record]) -> _Batch:
+        batch = _Batch(offsets={})
+        now_ms = self.clock_ms()
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            batch.offsets[tp] = max(batch.offsets.get(tp, 0), rec.offset + 1)
+            start = time.perf_counter()
+            try:
+                frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits)
+                camera_tag = frame.camera_id
+                self.metrics.inc(m.FRAMES_CONSUMED, camera_id=camera_tag)
+                policy = self.routing.policy_for(frame.camera_id)
+                if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
+                    self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="stale")
+                    continue
+                tasks = tuple(t for t in policy.tasks if t in self.models)
+                if not tasks:
+                    self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="no_model")
+                    continue
+                image = frame.decode(limits=self.limits)
+            except FrameError as exc:
+                self._dead_letter(batch, rec, exc)
+                continue
+            decode_ms = (time.perf_counter() - start) * 1000
+            batch.items.append(_Item(frame, image, rec, tasks, now_ms, decode_ms))
+        for task, client in self.models.items():
+            indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
+            if indices:
+                try:
+                    pending = client([batch.items[i].image for i in indices])
+                except Exception as exc:
+                    raise BatchFailedError(f"{task.value} request", exc) from exc
+                batch.requests[task] = (indices, pending, time.perf_counter())
+        return batch
+
+    def _complete(self, batch: _Batch) -> None:
+        outputs: dict[Task, dict[int, TaskOutput]] = {}
+        model_ms: dict[Task, float] = {}
+        for task, (indices, pending, sent_at) in batch.requests.items():
+            try:
+                task_outputs = pending.result(timeout=self.model_timeout_s)
+            except Exception as exc:
+                raise BatchFailedError(f"{task.value} model", exc) from exc
+            elapsed = time.perf_counter() - sent_at
+            model_ms[task] = elapsed * 1000
+            if len(task_outputs) != len(indices):
+                raise BatchFailedError(f"{task.value} model", ValueError("output count differs from input count"))
+            outputs[task] = dict(zip(indices, task_outputs, strict=True))
+            if task_outputs:
+                ref = task_outputs[0].model
+                tags = {"task": task.value, "model": ref.name, "version": ref.version}
+                self.metrics.observe(m.MODEL_LATENCY, elapsed, **tags)
+                self.metrics.observe(m.MODEL_BATCH_SIZE, len(indices), **tags)
+        sends: list[tuple[_Item, Result, Pending]] = []
+        for i, item in enumerate(batch.items):
+            result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
+            try:
+                pending = self.producer.send(self.topics.results, item.frame.camera_id.encode(), result.to_bytes(), [])
+            except Exception as exc:
+                raise BatchFailedError("produce", exc) from exc
+            sends.append((item, result, pending))
+        try:
+            for pending in batch.side_sends:
+                pending.result(timeout=self.produce_timeout_s)
+            for item, result, pending in sends:
+                pending.result(timeout=self.produce_timeout_s)
+                acked_ms = self.clock_ms()
+                self.metrics.inc(m.FRAMES_PROCESSED, camera_id=item.frame.camera_id)
+                self.metrics.observe(
+                    m.E2E_LATENCY, max(0, acked_ms - item.frame.capture_ts_ms) / 1000, camera_id=item.frame.camera_id
+                )
+                self.results_produced += 1
+                if self.on_result is not None:
+                    self.on_result(result)
+        except Exception as exc:
+            raise BatchFailedError("produce ack", exc) from exc
+        try:
+            self.consumer.commit(batch.offsets)
+        except Exception as exc:
+            raise BatchFailedError("commit", exc) from exc
+
+    def _assemble(self, item: _Item, outputs: dict[Task, TaskOutput], model_ms: dict[Task, float]) -> Result:
+        frame = item.frame
+        now = self.clock_ms()
+        timing = {
+            "queue": float(max(0, item.dequeued_ms - frame.capture_ts_ms)),
+            "decode": item.decode_ms,
+            **{task.value: ms for task, ms in model_ms.items() if task in outputs},
+            "total": float(max(0, now - frame.capture_ts_ms)),
+        }
+        classification = outputs.get(Task.CLASSIFICATION)
+        detection = outputs.get(Task.DETECTION)
+        segmentation = outputs.get(Task.SEGMENTATION)
+        return Result(
+            camera_id=frame.camera_id,
+            seq=frame.seq,
+            capture_ts_ms=frame.capture_ts_ms,
+            processed_ts_ms=now,
+            width=frame.width,
+            height=frame.height,
+            classification=classification if isinstance(classification, Classification) else None,
+            detection=detection if isinstance(detection, Detections) else None,
+            segmentation=segmentation if isinstance(segmentation, Segmentation) else None,
+            timing_ms=timing,
+            partition=item.record.partition,
+            offset=item.record.offset,
+        )
+
+    def _dead_letter(self, batch: _Batch, rec: Record, error: FrameError) -> None:
+        headers = [(k, v) for k, v in (rec.headers or []) if v is not None]
+        headers += [
+            (DLQ_REASON_HEADER, error.reason.encode()),
+            (DLQ_ERROR_HEADER, str(error)[:500].encode()),
+            (DLQ_SOURCE_HEADER, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+        ]
+        try:
+            batch.side_sends.append(self.producer.send(self.topics.dlq, rec.key, rec.value or b"", headers))
+        except Exception as exc:
+            raise BatchFailedError("dead-letter produce", exc) from exc
+        self.metrics.inc(m.FRAMES_DEAD_LETTERED, reason=error.reason)
+
+    def _report_lag(self) -> None:
+        try:
+            lags = self.consumer.lag()
+        except Exception:  # lag is informative; never fail a batch for it
+            return
+        for (topic, partition), lag in lags.items():
+            self.metrics.set(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
+
+
+def dlq_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
+    for key, value in headers or []:
+        if key == DLQ_REASON_HEADER and value is not None:
+            return value.decode()
+    return None
