@@ -168,8 +168,12 @@ class StreamProcessor:
                 self._complete(self._inflight.popleft())
         except BatchFailedError as exc:
             self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
-            log.warning("%s while draining; uncommitted frames will be redelivered", exc)
+            log.warning("%s while draining; rewinding so uncommitted frames are read again", exc)
             self._inflight.clear()
+            try:
+                self.consumer.rewind()
+            except Exception:  # partitions already gone: the next owner re-reads from the commit
+                log.exception("rewind after a failed drain did not work")
         self.metrics.set(m.INFLIGHT_BATCHES, 0)
 
     # -- stages -------------------------------------------------------------------------

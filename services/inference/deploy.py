@@ -46,8 +46,9 @@ def deploy(args: dict[str, Any], *, app_name: str = "vlm", wait_s: float = 300.0
 
     from services.inference.app import build_app
 
-    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
-    serve.run(build_app(args), name=app_name, route_prefix=None, blocking=False)
+    logging_config = {"enable_access_log": False, "log_level": "INFO"}
+    serve.start(proxy_location="Disabled", logging_config=logging_config)
+    serve.run(build_app(args), name=app_name, route_prefix=None, blocking=False, logging_config=logging_config)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         status = app_status(app_name)

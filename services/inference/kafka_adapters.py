@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Offse
 
 from vlm_core import kafka_io
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -38,12 +39,27 @@ class KafkaFrameConsumer:
             session_timeout_ms=10000,
             heartbeat_interval_ms=2000,
             max_poll_interval_ms=300000,
+            # A topic created moments ago may be missing from the first metadata; without a
+            # short refresh the group would sit on an empty assignment for minutes.
+            metadata_max_age_ms=5000,
         )
+        if not self.consumer.partitions_for_topic(topic):
+            log.warning("frames topic %r has no partitions yet; waiting for it to be created", topic)
         self.consumer.subscribe([topic], listener=_Rebalance(on_revoke))
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        return [rec for records in batches.values() for rec in records]
+        """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the batch to fill."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        records: list[Any] = []
+        while len(records) < max_records:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 and records:
+                break
+            batches = self.consumer.poll(timeout_ms=max(0, remaining_ms), max_records=max_records - len(records))
+            records.extend(rec for part in batches.values() for rec in part)
+            if remaining_ms <= 0:
+                break
+        return records
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})

@@ -102,7 +102,10 @@ class StreamProcessorReplica:
 
     def stats(self) -> dict[str, Any]:
         processor = self.processor
+        import ray
+
         return {
+            "actor_name": ray.get_runtime_context().get_actor_name(),
             "results_produced": processor.results_produced if processor else 0,
             "error": self.error,
             "uptime_s": time.time() - self.started,

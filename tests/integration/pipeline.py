@@ -1,0 +1,145 @@
+"""Helpers for pipeline tests: deploy a private Serve app on private topics, feed it, read it."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.inference import deploy
+from vlm_core import kafka_io
+from vlm_core.frame import Frame
+from vlm_core.results import Result
+
+FAST_CLASSIFIER = {
+    "spec": {
+        "task": "classification",
+        "arch": "mobilenet_v3_small",
+        "class_names": ["a", "b", "c"],
+        "input_size": 64,
+        "name": "test-classifier",
+        "version": "1",
+    },
+    "deployment": {"num_cpus": 0.25, "max_ongoing_requests": 8, "max_batch_size": 16},
+}
+
+
+@dataclass
+class PipelineTopics:
+    frames: str
+    results: str
+    dlq: str
+
+    @classmethod
+    def fresh(cls) -> PipelineTopics:
+        tag = uuid.uuid4().hex[:8]
+        return cls(f"t.{tag}.frames", f"t.{tag}.results", f"t.{tag}.dlq")
+
+    def names(self) -> list[str]:
+        return [self.frames, self.results, self.dlq]
+
+
+def pipeline_args(bootstrap: str, topics: PipelineTopics, **overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "bootstrap": bootstrap,
+        "topics": {"frames": topics.frames, "results": topics.results, "dlq": topics.dlq},
+        "processor": {
+            "group_id": f"g-{uuid.uuid4().hex[:8]}",
+            "batch_size": 8,
+            "poll_timeout_ms": 50,
+            "num_cpus": 0.25,
+        },
+        "models": {"classification": FAST_CLASSIFIER},
+        "cameras": {"default": {"tasks": ["classification"]}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(args.get(key), dict):
+            args[key] = {**args[key], **value}
+        else:
+            args[key] = value
+    return args
+
+
+@contextlib.contextmanager
+def running_pipeline(ray_address: str, bootstrap: str, topics: PipelineTopics, **overrides: Any) -> Iterator[str]:
+    kafka_io.ensure_topics(
+        bootstrap,
+        [
+            kafka_io.TopicSpec(topics.frames, 4),
+            kafka_io.TopicSpec(topics.results, 4),
+            kafka_io.TopicSpec(topics.dlq, 1),
+        ],
+    )
+    app = f"test-{uuid.uuid4().hex[:6]}"
+    deploy.connect(ray_address)
+    deploy.deploy(pipeline_args(bootstrap, topics, **overrides), app_name=app, wait_s=240)
+    try:
+        yield app
+    finally:
+        deploy.delete(app)
+        kafka_io.delete_topics(bootstrap, topics.names())
+
+
+def produce_frames(
+    bootstrap: str,
+    topic: str,
+    cameras: list[str],
+    per_camera: int,
+    *,
+    fps: float | None = None,
+    capture_ts_ms: int | None = None,
+    size: tuple[int, int] = (96, 128),
+) -> None:
+    producer = kafka_io.producer(bootstrap)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    period = 1.0 / fps if fps else 0.0
+    futures = []
+    for seq in range(per_camera):
+        for camera in cameras:
+            frame = Frame.from_image(np.roll(base, seq, axis=1), camera_id=camera, seq=seq, capture_ts_ms=capture_ts_ms)
+            futures.append(kafka_io.send_frame(producer, topic, frame))
+        if period:
+            time.sleep(period)
+    producer.flush()
+    for f in futures:
+        f.get(timeout=30)
+    producer.close()
+
+
+def produce_in_background(*args: Any, **kwargs: Any) -> threading.Thread:
+    thread = threading.Thread(target=produce_frames, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0) -> list[Any]:
+    """Records of ``topic`` from the beginning, in per-partition order, until ``expected`` arrived."""
+    from kafka import TopicPartition
+
+    consumer = kafka_io.consumer(bootstrap, group_id=None)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for part in consumer.poll(timeout_ms=500).values():
+                records.extend(part)
+        # Linger briefly: a surplus (duplicates) must be seen too.
+        for part in consumer.poll(timeout_ms=1000).values():
+            records.extend(part)
+    finally:
+        consumer.close()
+    return records
+
+
+def read_results(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0) -> list[Result]:
+    return [Result.from_bytes(r.value) for r in read_topic(bootstrap, topic, expected, timeout_s)]

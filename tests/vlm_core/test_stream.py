@@ -1,0 +1,196 @@
+"""StreamProcessor logic with in-memory fakes of the consumer, producer and models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vlm_core import metrics as m
+from vlm_core.frame import Frame
+from vlm_core.models.spec import Task
+from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy
+from vlm_core.results import Classification, ClassScore, ModelRef, Result
+from vlm_core.stream import DLQ_REASON_HEADER, ProcessorTopics, StreamProcessor, dlq_reason
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+@dataclass
+class FakeConsumer:
+    records: list[Rec]
+    position: int = 0
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    rewinds: int = 0
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Rec]:
+        batch = self.records[self.position : self.position + max_records]
+        self.position += len(batch)
+        return batch
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        for tp, offset in offsets.items():
+            assert offset >= self.committed.get(tp, 0), "commits must move forward"
+            self.committed[tp] = offset
+
+    def rewind(self) -> None:
+        self.rewinds += 1
+        self.position = min(self.committed.get(("frames", 0), 0), len(self.records))
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("frames", 0): len(self.records) - self.position}
+
+
+class Done:
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.error:
+            raise self.error
+        return self.value
+
+
+@dataclass
+class FakeProducer:
+    sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    fail_next: int = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Done:
+        if self.fail_next:
+            self.fail_next -= 1
+            return Done(error=TimeoutError("broker did not ack"))
+        self.sent.append((topic, key, value, headers))
+        return Done(True)
+
+    def results(self) -> list[Result]:
+        return [Result.from_bytes(v) for t, _k, v, _h in self.sent if t == "results"]
+
+
+class FakeModel:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.calls: list[int] = []
+        self.fail_times = fail_times
+
+    def __call__(self, images: list[np.ndarray]) -> Done:
+        self.calls.append(len(images))
+        if self.fail_times:
+            self.fail_times -= 1
+            return Done(error=RuntimeError("replica died"))
+        ref = ModelRef("fake", "1")
+        return Done([Classification(ref, (ClassScore("x", 0, float(img.mean() / 255)),)) for img in images])
+
+
+def frame_record(offset: int, camera: str = "cam", seq: int | None = None, ts: int = 1_000) -> Rec:
+    image = np.full((16, 24, 3), offset % 255, np.uint8)
+    rec = Frame.from_image(image, camera_id=camera, seq=offset if seq is None else seq, capture_ts_ms=ts).to_kafka()
+    return Rec("frames", 0, offset, rec.key, rec.value, rec.headers)
+
+
+def make(
+    records: list[Rec],
+    model: FakeModel | None = None,
+    routing: CameraRouting | None = None,
+    producer: FakeProducer | None = None,
+    now_ms: int = 2_000,
+    batch_size: int = 4,
+):  # type: ignore[no-untyped-def]
+    consumer = FakeConsumer(records)
+    producer = producer or FakeProducer()
+    model = model or FakeModel()
+    processor = StreamProcessor(
+        consumer,
+        producer,
+        {Task.CLASSIFICATION: model},
+        routing or CameraRouting(),
+        ProcessorTopics("results", "dlq"),
+        batch_size=batch_size,
+        max_inflight=2,
+        clock_ms=lambda: now_ms,
+    )
+    return processor, consumer, producer, model
+
+
+def run_until_idle(processor: StreamProcessor, consumer: FakeConsumer) -> None:
+    for _ in range(100):
+        processor.step()
+        if consumer.position >= len(consumer.records):
+            break
+    processor.drain()
+
+
+def test_every_frame_gets_one_result_in_order_and_one_request_per_batch() -> None:
+    processor, consumer, producer, model = make([frame_record(i) for i in range(10)])
+    run_until_idle(processor, consumer)
+    results = producer.results()
+    assert [r.seq for r in results] == list(range(10))
+    assert model.calls == [4, 4, 2]  # one request per batch, not per frame
+    assert consumer.committed == {("frames", 0): 10}
+    assert all(r.classification is not None for r in results)
+    assert results[0].timing_ms["total"] == 1000
+    assert processor.metrics.total(m.FRAMES_PROCESSED) == 10
+
+
+def test_commit_happens_only_after_ack() -> None:
+    producer = FakeProducer(fail_next=1)
+    processor, consumer, producer, _ = make([frame_record(i) for i in range(4)], producer=producer)
+    processor.step()
+    processor.step()
+    assert consumer.committed == {}  # the failed ack blocked the commit ...
+    assert consumer.rewinds == 1  # ... and the batch is read again
+    run_until_idle(processor, consumer)
+    assert consumer.committed == {("frames", 0): 4}
+    assert sorted({r.seq for r in producer.results()}) == [0, 1, 2, 3]
+    assert processor.metrics.total(m.BATCH_FAILURES, stage="produce ack") == 1
+
+
+def test_model_failure_rewinds_and_retries() -> None:
+    processor, consumer, producer, _model = make([frame_record(i) for i in range(4)], model=FakeModel(fail_times=1))
+    run_until_idle(processor, consumer)
+    run_until_idle(processor, consumer)
+    assert sorted(r.seq for r in producer.results()) == [0, 1, 2, 3]
+    assert consumer.rewinds == 1
+
+
+def test_bad_frames_go_to_dlq_and_the_rest_continue() -> None:
+    records = [frame_record(0), frame_record(1), frame_record(2)]
+    records[1] = Rec("frames", 0, 1, records[1].key, b"\xff\xd8\xff garbage", records[1].headers)
+    records.append(Rec("frames", 0, 3, b"cam", b"", None))
+    processor, consumer, producer, _ = make(records)
+    run_until_idle(processor, consumer)
+    assert [r.seq for r in producer.results()] == [0, 2]
+    dlq = [(k, h) for t, k, _v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for _k, h in dlq] == ["undecodable", "bad_header"]
+    assert all(any(name == DLQ_REASON_HEADER for name, _ in h) for _k, h in dlq)
+    assert consumer.committed == {("frames", 0): 4}
+    assert processor.metrics.total(m.FRAMES_DEAD_LETTERED) == 2
+
+
+@pytest.mark.parametrize(("policy", "expected"), [(DropPolicy.DROP_STALE, 0), (DropPolicy.PROCESS_ALL, 5)])
+def test_drop_policy(policy: DropPolicy, expected: int) -> None:
+    routing = CameraRouting(default=CameraPolicy(drop_policy=policy, max_age_ms=100))
+    processor, consumer, producer, _ = make([frame_record(i, ts=0) for i in range(5)], routing=routing, now_ms=5_000)
+    run_until_idle(processor, consumer)
+    assert len(producer.results()) == expected
+    assert processor.metrics.total(m.FRAMES_DROPPED, reason="stale") == 5 - expected
+    assert consumer.committed == {("frames", 0): 5}  # dropped frames are done, not redelivered
+
+
+def test_camera_routing_selects_tasks() -> None:
+    routing = CameraRouting(overrides={"quiet": CameraPolicy(tasks=(Task.DETECTION,))})
+    records = [frame_record(0, "loud"), frame_record(1, "quiet"), frame_record(2, "loud")]
+    processor, consumer, producer, model = make(records, routing=routing)
+    run_until_idle(processor, consumer)
+    assert [r.camera_id for r in producer.results()] == ["loud", "loud"]  # quiet wants no served task
+    assert model.calls == [2]
+    assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 1
