@@ -204,6 +204,66 @@ def results(
     )
 
 
+bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
+    model: Annotated[str | None, typer.Option(help="Architecture (default: the task's default model).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
+) -> None:
+    """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
+    from services.bench import run_pipeline_bench, write_outputs
+    from vlm_core.models.spec import Task
+
+    try:
+        task_enum = Task(task)
+    except ValueError:
+        raise VlmError(f"unknown task {task!r}", hint="use classification, detection or segmentation") from None
+    if model is not None:
+        from vlm_core.models import get_architecture
+
+        if get_architecture(model).task is not task_enum:
+            raise VlmError(f"{model} is not a {task} architecture", hint="see `vlm models archs`")
+    command = "vlm bench pipeline " + " ".join(sys.argv[3:])
+    report, latencies = run_pipeline_bench(
+        task_enum,
+        model,
+        frames,
+        batch_size=batch_size,
+        latency_seconds=latency_seconds,
+        settings=_settings(),
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        command=command,
+    )
+    table = Table(
+        title=f"vlm bench pipeline: {report.task} / {report.model} ({report.frame_size}, batch {report.batch_size})"
+    )
+    for column in ("raw fps", "pipeline fps", "ratio", "p50 ms", "p95 ms", "p99 ms", "mean batch", "lost", "dups"):
+        table.add_column(column, justify="right")
+    lat = report.latency_ms
+    table.add_row(
+        f"{report.raw_fps:.1f}",
+        f"{report.pipeline_fps:.1f}",
+        f"{report.ratio:.2f}",
+        *(f"{lat.get(k, float('nan')):.0f}" for k in ("p50", "p95", "p99")),
+        f"{report.mean_batch_size:.1f}",
+        str(report.frames_lost),
+        str(report.duplicates),
+    )
+    console.print(table)
+    png = write_outputs(report, latencies, json_out)
+    if json_out:
+        console.print(f"wrote {json_out} and {png}")
+    if report.frames_lost:
+        raise VlmError(f"{report.frames_lost} frames lost")
+
+
 @models_app.command("archs")
 def models_archs() -> None:
     """List the architectures the zoo can build."""

@@ -18,7 +18,7 @@ from vlm_core.errors import InfrastructureError
 from vlm_core.frame import Frame
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-BOOTSTRAP_TIMEOUT_MS = 15000
+BOOTSTRAP_TIMEOUT_MS = 10000
 
 _T = TypeVar("_T")
 

@@ -50,7 +50,8 @@ class DeploymentSettings(_Strict):
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     max_ongoing_requests: int = Field(default=8, ge=1)
-    max_batch_size: int = Field(default=4, ge=1, description="requests (each a frame batch) merged per model call")
+    #: Frames per model call; concurrent requests (each a frame batch) are merged up to it.
+    max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
     num_cpus: float = Field(default=0.5, gt=0)
     #: "auto": a fraction of a GPU when the cluster has one, else none.
@@ -109,6 +110,11 @@ class PipelineConfig(_Strict):
             spec = model.model_spec()
             if spec.task is not task:
                 raise ValueError(f"models.{task.value} has a {spec.task.value} spec")
+            if model.deployment.max_batch_size < self.processor.batch_size:
+                raise ValueError(
+                    f"models.{task.value}.deployment.max_batch_size ({model.deployment.max_batch_size}) must be "
+                    f">= processor.batch_size ({self.processor.batch_size}): one request carries a whole batch"
+                )
         return self
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,9 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Offse
 from vlm_core import kafka_io
 
 log = logging.getLogger("ray.serve")
+
+MIN_POLL_MS = 500
+REBALANCE_POLL_MS = 30000
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -26,13 +28,11 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", assigned)
 
-    def on_partitions_lost(self, lost: Any) -> None:
-        log.warning("partitions lost: %s; their uncommitted frames will be redelivered", lost)
-
 
 class KafkaFrameConsumer:
     def __init__(self, bootstrap: str, topic: str, group_id: str, on_revoke: Callable[[], None]) -> None:
         self.topic = topic
+        self._next_offset: dict[tuple[str, int], int] = {}
         self.consumer: KafkaConsumer = kafka_io.consumer(
             bootstrap,
             group_id=group_id,
@@ -48,36 +48,53 @@ class KafkaFrameConsumer:
         self.consumer.subscribe([topic], listener=_Rebalance(on_revoke))
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
-        """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the batch to fill."""
-        deadline = time.monotonic() + timeout_ms / 1000
+        """Up to ``max_records`` records from one fetch.
+
+        The broker answers a fetch as soon as data is there, so a long timeout costs
+        nothing while frames flow. It must not be short: kafka-python 3.0 can lose a
+        group join that a poll timeout interrupts (the member then sits on an assignment
+        it never fetches from), so every poll waits at least MIN_POLL_MS, and much longer
+        while the group is rebalancing.
+        """
+        wait_ms = max(timeout_ms, MIN_POLL_MS)
+        if self._rebalancing():
+            wait_ms = max(wait_ms, REBALANCE_POLL_MS)
+        batches = self.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
         records: list[Any] = []
-        while len(records) < max_records:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 and records:
-                break
-            batches = self.consumer.poll(timeout_ms=max(0, remaining_ms), max_records=max_records - len(records))
-            records.extend(rec for part in batches.values() for rec in part)
-            if remaining_ms <= 0:
-                break
+        for part in batches.values():
+            records.extend(part)
+            if part:
+                last = part[-1]
+                self._next_offset[(last.topic, last.partition)] = last.offset + 1
         return records
+
+    def _rebalancing(self) -> bool:
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if not self.consumer.assignment():
+            return True
+        return bool(coordinator is not None and getattr(coordinator, "rejoining", False))
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
 
     def rewind(self) -> None:
+        self._next_offset.clear()
         for tp in self.consumer.assignment():
-            committed = self.consumer.committed(tp)
+            committed = self.consumer.committed(tp, timeout_ms=10000)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
 
     def lag(self) -> dict[tuple[str, int], int]:
+        """Lag from the fetch high-water marks and what was polled: no blocking broker calls,
+        which could stall the loop during a rebalance."""
         lags = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is not None:
-                lags[(tp.topic, tp.partition)] = max(0, high - self.consumer.position(tp))
+            position = self._next_offset.get((tp.topic, tp.partition))
+            if high is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, high - position)
         return lags
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -37,6 +38,13 @@ class StreamProcessorReplica:
         import cv2
 
         cv2.setNumThreads(1)
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.setLevel(os.environ.get("VLM_KAFKA_LOG_LEVEL", "WARNING"))
+        library_log = logging.getLogger("vlm_core")
+        library_log.setLevel(logging.INFO)
+        for handler in log.handlers:  # route library and client logs into the replica's log
+            kafka_log.addHandler(handler)
+            library_log.addHandler(handler)
         self.config = PipelineConfig.parse(args)
         self.handles = {Task(task): handle.options(method_name="predict") for task, handle in models.items()}
         self.metrics = RayMetricsSink()
@@ -107,10 +115,20 @@ class StreamProcessorReplica:
         return {
             "actor_name": ray.get_runtime_context().get_actor_name(),
             "results_produced": processor.results_produced if processor else 0,
+            "mean_batch_size": self._mean_batch_size(),
             "error": self.error,
             "uptime_s": time.time() - self.started,
             "counters": {f"{name}{dict(tags)}": v for (name, tags), v in self.metrics.counters.items()},
         }
+
+    def _mean_batch_size(self) -> float:
+        sizes = [
+            v
+            for (name, _tags), values in self.metrics.observations.items()
+            if name == "vlm_model_batch_size"
+            for v in values
+        ]
+        return sum(sizes) / len(sizes) if sizes else 0.0
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful shutdown: stop polling, drain in-flight batches.

@@ -167,3 +167,27 @@ def test_frames_processed_metric_reaches_prometheus(pipeline_env: tuple[str, str
                     break
             time.sleep(2)
     assert value == 30
+    check_exported_metrics_with_promtool(settings)
+
+
+def check_exported_metrics_with_promtool(settings) -> None:  # type: ignore[no-untyped-def]
+    """Our metric families on Ray's export port pass `promtool check metrics`.
+
+    Ray adds its own camelCase labels (Component, NodeAddress, SessionName, Version,
+    WorkerId) to every series; promtool flags those, so they are removed first: the check
+    is on the names and labels this project chooses.
+    """
+    import re
+    import subprocess
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{settings.host}:{settings.ray_metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    ours = [line for line in text.splitlines() if "ray_vlm_" in line]
+    assert any(line.startswith("# TYPE ray_vlm_frames_processed_total counter") for line in ours)
+    ray_labels = re.compile(r'(Component|NodeAddress|SessionName|Version|WorkerId)="[^"]*",?')
+    cleaned = [ray_labels.sub("", line).replace(",}", "}").replace("{}", "") for line in ours]
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input="\n".join(cleaned) + "\n", capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

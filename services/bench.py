@@ -1,0 +1,262 @@
+"""``vlm bench pipeline``: the raw model versus the full pipeline, measured in one run.
+
+1. raw: the Predictor in a tight batched loop over decoded frames, same batch size, one
+   torch thread (the model replica's budget). This is the ceiling.
+2. pipeline: ingest (synthetic cameras -> JPEG -> Kafka) -> StreamProcessor -> model
+   deployment -> results on Kafka, on fresh topics. Throughput is measured between the
+   first and the last result produced (steady state, like the raw loop after warm-up).
+3. latency: a second, paced stream at half the measured pipeline rate gives end-to-end
+   latency (capture to result produced) without a backlog.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm_core.config import LocalSettings
+from vlm_core.errors import ConfigError
+from vlm_core.models.spec import ModelSpec, Task
+
+DEFAULT_MODELS = {
+    Task.CLASSIFICATION: "mobilenet_v3_small",
+    Task.DETECTION: "ssdlite320_mobilenet_v3_large",
+    Task.SEGMENTATION: "lraspp_mobilenet_v3_large",
+}
+BENCH_CLASSES = {
+    Task.CLASSIFICATION: tuple(f"class_{i}" for i in range(10)),
+    Task.DETECTION: tuple(f"class_{i}" for i in range(10)),
+    Task.SEGMENTATION: ("background", *(f"class_{i}" for i in range(10))),
+}
+
+
+@dataclass
+class BenchReport:
+    task: str
+    model: str
+    frames: int
+    batch_size: int
+    frame_size: str
+    raw_fps: float
+    pipeline_fps: float
+    ratio: float
+    frames_lost: int
+    duplicates: int
+    mean_batch_size: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_rate_fps: float = 0.0
+    weights: str = "random init (throughput only)"
+    command: str = ""
+
+
+def bench_spec(task: Task, arch: str | None) -> ModelSpec:
+    arch = arch or DEFAULT_MODELS[task]
+    return ModelSpec(task, arch, class_names=BENCH_CLASSES[task], name=f"bench-{arch}", version="1")
+
+
+def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
+    from vlm_core.datasets.scenes import SceneConfig, SceneVideo
+
+    video = SceneVideo(SceneConfig(width=width, height=height), seed=11)
+    return [video.next().image for _ in range(count)]
+
+
+def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> float:
+    import torch
+
+    from vlm_core.models import build_predictor
+
+    torch.set_num_threads(1)
+    predictor = build_predictor(spec)
+    predictor.warmup(batch_size, images[0].shape[:2])
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        predictor.predict(images[i : i + batch_size])
+    return len(images) / (time.perf_counter() - start)
+
+
+def run_pipeline_bench(
+    task: Task,
+    arch: str | None,
+    frames: int,
+    *,
+    batch_size: int = 8,
+    width: int = 320,
+    height: int = 240,
+    latency_seconds: float = 10.0,
+    settings: LocalSettings,
+    progress: Any = print,
+    command: str = "",
+) -> tuple[BenchReport, list[float]]:
+    from services.inference import deploy
+    from services.ingest.worker import CameraConfig, IngestRunner
+    from vlm_core import kafka_io
+    from vlm_core.local import LocalStack
+
+    if frames < 50:
+        raise ConfigError("--frames must be at least 50 for a meaningful measurement")
+    spec = bench_spec(task, arch)
+    progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
+    images = synthetic_frames(min(frames, 400), width, height)
+    images = (images * (frames // len(images) + 1))[:frames]
+    raw_fps = measure_raw(spec, images, batch_size)
+    progress(f"raw: {raw_fps:.1f} fps")
+
+    LocalStack(settings).up(["kafka", "ray"])
+    tag = uuid.uuid4().hex[:8]
+    topics = {"frames": f"bench.{tag}.frames", "results": f"bench.{tag}.results", "dlq": f"bench.{tag}.dlq"}
+    kafka_io.ensure_topics(settings.bootstrap_servers, [kafka_io.TopicSpec(t, 4) for t in topics.values()])
+    args = {
+        "bootstrap": settings.bootstrap_servers,
+        "topics": topics,
+        "processor": {
+            "group_id": f"bench-{tag}",
+            "batch_size": batch_size,
+            "poll_timeout_ms": 20,
+            "max_inflight_batches": 2,
+            "num_cpus": 0.25,
+        },
+        "models": {
+            task.value: {
+                "spec": spec.to_dict(),
+                "deployment": {
+                    "max_batch_size": batch_size,
+                    "num_cpus": 0.5,
+                    "max_ongoing_requests": 8,
+                    "torch_threads": 1,
+                },
+            }
+        },
+        "cameras": {"default": {"tasks": [task.value]}},
+    }
+    app = f"bench-{tag}"
+    deploy.connect(settings.ray_address)
+    progress("deploying the pipeline...")
+    deploy.deploy(args, app_name=app)
+    try:
+        cameras = [f"bench-cam-{i}" for i in range(2)]
+        per_camera = frames // 2
+        runner = IngestRunner(
+            [
+                CameraConfig(
+                    c,
+                    f"synthetic://?seed={i}&width={width}&height={height}",
+                    fps=None,
+                    max_width=None,
+                    max_frames=per_camera,
+                )
+                for i, c in enumerate(cameras)
+            ],
+            settings.bootstrap_servers,
+            topics["frames"],
+        )
+        progress(f"pipeline: ingesting {per_camera * 2} frames from 2 synthetic cameras...")
+        runner.start()
+        results = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2, progress)
+        runner.stop()
+        stamps = sorted(r["processed_ts_ms"] for r in results)
+        pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+        keys = [(r["camera_id"], r["seq"]) for r in results]
+        expected = {(c, s) for c in cameras for s in range(per_camera)}
+        lost = len(expected - set(keys))
+        duplicates = len(keys) - len(set(keys))
+        stats = deploy.processor_stats(app)
+        progress(f"pipeline: {pipeline_fps:.1f} fps, lost {lost}")
+
+        rate = max(1.0, pipeline_fps / 2)
+        latencies: list[float] = []
+        if latency_seconds > 0:
+            n = max(20, int(rate * latency_seconds))
+            progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
+            paced = IngestRunner(
+                [
+                    CameraConfig(
+                        "bench-latency",
+                        f"synthetic://?seed=7&width={width}&height={height}",
+                        fps=rate,
+                        max_width=None,
+                        max_frames=n,
+                    )
+                ],
+                settings.bootstrap_servers,
+                topics["frames"],
+            )
+            paced.start()
+            later = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2 + n, progress)
+            paced.stop()
+            latencies = [
+                float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in later if r["camera_id"] == "bench-latency"
+            ]
+    finally:
+        deploy.delete(app)
+        kafka_io.delete_topics(settings.bootstrap_servers, list(topics.values()))
+    pct = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)} if latencies else {}
+    report = BenchReport(
+        task=task.value,
+        model=spec.arch,
+        frames=per_camera * 2,
+        batch_size=batch_size,
+        frame_size=f"{width}x{height}",
+        raw_fps=round(raw_fps, 2),
+        pipeline_fps=round(pipeline_fps, 2),
+        ratio=round(pipeline_fps / raw_fps, 3),
+        frames_lost=lost,
+        duplicates=duplicates,
+        mean_batch_size=round(stats.get("mean_batch_size", 0.0), 2),
+        latency_ms={k: round(v, 1) for k, v in pct.items()},
+        latency_rate_fps=round(rate, 1),
+        command=command,
+    )
+    return report, latencies
+
+
+def _collect(bootstrap: str, topic: str, expected: int, progress: Any, timeout_s: float = 600) -> list[dict[str, Any]]:
+    from kafka import TopicPartition
+
+    from vlm_core import kafka_io
+
+    consumer = kafka_io.consumer(bootstrap, group_id=None)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    docs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(docs) < expected and time.monotonic() < deadline:
+            for part in consumer.poll(timeout_ms=500).values():
+                docs.extend(json.loads(r.value) for r in part)
+    finally:
+        consumer.close()
+    return docs
+
+
+def write_outputs(report: BenchReport, latencies: list[float], json_path: Path | None) -> Path | None:
+    if json_path is None:
+        return None
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if latencies:
+        ax.hist(latencies, bins=40, color="#3b7dd8")
+        for name, value in report.latency_ms.items():
+            ax.axvline(value, color="k", linestyle="--", linewidth=0.8)
+            ax.text(value, ax.get_ylim()[1] * 0.9, name, rotation=90, fontsize=8)
+    ax.set_xlabel("end-to-end latency (ms), capture to result produced")
+    ax.set_ylabel("frames")
+    ax.set_title(f"{report.task} / {report.model} at {report.latency_rate_fps:.0f} fps")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
