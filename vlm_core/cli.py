@@ -244,7 +244,18 @@ def bench_pipeline(
     table = Table(
         title=f"vlm bench pipeline: {report.task} / {report.model} ({report.frame_size}, batch {report.batch_size})"
     )
-    for column in ("raw fps", "pipeline fps", "ratio", "p50 ms", "p95 ms", "p99 ms", "mean batch", "lost", "dups"):
+    for column in (
+        "raw fps",
+        "ingest fps",
+        "pipeline fps",
+        "ratio",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean batch",
+        "lost",
+        "dups",
+    ):
         table.add_column(column, justify="right")
     lat = report.latency_ms
     table.add_row(
@@ -280,14 +291,14 @@ def models_archs() -> None:
 
 @app.command()
 def demo(
-    frames: Annotated[int, typer.Option(help="Frames per camera.")] = 100,
-    keep_running: Annotated[bool, typer.Option("--keep/--stop", help="Leave the local stack running.")] = True,
+    duration: Annotated[float | None, typer.Option(help="Stop after N seconds (default: run until Ctrl-C).")] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 10.0,
+    keep_stack: Annotated[bool, typer.Option("--keep-stack", help="Leave Kafka/Ray/Prometheus running.")] = False,
 ) -> None:
-    """Start the local stack and stream the sample video and a synthetic camera through Kafka."""
+    """The main job: local Kafka + Ray, the Serve pipeline, two cameras, a live summary."""
     from services.demo import run_demo
 
-    os.environ.update(ray_environment())
-    run_demo(_settings(), frames_per_camera=frames, console=console, keep_running=keep_running)
+    run_demo(_settings(), console=console, duration_s=duration, fps=fps, stop_stack=not keep_stack)
 
 
 def main() -> None:
