@@ -63,10 +63,11 @@ def bench_spec(task: Task, arch: str | None) -> ModelSpec:
 
 
 def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
+    """The frames the pipeline's two synthetic cameras (seeds 0 and 1) send, interleaved."""
     from vlm_core.datasets.scenes import SceneConfig, SceneVideo
 
-    video = SceneVideo(SceneConfig(width=width, height=height), seed=11)
-    return [video.next().image for _ in range(count)]
+    videos = [SceneVideo(SceneConfig(width=width, height=height), seed=seed) for seed in (0, 1)]
+    return [videos[i % 2].next().image for i in range(count)]
 
 
 def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> float:
@@ -92,6 +93,7 @@ def run_pipeline_bench(
     width: int = 320,
     height: int = 240,
     latency_seconds: float = 10.0,
+    inflight: int = 2,
     settings: LocalSettings,
     progress: Any = print,
     command: str = "",
@@ -121,7 +123,7 @@ def run_pipeline_bench(
             "group_id": f"bench-{tag}",
             "batch_size": batch_size,
             "poll_timeout_ms": 20,
-            "max_inflight_batches": 2,
+            "max_inflight_batches": inflight,
             "num_cpus": 0.25,
         },
         "models": {
@@ -176,7 +178,10 @@ def run_pipeline_bench(
         lost = len(expected - set(keys))
         duplicates = len(keys) - len(set(keys))
         stats = deploy.processor_stats(app)
-        progress(f"pipeline: {pipeline_fps:.1f} fps, lost {lost}")
+        progress(
+            f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
+            f"{stats.get('mean_model_round_trip_ms', 0):.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
+        )
 
         rate = max(1.0, pipeline_fps / 2)
         latencies: list[float] = []
@@ -213,6 +218,7 @@ def run_pipeline_bench(
         batch_size=batch_size,
         frame_size=f"{width}x{height}",
         raw_fps=round(raw_fps, 2),
+        ingest_fps=round(ingest_fps, 2),
         pipeline_fps=round(pipeline_fps, 2),
         ratio=round(pipeline_fps / raw_fps, 3),
         frames_lost=lost,

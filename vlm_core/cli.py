@@ -215,6 +215,7 @@ def bench_pipeline(
     frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
+    inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
@@ -260,6 +261,7 @@ def bench_pipeline(
     lat = report.latency_ms
     table.add_row(
         f"{report.raw_fps:.1f}",
+        f"{report.ingest_fps:.1f}",
         f"{report.pipeline_fps:.1f}",
         f"{report.ratio:.2f}",
         *(f"{lat.get(k, float('nan')):.0f}" for k in ("p50", "p95", "p99")),

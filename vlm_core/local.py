@@ -301,7 +301,9 @@ class RayService(LocalService):
         return f"{self.settings.ray_address} (metrics :{self.settings.ray_metrics_port})"
 
     def environment(self) -> dict[str, str]:
-        return ray_environment()
+        # Ray nices its workers to 15 by default; the model replicas are the workload here
+        # and must not yield their core to the broker and Ray's own daemons.
+        return {**ray_environment(), "RAY_worker_niceness": "0"}
 
     def command(self) -> list[str]:
         ray_bin = Path(sys.executable).with_name("ray")

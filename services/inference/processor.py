@@ -109,26 +109,22 @@ class StreamProcessorReplica:
             raise RuntimeError(f"stream processor thread died: {self.error}")
 
     def stats(self) -> dict[str, Any]:
-        processor = self.processor
         import ray
 
+        processor = self.processor
         return {
             "actor_name": ray.get_runtime_context().get_actor_name(),
             "results_produced": processor.results_produced if processor else 0,
-            "mean_batch_size": self._mean_batch_size(),
+            "mean_batch_size": self._mean("vlm_model_batch_size"),
+            "mean_model_round_trip_ms": 1000 * self._mean("vlm_model_latency_seconds"),
             "error": self.error,
             "uptime_s": time.time() - self.started,
             "counters": {f"{name}{dict(tags)}": v for (name, tags), v in self.metrics.counters.items()},
         }
 
-    def _mean_batch_size(self) -> float:
-        sizes = [
-            v
-            for (name, _tags), values in self.metrics.observations.items()
-            if name == "vlm_model_batch_size"
-            for v in values
-        ]
-        return sum(sizes) / len(sizes) if sizes else 0.0
+    def _mean(self, metric: str) -> float:
+        values = [v for (name, _tags), vs in self.metrics.observations.items() if name == metric for v in vs]
+        return sum(values) / len(values) if values else 0.0
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful shutdown: stop polling, drain in-flight batches.
