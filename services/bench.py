@@ -71,11 +71,14 @@ def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
 
 
 def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> float:
+    import cv2
     import torch
 
     from vlm_core.models import build_predictor
 
+    # The model replica's budget: one torch thread, OpenCV single-threaded.
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     predictor = build_predictor(spec)
     predictor.warmup(batch_size, images[0].shape[:2])
     start = time.perf_counter()

@@ -219,6 +219,7 @@ def bench_pipeline(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
     from services.bench import run_pipeline_bench, write_outputs
     from vlm_core.models.spec import Task
 
