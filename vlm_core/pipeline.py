@@ -80,6 +80,8 @@ class ProcessorSettings(_Strict):
     max_frame_pixels: int = Field(default=FrameLimits().max_pixels, ge=1)
     model_timeout_s: float = Field(default=60.0, gt=0)
     produce_timeout_s: float = Field(default=30.0, gt=0)
+    #: A batch the model fails on this many times in a row is dead-lettered (model_error).
+    max_model_retries: int = Field(default=3, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
 
     @property

@@ -70,9 +70,10 @@ ModelClient = Callable[[list[np.ndarray]], Pending]
 
 
 class BatchFailedError(Exception):
-    def __init__(self, stage: str, cause: BaseException) -> None:
+    def __init__(self, stage: str, cause: BaseException, batch: _Batch | None = None) -> None:
         super().__init__(f"{stage} failed: {cause!r}")
         self.stage = stage
+        self.batch = batch
 
 
 @dataclass
@@ -116,6 +117,7 @@ class StreamProcessor:
         max_inflight: int = 2,
         model_timeout_s: float = 60.0,
         produce_timeout_s: float = 30.0,
+        max_model_retries: int = 3,
         on_result: Callable[[Result], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
@@ -131,6 +133,8 @@ class StreamProcessor:
         self.max_inflight = max_inflight
         self.model_timeout_s = model_timeout_s
         self.produce_timeout_s = produce_timeout_s
+        self.max_model_retries = max_model_retries
+        self._failures: tuple[tuple[tuple[TopicPartition, int], ...], int] = ((), 0)
         self.on_result = on_result
         self.clock_ms = clock_ms
         self._inflight: deque[_Batch] = deque()
@@ -154,6 +158,8 @@ class StreamProcessor:
             self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
             log.warning("%s; rewinding to the last committed offsets", exc)
             self._inflight.clear()
+            if exc.batch is not None and self._give_up_on(exc.batch):
+                self._quarantine(exc.batch, exc)
             self.consumer.rewind()
             return 0
         finally:
@@ -175,6 +181,29 @@ class StreamProcessor:
             except Exception:  # partitions already gone: the next owner re-reads from the commit
                 log.exception("rewind after a failed drain did not work")
         self.metrics.set(m.INFLIGHT_BATCHES, 0)
+
+    def _give_up_on(self, batch: _Batch) -> bool:
+        """True once the same batch failed in the model ``max_model_retries`` times in a row."""
+        key = tuple(sorted(batch.offsets.items()))
+        self._failures = (key, self._failures[1] + 1) if self._failures[0] == key else (key, 1)
+        return self._failures[1] >= self.max_model_retries
+
+    def _quarantine(self, batch: _Batch, error: BatchFailedError) -> None:
+        """A batch the model keeps failing on goes to the dead-letter topic, so one poisoned
+        frame cannot stall its partition; the stream continues after it."""
+        log.error(
+            "batch %s failed %d times; dead-lettering its %d frames", batch.offsets, self._failures[1], len(batch.items)
+        )
+        try:
+            for item in batch.items:
+                self._dead_letter(batch, item.record, "model_error", str(error))
+            for pending in batch.side_sends:
+                pending.result(timeout=self.produce_timeout_s)
+            self.consumer.commit(batch.offsets)
+        except Exception:  # the broker is the problem, not the batch: keep retrying it
+            log.exception("dead-lettering the failing batch did not work; it will be retried")
+            return
+        self._failures = ((), 0)
 
     # -- stages -------------------------------------------------------------------------
     def _submit(self, records: Sequence[Record]) -> _Batch:
@@ -198,7 +227,7 @@ class StreamProcessor:
                     continue
                 image = frame.decode(limits=self.limits)
             except FrameError as exc:
-                self._dead_letter(batch, rec, exc)
+                self._dead_letter(batch, rec, exc.reason, str(exc))
                 continue
             decode_ms = (time.perf_counter() - start) * 1000
             batch.items.append(_Item(frame, image, rec, tasks, now_ms, decode_ms))
@@ -219,11 +248,13 @@ class StreamProcessor:
             try:
                 task_outputs = pending.result(timeout=self.model_timeout_s)
             except Exception as exc:
-                raise BatchFailedError(f"{task.value} model", exc) from exc
+                raise BatchFailedError(f"{task.value} model", exc, batch) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
             if len(task_outputs) != len(indices):
-                raise BatchFailedError(f"{task.value} model", ValueError("output count differs from input count"))
+                raise BatchFailedError(
+                    f"{task.value} model", ValueError("output count differs from input count"), batch
+                )
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
@@ -285,18 +316,18 @@ class StreamProcessor:
             offset=item.record.offset,
         )
 
-    def _dead_letter(self, batch: _Batch, rec: Record, error: FrameError) -> None:
+    def _dead_letter(self, batch: _Batch, rec: Record, reason: str, message: str) -> None:
         headers = [(k, v) for k, v in (rec.headers or []) if v is not None]
         headers += [
-            (DLQ_REASON_HEADER, error.reason.encode()),
-            (DLQ_ERROR_HEADER, str(error)[:500].encode()),
+            (DLQ_REASON_HEADER, reason.encode()),
+            (DLQ_ERROR_HEADER, message[:500].encode()),
             (DLQ_SOURCE_HEADER, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
         ]
         try:
             batch.side_sends.append(self.producer.send(self.topics.dlq, rec.key, rec.value or b"", headers))
         except Exception as exc:
             raise BatchFailedError("dead-letter produce", exc) from exc
-        self.metrics.inc(m.FRAMES_DEAD_LETTERED, reason=error.reason)
+        self.metrics.inc(m.FRAMES_DEAD_LETTERED, reason=reason)
 
     def _report_lag(self) -> None:
         try:

@@ -85,6 +85,7 @@ class StreamProcessorReplica:
                     max_inflight=cfg.processor.max_inflight_batches,
                     model_timeout_s=cfg.processor.model_timeout_s,
                     produce_timeout_s=cfg.processor.produce_timeout_s,
+                    max_model_retries=cfg.processor.max_model_retries,
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)

@@ -78,15 +78,18 @@ class FakeProducer:
 
 
 class FakeModel:
-    def __init__(self, fail_times: int = 0) -> None:
+    def __init__(self, fail_times: int = 0, poison: int | None = None) -> None:
         self.calls: list[int] = []
         self.fail_times = fail_times
+        self.poison = poison  # a pixel value the model always crashes on
 
     def __call__(self, images: list[np.ndarray]) -> Done:
         self.calls.append(len(images))
         if self.fail_times:
             self.fail_times -= 1
             return Done(error=RuntimeError("replica died"))
+        if self.poison is not None and any(int(img[0, 0, 0]) == self.poison for img in images):
+            return Done(error=RuntimeError("model crashed on this frame"))
         ref = ModelRef("fake", "1")
         return Done([Classification(ref, (ClassScore("x", 0, float(img.mean() / 255)),)) for img in images])
 
@@ -194,3 +197,19 @@ def test_camera_routing_selects_tasks() -> None:
     assert [r.camera_id for r in producer.results()] == ["loud", "loud"]  # quiet wants no served task
     assert model.calls == [2]
     assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 1
+
+
+def test_a_batch_the_model_always_fails_on_is_dead_lettered_and_the_stream_goes_on() -> None:
+    # offsets 4..7 form the second batch; frame 5 crashes the model every time
+    records = [frame_record(i) for i in range(12)]
+    processor, consumer, producer, _model = make(records, model=FakeModel(poison=5))
+    for _ in range(20):
+        run_until_idle(processor, consumer)
+        if consumer.committed.get(("frames", 0)) == 12:
+            break
+    assert consumer.committed == {("frames", 0): 12}
+    assert sorted({r.seq for r in producer.results()}) == [0, 1, 2, 3, 8, 9, 10, 11]
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert sorted(dlq_reason(h) for h in dlq) == ["model_error"] * 4
+    assert processor.metrics.total(m.FRAMES_DEAD_LETTERED, reason="model_error") == 4
+    assert processor.metrics.total(m.BATCH_FAILURES) == 3
