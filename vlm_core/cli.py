@@ -278,6 +278,69 @@ def bench_pipeline(
         raise VlmError(f"{report.frames_lost} frames lost")
 
 
+def _registry():  # type: ignore[no-untyped-def]
+    from vlm_core.registry import ModelRegistry
+
+    return ModelRegistry(_settings().registry_dir)
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str | None, typer.Argument(help="Only this model.")] = None) -> None:
+    """Every version in the registry, with status and primary metric."""
+    registry = _registry()
+    table = Table(title=f"model registry ({registry.root})")
+    for column in ("model", "version", "task", "arch", "status", "primary metric", "created", "parent"):
+        table.add_column(column)
+    for model_name in [name] if name else registry.names():
+        for v in registry.versions(model_name):
+            score = v.metrics.get(v.primary_metric)
+            table.add_row(
+                v.name,
+                str(v.version),
+                v.task.value,
+                v.arch,
+                v.status.value,
+                f"{v.primary_metric}={score:.4f}" if score is not None else "-",
+                v.created_at,
+                str(v.parent or "-"),
+            )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]) -> None:
+    """Everything recorded about one version."""
+    import json
+
+    console.print_json(json.dumps(_registry().resolve(ref).to_json()))
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION of the candidate.")],
+    margin: Annotated[float, typer.Option(help="Required improvement of the primary metric.")] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate.")] = False,
+) -> None:
+    """Run the promotion gate; the candidate serves only if it is at least as good as production."""
+    from vlm_core.registry import parse_ref
+
+    name, version = parse_ref(ref)
+    if version is None:
+        raise VlmError(f"promote needs a version: {ref!r}", hint=f"e.g. vlm models promote {name}@2")
+    decision = _registry().promote(name, version, margin=margin, force=force)
+    verdict = "[green]promoted[/]" if decision.promoted else "[yellow]refused[/]"
+    console.print(f"{verdict} {decision.candidate.ref}: {decision.reason}")
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+@models_app.command("rollback")
+def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Serve the previous production version again."""
+    restored = _registry().rollback(name)
+    console.print(f"{name}: production is now {restored.ref}")
+
+
 @models_app.command("archs")
 def models_archs() -> None:
     """List the architectures the zoo can build."""

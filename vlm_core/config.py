@@ -46,6 +46,11 @@ class LocalSettings(BaseModel, frozen=True):
     ingest_metrics_port: int = 29100
     state_dir: Path = Field(default_factory=lambda: _state_home() / "vlm-stream")
     cache_dir: Path = Field(default_factory=lambda: _cache_home() / "vlm-stream")
+    registry_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "vlm-stream" / "models"
+        )
+    )
     start_timeout_s: float = 90.0
 
     @classmethod

@@ -1,0 +1,279 @@
+"""The model registry: versions of named models, their metrics, and which one serves.
+
+Layout under the root (a local directory by default)::
+
+    <name>/v<N>/model.safetensors   weights
+    <name>/v<N>/version.json        ModelVersion metadata
+    <name>/production.json          {"version": N, "history": [...]} the serving pointer
+
+Every write goes to a temporary file or directory first and is renamed into place, so a
+reader never sees half a version and a crash never leaves a broken pointer.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm_core.errors import ConfigError, VlmError
+from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models.weights import save_state_dict, sha256_file
+
+
+class RegistryError(VlmError):
+    """A model name or version does not exist, or the registry is inconsistent."""
+
+
+class ModelStatus(str, enum.Enum):
+    CANDIDATE = "candidate"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    task: Task
+    arch: str
+    class_names: tuple[str, ...]
+    weights_file: str
+    weights_sha256: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    primary_metric: str = ""
+    dataset_hash: str = ""
+    parent: int | None = None
+    created_at: str = ""
+    status: ModelStatus = ModelStatus.CANDIDATE
+    status_reason: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def spec(self, root: Path, **overrides: Any) -> ModelSpec:
+        return ModelSpec(
+            task=self.task,
+            arch=self.arch,
+            weights=str(root / self.name / f"v{self.version}" / self.weights_file),
+            class_names=self.class_names,
+            name=self.name,
+            version=str(self.version),
+            **overrides,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["task"] = self.task.value
+        doc["status"] = self.status.value
+        doc["class_names"] = list(self.class_names)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ModelVersion:
+        values = dict(doc)
+        values["task"] = Task(values["task"])
+        values["status"] = ModelStatus(values["status"])
+        values["class_names"] = tuple(values["class_names"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    candidate: ModelVersion
+    production: ModelVersion | None
+    candidate_score: float | None
+    production_score: float | None
+    reason: str
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version``."""
+    name, _, version = ref.partition("@")
+    if not name:
+        raise ConfigError(f"bad model reference {ref!r}", hint="use NAME or NAME@VERSION")
+    if not version:
+        return name, None
+    if not version.isdigit():
+        raise ConfigError(f"bad model version in {ref!r}", hint="versions are integers, e.g. detector@3")
+    return name, int(version)
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    # -- reading ------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        found = []
+        for path in model_dir.glob("v*/version.json"):
+            found.append(ModelVersion.from_json(json.loads(path.read_text())))
+        return sorted(found, key=lambda v: v.version)
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        if version is None:
+            production = self.production(name)
+            if production is not None:
+                return production
+            versions = self.versions(name)
+            if not versions:
+                raise RegistryError(f"no model named {name!r} in {self.root}", hint="see `vlm models list`")
+            return versions[-1]
+        path = self.root / name / f"v{version}" / "version.json"
+        if not path.is_file():
+            raise RegistryError(f"{name}@{version} does not exist in {self.root}", hint="see `vlm models list`")
+        return ModelVersion.from_json(json.loads(path.read_text()))
+
+    def resolve(self, ref: str) -> ModelVersion:
+        return self.get(*parse_ref(ref))
+
+    def production(self, name: str) -> ModelVersion | None:
+        pointer = self._pointer(name)
+        return self.get(name, pointer["version"]) if pointer.get("version") is not None else None
+
+    def weights_path(self, version: ModelVersion) -> Path:
+        return self.root / version.name / f"v{version.version}" / version.weights_file
+
+    # -- writing ------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        *,
+        task: Task,
+        arch: str,
+        class_names: tuple[str, ...],
+        state_dict: Mapping[str, torch.Tensor],
+        metrics: Mapping[str, float],
+        primary_metric: str,
+        dataset_hash: str = "",
+        parent: int | None = None,
+    ) -> ModelVersion:
+        if primary_metric not in metrics:
+            raise ConfigError(f"primary metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            digest = save_state_dict(state_dict, staging / "model.safetensors")
+            version_no = max((v.version for v in self.versions(name)), default=0) + 1
+            version = ModelVersion(
+                name=name,
+                version=version_no,
+                task=task,
+                arch=arch,
+                class_names=tuple(class_names),
+                weights_file="model.safetensors",
+                weights_sha256=digest,
+                metrics={k: float(v) for k, v in metrics.items()},
+                primary_metric=primary_metric,
+                dataset_hash=dataset_hash,
+                parent=parent,
+                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            _write_json(staging / "version.json", version.to_json())
+            staging.rename(model_dir / f"v{version_no}")  # atomic on one filesystem
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return version
+
+    def verify(self, version: ModelVersion) -> None:
+        path = self.weights_path(version)
+        if not path.is_file() or sha256_file(path) != version.weights_sha256:
+            raise RegistryError(f"weights of {version.ref} are missing or do not match their sha256")
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        candidate_score: float | None = None,
+        production_score: float | None = None,
+        margin: float = 0.0,
+        force: bool = False,
+    ) -> PromotionDecision:
+        """The promotion gate: the candidate serves only if its primary metric, on the
+        production model's evaluation set, is at least production's plus ``margin``.
+
+        Without explicit scores the stored metrics of both versions are compared.
+        A refused candidate stays a candidate with the reason recorded.
+        """
+        candidate = self.get(name, version)
+        self.verify(candidate)
+        production = self.production(name)
+        if production is not None and production.version == candidate.version:
+            return PromotionDecision(False, candidate, production, None, None, f"{candidate.ref} already serves")
+        metric = candidate.primary_metric
+        cand = candidate_score if candidate_score is not None else candidate.metrics.get(metric)
+        prod = None
+        if production is not None:
+            prod = production_score if production_score is not None else production.metrics.get(metric)
+        if production is None or force:
+            reason = "forced" if force and production is not None else "no production version yet"
+            promoted = True
+        elif cand is None or prod is None:
+            promoted, reason = False, f"{metric} is missing for {candidate.ref} or {production.ref}"
+        elif cand >= prod + margin:
+            promoted, reason = True, f"{metric} {cand:.4f} >= production {prod:.4f} + margin {margin:.4f}"
+        else:
+            promoted, reason = False, f"{metric} {cand:.4f} < production {prod:.4f} + margin {margin:.4f}"
+        if promoted:
+            if production is not None:
+                self._set_status(production, ModelStatus.ARCHIVED, f"replaced by v{candidate.version}")
+            candidate = self._set_status(candidate, ModelStatus.PRODUCTION, reason)
+            pointer = self._pointer(name)
+            history = [*pointer.get("history", []), candidate.version]
+            _write_json(self.root / name / "production.json", {"version": candidate.version, "history": history})
+        else:
+            candidate = self._set_status(candidate, ModelStatus.CANDIDATE, f"refused: {reason}")
+        return PromotionDecision(promoted, candidate, production, cand, prod, reason)
+
+    def rollback(self, name: str) -> ModelVersion:
+        """Serve the previous production version again."""
+        pointer = self._pointer(name)
+        history = list(pointer.get("history", []))
+        if len(history) < 2:
+            raise RegistryError(f"{name} has no earlier production version to roll back to")
+        current, previous = history[-1], history[-2]
+        self._set_status(self.get(name, current), ModelStatus.ARCHIVED, f"rolled back to v{previous}")
+        restored = self._set_status(self.get(name, previous), ModelStatus.PRODUCTION, f"rollback from v{current}")
+        _write_json(self.root / name / "production.json", {"version": previous, "history": history[:-1]})
+        return restored
+
+    # -- helpers ------------------------------------------------------------------------
+    def _pointer(self, name: str) -> dict[str, Any]:
+        path = self.root / name / "production.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _set_status(self, version: ModelVersion, status: ModelStatus, reason: str) -> ModelVersion:
+        updated = replace(version, status=status, status_reason=reason)
+        _write_json(self.root / version.name / f"v{version.version}" / "version.json", updated.to_json())
+        return updated
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
