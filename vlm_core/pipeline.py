@@ -63,8 +63,10 @@ class DeploymentSettings(_Strict):
 class ModelConfig(_Strict):
     spec: dict[str, Any]
     deployment: DeploymentSettings = DeploymentSettings()
-    #: Registry model name: when set, the model follows that name's production version.
+    #: Registry model name: when set, the deployment serves that name's production version
+    #: and switches to a newly promoted one without restarting (checked every poll period).
     registry_name: str | None = None
+    registry_poll_s: float = Field(default=5.0, gt=0)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.spec)
@@ -102,6 +104,7 @@ class PipelineConfig(_Strict):
     models: dict[Task, ModelConfig] = {}
     cameras: CameraRouting = CameraRouting()
     active_learning: ActiveLearningSettings = ActiveLearningSettings()
+    #: Model registry root (default: LocalSettings.registry_dir).
     registry_dir: str | None = None
 
     @model_validator(mode="after")

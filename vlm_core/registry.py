@@ -277,3 +277,20 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
         json.dump(doc, fh, indent=2, sort_keys=True)
         fh.write("\n")
     os.replace(tmp, path)
+
+
+#: ModelSpec fields a deployment may set on top of what a registry version records.
+SERVING_OVERRIDES = ("score_threshold", "top_k", "input_size", "max_detections")
+
+
+def production_spec(root: str | Path, name: str, base: Mapping[str, Any] | None = None) -> ModelSpec:
+    """The ModelSpec of ``name``'s production version, with serving thresholds from ``base``."""
+    registry = ModelRegistry(root)
+    version = registry.production(name)
+    if version is None:
+        raise RegistryError(
+            f"{name!r} has no production version in {registry.root}",
+            hint=f"promote one with `vlm models promote {name}@N`",
+        )
+    overrides = {k: base[k] for k in SERVING_OVERRIDES if base and k in base}
+    return version.spec(registry.root, **overrides)

@@ -13,8 +13,10 @@ from ray.serve import Application
 
 from services.inference.model_server import ModelServer
 from services.inference.processor import StreamProcessorReplica
+from vlm_core.config import LocalSettings
 from vlm_core.models.spec import Task
 from vlm_core.pipeline import DeploymentSettings, PipelineConfig
+from vlm_core.registry import production_spec
 
 DEPLOYMENT_NAMES = {
     Task.CLASSIFICATION: "Classifier",
@@ -60,10 +62,21 @@ def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     config = PipelineConfig.parse(args)
     models = {}
+    registry_dir = config.registry_dir or str(LocalSettings.from_env().registry_dir)
     for task, model in config.models.items():
         d = model.deployment
+        spec = model.spec
+        follow = None
+        if model.registry_name:
+            spec = production_spec(registry_dir, model.registry_name, model.spec).to_dict()
+            follow = {
+                "root": registry_dir,
+                "name": model.registry_name,
+                "poll_s": model.registry_poll_s,
+                "base": model.spec,
+            }
         deployment = serve.deployment(ModelServer).options(name=DEPLOYMENT_NAMES[task], **deployment_options(d))
-        models[task.value] = deployment.bind(model.spec, d.torch_threads, d.max_batch_size, d.batch_wait_timeout_s)
+        models[task.value] = deployment.bind(spec, d.torch_threads, d.max_batch_size, d.batch_wait_timeout_s, follow)
     processor = serve.deployment(StreamProcessorReplica).options(
         name=PROCESSOR_NAME,
         num_replicas=config.processor.replicas,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.util import metrics as ray_metrics
 
+from vlm_core import metrics as m
 from vlm_core.models import ModelSpec, Predictor, build_predictor
 from vlm_core.results import TaskOutput
 
@@ -23,8 +27,11 @@ class ModelServer:
     """Holds one Predictor. Requests are whole frame batches; ``@serve.batch`` merges
     concurrent requests up to ``max_batch_size`` frames.
 
-    ``reconfigure`` (Serve's ``user_config``) hot-swaps the model: the new version loads
-    and warms up first; if it fails, the old one keeps serving and the error is kept.
+    Hot swap: ``reconfigure`` (Serve's ``user_config``) or, with ``follow`` set, a watcher
+    that follows a registry name's production version. The new version loads and warms
+    up first, then one reference swap makes it serve; batches already running finish on
+    the old one. A version that fails to load leaves the old one serving, and the error is
+    kept in ``info()`` and counted in ``vlm_model_loads_total{outcome="failed"}``.
     """
 
     def __init__(
@@ -33,31 +40,51 @@ class ModelServer:
         torch_threads: int = 1,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.005,
+        follow: dict[str, Any] | None = None,
     ) -> None:
         import cv2
         import torch
 
         torch.set_num_threads(torch_threads)
         cv2.setNumThreads(1)
+        self._loads = ray_metrics.Counter(m.MODEL_LOADS.name, m.MODEL_LOADS.description, tag_keys=m.MODEL_LOADS.tags)
+        self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
+        self.last_error = ""
+        self.loads = 0
         self.predictor: Predictor = self._load(ModelSpec.from_dict(spec))
+        self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(max_batch_size)
         self.predict_many.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.last_error = ""
-        self.loads = 1
+        self._stop = threading.Event()
+        self.follow = follow
+        if follow:
+            threading.Thread(target=self._follow_registry, name="registry-watch", daemon=True).start()
 
-    @staticmethod
-    def _load(spec: ModelSpec) -> Predictor:
+    def _tags(self, spec: ModelSpec) -> dict[str, str]:
+        return {"task": spec.task.value, "model": spec.name, "version": spec.version}
+
+    def _load(self, spec: ModelSpec) -> Predictor:
         start = time.perf_counter()
-        predictor = build_predictor(spec)
-        predictor.warmup()
+        try:
+            predictor = build_predictor(spec)
+            predictor.warmup()
+        except Exception:
+            self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})
+            raise
+        self._loads.inc(1, tags={**self._tags(spec), "outcome": "loaded"})
+        self.loads += 1
         log.info("loaded %s@%s in %.1fs", spec.name, spec.version, time.perf_counter() - start)
         return predictor
 
+    def _publish(self, old: ModelSpec | None, new: ModelSpec) -> None:
+        if old is not None:
+            self._info.set(0, tags=self._tags(old))
+        self._info.set(1, tags=self._tags(new))
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         spec_doc = (user_config or {}).get("spec")
-        if not spec_doc:
-            return
-        self.swap(spec_doc)
+        if spec_doc:
+            self.swap(spec_doc)
 
     def swap(self, spec_doc: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -74,18 +101,34 @@ class ModelServer:
                 self.last_error,
             )
             return self.info()
-        self.predictor = predictor  # one reference swap: in-flight batches finish on the old model
-        self.loads += 1
+        old = self.predictor.spec
+        self.predictor = predictor  # one reference swap
         self.last_error = ""
+        self._publish(old, predictor.spec)
+        log.info("now serving %s@%s (was %s)", predictor.spec.name, predictor.spec.version, old.version)
         return self.info()
+
+    def _follow_registry(self) -> None:
+        from vlm_core.registry import production_spec
+
+        follow = self.follow or {}
+        failed_version = None
+        while not self._stop.wait(follow["poll_s"]):
+            try:
+                spec = production_spec(follow["root"], follow["name"], follow.get("base"))
+            except Exception as exc:  # a registry hiccup must not stop serving
+                log.warning("registry check failed: %s", exc)
+                continue
+            if spec.version not in (self.predictor.spec.version, failed_version):
+                self.swap(spec.to_dict())
+                failed_version = spec.version if self.predictor.spec.version != spec.version else None
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
     async def predict_many(self, requests: list[list[np.ndarray]]) -> list[list[TaskOutput]]:
         flat = [image for request in requests for image in request]
-        predictor = self.predictor
         # Inline on the replica's loop: a hand-off to an executor thread only adds GIL
         # contention on a one-thread budget, and batches run one at a time anyway.
-        outputs = predictor.predict(flat)
+        outputs = self.predictor.predict(flat)
         split, start = [], 0
         for request in requests:
             split.append(outputs[start : start + len(request)])
@@ -104,4 +147,10 @@ class ModelServer:
             "device": str(self.predictor.device),
             "loads": self.loads,
             "last_error": self.last_error,
+            "pid": os.getpid(),
         }
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
