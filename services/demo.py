@@ -23,10 +23,12 @@ from services.ingest.worker import CameraConfig, IngestRunner
 from vlm_core.config import LocalSettings, Topics
 from vlm_core.local import LocalStack
 from vlm_core.models.spec import Task
+from vlm_core.registry import ModelRegistry
 from vlm_core.results import Result
 from vlm_core.sources import sample_video_path
 
 APP_NAME = "vlm"
+DEMO_REGISTRY_NAMES = {Task.DETECTION: "scenes-detector", Task.SEGMENTATION: "scenes-segmenter"}
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
@@ -119,6 +121,17 @@ def run_demo(
     started = [name for name in ("kafka", "ray", "prometheus") if name not in already]
     _name, args = deploy.load_args(None, None)
     args["bootstrap"] = settings.bootstrap_servers
+    # Trained detectors and segmenters come from the registry (production versions of
+    # DEMO_REGISTRY_NAMES); without them the demo serves what exists and says so.
+    registry = ModelRegistry(settings.registry_dir)
+    for task, name in DEMO_REGISTRY_NAMES.items():
+        if task.value not in args["models"] and registry.production(name) is not None:
+            args["models"][task.value] = {
+                "spec": {"task": task.value, "arch": registry.production(name).arch},  # type: ignore[union-attr]
+                "registry_name": name,
+                "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
+            }
+    args["registry_dir"] = str(registry.root)
     served = sorted(Task(t).value for t in args["models"])
     missing = [t.value for t in Task if t.value not in served]
     if missing:
