@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vlm_core.config import LocalSettings, ray_environment
+from vlm_core.registry import ModelRegistry, ModelVersion
 
 os.environ.update(ray_environment())
 
@@ -19,24 +20,24 @@ def settings() -> LocalSettings:
     return LocalSettings.from_env()
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(settings: LocalSettings) -> str:
-    """The real broker. Started (idempotently) if the test run did not start it already."""
-    from vlm_core.local import KafkaService
+def _ensure_running(name: str, settings: LocalSettings) -> None:
+    """Start a real local service (idempotently) if the test run did not start it already."""
+    from vlm_core.local import LocalStack
 
-    service = KafkaService(settings)
+    service = LocalStack(settings).services[name]
     if not service.status().running:
         service.start()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(settings: LocalSettings) -> str:
+    _ensure_running("kafka", settings)
     return settings.bootstrap_servers
 
 
 @pytest.fixture(scope="session")
 def ray_address(settings: LocalSettings) -> str:
-    from vlm_core.local import RayService
-
-    service = RayService(settings)
-    if not service.status().running:
-        service.start()
+    _ensure_running("ray", settings)
     return settings.ray_address
 
 
@@ -57,3 +58,32 @@ def rng() -> np.random.Generator:
 
 def random_image(rng: np.random.Generator, height: int = 48, width: int = 64) -> np.ndarray:
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+REGISTRY_CLASSES = ("a", "b", "c")
+
+
+def register_classifier(
+    registry: ModelRegistry,
+    accuracy: float,
+    *,
+    weight_classes: tuple[str, ...] = REGISTRY_CLASSES,
+    parent: int | None = None,
+) -> ModelVersion:
+    """Register a random-init mobilenet_v3_small as model "cls" with the given accuracy.
+    ``weight_classes`` different from REGISTRY_CLASSES makes weights that cannot load."""
+    from vlm_core.models import build_model
+    from vlm_core.models.spec import ModelSpec, Task
+
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=weight_classes))
+    return registry.register(
+        "cls",
+        task=Task.CLASSIFICATION,
+        arch="mobilenet_v3_small",
+        class_names=REGISTRY_CLASSES,
+        state_dict=model.state_dict(),
+        metrics={"accuracy": accuracy, "top5": 1.0},
+        primary_metric="accuracy",
+        dataset_hash="sha256:abc",
+        parent=parent,
+    )

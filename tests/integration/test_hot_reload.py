@@ -8,27 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REGISTRY_CLASSES, register_classifier
 from tests.integration.pipeline import PipelineTopics, produce_in_background, read_results, running_pipeline
-from vlm_core.models import build_model
-from vlm_core.models.spec import ModelSpec, Task
 from vlm_core.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
-
-CLASSES = ("a", "b", "c")
-
-
-def register(registry: ModelRegistry, accuracy: float, classes: tuple[str, ...] = CLASSES):  # type: ignore[no-untyped-def]
-    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=classes))
-    return registry.register(
-        "cls",
-        task=Task.CLASSIFICATION,
-        arch="mobilenet_v3_small",
-        class_names=CLASSES,
-        state_dict=model.state_dict(),
-        metrics={"accuracy": accuracy},
-        primary_metric="accuracy",
-    )
 
 
 def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[str, str], tmp_path: Path) -> None:
@@ -38,16 +22,18 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
 
     ray_address, bootstrap = pipeline_env
     registry = ModelRegistry(tmp_path / "registry")
-    register(registry, 0.5)
-    register(registry, 0.9)
-    register(registry, 0.95, classes=("a", "b", "c", "d"))  # weights that do not fit: must fail to load
+    register_classifier(registry, 0.5)
+    register_classifier(registry, 0.9)
+    register_classifier(
+        registry, 0.95, weight_classes=("a", "b", "c", "d")
+    )  # weights that do not fit: must fail to load
     assert registry.promote("cls", 1).promoted
     topics = PipelineTopics.fresh()
     model = {
         "spec": {
             "task": "classification",
             "arch": "mobilenet_v3_small",
-            "class_names": list(CLASSES),
+            "class_names": list(REGISTRY_CLASSES),
             "input_size": 64,
         },
         "registry_name": "cls",

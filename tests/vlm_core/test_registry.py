@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import register_classifier
 from vlm_core.errors import ConfigError
-from vlm_core.models import build_model, build_predictor
-from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models import build_predictor
 from vlm_core.registry import ModelRegistry, ModelStatus, RegistryError, parse_ref
-
-CLASSES = ("a", "b", "c")
 
 
 @pytest.fixture
@@ -18,23 +16,8 @@ def registry(tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(tmp_path / "registry")
 
 
-def register(registry: ModelRegistry, accuracy: float, parent: int | None = None):  # type: ignore[no-untyped-def]
-    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=CLASSES))
-    return registry.register(
-        "cls",
-        task=Task.CLASSIFICATION,
-        arch="mobilenet_v3_small",
-        class_names=CLASSES,
-        state_dict=model.state_dict(),
-        metrics={"accuracy": accuracy, "top5": 1.0},
-        primary_metric="accuracy",
-        dataset_hash="sha256:abc",
-        parent=parent,
-    )
-
-
 def test_register_records_everything_and_loads(registry: ModelRegistry) -> None:
-    v1 = register(registry, 0.8)
+    v1 = register_classifier(registry, 0.8)
     assert (v1.version, v1.status, v1.ref) == (1, ModelStatus.CANDIDATE, "cls@1")
     assert len(v1.weights_sha256) == 64 and v1.created_at
     stored = json.loads((registry.root / "cls" / "v1" / "version.json").read_text())
@@ -46,14 +29,14 @@ def test_register_records_everything_and_loads(registry: ModelRegistry) -> None:
 
 
 def test_gate_promotes_better_and_refuses_worse(registry: ModelRegistry) -> None:
-    register(registry, 0.80)
+    register_classifier(registry, 0.80)
     first = registry.promote("cls", 1)
     assert first.promoted and registry.production("cls").version == 1  # type: ignore[union-attr]
-    register(registry, 0.85, parent=1)
+    register_classifier(registry, 0.85, parent=1)
     better = registry.promote("cls", 2, margin=0.01)
     assert better.promoted and "0.8500 >= production 0.8000" in better.reason
     assert registry.get("cls", 1).status is ModelStatus.ARCHIVED
-    register(registry, 0.10, parent=2)
+    register_classifier(registry, 0.10, parent=2)
     worse = registry.promote("cls", 3)
     assert not worse.promoted
     assert registry.production("cls").version == 2  # type: ignore[union-attr]
@@ -62,16 +45,16 @@ def test_gate_promotes_better_and_refuses_worse(registry: ModelRegistry) -> None
 
 
 def test_gate_uses_scores_on_the_production_eval_set(registry: ModelRegistry) -> None:
-    register(registry, 0.9)
+    register_classifier(registry, 0.9)
     registry.promote("cls", 1)
-    register(registry, 0.99)  # high on its own split, but worse where production is judged
+    register_classifier(registry, 0.99)  # high on its own split, but worse where production is judged
     decision = registry.promote("cls", 2, candidate_score=0.70, production_score=0.75)
     assert not decision.promoted and decision.production_score == 0.75
 
 
 def test_rollback(registry: ModelRegistry) -> None:
-    register(registry, 0.8)
-    register(registry, 0.9)
+    register_classifier(registry, 0.8)
+    register_classifier(registry, 0.9)
     registry.promote("cls", 1)
     registry.promote("cls", 2)
     restored = registry.rollback("cls")
@@ -82,7 +65,7 @@ def test_rollback(registry: ModelRegistry) -> None:
 
 
 def test_tampered_weights_are_not_promoted(registry: ModelRegistry) -> None:
-    v1 = register(registry, 0.8)
+    v1 = register_classifier(registry, 0.8)
     registry.weights_path(v1).write_bytes(b"tampered")
     with pytest.raises(RegistryError, match="sha256"):
         registry.promote("cls", 1)
@@ -91,7 +74,7 @@ def test_tampered_weights_are_not_promoted(registry: ModelRegistry) -> None:
 def test_lookup_errors(registry: ModelRegistry) -> None:
     with pytest.raises(RegistryError):
         registry.resolve("nothing")
-    register(registry, 0.5)
+    register_classifier(registry, 0.5)
     assert registry.resolve("cls").version == 1
     with pytest.raises(RegistryError):
         registry.resolve("cls@9")
@@ -105,8 +88,8 @@ def test_models_cli(registry: ModelRegistry) -> None:
     import subprocess
     import sys
 
-    register(registry, 0.8)
-    register(registry, 0.6)
+    register_classifier(registry, 0.8)
+    register_classifier(registry, 0.6)
     env = {**os.environ, "VLM_REGISTRY_DIR": str(registry.root), "COLUMNS": "200"}
 
     def vlm(*args: str) -> subprocess.CompletedProcess[str]:
