@@ -173,7 +173,7 @@ def run_pipeline_bench(
     progress("pipeline: deploying; the processor drains the frames topic into results...")
     deploy.deploy(args, app_name=app)
     try:
-        results = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2, progress)
+        results = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2)
         stamps = sorted(r["processed_ts_ms"] for r in results)
         pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
         keys = [(r["camera_id"], r["seq"]) for r in results]
@@ -205,7 +205,7 @@ def run_pipeline_bench(
                 topics["frames"],
             )
             paced.start()
-            later = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2 + n, progress)
+            later = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2 + n)
             paced.stop()
             latencies = [
                 float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in later if r["camera_id"] == "bench-latency"
@@ -234,24 +234,10 @@ def run_pipeline_bench(
     return report, latencies
 
 
-def _collect(bootstrap: str, topic: str, expected: int, progress: Any, timeout_s: float = 600) -> list[dict[str, Any]]:
-    from kafka import TopicPartition
+def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 600) -> list[dict[str, Any]]:
+    from vlm_core.kafka_io import read_records
 
-    from vlm_core import kafka_io
-
-    consumer = kafka_io.consumer(bootstrap, group_id=None)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    docs: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(docs) < expected and time.monotonic() < deadline:
-            for part in consumer.poll(timeout_ms=500).values():
-                docs.extend(json.loads(r.value) for r in part)
-    finally:
-        consumer.close()
-    return docs
+    return [json.loads(r.value) for r in read_records(bootstrap, topic, expected, timeout_s=timeout_s)]
 
 
 def write_outputs(report: BenchReport, latencies: list[float], json_path: Path | None) -> Path | None:

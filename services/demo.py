@@ -51,15 +51,10 @@ class LiveStats:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from kafka import TopicPartition
-
         from services.results import describe
-        from vlm_core.kafka_io import consumer
+        from vlm_core.kafka_io import topic_reader
 
-        reader = consumer(self.bootstrap, group_id=None)
-        parts = [TopicPartition(self.topic, p) for p in sorted(reader.partitions_for_topic(self.topic) or [])]
-        reader.assign(parts)
-        reader.seek_to_end(*parts)
+        reader, _partitions = topic_reader(self.bootstrap, self.topic, from_beginning=False)
         try:
             while not self.stop.is_set():
                 for records in reader.poll(timeout_ms=500).values():
@@ -125,9 +120,10 @@ def run_demo(
     # DEMO_REGISTRY_NAMES); without them the demo serves what exists and says so.
     registry = ModelRegistry(settings.registry_dir)
     for task, name in DEMO_REGISTRY_NAMES.items():
-        if task.value not in args["models"] and registry.production(name) is not None:
+        production = None if task.value in args["models"] else registry.production(name)
+        if production is not None:
             args["models"][task.value] = {
-                "spec": {"task": task.value, "arch": registry.production(name).arch},  # type: ignore[union-attr]
+                "spec": {"task": task.value, "arch": production.arch},
                 "registry_name": name,
                 "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
             }

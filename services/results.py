@@ -44,20 +44,13 @@ def follow_results(
     limit: int | None,
     as_json: bool,
 ) -> int:
-    from kafka import TopicPartition
+    from vlm_core.kafka_io import topic_reader
 
-    from vlm_core.kafka_io import consumer
-
-    reader = consumer(bootstrap, group_id=None)
-    partitions = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])]
+    reader, partitions = topic_reader(bootstrap, topic, from_beginning=from_beginning or not follow)
     if not partitions:
+        reader.close()
         console.print(f"topic {topic!r} does not exist yet")
         return 0
-    reader.assign(partitions)
-    if from_beginning or not follow:
-        reader.seek_to_beginning(*partitions)
-    else:
-        reader.seek_to_end(*partitions)
     ends = reader.end_offsets(partitions)
     shown = 0
     try:

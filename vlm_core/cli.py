@@ -172,8 +172,8 @@ def serve(
         d.delete(name)
         console.print(f"deleted Serve application {name!r}")
         return
-    if bootstrap is None and args.get("bootstrap") == "127.0.0.1:29092":
-        args["bootstrap"] = settings.bootstrap_servers
+    if bootstrap is None and args.get("bootstrap") == LocalSettings().bootstrap_servers:
+        args["bootstrap"] = settings.bootstrap_servers  # the shipped default means "the local stack"
     with console.status(f"deploying Serve application {name!r} (models load and warm up first)..."):
         d.deploy(args, app_name=name)
     console.print(f"Serve application {name!r} is RUNNING; frames from {args['bootstrap']}")

@@ -6,11 +6,12 @@ Import this module only where Kafka is really used; the rest of vlm_core stays f
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -99,6 +100,38 @@ def consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides: An
     return _connect(lambda **kw: KafkaConsumer(*topics, **kw), bootstrap, **config)
 
 
+def topic_reader(bootstrap: str, topic: str, *, from_beginning: bool) -> tuple[KafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer assigned to every partition of ``topic``, at its start or end.
+    The partition list is empty when the topic does not exist."""
+    reader = consumer(bootstrap, group_id=None)
+    partitions = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])]
+    if partitions:
+        reader.assign(partitions)
+        if from_beginning:
+            reader.seek_to_beginning(*partitions)
+        else:
+            reader.seek_to_end(*partitions)
+    return reader, partitions
+
+
+def read_records(bootstrap: str, topic: str, expected: int, *, timeout_s: float, linger_ms: int = 0) -> list[Any]:
+    """Records of ``topic`` from the beginning, in per-partition order, until ``expected``
+    arrived or ``timeout_s`` passed; then ``linger_ms`` more, so a surplus is seen too."""
+    reader, _partitions = topic_reader(bootstrap, topic, from_beginning=True)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for part in reader.poll(timeout_ms=500).values():
+                records.extend(part)
+        if linger_ms:
+            for part in reader.poll(timeout_ms=linger_ms).values():
+                records.extend(part)
+    finally:
+        reader.close()
+    return records
+
+
 def send_frame(prod: KafkaProducer, topic: str, frame: Frame) -> Any:
     record = frame.to_kafka()
     return prod.send(topic, key=record.key, value=record.value, headers=record.headers)
@@ -112,5 +145,7 @@ __all__ = [
     "delete_topics",
     "ensure_topics",
     "producer",
+    "read_records",
     "send_frame",
+    "topic_reader",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vlm_core.config import Topics
+from vlm_core.config import LocalSettings, Topics
 from vlm_core.errors import ConfigError
 from vlm_core.frame import FrameLimits
 from vlm_core.models.spec import ModelSpec, Task
@@ -98,7 +98,7 @@ class ActiveLearningSettings(_Strict):
 
 
 class PipelineConfig(_Strict):
-    bootstrap: str = "127.0.0.1:29092"
+    bootstrap: str = Field(default_factory=lambda: LocalSettings().bootstrap_servers)
     topics: Topics = Topics()
     processor: ProcessorSettings = ProcessorSettings()
     models: dict[Task, ModelConfig] = {}

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from services.ingest import metrics
+from vlm_core import kafka_io
 from vlm_core.errors import ConfigError
 from vlm_core.frame import Encoding, Frame
 from vlm_core.sources import Source, SourceSpec, open_source
@@ -161,8 +162,6 @@ class IngestRunner:
     """Runs one worker per camera and a shared Kafka producer."""
 
     def __init__(self, cameras: list[CameraConfig], bootstrap: str, topic: str) -> None:
-        from vlm_core import kafka_io
-
         ids = [c.camera_id for c in cameras]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"camera ids must be unique, got {ids}")
@@ -174,8 +173,6 @@ class IngestRunner:
         self.workers = [CameraWorker(c, self._send, self.stop_event) for c in cameras]
 
     def _send(self, frame: Frame, done: Callable[[BaseException | None], None]) -> None:
-        from vlm_core import kafka_io
-
         future = kafka_io.send_frame(self.producer, self.topic, frame)
         future.add_callback(lambda _meta: done(None))
         future.add_errback(done)

@@ -120,25 +120,9 @@ def produce_in_background(*args: Any, **kwargs: Any) -> threading.Thread:
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0) -> list[Any]:
-    """Records of ``topic`` from the beginning, in per-partition order, until ``expected`` arrived."""
-    from kafka import TopicPartition
-
-    consumer = kafka_io.consumer(bootstrap, group_id=None)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            for part in consumer.poll(timeout_ms=500).values():
-                records.extend(part)
-        # Linger briefly: a surplus (duplicates) must be seen too.
-        for part in consumer.poll(timeout_ms=1000).values():
-            records.extend(part)
-    finally:
-        consumer.close()
-    return records
+    """Records of ``topic`` from the beginning until ``expected`` arrived, plus a second of
+    lingering: a surplus (duplicates) must be seen too."""
+    return kafka_io.read_records(bootstrap, topic, expected, timeout_s=timeout_s, linger_ms=1000)
 
 
 def read_results(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0) -> list[Result]:
