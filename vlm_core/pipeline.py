@@ -85,6 +85,9 @@ class ProcessorSettings(_Strict):
     #: A batch the model fails on this many times in a row is dead-lettered (model_error).
     max_model_retries: int = Field(default=3, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
+    #: CPU niceness of the processor's threads. The model replicas set throughput; a
+    #: niced processor yields a shared core to them and still gets every idle cycle.
+    niceness: int = Field(default=10, ge=0, le=19)
 
     @property
     def limits(self) -> FrameLimits:

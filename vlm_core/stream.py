@@ -6,7 +6,8 @@ testable without Kafka or Ray; ``services/inference`` wires it to both.
 Per poll the processor validates and decodes the batch, dead-letters bad frames, drops
 stale ones by policy, and sends **one request per batch** to each model the batch's
 cameras need. Up to ``max_inflight`` batches overlap (decode of the next batch runs
-while models work on the current one). Batches complete in order: results are produced,
+while models work on the current one), and the acknowledgement wait of one batch
+overlaps the models' work on the next. Batches complete in order: results are produced,
 the broker's acknowledgements awaited, and only then the batch's offsets committed.
 """
 
@@ -53,7 +54,9 @@ class Pending(Protocol):
 class FrameConsumer(Protocol):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """Commit offsets. ``wait=False`` may return before the broker confirms; a commit
+        lost that way only means the frames are read again (at least once)."""
 
     def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset."""
@@ -92,6 +95,15 @@ class _Batch:
     items: list[_Item] = field(default_factory=list)
     requests: dict[Task, tuple[list[int], Pending, float]] = field(default_factory=dict)
     side_sends: list[Pending] = field(default_factory=list)  # DLQ records of this batch
+
+
+@dataclass
+class _Producing:
+    """A batch whose results are sent and whose offsets await the broker's acknowledgements."""
+
+    offsets: dict[TopicPartition, int]
+    side_sends: list[Pending]
+    sends: list[tuple[_Item, Result, Pending]]
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class StreamProcessor:
         self.on_result = on_result
         self.clock_ms = clock_ms
         self._inflight: deque[_Batch] = deque()
+        self._producing: deque[_Producing] = deque()
         self.results_produced = 0
 
     # -- main loop --------------------------------------------------------------------
@@ -147,17 +160,25 @@ class StreamProcessor:
         self.drain()
 
     def step(self) -> int:
-        """Poll once, submit the batch, complete what is ready. Returns records polled."""
+        """Poll once, submit the batch, move finished batches along. Returns records polled.
+
+        Three stages overlap: batches in the models (up to ``max_inflight``), results of the
+        previous batch waiting for the broker's acknowledgement, and the next poll. The
+        acknowledgement wait of a batch happens one step later, so it never idles a model.
+        """
         try:
             records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
             if records:
                 self._inflight.append(self._submit(records))
             while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
-                self._complete(self._inflight.popleft())
+                self._producing.append(self._produce(self._inflight.popleft()))
+            while self._producing and (len(self._producing) > 1 or not records):
+                self._commit(self._producing.popleft(), wait=False)
         except BatchFailedError as exc:
             self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
             log.warning("%s; rewinding to the last committed offsets", exc)
             self._inflight.clear()
+            self._producing.clear()
             if exc.batch is not None and self._give_up_on(exc.batch):
                 self._quarantine(exc.batch, exc)
             self.consumer.rewind()
@@ -171,11 +192,14 @@ class StreamProcessor:
         """Finish every in-flight batch and commit it (shutdown, partition revoke)."""
         try:
             while self._inflight:
-                self._complete(self._inflight.popleft())
+                self._producing.append(self._produce(self._inflight.popleft()))
+            while self._producing:
+                self._commit(self._producing.popleft())
         except BatchFailedError as exc:
             self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
             log.warning("%s while draining; rewinding so uncommitted frames are read again", exc)
             self._inflight.clear()
+            self._producing.clear()
             try:
                 self.consumer.rewind()
             except Exception:  # partitions already gone: the next owner re-reads from the commit
@@ -245,7 +269,8 @@ class StreamProcessor:
                 batch.requests[task] = (indices, pending, time.perf_counter())
         return batch
 
-    def _complete(self, batch: _Batch) -> None:
+    def _produce(self, batch: _Batch) -> _Producing:
+        """Wait for the batch's model outputs, assemble its results and send them."""
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
         for task, (indices, pending, sent_at) in batch.requests.items():
@@ -273,17 +298,23 @@ class StreamProcessor:
             except Exception as exc:
                 raise BatchFailedError("produce", exc) from exc
             sends.append((item, result, pending))
+        return _Producing(batch.offsets, batch.side_sends, sends)
+
+    def _commit(self, producing: _Producing, wait: bool = True) -> None:
+        """Wait for the broker's acknowledgements of a batch's records, then commit it.
+
+        The steady state does not wait for the commit itself (a broker round trip per batch
+        would idle the models); drains on revoke and shutdown do.
+        """
         try:
-            for pending in batch.side_sends:
+            for pending in producing.side_sends:
                 pending.result(timeout=self.produce_timeout_s)
             processed: Counter[str] = Counter()
-            for item, result, pending in sends:
+            for item, result, pending in producing.sends:
                 pending.result(timeout=self.produce_timeout_s)
-                acked_ms = self.clock_ms()
                 processed[item.frame.camera_id] += 1
-                self.metrics.observe(
-                    m.E2E_LATENCY, max(0, acked_ms - item.frame.capture_ts_ms) / 1000, camera_id=item.frame.camera_id
-                )
+                latency_ms = max(0, result.processed_ts_ms - item.frame.capture_ts_ms)
+                self.metrics.observe(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.frame.camera_id)
                 self.results_produced += 1
                 if self.on_result is not None:
                     self.on_result(result)
@@ -292,7 +323,7 @@ class StreamProcessor:
         for camera, count in processed.items():
             self.metrics.inc(m.FRAMES_PROCESSED, count, camera_id=camera)
         try:
-            self.consumer.commit(batch.offsets)
+            self.consumer.commit(producing.offsets, wait=wait)
         except Exception as exc:
             raise BatchFailedError("commit", exc) from exc
 

@@ -29,6 +29,11 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", assigned)
 
 
+def _log_failed_commit(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.warning("offset commit %s failed (%s); a later commit covers it", offsets, response)
+
+
 class KafkaFrameConsumer:
     def __init__(self, bootstrap: str, topic: str, group_id: str, on_revoke: Callable[[], None]) -> None:
         self.topic = topic
@@ -74,8 +79,12 @@ class KafkaFrameConsumer:
             return True
         return bool(coordinator is not None and getattr(coordinator, "rejoining", False))
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = True) -> None:
+        kafka_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        if wait:
+            self.consumer.commit(kafka_offsets)
+        else:
+            self.consumer.commit_async(kafka_offsets, callback=_log_failed_commit)
 
     def rewind(self) -> None:
         self._next_offset.clear()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,13 +17,20 @@ from ray.util import metrics as ray_metrics
 
 from vlm_core import metrics as m
 from vlm_core.models import ModelSpec, Predictor, build_predictor
+from vlm_core.models.predictor import PreparedBatch
 from vlm_core.results import TaskOutput
 
 log = logging.getLogger("ray.serve")
 
 
-def _frames_in(requests: list[list[np.ndarray]]) -> int:
-    return sum(len(r) for r in requests)
+@dataclass(frozen=True)
+class _Prepared:
+    predictor: Predictor
+    batch: PreparedBatch
+
+
+def _frames_in(requests: list[_Prepared]) -> int:
+    return sum(len(r.batch) for r in requests)
 
 
 class ModelServer:
@@ -51,6 +61,8 @@ class ModelServer:
         self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
         self.last_error = ""
         self.loads = 0
+        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self.predictor: Predictor = self._load(ModelSpec.from_dict(spec))
         self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(max_batch_size)
@@ -124,19 +136,30 @@ class ModelServer:
                 failed_version = spec.version if self.predictor.spec.version != spec.version else None
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
-    async def predict_many(self, requests: list[list[np.ndarray]]) -> list[list[TaskOutput]]:
-        flat = [image for request in requests for image in request]
-        # Inline on the replica's loop: a hand-off to an executor thread only adds GIL
-        # contention on a one-thread budget, and batches run one at a time anyway.
-        outputs = self.predictor.predict(flat)
-        split, start = [], 0
+    async def predict_many(self, requests: list[_Prepared]) -> list[list[TaskOutput]]:
+        # Requests prepared by different versions around a hot swap run separately.
+        groups: dict[int, list[_Prepared]] = {}
         for request in requests:
-            split.append(outputs[start : start + len(request)])
-            start += len(request)
-        return split
+            groups.setdefault(id(request.predictor), []).append(request)
+        outputs: dict[int, list[TaskOutput]] = {}
+        loop = asyncio.get_running_loop()
+        for group in groups.values():
+            predictor = group[0].predictor
+            batch = PreparedBatch.concat([r.batch for r in group])
+            flat = await loop.run_in_executor(self._infer_pool, predictor.infer, batch)
+            start = 0
+            for request in group:
+                outputs[id(request)] = flat[start : start + len(request.batch)]
+                start += len(request.batch)
+        return [outputs[id(r)] for r in requests]
 
     async def predict(self, images: list[np.ndarray]) -> list[TaskOutput]:
-        return await self.predict_many(images)
+        # Pre-processing runs on its own thread as requests arrive, so the next batch is
+        # ready when the model finishes the current one; the forward pass keeps the
+        # deployment's torch thread budget on the inference thread.
+        predictor = self.predictor
+        batch = await asyncio.get_running_loop().run_in_executor(self._prep_pool, predictor.preprocess, images)
+        return await self.predict_many(_Prepared(predictor, batch))
 
     def info(self) -> dict[str, Any]:
         spec = self.predictor.spec

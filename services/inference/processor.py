@@ -12,6 +12,7 @@ import numpy as np
 
 from services.inference.kafka_adapters import KafkaFrameConsumer, KafkaResultProducer
 from services.inference.ray_metrics import RayMetricsSink
+from vlm_core.cpu import lower_priority
 from vlm_core.models.spec import Task
 from vlm_core.pipeline import PipelineConfig
 from vlm_core.stream import ProcessorTopics, StreamProcessor
@@ -46,6 +47,7 @@ class StreamProcessorReplica:
             kafka_log.addHandler(handler)
             library_log.addHandler(handler)
         self.config = PipelineConfig.parse(args)
+        lower_priority(self.config.processor.niceness)
         self.handles = {Task(task): handle.options(method_name="predict") for task, handle in models.items()}
         self.metrics = RayMetricsSink()
         self.stop_event = threading.Event()

@@ -38,7 +38,7 @@ class FakeConsumer:
         self.position += len(batch)
         return batch
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = True) -> None:
         for tp, offset in offsets.items():
             assert offset >= self.committed.get(tp, 0), "commits must move forward"
             self.committed[tp] = offset

@@ -1,13 +1,16 @@
 """Predictor: one shape for all tasks. Batch of decoded BGR frames in, contract results out.
 
 A Predictor owns its pre- and post-processing: resize and normalise on the way in,
-boxes and masks rescaled to each frame's own pixels on the way out.
+boxes and masks rescaled to each frame's own pixels on the way out. ``predict`` is
+``infer(preprocess(frames))``; the two halves are public so a server can prepare the
+next batch while the model runs the current one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -30,6 +33,30 @@ from vlm_core.rle import RLE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Model-ready input of one batch, from :meth:`Predictor.preprocess`.
+
+    ``inputs`` is one NCHW tensor, or one CHW tensor per frame for detectors (they resize
+    internally); ``sizes`` holds each original frame's (height, width).
+    """
+
+    inputs: torch.Tensor | tuple[torch.Tensor, ...]
+    sizes: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @staticmethod
+    def concat(batches: Sequence[PreparedBatch]) -> PreparedBatch:
+        if len(batches) == 1:
+            return batches[0]
+        sizes = tuple(size for b in batches for size in b.sizes)
+        if all(isinstance(b.inputs, torch.Tensor) for b in batches):
+            return PreparedBatch(torch.cat([b.inputs for b in batches]), sizes)  # type: ignore[misc]
+        return PreparedBatch(tuple(t for b in batches for t in b.inputs), sizes)
 
 
 class Predictor:
@@ -63,7 +90,19 @@ class Predictor:
         if not images:
             return []
         with torch.inference_mode():
-            return self._predict(images)
+            return self._infer(self._preprocess(images))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
+        """The CPU half: resize, colour order, normalise. Thread-safe."""
+        with torch.inference_mode():
+            return self._preprocess(images)
+
+    def infer(self, batch: PreparedBatch) -> list[TaskOutput]:
+        """The model half: forward pass and post-processing to contract results."""
+        if not len(batch):
+            return []
+        with torch.inference_mode():
+            return self._infer(batch)
 
     def warmup(self, batch_size: int = 1, size: tuple[int, int] = (240, 320)) -> float:
         """Run one dummy batch so the first real batch is not slow; returns its seconds."""
@@ -71,14 +110,16 @@ class Predictor:
         self.predict([np.zeros((*size, 3), dtype=np.uint8)] * batch_size)
         return time.perf_counter() - start
 
-    def _predict(self, images: Sequence[np.ndarray]) -> list[TaskOutput]:
+    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
+        raise NotImplementedError
+
+    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
         raise NotImplementedError
 
     def _to_batch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack equally-sized RGB uint8 arrays into a normalised NCHW tensor."""
         batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        batch = (batch - self._mean) / self._std
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self._mean).div_(self._std)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch.half() if self.half else batch
@@ -88,10 +129,13 @@ class ClassificationPredictor(Predictor):
     task = Task.CLASSIFICATION
     default_input_size = 224
 
-    def _predict(self, images: Sequence[np.ndarray]) -> list[TaskOutput]:
+    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         size = self.input_size or 224
-        batch = self._to_batch([_resize_center_crop(img, size) for img in images])
-        probs = torch.softmax(self.model(batch).float(), dim=1)
+        return PreparedBatch(self._to_batch([_resize_center_crop(img, size) for img in images]), _sizes(images))
+
+    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
+        assert isinstance(batch.inputs, torch.Tensor)
+        probs = torch.softmax(self.model(batch.inputs).float(), dim=1)
         k = min(self.spec.top_k, probs.shape[1])
         scores, ids = probs.topk(k, dim=1)
         ref = self.model_ref
@@ -110,18 +154,20 @@ class ClassificationPredictor(Predictor):
 class DetectionPredictor(Predictor):
     task = Task.DETECTION
 
-    def _predict(self, images: Sequence[np.ndarray]) -> list[TaskOutput]:
+    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         # torchvision detectors normalise and resize internally and map boxes back to
         # each input's own size, so frames of different sizes share one batch.
-        tensors = [
+        tensors = tuple(
             torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).to(self.device).permute(2, 0, 1).float().div_(255)
             for img in images
-        ]
-        outputs = self.model(tensors)
+        )
+        return PreparedBatch(tensors, _sizes(images))
+
+    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
+        outputs = self.model(list(batch.inputs))
         ref = self.model_ref
         results: list[TaskOutput] = []
-        for img, out in zip(images, outputs, strict=True):
-            height, width = img.shape[:2]
+        for (height, width), out in zip(batch.sizes, outputs, strict=True):
             keep = out["scores"] >= self.spec.score_threshold
             boxes = out["boxes"][keep][: self.spec.max_detections].cpu()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
@@ -149,17 +195,20 @@ class SegmentationPredictor(Predictor):
     task = Task.SEGMENTATION
     default_input_size = 320
 
-    def _predict(self, images: Sequence[np.ndarray]) -> list[TaskOutput]:
+    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         size = self.input_size or 320
         rgb = [
             cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
             for img in images
         ]
-        logits = self.model(self._to_batch(rgb))["out"].float()
+        return PreparedBatch(self._to_batch(rgb), _sizes(images))
+
+    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
+        assert isinstance(batch.inputs, torch.Tensor)
+        logits = self.model(batch.inputs)["out"].float()
         ref = self.model_ref
         results: list[TaskOutput] = []
-        for img, frame_logits in zip(images, logits, strict=True):
-            height, width = img.shape[:2]
+        for (height, width), frame_logits in zip(batch.sizes, logits, strict=True):
             up = F.interpolate(frame_logits[None], size=(height, width), mode="bilinear", align_corners=False)
             label_map = up[0].argmax(0).to(torch.uint8).cpu().numpy()
             results.append(Segmentation(ref, self._class_masks(label_map)))
@@ -187,6 +236,10 @@ _PREDICTORS: dict[Task, type[Predictor]] = {
 def build_predictor(spec: ModelSpec, device: torch.device | str | None = None) -> Predictor:
     """The one way to get a Predictor: from a ModelSpec."""
     return _PREDICTORS[spec.task](spec, device)
+
+
+def _sizes(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(img.shape[0]), int(img.shape[1])) for img in images)
 
 
 def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
