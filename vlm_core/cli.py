@@ -120,6 +120,9 @@ def ingest(
     topic: Annotated[str, typer.Option(help="Frames topic.")] = Topics().frames,
     bootstrap: BootstrapOpt = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus endpoint port.")] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option("--metrics-host", help="Metrics bind address (default loopback; 0.0.0.0 in pods).")
+    ] = None,
 ) -> None:
     """Read cameras with OpenCV and publish their frames to Kafka."""
     from services.ingest.config import load_cameras
@@ -134,10 +137,11 @@ def ingest(
     else:
         raise VlmError("give --source and --camera-id, or --sources FILE.yaml", hint="see `vlm ingest --help`")
     port = metrics_port if metrics_port is not None else settings.ingest_metrics_port
-    serve_metrics(port, settings.host)
+    host = metrics_host or settings.host
+    serve_metrics(port, host)
     runner = IngestRunner(cameras, bootstrap or settings.bootstrap_servers, topic)
     runner.start()
-    console.print(f"ingesting {len(cameras)} camera(s) to {topic}; metrics on http://{settings.host}:{port}/metrics")
+    console.print(f"ingesting {len(cameras)} camera(s) to {topic}; metrics on http://{host}:{port}/metrics")
     try:
         while not runner.all_finished():
             time.sleep(1.0)
@@ -239,6 +243,7 @@ def bench_pipeline(
         frames,
         batch_size=batch_size,
         latency_seconds=latency_seconds,
+        inflight=inflight,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,
@@ -353,6 +358,156 @@ def models_archs() -> None:
         for arch in architectures(task):
             table.add_row(task.value, arch)
     console.print(table)
+
+
+def _task(value: str):  # type: ignore[no-untyped-def]
+    from vlm_core.models.spec import Task
+
+    try:
+        return Task(value)
+    except ValueError:
+        raise VlmError(f"unknown task {value!r}", hint="use classification, detection or segmentation") from None
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
+    data: Annotated[
+        str, typer.Option(help="fashion-mnist, scenes://?n=3000, an image-folder dir, coco:F.json, voc:DIR.")
+    ],
+    arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's small default).")] = None,
+    init: Annotated[str, typer.Option(help="none, or an ImageNet/backbone weights path or pkg:// URI.")] = "none",
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP processes).")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0)] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", min=0.1)] = 1.0,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Default: per task (10 / 20 / 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Per worker.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle schedule).")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", min=16, help="Square model input side.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Ray Train checkpoint storage path (default ~/.local/share/vlm-stream/train).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name (default: from the data and task).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the model init.")] = 0,
+    shuffle_labels: Annotated[
+        bool, typer.Option("--shuffle-labels", help="Train on permuted labels: a deliberately bad candidate.")
+    ] = False,
+    promote: Annotated[bool, typer.Option("--promote", help="Evaluate, gate and promote in one go.")] = False,
+    margin: Annotated[float, typer.Option(help="Gate margin on the primary metric.")] = 0.0,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
+) -> None:
+    """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.trainer.job import TrainRequest, run_training
+    from vlm_core.local import LocalStack
+    from vlm_core.models import get_architecture
+
+    task_enum = _task(task)
+    if arch is not None and get_architecture(arch).task is not task_enum:
+        raise VlmError(f"{arch} is not a {task} architecture", hint="see `vlm models archs`")
+    settings = _settings()
+    request = TrainRequest(
+        task=task_enum,
+        data=data,
+        arch=arch,
+        init=init,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        input_size=input_size,
+        storage=storage,
+        name=name,
+        seed=seed,
+        shuffle_labels=shuffle_labels,
+        promote=promote,
+        margin=margin,
+        eval_limit=eval_limit,
+    ).resolved()
+    console.print(
+        f"training {request.name}: {request.arch} on {data}, {request.workers} workers, {request.epochs} epochs, "
+        f"batch {request.batch_size}/worker"
+    )
+    # Inside a Ray cluster (a RayJob, `ray exec`), RAY_ADDRESS names it; otherwise the local stack.
+    ray_address = os.environ.get("RAY_ADDRESS") or settings.ray_address
+    if not os.environ.get("RAY_ADDRESS"):
+        LocalStack(settings).up(["ray"])
+    storage_dir = Path(storage) if storage else settings.registry_dir.parent / "train"
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("preparing", total=None, info="")
+
+        def show(event: dict) -> None:  # type: ignore[type-arg]
+            kind = event.get("event")
+            if kind == "step":
+                total = request.epochs * event["steps"]
+                done = event["epoch"] * event["steps"] + event["step"]
+                bar.update(
+                    job,
+                    description=f"epoch {event['epoch'] + 1}/{request.epochs}",
+                    total=total,
+                    completed=done,
+                    info=f"loss {event['loss']:.4f}",
+                )
+            elif kind == "epoch":
+                figures = "  ".join(f"{k} {v:.4f}" for k, v in event.items() if k.startswith(("train_", "val_")))
+                bar.console.print(f"epoch {int(event['epoch'])}/{request.epochs}: {figures}  ({event['epoch_s']:.0f}s)")
+            elif kind == "resumed":
+                bar.console.print(
+                    f"[yellow]worker group restarted; resumed from the checkpoint of epoch {event['epoch']}[/]"
+                )
+            elif kind == "eval_step":
+                bar.update(job, description="evaluating", total=event["total"], completed=event["done"], info="")
+            elif "text" in event:
+                bar.console.print(event["text"])
+
+        outcome = run_training(
+            request, ray_address=ray_address, registry_dir=settings.registry_dir, storage=storage_dir, on_progress=show
+        )
+    figures = "  ".join(f"{k}={v:.4f}" for k, v in outcome.metrics.items())
+    console.print(f"[green]registered {outcome.version.ref}[/] ({outcome.version.status.value}): {figures}")
+    console.print(f"training {outcome.train_s:.0f}s, total {outcome.wall_s:.0f}s; checkpoint {outcome.checkpoint_path}")
+    for artifact, path in outcome.artifacts.items():
+        console.print(f"{artifact}: {path}")
+    if outcome.decision is not None:
+        verdict = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]refused[/]"
+        console.print(f"gate: {verdict} {outcome.version.ref}: {outcome.decision.reason}")
+
+
+@app.command("eval")
+def eval_model(
+    model: Annotated[str, typer.Option(help="NAME or NAME@VERSION from the registry.")],
+    data: Annotated[str, typer.Option(help="Same data URIs as vlm train; the held-out split is used.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many samples.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+) -> None:
+    """Evaluate a registered version on any data, through the serving Predictor."""
+    import json
+
+    from vlm_core.models import build_predictor
+    from vlm_core.training.data import load_training_data
+    from vlm_core.training.evaluate import evaluate
+
+    registry = _registry()
+    version = registry.resolve(model)
+    registry.verify(version)
+    dataset = load_training_data(data, version.task)
+    overrides = {"score_threshold": 0.05} if version.task.value == "detection" else {}
+    predictor = build_predictor(version.spec(registry.root, **overrides))
+    result = evaluate(predictor, dataset.test, limit=limit)
+    table = Table(title=f"{version.ref} on {data} ({result.samples} held-out samples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    if json_out:
+        json_out.write_text(
+            json.dumps({"model": version.ref, "data": data, "samples": result.samples, **result.metrics})
+        )
 
 
 @app.command()

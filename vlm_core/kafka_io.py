@@ -6,8 +6,9 @@ Import this module only where Kafka is really used; the rest of vlm_core stays f
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,8 +25,32 @@ BOOTSTRAP_TIMEOUT_MS = 10000
 _T = TypeVar("_T")
 
 
+#: Broker security from the environment, so every client (ingest, processor, trainer)
+#: picks it up the same way; the Helm chart fills these from Secrets.
+SECURITY_ENV = {
+    "VLM_KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "VLM_KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "VLM_KAFKA_SASL_USERNAME": "sasl_plain_username",
+    "VLM_KAFKA_SASL_PASSWORD": "sasl_plain_password",
+    "VLM_KAFKA_SSL_CAFILE": "ssl_cafile",
+}
+
+
+def security_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    options = {option: env[name] for name, option in SECURITY_ENV.items() if env.get(name)}
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise InfrastructureError(
+            f"VLM_KAFKA_SECURITY_PROTOCOL={protocol!r} is not a Kafka security protocol",
+            hint="use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        )
+    return options
+
+
 def _connect(factory: Callable[..., _T], bootstrap: str, **config: Any) -> _T:
     config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+    config = {**security_options(), **config}
     try:
         return factory(bootstrap_servers=bootstrap, **config)
     except KafkaError as exc:

@@ -56,12 +56,15 @@ class ModelVersion:
     created_at: str = ""
     status: ModelStatus = ModelStatus.CANDIDATE
     status_reason: str = ""
+    #: The square input side the model was trained at (classification, segmentation).
+    input_size: int | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     def spec(self, root: Path, **overrides: Any) -> ModelSpec:
+        overrides.setdefault("input_size", self.input_size)
         return ModelSpec(
             task=self.task,
             arch=self.arch,
@@ -150,8 +153,11 @@ class ModelRegistry:
         pointer = self._pointer(name)
         return self.get(name, pointer["version"]) if pointer.get("version") is not None else None
 
+    def version_dir(self, version: ModelVersion) -> Path:
+        return self.root / version.name / f"v{version.version}"
+
     def weights_path(self, version: ModelVersion) -> Path:
-        return self.root / version.name / f"v{version.version}" / version.weights_file
+        return self.version_dir(version) / version.weights_file
 
     # -- writing ------------------------------------------------------------------------
     def register(
@@ -166,7 +172,11 @@ class ModelRegistry:
         primary_metric: str,
         dataset_hash: str = "",
         parent: int | None = None,
+        input_size: int | None = None,
+        artifacts: Mapping[str, Path] | None = None,
     ) -> ModelVersion:
+        """Store a new candidate version. ``artifacts`` (name -> file) are copied next to
+        the weights: training curves, confusion matrices."""
         if primary_metric not in metrics:
             raise ConfigError(f"primary metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
         model_dir = self.root / name
@@ -188,7 +198,10 @@ class ModelRegistry:
                 dataset_hash=dataset_hash,
                 parent=parent,
                 created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                input_size=input_size,
             )
+            for artifact, source in (artifacts or {}).items():
+                shutil.copyfile(source, staging / artifact)
             _write_json(staging / "version.json", version.to_json())
             staging.rename(model_dir / f"v{version_no}")  # atomic on one filesystem
         except BaseException:
@@ -292,5 +305,5 @@ def production_spec(root: str | Path, name: str, base: Mapping[str, Any] | None 
             f"{name!r} has no production version in {registry.root}",
             hint=f"promote one with `vlm models promote {name}@N`",
         )
-    overrides = {k: base[k] for k in SERVING_OVERRIDES if base and k in base}
+    overrides = {k: base[k] for k in SERVING_OVERRIDES if base and base.get(k) is not None}
     return version.spec(registry.root, **overrides)

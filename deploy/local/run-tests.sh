@@ -16,6 +16,10 @@ export VLM_PROMETHEUS_PORT="${VLM_PROMETHEUS_PORT:-39090}" VLM_INGEST_METRICS_PO
 echo "== ruff"
 ruff check . || exit 1
 
+echo "== deployment tools (helm, hadolint)"
+tools="$(bash deploy/local/install-tools.sh "$venv/bin/python")" || exit 1
+export PATH="$tools:$PATH"
+
 echo "== starting test stack in $VLM_STATE_DIR"
 cleanup() { echo "== stopping test stack"; vlm local down >/dev/null 2>&1 || true; rm -rf "$VLM_STATE_DIR"; }
 trap cleanup EXIT

@@ -1,0 +1,134 @@
+{{/* Names and labels */}}
+{{- define "vlm.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vlm.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "vlm.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vlm.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "vlm.cudaImage" -}}
+{{ .Values.image.repository }}:{{ .Values.image.cudaTag | default (printf "%s-cuda" (.Values.image.tag | default .Chart.AppVersion)) }}
+{{- end -}}
+
+{{/* Kafka bootstrap servers: Strimzi's bootstrap service or the external brokers. */}}
+{{- define "vlm.kafkaBootstrap" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{ .Values.kafka.strimzi.clusterName }}-kafka-bootstrap.{{ .Release.Namespace }}.svc:9092
+{{- else -}}
+{{ required "kafka.external.bootstrapServers is required unless kafka.strimzi.enabled is true" .Values.kafka.external.bootstrapServers }}
+{{- end -}}
+{{- end -}}
+
+{{- define "vlm.registryClaim" -}}
+{{- .Values.registry.persistentVolumeClaim.existingClaim | default (printf "%s-registry" (include "vlm.fullname" .)) -}}
+{{- end -}}
+
+{{/* Environment every vlm-stream container gets: Kafka security from Secrets, registry. */}}
+{{- define "vlm.env" -}}
+- name: VLM_REGISTRY_DIR
+  value: {{ printf "%s/models" .Values.registry.mountPath | quote }}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- if not .Values.kafka.strimzi.enabled }}
+{{- with .Values.kafka.external }}
+- name: VLM_KAFKA_SECURITY_PROTOCOL
+  value: {{ .securityProtocol | quote }}
+{{- if hasPrefix "SASL" .securityProtocol }}
+- name: VLM_KAFKA_SASL_MECHANISM
+  value: {{ .sasl.mechanism | quote }}
+- name: VLM_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ required "kafka.external.sasl.secretName is required for SASL" .sasl.secretName }}, key: username}
+- name: VLM_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .sasl.secretName }}, key: password}
+{{- end }}
+{{- if .tls.secretName }}
+- name: VLM_KAFKA_SSL_CAFILE
+  value: /etc/vlm-stream/kafka-tls/ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "vlm.volumeMounts" -}}
+- name: registry
+  mountPath: {{ .Values.registry.mountPath }}
+{{- if and (not .Values.kafka.strimzi.enabled) .Values.kafka.external.tls.secretName }}
+- name: kafka-tls
+  mountPath: /etc/vlm-stream/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "vlm.volumes" -}}
+- name: registry
+  persistentVolumeClaim:
+    claimName: {{ include "vlm.registryClaim" . }}
+{{- if and (not .Values.kafka.strimzi.enabled) .Values.kafka.external.tls.secretName }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafka.external.tls.secretName }}
+{{- end }}
+{{- end -}}
+
+{{/* The Serve config with the chart's Kafka and registry filled in. */}}
+{{- define "vlm.serveConfig" -}}
+{{- $config := deepCopy .Values.serve.config -}}
+{{- range $app := $config.applications -}}
+{{- $_ := set $app.args "bootstrap" (include "vlm.kafkaBootstrap" $) -}}
+{{- $_ := set $app.args "registry_dir" (printf "%s/models" $.Values.registry.mountPath) -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* A Ray pod template. Args: dict "root" . "image" img "resources" r "nodeSelector" n "tolerations" t "gpus" g */}}
+{{- define "vlm.rayPod" -}}
+{{- $root := .root -}}
+spec:
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    fsGroup: 1000
+  {{- with .nodeSelector }}
+  nodeSelector: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .tolerations }}
+  tolerations: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: ray
+      image: {{ .image }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      env: {{ include "vlm.env" $root | nindent 8 }}
+      {{- $resources := deepCopy .resources }}
+      {{- if .gpus }}
+      {{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" (toString .gpus)) ($resources.limits | default dict)) }}
+      {{- end }}
+      resources: {{ toYaml $resources | nindent 8 }}
+      ports:
+        - {name: metrics, containerPort: 8080}
+      volumeMounts: {{ include "vlm.volumeMounts" $root | nindent 8 }}
+  volumes: {{ include "vlm.volumes" $root | nindent 4 }}
+{{- end -}}

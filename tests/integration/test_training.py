@@ -1,0 +1,114 @@
+"""Ray Train on the real local Ray: the promotion gate and recovery from a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from services.trainer.job import TrainOutcome, TrainRequest, run_training
+from vlm_core.datasets import load_fashion_mnist
+from vlm_core.models.spec import Task
+from vlm_core.registry import ModelRegistry, ModelStatus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Fashion-MNIST test items as an image-folder tree, 60 per class."""
+    root = tmp_path_factory.mktemp("fmnist-folder")
+    data = load_fashion_mnist("test")
+    for class_id, name in enumerate(data.class_names):
+        folder = root / name.replace("/", "-")
+        folder.mkdir()
+        for n, index in enumerate(np.flatnonzero(data.labels == class_id)[:60]):
+            cv2.imwrite(str(folder / f"{n}.png"), data.images[index])
+    return root
+
+
+def _train(
+    ray_address: str, tmp_path: Path, events: list[dict[str, Any]] | None = None, **options: Any
+) -> TrainOutcome:
+    defaults: dict[str, Any] = {
+        "task": Task.CLASSIFICATION,
+        "workers": 2,
+        "cpus_per_worker": 0.5,
+        "batch_size": 32,
+        "input_size": 32,
+        "lr": 5e-3,
+        "validation_fraction": 0.25,
+    }
+    return run_training(
+        TrainRequest(**{**defaults, **options}),
+        ray_address=ray_address,
+        registry_dir=tmp_path / "registry",
+        storage=tmp_path / "train",
+        on_progress=(events.append if events is not None else lambda event: None),
+    )
+
+
+def test_gate_refuses_a_candidate_trained_on_shuffled_labels(
+    ray_address: str, image_folder: Path, tmp_path: Path
+) -> None:
+    good = _train(ray_address, tmp_path, data=str(image_folder), epochs=6, name="gate", promote=True)
+    assert good.decision is not None and good.decision.promoted, good.decision
+    assert good.version.status is ModelStatus.PRODUCTION
+    assert good.metrics["accuracy"] > 0.4, good.metrics
+    assert Path(good.artifacts["curves.png"]).is_file() and Path(good.artifacts["confusion.png"]).is_file()
+
+    bad = _train(
+        ray_address, tmp_path, data=str(image_folder), epochs=6, name="gate", promote=True, shuffle_labels=True
+    )
+    registry = ModelRegistry(tmp_path / "registry")
+    assert bad.decision is not None and not bad.decision.promoted
+    assert bad.decision.candidate_score is not None and bad.decision.production_score is not None
+    assert bad.decision.candidate_score < bad.decision.production_score
+    stored = registry.get("gate", bad.version.version)
+    assert stored.status is ModelStatus.CANDIDATE and stored.status_reason.startswith("refused: accuracy")
+    assert stored.parent == good.version.version
+    production = registry.production("gate")
+    assert production is not None and production.version == good.version.version
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_address: str, image_folder: Path, tmp_path: Path) -> None:
+    from ray.util.state import list_actors
+
+    events: list[dict[str, Any]] = []
+    outcome: dict[str, Any] = {}
+    epochs = 8
+
+    def train() -> None:
+        try:
+            outcome["result"] = _train(
+                ray_address, tmp_path, events, data=str(image_folder), epochs=epochs, name="fault", input_size=64
+            )
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=train)
+    runner.start()
+    deadline = time.monotonic() + 180
+    while not any(e.get("event") == "epoch" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(e.get("event") == "epoch" for e in events), "no epoch finished in time"
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    victim = workers[-1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    killed_after = max(int(e["epoch"]) for e in events if e.get("event") == "epoch")
+    runner.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    result: TrainOutcome = outcome["result"]
+    assert killed_after < epochs, "the worker must die before training ends"
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    assert resumed and 1 <= resumed[0]["epoch"] <= killed_after + 1
+    assert [int(h["epoch"]) for h in result.history] == list(range(1, epochs + 1))
+    assert result.metrics["accuracy"] > 0.4

@@ -1,0 +1,1 @@
+"""Training pieces without Ray: data URIs and splits, per-task loops, evaluation."""

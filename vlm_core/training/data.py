@@ -1,0 +1,282 @@
+"""Training data: one URI names a labeled dataset, split deterministically, with a hash.
+
+URIs (``vlm train --data``):
+
+- ``fashion-mnist`` (or ``fashion-mnist://``): the real Fashion-MNIST; its train split is
+  split into train/validation, its test split is the held-out evaluation set.
+- ``scenes://?n=3000&seed=0&width=320&height=240``: generated Fashion-MNIST scenes with
+  exact boxes and masks; the held-out set comes from the Fashion-MNIST *test* items, so
+  no item image is shared with training.
+- a directory of class sub-directories (ImageFolder), for classification;
+- ``coco:PATH.json[?images=DIR]`` (or a ``.json`` path), for detection and segmentation;
+- ``voc:DIR``, a VOC-style segmentation tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from vlm_core.datasets import (
+    FASHION_MNIST_CLASSES,
+    SCENE_CLASSES,
+    SCENE_SEGMENTATION_CLASSES,
+    CocoDataset,
+    ImageFolderDataset,
+    Sample,
+    SceneConfig,
+    SceneGenerator,
+    VocSegmentationDataset,
+    load_fashion_mnist,
+)
+from vlm_core.datasets.fashion_mnist import fashion_mnist_dir
+from vlm_core.errors import DatasetError
+from vlm_core.models.spec import Task
+
+
+class SampleSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+class Subset:
+    """Samples of ``source`` at ``indices``; optionally with labels replaced."""
+
+    def __init__(self, source: SampleSource, indices: Sequence[int], labels: Sequence[int] | None = None) -> None:
+        self.source = source
+        self.indices = list(indices)
+        self.labels = list(labels) if labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.source[self.indices[index]]
+        if self.labels is not None:
+            from dataclasses import replace
+
+            sample = replace(sample, label=self.labels[index])
+        return sample
+
+
+class FashionMnistSamples:
+    """Fashion-MNIST items as 3-channel frames (gray replicated), like a camera would send."""
+
+    def __init__(self, split: str) -> None:
+        self.data = load_fashion_mnist(split)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Sample:
+        gray = self.data.images[index]
+        return Sample(np.repeat(gray[:, :, None], 3, axis=2), label=int(self.data.labels[index]))
+
+
+@dataclass
+class TrainingData:
+    """A dataset ready for training: train / validation / held-out splits of Samples."""
+
+    uri: str
+    task: Task
+    class_names: tuple[str, ...]
+    train: SampleSource
+    validation: SampleSource
+    #: Held-out evaluation split (the dataset's own test split where it has one).
+    test: SampleSource
+    content_hash: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.uri}: {len(self.train)} train / {len(self.validation)} validation / "
+            f"{len(self.test)} held-out, {len(self.class_names)} classes, hash {self.content_hash[:12]}"
+        )
+
+
+def split_indices(count: int, validation_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A deterministic split: each index goes to validation by a hash of (seed, index),
+    so adding samples never moves existing ones between splits."""
+    if not 0 < validation_fraction < 1:
+        raise DatasetError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
+    threshold = int(validation_fraction * 2**32)
+    train, validation = [], []
+    for i in range(count):
+        bucket = zlib.crc32(f"{seed}:{i}".encode())
+        (validation if bucket < threshold else train).append(i)
+    return train, validation
+
+
+def load_training_data(
+    uri: str,
+    task: Task,
+    *,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    shuffle_labels: bool = False,
+) -> TrainingData:
+    """Resolve ``uri`` for ``task``. ``shuffle_labels`` permutes the training labels
+    (classification only): a deliberately bad candidate for testing the promotion gate."""
+    kind, source_uri = _kind(uri)
+    if kind == "fashion-mnist":
+        if task is not Task.CLASSIFICATION:
+            raise DatasetError(
+                "fashion-mnist is a classification dataset", hint="use scenes:// for detection and segmentation"
+            )
+        full = FashionMnistSamples("train")
+        train_idx, val_idx = split_indices(len(full), validation_fraction, seed)
+        digest = _hash_files(sorted(fashion_mnist_dir().glob("*-ubyte.gz")))
+        data = TrainingData(
+            uri,
+            task,
+            FASHION_MNIST_CLASSES,
+            Subset(full, train_idx),
+            Subset(full, val_idx),
+            FashionMnistSamples("test"),
+            _hash_text(f"fashion-mnist:{digest}:{seed}:{validation_fraction}"),
+        )
+    elif kind == "scenes":
+        data = _scenes(source_uri, task, validation_fraction, seed)
+    elif kind == "imagefolder":
+        if task is not Task.CLASSIFICATION:
+            raise DatasetError(f"{uri} is an image-folder tree, which only labels classification")
+        full = ImageFolderDataset(source_uri)
+        train_idx, val_idx = split_indices(len(full), validation_fraction, seed)
+        validation = Subset(full, val_idx)
+        digest = _hash_files(sorted(p for p in Path(source_uri).rglob("*") if p.is_file()), root=Path(source_uri))
+        data = TrainingData(uri, task, tuple(full.class_names), Subset(full, train_idx), validation, validation, digest)
+    elif kind == "coco":
+        parsed = urlparse(source_uri)
+        images = parse_qs(parsed.query).get("images", [None])[0]
+        coco = CocoDataset(parsed.path, images)
+        names = tuple(coco.class_names)
+        if task is Task.SEGMENTATION:
+            names = ("background", *names)
+        elif task is not Task.DETECTION:
+            raise DatasetError("COCO annotations train detection or segmentation models")
+        train_idx, val_idx = split_indices(len(coco), validation_fraction, seed)
+        validation = Subset(coco, val_idx)
+        data = TrainingData(
+            uri, task, names, Subset(coco, train_idx), validation, validation, _hash_files([Path(parsed.path)])
+        )
+    else:  # voc
+        if task is not Task.SEGMENTATION:
+            raise DatasetError(f"{uri} is a VOC segmentation tree; it trains segmentation models")
+        voc = VocSegmentationDataset(source_uri)
+        train_idx, val_idx = split_indices(len(voc), validation_fraction, seed)
+        validation = Subset(voc, val_idx)
+        digest = _hash_files(sorted(p for p in Path(source_uri).rglob("*") if p.is_file()), root=Path(source_uri))
+        data = TrainingData(uri, task, tuple(voc.class_names), Subset(voc, train_idx), validation, validation, digest)
+    if shuffle_labels:
+        data = _with_shuffled_labels(data, seed)
+    if len(data.train) == 0 or len(data.validation) == 0:
+        raise DatasetError(f"{uri} has too few samples to split into train and validation ({len(data.train)} train)")
+    return data
+
+
+def _kind(uri: str) -> tuple[str, str]:
+    if uri in ("fashion-mnist", "fashion-mnist://"):
+        return "fashion-mnist", uri
+    if uri.startswith("scenes://"):
+        return "scenes", uri
+    if uri.startswith("coco:"):
+        return "coco", uri[len("coco:") :]
+    if uri.startswith("voc:"):
+        return "voc", uri[len("voc:") :]
+    path = Path(uri)
+    if path.suffix == ".json" and path.is_file():
+        return "coco", uri
+    if path.is_dir():
+        return "imagefolder", uri
+    raise DatasetError(
+        f"cannot read training data from {uri!r}",
+        hint="use fashion-mnist, scenes://?n=3000, an image-folder directory, coco:FILE.json or voc:DIR",
+    )
+
+
+class _Scenes:
+    def __init__(self, generator: SceneGenerator, count: int) -> None:
+        self.generator = generator
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.generator.scene(index)
+
+
+def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> TrainingData:
+    if task is Task.CLASSIFICATION:
+        raise DatasetError("scenes:// trains detection and segmentation", hint="use fashion-mnist for classification")
+    query = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
+    try:
+        count = int(query.pop("n", 3000))
+        scene_seed = int(query.pop("seed", seed))
+        config = SceneConfig(
+            width=int(query.pop("width", 320)),
+            height=int(query.pop("height", 240)),
+            max_items=int(query.pop("items", 4)),
+        )
+    except ValueError as exc:
+        raise DatasetError(f"bad number in {uri}: {exc}") from None
+    if query:
+        raise DatasetError(f"unknown scenes:// options {sorted(query)}", hint="known: n, seed, width, height, items")
+    train_gen = SceneGenerator(config, seed=scene_seed)
+    test_gen = SceneGenerator(SceneConfig(**{**config.__dict__, "split": "test"}), seed=scene_seed + 1)
+    n_val = max(1, int(count * validation_fraction))
+    names = SCENE_SEGMENTATION_CLASSES if task is Task.SEGMENTATION else SCENE_CLASSES
+    digest = _hash_files(sorted(fashion_mnist_dir().glob("*-ubyte.gz")))
+    return TrainingData(
+        uri,
+        task,
+        names,
+        _Scenes(train_gen, count),
+        Subset(_Scenes(test_gen, count + n_val), range(count, count + n_val)),
+        _Scenes(test_gen, max(n_val, 200)),
+        _hash_text(f"scenes:{digest}:{json.dumps(config.__dict__, sort_keys=True)}:{scene_seed}:{count}"),
+    )
+
+
+def _with_shuffled_labels(data: TrainingData, seed: int) -> TrainingData:
+    if data.task is not Task.CLASSIFICATION:
+        raise DatasetError("--shuffle-labels applies to classification data")
+    labels = [data.train[i].label for i in range(len(data.train))] if not isinstance(data.train, Subset) else None
+    if isinstance(data.train, Subset) and isinstance(data.train.source, FashionMnistSamples):
+        all_labels = data.train.source.data.labels
+        labels = [int(all_labels[i]) for i in data.train.indices]
+        train_source, indices = data.train.source, data.train.indices
+    else:
+        train_source, indices = data.train, list(range(len(data.train)))
+    permuted = np.random.default_rng(seed + 7919).permutation(np.asarray(labels)).tolist()
+    return TrainingData(
+        data.uri,
+        data.task,
+        data.class_names,
+        Subset(train_source, indices, permuted),
+        data.validation,
+        data.test,
+        _hash_text(f"{data.content_hash}:shuffled:{seed}"),
+    )
+
+
+def _hash_files(paths: Sequence[Path], root: Path | None = None) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path.relative_to(root) if root else path.name).encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
