@@ -376,11 +376,13 @@ def train(
         str, typer.Option(help="fashion-mnist, scenes://?n=3000, an image-folder dir, coco:F.json, voc:DIR.")
     ],
     arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's small default).")] = None,
-    init: Annotated[str, typer.Option(help="none, or an ImageNet/backbone weights path or pkg:// URI.")] = "none",
+    init: Annotated[
+        str, typer.Option(help="auto (ImageNet MobileNetV2 backbone where the arch has one), none, or a weights path.")
+    ] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP processes).")] = 2,
     gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0)] = 0.0,
     cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", min=0.1)] = 1.0,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Default: per task (10 / 20 / 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Default: per task (10 / 8 / 8).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Per worker.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle schedule).")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", min=16, help="Square model input side.")] = None,

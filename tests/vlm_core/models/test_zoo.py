@@ -166,3 +166,26 @@ def test_weights_errors(tmp_path: Path) -> None:
                 weights=str(tmp_path / "two.safetensors"),
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("arch", "task", "expected"),
+    [
+        ("mobilenet_v2", Task.CLASSIFICATION, 312),  # every backbone tensor, not the 10-class head
+        ("fasterrcnn_mobilenet_v2", Task.DETECTION, None),
+        ("lraspp_mobilenet_v2", Task.SEGMENTATION, None),
+    ],
+)
+def test_imagenet_mobilenet_v2_initialises_backbones(arch: str, task: Task, expected: int | None) -> None:
+    import torch
+
+    from vlm_core.models.weights import IMAGENET_MOBILENET_V2, load_state_dict
+    from vlm_core.models.zoo import get_architecture, load_backbone
+
+    names = tuple(f"c{i}" for i in range(10))
+    model = get_architecture(arch).build(len(names) + (1 if task is Task.DETECTION else 0))
+    copied = load_backbone(model, get_architecture(arch), IMAGENET_MOBILENET_V2)
+    assert copied >= 100 and (expected is None or copied == expected)
+    source = load_state_dict(IMAGENET_MOBILENET_V2)
+    first_conv = next(v for k, v in model.state_dict().items() if k.endswith("0.0.weight"))
+    assert torch.equal(first_conv, source["features.0.0.weight"])
