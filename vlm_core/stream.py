@@ -13,6 +13,7 @@ the broker's acknowledgements awaited, and only then the batch's offsets committ
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -26,7 +27,7 @@ from vlm_core import metrics as m
 from vlm_core.errors import FrameError
 from vlm_core.frame import DEFAULT_LIMITS, Frame, FrameLimits
 from vlm_core.models.spec import Task
-from vlm_core.pipeline import CameraRouting, DropPolicy
+from vlm_core.pipeline import ActiveLearningSettings, CameraRouting, DropPolicy
 from vlm_core.results import Classification, Detections, Result, Segmentation, TaskOutput
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 DLQ_REASON_HEADER = "vlm-dlq-reason"
 DLQ_ERROR_HEADER = "vlm-dlq-error"
 DLQ_SOURCE_HEADER = "vlm-dlq-source"
+#: Messages on the to_label topic: a frame reference (topic/partition/offset) and why.
+TO_LABEL_SCHEMA = "vlm.to_label/v1"
 
 TopicPartition = tuple[str, int]
 
@@ -94,7 +97,7 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     items: list[_Item] = field(default_factory=list)
     requests: dict[Task, tuple[list[int], Pending, float]] = field(default_factory=dict)
-    side_sends: list[Pending] = field(default_factory=list)  # DLQ records of this batch
+    side_sends: list[Pending] = field(default_factory=list)  # DLQ and to_label records of this batch
 
 
 @dataclass
@@ -131,6 +134,7 @@ class StreamProcessor:
         produce_timeout_s: float = 30.0,
         max_model_retries: int = 3,
         on_result: Callable[[Result], None] | None = None,
+        active_learning: ActiveLearningSettings | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.consumer = consumer
@@ -151,6 +155,8 @@ class StreamProcessor:
         self.clock_ms = clock_ms
         self._inflight: deque[_Batch] = deque()
         self._producing: deque[_Producing] = deque()
+        self.active_learning = active_learning if active_learning and active_learning.enabled else None
+        self._sampled_ms: deque[int] = deque()  # send times within the last minute
         self.results_produced = 0
 
     # -- main loop --------------------------------------------------------------------
@@ -298,7 +304,50 @@ class StreamProcessor:
             except Exception as exc:
                 raise BatchFailedError("produce", exc) from exc
             sends.append((item, result, pending))
+            self._maybe_sample(batch, item, result)
         return _Producing(batch.offsets, batch.side_sends, sends)
+
+    def _maybe_sample(self, batch: _Batch, item: _Item, result: Result) -> None:
+        """Active learning: a low-confidence result's frame reference goes to the to_label
+        topic for a labelling tool, at most ``max_per_minute`` of them."""
+        policy = self.active_learning
+        if policy is None or not self.topics.to_label:
+            return
+        scores = {}
+        if result.classification is not None and result.classification.top_k:
+            scores["classification"] = result.classification.top_k[0].score
+        if result.detection is not None and result.detection.detections:
+            scores["detection"] = max(d.score for d in result.detection.detections)
+        low = {task: score for task, score in scores.items() if score < policy.score_threshold}
+        if not low:
+            return
+        now = self.clock_ms()
+        while self._sampled_ms and now - self._sampled_ms[0] >= 60_000:
+            self._sampled_ms.popleft()
+        if len(self._sampled_ms) >= policy.max_per_minute:
+            return
+        self._sampled_ms.append(now)
+        rec = item.record
+        doc = {
+            "schema": TO_LABEL_SCHEMA,
+            "camera_id": result.camera_id,
+            "seq": result.seq,
+            "capture_ts_ms": result.capture_ts_ms,
+            "frame": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+            "scores": low,
+            "models": {
+                task: f"{output.model.name}@{output.model.version}"
+                for task, output in (("classification", result.classification), ("detection", result.detection))
+                if output is not None and task in low
+            },
+        }
+        try:
+            pending = self.producer.send(self.topics.to_label, rec.key, json.dumps(doc).encode(), [])
+        except Exception as exc:
+            raise BatchFailedError("to_label produce", exc) from exc
+        batch.side_sends.append(pending)
+        for task in low:
+            self.metrics.inc(m.TO_LABEL_SAMPLED, task=task)
 
     def _commit(self, producing: _Producing, wait: bool = True) -> None:
         """Wait for the broker's acknowledgements of a batch's records, then commit it.

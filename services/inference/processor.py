@@ -88,6 +88,7 @@ class StreamProcessorReplica:
                     model_timeout_s=cfg.processor.model_timeout_s,
                     produce_timeout_s=cfg.processor.produce_timeout_s,
                     max_model_retries=cfg.processor.max_model_retries,
+                    active_learning=cfg.active_learning,
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)

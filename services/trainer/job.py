@@ -79,6 +79,17 @@ class TrainRequest:
             init=self.init if self.init != "auto" else default_init(self.arch or DEFAULT_ARCH[self.task]),
         )
 
+    def load_data(self) -> Any:
+        from vlm_core.training.data import load_training_data
+
+        return load_training_data(
+            self.data,
+            self.task,
+            validation_fraction=self.validation_fraction,
+            seed=self.seed,
+            shuffle_labels=self.shuffle_labels,
+        )
+
 
 def default_model_name(task: Task, data: str) -> str:
     noun = {Task.CLASSIFICATION: "classifier", Task.DETECTION: "detector", Task.SEGMENTATION: "segmenter"}[task]
@@ -109,7 +120,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from vlm_core.models import ModelSpec, build_model
-    from vlm_core.training.data import load_training_data
     from vlm_core.training.loops import TorchDataset, TrainSettings, collate, quick_validation, training_loss
 
     request = TrainRequest(**{**config["request"], "task": Task(config["request"]["task"])})
@@ -120,13 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = config.get("progress")
     if progress is not None:
         progress.put_nowait({"event": "worker", "rank": rank, "pid": os.getpid(), "node": context.get_node_rank()})
-    data = load_training_data(
-        request.data,
-        request.task,
-        validation_fraction=request.validation_fraction,
-        seed=request.seed,
-        shuffle_labels=request.shuffle_labels,
-    )
+    data = request.load_data()
     spec = ModelSpec(request.task, request.arch or "", class_names=data.class_names, **init_weights(request.init))
     model, _ = build_model(spec)
     set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
@@ -277,15 +281,7 @@ def run_training(
 
     request = request.resolved()
     started = time.perf_counter()
-    from vlm_core.training.data import load_training_data
-
-    data = load_training_data(
-        request.data,
-        request.task,
-        validation_fraction=request.validation_fraction,
-        seed=request.seed,
-        shuffle_labels=request.shuffle_labels,
-    )
+    data = request.load_data()
     on_progress({"event": "data", "text": data.describe()})
     if not ray.is_initialized():
         ray.init(address=ray_address, logging_level="WARNING", log_to_driver=False)

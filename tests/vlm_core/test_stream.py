@@ -213,3 +213,45 @@ def test_a_batch_the_model_always_fails_on_is_dead_lettered_and_the_stream_goes_
     assert sorted(dlq_reason(h) for h in dlq) == ["model_error"] * 4
     assert processor.metrics.total(m.FRAMES_DEAD_LETTERED, reason="model_error") == 4
     assert processor.metrics.total(m.BATCH_FAILURES) == 3
+
+
+def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
+    import json
+
+    from vlm_core.pipeline import ActiveLearningSettings
+    from vlm_core.stream import TO_LABEL_SCHEMA
+
+    records = [frame_record(i) for i in range(8)] + [frame_record(200 + i) for i in range(4)]
+    consumer, producer, clock = FakeConsumer(records), FakeProducer(), {"now": 2_000}
+    sink = m.MetricsSink()
+    processor = StreamProcessor(
+        consumer,
+        producer,
+        {Task.CLASSIFICATION: FakeModel()},  # score = pixel value / 255
+        CameraRouting(),
+        ProcessorTopics("results", "dlq", "to_label"),
+        metrics=sink,
+        batch_size=4,
+        active_learning=ActiveLearningSettings(enabled=True, score_threshold=0.5, max_per_minute=3),
+        clock_ms=lambda: clock["now"],
+    )
+    for _ in range(2):
+        processor.step()
+    clock["now"] += 61_000  # a minute later the budget is back
+    run_until_idle(processor, consumer)
+    sampled = [json.loads(v) for t, _k, v, _h in producer.sent if t == "to_label"]
+    assert len(producer.results()) == 12
+    # offsets 0-2 in the first minute; 4-7 and the confident 200+ frames (score 0.78) are not
+    # all taken: 3 per minute, and confident results never.
+    assert [s["frame"]["offset"] for s in sampled] == [0, 1, 2, 4, 5, 6]
+    first = sampled[0]
+    assert first["schema"] == TO_LABEL_SCHEMA and first["frame"]["topic"] == "frames"
+    assert first["camera_id"] == "cam" and first["models"] == {"classification": "fake@1"}
+    assert first["scores"]["classification"] < 0.5
+    assert sink.counters[(m.TO_LABEL_SAMPLED.name, (("task", "classification"),))] == 6
+
+
+def test_active_learning_off_by_default_sends_nothing_to_label() -> None:
+    processor, consumer, producer, _ = make([frame_record(i) for i in range(5)])
+    run_until_idle(processor, consumer)
+    assert not [t for t, *_ in producer.sent if t == "to_label"]

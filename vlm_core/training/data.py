@@ -148,11 +148,10 @@ def load_training_data(
     elif kind == "imagefolder":
         if task is not Task.CLASSIFICATION:
             raise DatasetError(f"{uri} is an image-folder tree, which only labels classification")
-        full = ImageFolderDataset(source_uri)
-        train_idx, val_idx = split_indices(len(full), validation_fraction, seed)
-        validation = Subset(full, val_idx)
-        digest = _hash_files(sorted(p for p in Path(source_uri).rglob("*") if p.is_file()), root=Path(source_uri))
-        data = TrainingData(uri, task, tuple(full.class_names), Subset(full, train_idx), validation, validation, digest)
+        folder = ImageFolderDataset(source_uri)
+        data = _split_in_place(
+            uri, task, tuple(folder.class_names), folder, validation_fraction, seed, Path(source_uri)
+        )
     elif kind == "coco":
         parsed = urlparse(source_uri)
         images = parse_qs(parsed.query).get("images", [None])[0]
@@ -162,24 +161,34 @@ def load_training_data(
             names = ("background", *names)
         elif task is not Task.DETECTION:
             raise DatasetError("COCO annotations train detection or segmentation models")
-        train_idx, val_idx = split_indices(len(coco), validation_fraction, seed)
-        validation = Subset(coco, val_idx)
-        data = TrainingData(
-            uri, task, names, Subset(coco, train_idx), validation, validation, _hash_files([Path(parsed.path)])
-        )
+        data = _split_in_place(uri, task, names, coco, validation_fraction, seed, Path(parsed.path))
     else:  # voc
         if task is not Task.SEGMENTATION:
             raise DatasetError(f"{uri} is a VOC segmentation tree; it trains segmentation models")
         voc = VocSegmentationDataset(source_uri)
-        train_idx, val_idx = split_indices(len(voc), validation_fraction, seed)
-        validation = Subset(voc, val_idx)
-        digest = _hash_files(sorted(p for p in Path(source_uri).rglob("*") if p.is_file()), root=Path(source_uri))
-        data = TrainingData(uri, task, tuple(voc.class_names), Subset(voc, train_idx), validation, validation, digest)
+        data = _split_in_place(uri, task, tuple(voc.class_names), voc, validation_fraction, seed, Path(source_uri))
     if shuffle_labels:
         data = _with_shuffled_labels(data, seed)
     if len(data.train) == 0 or len(data.validation) == 0:
         raise DatasetError(f"{uri} has too few samples to split into train and validation ({len(data.train)} train)")
     return data
+
+
+def _split_in_place(
+    uri: str,
+    task: Task,
+    class_names: tuple[str, ...],
+    source: SampleSource,
+    validation_fraction: float,
+    seed: int,
+    files: Path,
+) -> TrainingData:
+    """Datasets without a test split of their own: the validation split is also held out."""
+    train_idx, val_idx = split_indices(len(source), validation_fraction, seed)
+    validation = Subset(source, val_idx)
+    paths = sorted(p for p in files.rglob("*") if p.is_file()) if files.is_dir() else [files]
+    digest = _hash_files(paths, root=files if files.is_dir() else None)
+    return TrainingData(uri, task, class_names, Subset(source, train_idx), validation, validation, digest)
 
 
 def _kind(uri: str) -> tuple[str, str]:
