@@ -429,6 +429,7 @@ def train(
         margin=margin,
         eval_limit=eval_limit,
     ).resolved()
+    dataset = request.load_data()  # bad data fails here, before any cluster starts
     console.print(
         f"training {request.name}: {request.arch} on {data}, {request.workers} workers, {request.epochs} epochs, "
         f"batch {request.batch_size}/worker"
@@ -467,7 +468,12 @@ def train(
                 bar.console.print(event["text"])
 
         outcome = run_training(
-            request, ray_address=ray_address, registry_dir=settings.registry_dir, storage=storage_dir, on_progress=show
+            request,
+            ray_address=ray_address,
+            registry_dir=settings.registry_dir,
+            storage=storage_dir,
+            on_progress=show,
+            data=dataset,
         )
     figures = "  ".join(f"{k}={v:.4f}" for k, v in outcome.metrics.items())
     console.print(f"[green]registered {outcome.version.ref}[/] ({outcome.version.status.value}): {figures}")

@@ -273,7 +273,10 @@ def run_training(
     registry_dir: Path,
     storage: Path,
     on_progress: Callable[[dict[str, Any]], None] = lambda event: None,
+    data: Any = None,
 ) -> TrainOutcome:
+    """Train, evaluate, register (and with ``promote`` gate). ``data``: the request's
+    TrainingData when the caller already loaded it to check it early."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -281,7 +284,7 @@ def run_training(
 
     request = request.resolved()
     started = time.perf_counter()
-    data = request.load_data()
+    data = data if data is not None else request.load_data()
     on_progress({"event": "data", "text": data.describe()})
     if not ray.is_initialized():
         ray.init(address=ray_address, logging_level="WARNING", log_to_driver=False)

@@ -26,6 +26,11 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["ingest", "--source", "ftp://x/y", "--camera-id", "c"], "unsupported source scheme"),
         (["ingest", "--sources", "/no/such/sources.yaml"], "does not exist"),
         (["local", "up", "zookeeper"], "unknown service"),
+        (["train", "--task", "counting", "--data", "fashion-mnist"], "unknown task 'counting'"),
+        (["train", "--task", "classification", "--data", "/no/such/dir"], "cannot read training data"),
+        (["train", "--task", "detection", "--data", "fashion-mnist"], "fashion-mnist is a classification dataset"),
+        (["train", "--task", "detection", "--data", "scenes://", "--arch", "resnet18"], "not a detection architecture"),
+        (["eval", "--model", "no-such-model@3", "--data", "fashion-mnist"], "no-such-model"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:

@@ -1,0 +1,39 @@
+import pytest
+
+from services.trainer.job import TrainRequest, default_model_name, init_weights
+from vlm_core.errors import ConfigError
+from vlm_core.models.spec import Task
+from vlm_core.models.weights import IMAGENET_MOBILENET_V2
+
+
+@pytest.mark.parametrize(
+    ("task", "data", "name"),
+    [
+        (Task.CLASSIFICATION, "fashion-mnist", "fashion-mnist-classifier"),
+        (Task.DETECTION, "scenes://?n=2000", "scenes-detector"),
+        (Task.SEGMENTATION, "scenes://?n=10", "scenes-segmenter"),
+        (Task.DETECTION, "coco:/data/shop/annotations.json", "coco-detector"),
+        (Task.CLASSIFICATION, "/data/My Parts/", "my-parts-classifier"),
+    ],
+)
+def test_default_model_names(task: Task, data: str, name: str) -> None:
+    assert default_model_name(task, data) == name
+
+
+def test_only_task_and_data_give_a_complete_request() -> None:
+    request = TrainRequest(Task.DETECTION, "scenes://?n=100").resolved()
+    assert request.arch == "fasterrcnn_mobilenet_v2" and request.init == IMAGENET_MOBILENET_V2
+    assert request.epochs and request.batch_size and request.lr and request.name == "scenes-detector"
+    classifier = TrainRequest(Task.CLASSIFICATION, "fashion-mnist").resolved()
+    assert classifier.arch == "mobilenet_v3_small" and classifier.init == "none" and classifier.input_size == 48
+    explicit = TrainRequest(Task.CLASSIFICATION, "fashion-mnist", arch="resnet18", epochs=3, init="none").resolved()
+    assert (explicit.arch, explicit.epochs, explicit.init) == ("resnet18", 3, "none")
+
+
+def test_init_options() -> None:
+    assert init_weights("none") == {}
+    assert init_weights("/w/imagenet.pth") == {"backbone_weights": "/w/imagenet.pth"}
+    with pytest.raises(ConfigError, match="--init pretrained"):
+        init_weights("pretrained")
+    with pytest.raises(ConfigError, match="--workers"):
+        TrainRequest(Task.CLASSIFICATION, "fashion-mnist", workers=0).resolved()
