@@ -219,7 +219,7 @@ def bench_pipeline(
     frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
-    inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 3,
+    inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
@@ -521,7 +521,7 @@ def eval_model(
 @app.command()
 def demo(
     duration: Annotated[float | None, typer.Option(help="Stop after N seconds (default: run until Ctrl-C).")] = None,
-    fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 10.0,
+    fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 5.0,
     keep_stack: Annotated[bool, typer.Option("--keep-stack", help="Leave Kafka/Ray/Prometheus running.")] = False,
 ) -> None:
     """The main job: local Kafka + Ray, the Serve pipeline, two cameras, a live summary."""
