@@ -5,6 +5,7 @@ with what the code exports."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ from vlm_core.pipeline import PipelineConfig
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "vlm-stream"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
-SCHEMAS = ROOT.parent / "shared" / "k8s-schemas"
+# The KubeRay / Strimzi / Prometheus Operator CRD schemas live beside the repository.
+SCHEMAS = Path(os.environ.get("VLM_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas"))
 KUBERNETES_VERSION = "1.31.0"
 CUSTOM_SCHEMAS = {
     ("ray.io/v1", "RayService"): "kuberay-rayservice_v1.json",
@@ -97,6 +99,7 @@ def test_core_objects_pass_kubernetes_validate(rendered: list[dict[str, Any]]) -
 
 
 def test_custom_resources_match_their_crd_schemas(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
+    assert SCHEMAS.is_dir(), f"CRD schemas not found in {SCHEMAS}: set VLM_K8S_SCHEMAS to the k8s-schemas directory"
     custom = [d for d in rendered if (d["apiVersion"], d["kind"]) in CUSTOM_SCHEMAS]
     assert custom
     for i, doc in enumerate(custom):
