@@ -225,17 +225,8 @@ def bench_pipeline(
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
     from services.bench import run_pipeline_bench, write_outputs
-    from vlm_core.models.spec import Task
 
-    try:
-        task_enum = Task(task)
-    except ValueError:
-        raise VlmError(f"unknown task {task!r}", hint="use classification, detection or segmentation") from None
-    if model is not None:
-        from vlm_core.models import get_architecture
-
-        if get_architecture(model).task is not task_enum:
-            raise VlmError(f"{model} is not a {task} architecture", hint="see `vlm models archs`")
+    task_enum = _task(task, model)
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
     report, latencies = run_pipeline_bench(
         task_enum,
@@ -360,13 +351,18 @@ def models_archs() -> None:
     console.print(table)
 
 
-def _task(value: str):  # type: ignore[no-untyped-def]
+def _task(value: str, arch: str | None = None):  # type: ignore[no-untyped-def]
+    """The Task named ``value``; with ``arch``, also check that the architecture does it."""
+    from vlm_core.models import get_architecture
     from vlm_core.models.spec import Task
 
     try:
-        return Task(value)
+        task = Task(value)
     except ValueError:
         raise VlmError(f"unknown task {value!r}", hint="use classification, detection or segmentation") from None
+    if arch is not None and get_architecture(arch).task is not task:
+        raise VlmError(f"{arch} is not a {value} architecture", hint="see `vlm models archs`")
+    return task
 
 
 @app.command()
@@ -403,11 +399,8 @@ def train(
 
     from services.trainer.job import TrainRequest, run_training
     from vlm_core.local import LocalStack
-    from vlm_core.models import get_architecture
 
-    task_enum = _task(task)
-    if arch is not None and get_architecture(arch).task is not task_enum:
-        raise VlmError(f"{arch} is not a {task} architecture", hint="see `vlm models archs`")
+    task_enum = _task(task, arch)
     settings = _settings()
     request = TrainRequest(
         task=task_enum,
@@ -421,7 +414,6 @@ def train(
         batch_size=batch_size,
         lr=lr,
         input_size=input_size,
-        storage=storage,
         name=name,
         seed=seed,
         shuffle_labels=shuffle_labels,
@@ -435,9 +427,10 @@ def train(
         f"batch {request.batch_size}/worker"
     )
     # Inside a Ray cluster (a RayJob, `ray exec`), RAY_ADDRESS names it; otherwise the local stack.
-    ray_address = os.environ.get("RAY_ADDRESS") or settings.ray_address
-    if not os.environ.get("RAY_ADDRESS"):
+    ray_address = os.environ.get("RAY_ADDRESS")
+    if not ray_address:
         LocalStack(settings).up(["ray"])
+        ray_address = settings.ray_address
     storage_dir = Path(storage) if storage else settings.registry_dir.parent / "train"
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
@@ -497,14 +490,13 @@ def eval_model(
 
     from vlm_core.models import build_predictor
     from vlm_core.training.data import load_training_data
-    from vlm_core.training.evaluate import evaluate
+    from vlm_core.training.evaluate import evaluate, evaluation_overrides
 
     registry = _registry()
     version = registry.resolve(model)
     registry.verify(version)
     dataset = load_training_data(data, version.task)
-    overrides = {"score_threshold": 0.05} if version.task.value == "detection" else {}
-    predictor = build_predictor(version.spec(registry.root, **overrides))
+    predictor = build_predictor(version.spec(registry.root, **evaluation_overrides(version.task)))
     result = evaluate(predictor, dataset.test, limit=limit)
     table = Table(title=f"{version.ref} on {data} ({result.samples} held-out samples)")
     table.add_column("metric")

@@ -18,6 +18,10 @@ def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 
 
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+
+
 class Topics(BaseModel, frozen=True):
     frames: str = "vlm.frames"
     results: str = "vlm.results"
@@ -46,11 +50,7 @@ class LocalSettings(BaseModel, frozen=True):
     ingest_metrics_port: int = 29100
     state_dir: Path = Field(default_factory=lambda: _state_home() / "vlm-stream")
     cache_dir: Path = Field(default_factory=lambda: _cache_home() / "vlm-stream")
-    registry_dir: Path = Field(
-        default_factory=lambda: (
-            Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "vlm-stream" / "models"
-        )
-    )
+    registry_dir: Path = Field(default_factory=lambda: _data_home() / "vlm-stream" / "models")
     start_timeout_s: float = 90.0
 
     @classmethod

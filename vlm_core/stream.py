@@ -227,9 +227,7 @@ class StreamProcessor:
         try:
             for item in batch.items:
                 self._dead_letter(batch, item.record, "model_error", str(error))
-            for pending in batch.side_sends:
-                pending.result(timeout=self.produce_timeout_s)
-            self.consumer.commit(batch.offsets)
+            self._commit(_Producing(batch.offsets, batch.side_sends, []))
         except Exception:  # the broker is the problem, not the batch: keep retrying it
             log.exception("dead-lettering the failing batch did not work; it will be retried")
             return

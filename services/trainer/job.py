@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class TrainRequest:
     batch_size: int | None = None
     lr: float | None = None
     input_size: int | None = None
-    storage: str | None = None
     name: str | None = None
     seed: int = 0
     validation_fraction: float = 0.1
@@ -64,8 +63,6 @@ class TrainRequest:
 
     def resolved(self) -> TrainRequest:
         """Fill every unset option with the task's default."""
-        from dataclasses import replace
-
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         return replace(
@@ -178,12 +175,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         total, batches, started = 0.0, 0, time.perf_counter()
         for step, batch in enumerate(loader):
-            if request.task is Task.DETECTION:
-                images, targets = batch
-                batch = (
-                    [img.to(device) for img in images],
-                    [{k: v.to(device) for k, v in t.items()} for t in targets],
-                )
+            if request.task is Task.DETECTION:  # the other tasks' loader moves its batches itself
+                batch = _to_device(batch, device, request.task)
             loss = training_loss(model, request.task, batch, settings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
         metrics["epoch_s"] = time.perf_counter() - started
         if rank == 0:
-            metrics.update(quick_validation(_unwrap(model), request.task, _on_device(val_loader, device, request.task)))
+            val_batches = (_to_device(batch, device, request.task) for batch in val_loader)
+            metrics.update(quick_validation(_unwrap(model), request.task, val_batches))
         history.append(metrics)
         with tempfile.TemporaryDirectory() as directory:
             saved = None
@@ -237,12 +231,11 @@ def _unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
-def _on_device(loader: Any, device: Any, task: Task) -> Any:
-    for inputs, targets in loader:
-        if task is Task.DETECTION:
-            yield [i.to(device) for i in inputs], [{k: v.to(device) for k, v in t.items()} for t in targets]
-        else:
-            yield inputs.to(device), targets.to(device)
+def _to_device(batch: Any, device: Any, task: Task) -> Any:
+    inputs, targets = batch
+    if task is Task.DETECTION:
+        return [i.to(device) for i in inputs], [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return inputs.to(device), targets.to(device)
 
 
 def default_init(arch: str) -> str:
@@ -346,7 +339,13 @@ def _finish(
     from vlm_core.models import ModelSpec, build_predictor
     from vlm_core.models.weights import save_state_dict
     from vlm_core.registry import ModelRegistry
-    from vlm_core.training.evaluate import PRIMARY_METRIC, evaluate, save_confusion_png, save_curves_png
+    from vlm_core.training.evaluate import (
+        PRIMARY_METRIC,
+        evaluate,
+        evaluation_overrides,
+        save_confusion_png,
+        save_curves_png,
+    )
 
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / "state.pt", weights_only=True, map_location="cpu")
@@ -365,8 +364,7 @@ def _finish(
             name=request.name or "",
             version="candidate",
             input_size=request.input_size,
-            score_threshold=0.05 if request.task is Task.DETECTION else 0.5,
-            top_k=min(5, len(data.class_names)),
+            **evaluation_overrides(request.task),
         )
         predictor = build_predictor(spec)
         on_progress({"event": "evaluate", "text": f"evaluating on {len(data.test)} held-out samples"})
@@ -376,7 +374,7 @@ def _finish(
             limit=request.eval_limit,
             progress=lambda done, total: on_progress({"event": "eval_step", "done": done, "total": total}),
         )
-        artifacts = {}
+        artifacts: dict[str, Path] = {}
         if history:
             artifacts["curves.png"] = save_curves_png(history, Path(tmp) / "curves.png", f"{request.name} training")
         if evaluation.confusion is not None and request.task is Task.CLASSIFICATION:
@@ -402,9 +400,7 @@ def _finish(
         production_score = None
         if production is not None:
             on_progress({"event": "evaluate", "text": f"evaluating production {production.ref} on the same samples"})
-            incumbent = build_predictor(
-                production.spec(registry.root, score_threshold=spec.score_threshold, top_k=spec.top_k)
-            )
+            incumbent = build_predictor(production.spec(registry.root, **evaluation_overrides(request.task)))
             production_score = evaluate(incumbent, data.test, limit=request.eval_limit).primary
         decision = registry.promote(
             version.name,
@@ -424,5 +420,5 @@ def _finish(
         train_s,
         checkpoint_path,
         decision,
-        {name: str(directory / name) for name in ("curves.png", "confusion.png") if (directory / name).is_file()},
+        {name: str(directory / name) for name in artifacts},
     )

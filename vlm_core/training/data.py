@@ -18,7 +18,8 @@ import hashlib
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlparse
@@ -40,6 +41,7 @@ from vlm_core.datasets import (
 from vlm_core.datasets.fashion_mnist import fashion_mnist_dir
 from vlm_core.errors import DatasetError
 from vlm_core.models.spec import Task
+from vlm_core.models.weights import sha256_file
 
 
 class SampleSource(Protocol):
@@ -62,8 +64,6 @@ class Subset:
     def __getitem__(self, index: int) -> Sample:
         sample = self.source[self.indices[index]]
         if self.labels is not None:
-            from dataclasses import replace
-
             sample = replace(sample, label=self.labels[index])
         return sample
 
@@ -133,7 +133,7 @@ def load_training_data(
             )
         full = FashionMnistSamples("train")
         train_idx, val_idx = split_indices(len(full), validation_fraction, seed)
-        digest = _hash_files(sorted(fashion_mnist_dir().glob("*-ubyte.gz")))
+        digest = _fashion_mnist_hash()
         data = TrainingData(
             uri,
             task,
@@ -243,7 +243,7 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
     test_gen = SceneGenerator(SceneConfig(**{**config.__dict__, "split": "test"}), seed=scene_seed + 1)
     n_val = max(1, int(count * validation_fraction))
     names = SCENE_SEGMENTATION_CLASSES if task is Task.SEGMENTATION else SCENE_CLASSES
-    digest = _hash_files(sorted(fashion_mnist_dir().glob("*-ubyte.gz")))
+    digest = _fashion_mnist_hash()
     return TrainingData(
         uri,
         task,
@@ -287,13 +287,16 @@ def _label(source: SampleSource, index: int) -> int:
     return label
 
 
+@lru_cache(maxsize=1)
+def _fashion_mnist_hash() -> str:
+    return _hash_files(sorted(fashion_mnist_dir().glob("*-ubyte.gz")))
+
+
 def _hash_files(paths: Sequence[Path], root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(str(path.relative_to(root) if root else path.name).encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 

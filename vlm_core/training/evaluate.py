@@ -23,6 +23,23 @@ from vlm_core.results import Classification, Detections, Segmentation
 PRIMARY_METRIC = {Task.CLASSIFICATION: "accuracy", Task.DETECTION: "map50", Task.SEGMENTATION: "miou"}
 
 
+def evaluation_overrides(task: Task) -> dict[str, Any]:
+    """ModelSpec settings for evaluating a model: mAP needs the low-score detections too."""
+    return {"score_threshold": 0.05} if task is Task.DETECTION else {}
+
+
+def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """mIoU over the classes present (in truth or prediction) and pixel accuracy, from a
+    truth x prediction pixel-count matrix."""
+    inter = np.diag(confusion).astype(float)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    present = union > 0
+    return {
+        "miou": float((inter[present] / union[present]).mean()) if present.any() else 0.0,
+        "pixel_accuracy": float(inter.sum() / max(1, confusion.sum())),
+    }
+
+
 @dataclass
 class Evaluation:
     task: Task
@@ -161,13 +178,7 @@ class _SegmentationScorer(_Scorer):
         ).reshape(self.classes, self.classes)
 
     def metrics(self) -> dict[str, float]:
-        inter = np.diag(self.confusion).astype(float)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - inter
-        present = union > 0
-        return {
-            "miou": float((inter[present] / union[present]).mean()) if present.any() else 0.0,
-            "pixel_accuracy": float(inter.sum() / max(1, self.confusion.sum())),
-        }
+        return segmentation_metrics(self.confusion)
 
 
 def save_confusion_png(confusion: np.ndarray, class_names: tuple[str, ...], path: Path, title: str) -> Path:

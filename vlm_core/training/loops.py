@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from vlm_core.datasets import Sample
 from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from vlm_core.models.spec import Task
+from vlm_core.training.evaluate import segmentation_metrics
 
 #: Default square input side per task when the architecture takes one.
 DEFAULT_INPUT_SIZE = {Task.CLASSIFICATION: 224, Task.SEGMENTATION: 320}
@@ -133,8 +134,8 @@ def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any]) -> di
     """A per-epoch progress figure on the validation split (the final metrics come from
     :mod:`vlm_core.training.evaluate`, through the serving Predictor)."""
     model.eval()
-    correct = total = 0
-    intersection = union = None
+    correct = total = classes = 0
+    confusion = None
     for inputs, targets in batches:
         if task is Task.CLASSIFICATION:
             correct += int((model(inputs).argmax(1) == targets).sum())
@@ -143,11 +144,8 @@ def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any]) -> di
             logits = model(inputs)["out"]
             pred, classes = logits.argmax(1), int(logits.shape[1])
             valid = targets != 255
-            inter = torch.bincount(targets[valid & (pred == targets)], minlength=classes)
-            area_p = torch.bincount(pred[valid], minlength=classes)
-            area_t = torch.bincount(targets[valid], minlength=classes)
-            intersection = inter if intersection is None else intersection + inter
-            union = (area_p + area_t - inter) if union is None else union + area_p + area_t - inter
+            counts = torch.bincount(targets[valid] * classes + pred[valid], minlength=classes**2)
+            confusion = counts if confusion is None else confusion + counts
         else:
             outputs = model(list(inputs))
             for out, target in zip(outputs, targets, strict=True):
@@ -156,9 +154,8 @@ def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any]) -> di
                 total += len(target["labels"])
     model.train()
     if task is Task.SEGMENTATION:
-        assert intersection is not None and union is not None
-        present = union > 0
-        return {"val_miou": float((intersection[present].float() / union[present].float()).mean())}
+        assert confusion is not None
+        return {"val_miou": segmentation_metrics(confusion.reshape(classes, classes).cpu().numpy())["miou"]}
     if task is Task.CLASSIFICATION:
         return {"val_accuracy": correct / max(1, total)}
     return {"val_recall@0.5": correct / max(1, total)}

@@ -61,7 +61,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   valueFrom:
     secretKeyRef: {name: {{ .sasl.secretName }}, key: password}
 {{- end }}
-{{- if .tls.secretName }}
+{{- if include "vlm.kafkaTls" $ }}
 - name: VLM_KAFKA_SSL_CAFILE
   value: /etc/vlm-stream/kafka-tls/ca.crt
 {{- end }}
@@ -69,25 +69,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
-{{- define "vlm.volumeMounts" -}}
-- name: registry
-  mountPath: {{ .Values.registry.mountPath }}
-{{- if and (not .Values.kafka.strimzi.enabled) .Values.kafka.external.tls.secretName }}
+{{/* "true" when external Kafka uses a TLS CA from a Secret, else empty. */}}
+{{- define "vlm.kafkaTls" -}}
+{{- if and (not .Values.kafka.strimzi.enabled) .Values.kafka.external.tls.secretName }}true{{ end -}}
+{{- end -}}
+
+{{/* The Kafka CA mount and volume; empty unless external Kafka uses a TLS Secret. */}}
+{{- define "vlm.kafkaTlsMount" -}}
+{{- if include "vlm.kafkaTls" . }}
 - name: kafka-tls
   mountPath: /etc/vlm-stream/kafka-tls
   readOnly: true
 {{- end }}
 {{- end -}}
 
-{{- define "vlm.volumes" -}}
-- name: registry
-  persistentVolumeClaim:
-    claimName: {{ include "vlm.registryClaim" . }}
-{{- if and (not .Values.kafka.strimzi.enabled) .Values.kafka.external.tls.secretName }}
+{{- define "vlm.kafkaTlsVolume" -}}
+{{- if include "vlm.kafkaTls" . }}
 - name: kafka-tls
   secret:
     secretName: {{ .Values.kafka.external.tls.secretName }}
 {{- end }}
+{{- end -}}
+
+{{- define "vlm.volumeMounts" -}}
+- name: registry
+  mountPath: {{ .Values.registry.mountPath }}
+{{- include "vlm.kafkaTlsMount" . }}
+{{- end -}}
+
+{{- define "vlm.volumes" -}}
+- name: registry
+  persistentVolumeClaim:
+    claimName: {{ include "vlm.registryClaim" . }}
+{{- include "vlm.kafkaTlsVolume" . }}
 {{- end -}}
 
 {{/* The Serve config with the chart's Kafka and registry filled in. */}}
