@@ -29,6 +29,8 @@ local_app = typer.Typer(help="Run the local single-node stack (Kafka KRaft, Ray,
 models_app = typer.Typer(help="Model zoo and registry.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(models_app, name="models")
+label_app = typer.Typer(help="Labeled data on the labels topic (vlm.labels/v1).", no_args_is_help=True)
+app.add_typer(label_app, name="label")
 
 BootstrapOpt = Annotated[
     str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (default: the local stack's broker).")
@@ -369,7 +371,11 @@ def _task(value: str, arch: str | None = None):  # type: ignore[no-untyped-def]
 def train(
     task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
     data: Annotated[
-        str, typer.Option(help="fashion-mnist, scenes://?n=3000, an image-folder dir, coco:F.json, voc:DIR.")
+        str,
+        typer.Option(
+            help="fashion-mnist, scenes://?n=3000, an image-folder dir, coco:F.json, voc:DIR, or labels://DATASET "
+            "(the labels topic, materialised into a snapshot first)."
+        ),
     ],
     arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's small default).")] = None,
     init: Annotated[
@@ -404,7 +410,7 @@ def train(
     settings = _settings()
     request = TrainRequest(
         task=task_enum,
-        data=data,
+        data=_resolve_data(data, task_enum),
         arch=arch,
         init=init,
         workers=workers,
@@ -495,7 +501,7 @@ def eval_model(
     registry = _registry()
     version = registry.resolve(model)
     registry.verify(version)
-    dataset = load_training_data(data, version.task)
+    dataset = load_training_data(_resolve_data(data, version.task), version.task)
     predictor = build_predictor(version.spec(registry.root, **evaluation_overrides(version.task)))
     result = evaluate(predictor, dataset.test, limit=limit)
     table = Table(title=f"{version.ref} on {data} ({result.samples} held-out samples)")
@@ -508,6 +514,92 @@ def eval_model(
         json_out.write_text(
             json.dumps({"model": version.ref, "data": data, "samples": result.samples, **result.metrics})
         )
+
+
+DatasetOpt = Annotated[str, typer.Option(help="Dataset name on the labels topic (letters, digits, . _ -).")]
+TaskOpt = Annotated[str, typer.Option(help="classification, detection or segmentation.")]
+LabelsTopicOpt = Annotated[str, typer.Option(help="Labels topic.")]
+
+
+@label_app.command("push")
+def label_push(
+    source: Annotated[str, typer.Argument(help="An image-folder dir, coco:F.json, voc:DIR, scenes://?n=N, ...")],
+    dataset: DatasetOpt,
+    task: TaskOpt,
+    limit: Annotated[int | None, typer.Option(min=1, help="Send at most N samples.")] = None,
+    topic: LabelsTopicOpt = Topics().labels,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Send a folder of labeled data to the labels topic, one record per sample."""
+    from rich.progress import Progress
+
+    from services.labels import push_labels
+
+    task_enum = _task(task)
+    with Progress(console=console) as bar:
+        job = bar.add_task(f"pushing to {topic}", total=None)
+        sent = push_labels(
+            bootstrap or _settings().bootstrap_servers,
+            topic,
+            source,
+            dataset=dataset,
+            task=task_enum,
+            limit=limit,
+            on_progress=lambda done, total: bar.update(job, completed=done, total=total),
+        )
+    console.print(f"sent {sent} labeled {task_enum.value} samples of {source} to {topic} as dataset {dataset!r}")
+
+
+@label_app.command("snapshot")
+def label_snapshot(
+    dataset: DatasetOpt,
+    task: TaskOpt,
+    out: Annotated[Path | None, typer.Option(help="Snapshot root (default: ~/.local/share/vlm-stream/datasets).")] = (
+        None
+    ),
+    topic: LabelsTopicOpt = Topics().labels,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Materialise a dataset's labels into a snapshot directory named by its content hash."""
+    from services.labels import snapshot_labels
+
+    settings = _settings()
+    snapshot = snapshot_labels(
+        bootstrap or settings.bootstrap_servers,
+        topic,
+        dataset=dataset,
+        task=_task(task),
+        root=out or settings.datasets_dir,
+    )
+    console.print(snapshot.describe())
+    console.print(f"content hash {snapshot.content_hash}; train with --data {snapshot.path}")
+
+
+@label_app.command("delete")
+def label_delete(
+    sample_ids: Annotated[list[str], typer.Argument(help="Sample ids to delete.")],
+    dataset: DatasetOpt,
+    topic: LabelsTopicOpt = Topics().labels,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Delete samples from a dataset (tombstone records; later snapshots leave them out)."""
+    from services.labels import delete_labels
+
+    delete_labels(bootstrap or _settings().bootstrap_servers, topic, dataset=dataset, sample_ids=sample_ids)
+    console.print(f"deleted {len(sample_ids)} samples from {dataset!r}")
+
+
+def _resolve_data(data: str, task) -> str:  # type: ignore[no-untyped-def]
+    """``labels://DATASET`` becomes a fresh snapshot directory; other URIs stay as they are."""
+    from services.labels import resolve_data
+
+    settings = _settings()
+    resolved, snapshot = resolve_data(
+        data, task, bootstrap=settings.bootstrap_servers, topic=Topics().labels, root=settings.datasets_dir
+    )
+    if snapshot is not None:
+        console.print(snapshot.describe())
+    return resolved
 
 
 @app.command()

@@ -51,6 +51,8 @@ class LocalSettings(BaseModel, frozen=True):
     state_dir: Path = Field(default_factory=lambda: _state_home() / "vlm-stream")
     cache_dir: Path = Field(default_factory=lambda: _cache_home() / "vlm-stream")
     registry_dir: Path = Field(default_factory=lambda: _data_home() / "vlm-stream" / "models")
+    #: Label snapshots materialised from the labels topic, one directory per content hash.
+    datasets_dir: Path = Field(default_factory=lambda: _data_home() / "vlm-stream" / "datasets")
     start_timeout_s: float = 90.0
 
     @classmethod

@@ -77,5 +77,14 @@ class DatasetError(VlmError):
     """A dataset is missing, malformed or inconsistent."""
 
 
+class LabelError(DatasetError):
+    """A record on the labels topic breaks the ``vlm.labels/v1`` contract.
+    ``reason`` is a stable, machine-readable code, counted when a snapshot skips it."""
+
+    def __init__(self, message: str, *, reason: str = "bad_header", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
 class InfrastructureError(VlmError):
     """A local service (Kafka, Ray, Prometheus) cannot be started or reached."""

@@ -157,6 +157,24 @@ def read_records(bootstrap: str, topic: str, expected: int, *, timeout_s: float,
     return records
 
 
+def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> tuple[list[Any], dict[int, int]]:
+    """Every record of ``topic`` up to the end offsets it had when called, and those offsets:
+    a consistent cut of a topic that keeps growing."""
+    reader, partitions = topic_reader(bootstrap, topic, from_beginning=True)
+    records: list[Any] = []
+    try:
+        ends = reader.end_offsets(partitions) if partitions else {}
+        deadline = time.monotonic() + timeout_s
+        while any(reader.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"reading {topic} to its end took over {timeout_s:.0f}s")
+            for part in reader.poll(timeout_ms=500).values():
+                records.extend(r for r in part if r.offset < ends[TopicPartition(r.topic, r.partition)])
+    finally:
+        reader.close()
+    return records, {tp.partition: end for tp, end in ends.items()}
+
+
 def send_frame(prod: KafkaProducer, topic: str, frame: Frame) -> Any:
     record = frame.to_kafka()
     return prod.send(topic, key=record.key, value=record.value, headers=record.headers)
@@ -171,6 +189,7 @@ __all__ = [
     "ensure_topics",
     "producer",
     "read_records",
+    "read_to_end",
     "send_frame",
     "topic_reader",
 ]

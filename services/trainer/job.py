@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vlm_core.datasets.snapshot import is_snapshot, read_manifest
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Task
 
@@ -91,6 +92,8 @@ class TrainRequest:
 def default_model_name(task: Task, data: str) -> str:
     noun = {Task.CLASSIFICATION: "classifier", Task.DETECTION: "detector", Task.SEGMENTATION: "segmenter"}[task]
     source = data.split("://")[0].split(":")[0] if ("://" in data or data.startswith(("coco:", "voc:"))) else data
+    if is_snapshot(Path(data)):
+        source = read_manifest(Path(data))["dataset"]
     slug = "".join(c if c.isalnum() else "-" for c in Path(source).name.lower()).strip("-") or "data"
     return f"{slug}-{noun}"
 

@@ -31,6 +31,10 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--task", "detection", "--data", "fashion-mnist"], "fashion-mnist is a classification dataset"),
         (["train", "--task", "detection", "--data", "scenes://", "--arch", "resnet18"], "not a detection architecture"),
         (["eval", "--model", "no-such-model@3", "--data", "fashion-mnist"], "no-such-model"),
+        (["label", "push", "/no/such/dir", "--dataset", "d", "--task", "classification"], "cannot read training data"),
+        (["label", "push", "fashion-mnist", "--dataset", "a b", "--task", "classification"], "dataset name 'a b'"),
+        (["label", "push", "scenes://?n=5", "--dataset", "d", "--task", "classification"], "scenes:// trains"),
+        (["train", "--task", "classification", "--data", "labels://"], "bad labels URI"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:

@@ -9,7 +9,9 @@ URIs (``vlm train --data``):
   no item image is shared with training.
 - a directory of class sub-directories (ImageFolder), for classification;
 - ``coco:PATH.json[?images=DIR]`` (or a ``.json`` path), for detection and segmentation;
-- ``voc:DIR``, a VOC-style segmentation tree.
+- ``voc:DIR``, a VOC-style segmentation tree;
+- a label snapshot directory (``snapshot.json``), materialised from the ``vlm.labels``
+  topic; the CLI turns ``labels://DATASET`` into one (see vlm_core.training.snapshot).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vlm_core.datasets import (
     load_fashion_mnist,
 )
 from vlm_core.datasets.fashion_mnist import fashion_mnist_dir
+from vlm_core.datasets.snapshot import SnapshotDataset, is_snapshot
 from vlm_core.errors import DatasetError
 from vlm_core.models.spec import Task
 from vlm_core.models.weights import sha256_file
@@ -102,15 +105,18 @@ class TrainingData:
         )
 
 
-def split_indices(count: int, validation_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A deterministic split: each index goes to validation by a hash of (seed, index),
-    so adding samples never moves existing ones between splits."""
+def split_indices(
+    count: int, validation_fraction: float, seed: int, keys: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """A deterministic split: each sample goes to validation by a hash of (seed, key), the
+    key being its index or, where given, its stable id, so adding samples never moves
+    existing ones between splits."""
     if not 0 < validation_fraction < 1:
         raise DatasetError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
     threshold = int(validation_fraction * 2**32)
     train, validation = [], []
     for i in range(count):
-        bucket = zlib.crc32(f"{seed}:{i}".encode())
+        bucket = zlib.crc32(f"{seed}:{keys[i] if keys is not None else i}".encode())
         (validation if bucket < threshold else train).append(i)
     return train, validation
 
@@ -126,11 +132,8 @@ def load_training_data(
     """Resolve ``uri`` for ``task``. ``shuffle_labels`` permutes the training labels
     (classification only): a deliberately bad candidate for testing the promotion gate."""
     kind, source_uri = _kind(uri)
+    _check_task(kind, uri, task)
     if kind == "fashion-mnist":
-        if task is not Task.CLASSIFICATION:
-            raise DatasetError(
-                "fashion-mnist is a classification dataset", hint="use scenes:// for detection and segmentation"
-            )
         full = FashionMnistSamples("train")
         train_idx, val_idx = split_indices(len(full), validation_fraction, seed)
         digest = _fashion_mnist_hash()
@@ -146,32 +149,73 @@ def load_training_data(
     elif kind == "scenes":
         data = _scenes(source_uri, task, validation_fraction, seed)
     elif kind == "imagefolder":
-        if task is not Task.CLASSIFICATION:
-            raise DatasetError(f"{uri} is an image-folder tree, which only labels classification")
         folder = ImageFolderDataset(source_uri)
         data = _split_in_place(
-            uri, task, tuple(folder.class_names), folder, validation_fraction, seed, Path(source_uri)
+            uri, task, folder.class_names, folder, validation_fraction, seed, _hash_tree(Path(source_uri))
         )
     elif kind == "coco":
         parsed = urlparse(source_uri)
         images = parse_qs(parsed.query).get("images", [None])[0]
         coco = CocoDataset(parsed.path, images)
-        names = tuple(coco.class_names)
-        if task is Task.SEGMENTATION:
-            names = ("background", *names)
-        elif task is not Task.DETECTION:
-            raise DatasetError("COCO annotations train detection or segmentation models")
-        data = _split_in_place(uri, task, names, coco, validation_fraction, seed, Path(parsed.path))
+        names = ("background", *coco.class_names) if task is Task.SEGMENTATION else coco.class_names
+        data = _split_in_place(uri, task, names, coco, validation_fraction, seed, _hash_tree(Path(parsed.path)))
+    elif kind == "snapshot":
+        snapshot = SnapshotDataset(source_uri)
+        if snapshot.manifest["task"] != task.value:
+            raise DatasetError(f"{uri} is a {snapshot.manifest['task']} snapshot, not {task.value}")
+        data = _split_in_place(
+            uri,
+            task,
+            snapshot.class_names,
+            snapshot,
+            validation_fraction,
+            seed,
+            snapshot.content_hash,  # the hash `vlm label snapshot` printed
+            snapshot.sample_ids,
+        )
     else:  # voc
-        if task is not Task.SEGMENTATION:
-            raise DatasetError(f"{uri} is a VOC segmentation tree; it trains segmentation models")
         voc = VocSegmentationDataset(source_uri)
-        data = _split_in_place(uri, task, tuple(voc.class_names), voc, validation_fraction, seed, Path(source_uri))
+        data = _split_in_place(uri, task, voc.class_names, voc, validation_fraction, seed, _hash_tree(Path(source_uri)))
     if shuffle_labels:
         data = _with_shuffled_labels(data, seed)
     if len(data.train) == 0 or len(data.validation) == 0:
         raise DatasetError(f"{uri} has too few samples to split into train and validation ({len(data.train)} train)")
     return data
+
+
+@dataclass(frozen=True)
+class LabeledSource:
+    """Every sample of a dataset, unsplit, each with an id that stays the same across reads."""
+
+    class_names: tuple[str, ...]
+    samples: SampleSource
+    sample_ids: list[str]
+
+
+def open_labeled(uri: str, task: Task) -> LabeledSource:
+    """What ``vlm label push`` sends: the samples of an image folder, COCO file, VOC tree,
+    snapshot, ``scenes://`` stream or Fashion-MNIST's train split."""
+    kind, source_uri = _kind(uri)
+    _check_task(kind, uri, task)
+    if kind in ("fashion-mnist", "scenes"):
+        data = load_training_data(uri, task)
+        samples = data.train.source if isinstance(data.train, Subset) else data.train
+        prefix = "train" if kind == "fashion-mnist" else "scene"
+        return LabeledSource(data.class_names, samples, [f"{prefix}-{i:06d}" for i in range(len(samples))])
+    if kind == "snapshot":
+        snapshot = SnapshotDataset(source_uri)
+        return LabeledSource(snapshot.class_names, snapshot, snapshot.sample_ids)
+    if kind == "imagefolder":
+        folder = ImageFolderDataset(source_uri)
+        ids = [str(path.relative_to(folder.root)) for path, _ in folder.items]
+        return LabeledSource(folder.class_names, folder, ids)
+    if kind == "coco":
+        parsed = urlparse(source_uri)
+        coco = CocoDataset(parsed.path, parse_qs(parsed.query).get("images", [None])[0])
+        names = ("background", *coco.class_names) if task is Task.SEGMENTATION else coco.class_names
+        return LabeledSource(names, coco, [str(info["file_name"]) for info in coco.images])
+    voc = VocSegmentationDataset(source_uri)
+    return LabeledSource(voc.class_names, voc, [path.stem for path in voc.items])
 
 
 def _split_in_place(
@@ -181,14 +225,18 @@ def _split_in_place(
     source: SampleSource,
     validation_fraction: float,
     seed: int,
-    files: Path,
+    digest: str,
+    keys: Sequence[str] | None = None,
 ) -> TrainingData:
     """Datasets without a test split of their own: the validation split is also held out."""
-    train_idx, val_idx = split_indices(len(source), validation_fraction, seed)
+    train_idx, val_idx = split_indices(len(source), validation_fraction, seed, keys)
     validation = Subset(source, val_idx)
-    paths = sorted(p for p in files.rglob("*") if p.is_file()) if files.is_dir() else [files]
-    digest = _hash_files(paths, root=files if files.is_dir() else None)
     return TrainingData(uri, task, class_names, Subset(source, train_idx), validation, validation, digest)
+
+
+def _hash_tree(files: Path) -> str:
+    paths = sorted(p for p in files.rglob("*") if p.is_file()) if files.is_dir() else [files]
+    return _hash_files(paths, root=files if files.is_dir() else None)
 
 
 def _kind(uri: str) -> tuple[str, str]:
@@ -200,15 +248,38 @@ def _kind(uri: str) -> tuple[str, str]:
         return "coco", uri[len("coco:") :]
     if uri.startswith("voc:"):
         return "voc", uri[len("voc:") :]
+    if uri.startswith("labels://"):
+        raise DatasetError(
+            f"{uri} names Kafka labels, which must be materialised first",
+            hint="pass it to `vlm train` / `vlm eval`, or run `vlm label snapshot` and use the directory",
+        )
     path = Path(uri)
+    if path.is_dir() and is_snapshot(path):
+        return "snapshot", uri
     if path.suffix == ".json" and path.is_file():
         return "coco", uri
     if path.is_dir():
         return "imagefolder", uri
     raise DatasetError(
         f"cannot read training data from {uri!r}",
-        hint="use fashion-mnist, scenes://?n=3000, an image-folder directory, coco:FILE.json or voc:DIR",
+        hint="use fashion-mnist, scenes://?n=3000, an image-folder directory, coco:FILE.json, voc:DIR "
+        "or labels://DATASET",
     )
+
+
+def _check_task(kind: str, uri: str, task: Task) -> None:
+    if kind == "fashion-mnist" and task is not Task.CLASSIFICATION:
+        raise DatasetError(
+            "fashion-mnist is a classification dataset", hint="use scenes:// for detection and segmentation"
+        )
+    if kind == "scenes" and task is Task.CLASSIFICATION:
+        raise DatasetError("scenes:// trains detection and segmentation", hint="use fashion-mnist for classification")
+    if kind == "imagefolder" and task is not Task.CLASSIFICATION:
+        raise DatasetError(f"{uri} is an image-folder tree, which only labels classification")
+    if kind == "coco" and task is Task.CLASSIFICATION:
+        raise DatasetError("COCO annotations train detection or segmentation models")
+    if kind == "voc" and task is not Task.SEGMENTATION:
+        raise DatasetError(f"{uri} is a VOC segmentation tree; it trains segmentation models")
 
 
 class _Scenes:
@@ -224,8 +295,6 @@ class _Scenes:
 
 
 def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> TrainingData:
-    if task is Task.CLASSIFICATION:
-        raise DatasetError("scenes:// trains detection and segmentation", hint="use fashion-mnist for classification")
     query = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
     try:
         count = int(query.pop("n", 3000))

@@ -70,3 +70,18 @@ def test_image_folder(tmp_path: Path) -> None:
 def test_bad_data_uris_get_clear_errors(uri: str, task: Task, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         load_training_data(uri, task)
+
+
+def test_open_labeled_gives_stable_ids_and_checks_the_task(tmp_path: Path) -> None:
+    from vlm_core.training.data import open_labeled
+
+    scenes = open_labeled("scenes://?n=5&width=64&height=48", Task.DETECTION)
+    assert scenes.sample_ids == [f"scene-{i:06d}" for i in range(5)] and len(scenes.samples) == 5
+    assert np.array_equal(
+        scenes.samples[3].image, open_labeled("scenes://?n=5&width=64&height=48", Task.DETECTION).samples[3].image
+    )
+    with pytest.raises(DatasetError, match="labels classification"):
+        (tmp_path / "cat").mkdir()
+        open_labeled(str(tmp_path), Task.SEGMENTATION)
+    with pytest.raises(DatasetError, match="materialised first"):
+        load_training_data("labels://pets", Task.CLASSIFICATION)

@@ -1,0 +1,100 @@
+"""``vlm label``: send labeled data to the labels topic, and materialise it for training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from vlm_core.errors import DatasetError
+from vlm_core.frame import Encoding
+from vlm_core.labels import LabeledSample, check_dataset_name, label_key
+from vlm_core.models.spec import Task
+from vlm_core.training.data import open_labeled
+from vlm_core.training.snapshot import Snapshot, materialise
+
+_FILE_ENCODINGS = {".jpg": Encoding.JPEG, ".jpeg": Encoding.JPEG, ".png": Encoding.PNG}
+
+
+def push_labels(
+    bootstrap: str,
+    topic: str,
+    source_uri: str,
+    *,
+    dataset: str,
+    task: Task,
+    limit: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Send every sample of ``source_uri`` as a ``vlm.labels/v1`` record; returns the count
+    once the broker has acknowledged all of them."""
+    from vlm_core.kafka_io import producer
+
+    check_dataset_name(dataset)
+    source = open_labeled(source_uri, task)
+    total = len(source.samples) if limit is None else min(limit, len(source.samples))
+    prod = producer(bootstrap, linger_ms=20)
+    pending = []
+    try:
+        for i in range(total):
+            sample = source.samples[i]
+            path = Path(sample.source) if sample.source else None
+            encoding = _FILE_ENCODINGS.get(path.suffix.lower()) if path and path.is_file() else None
+            labeled = LabeledSample.from_sample(
+                sample,
+                dataset=dataset,
+                sample_id=source.sample_ids[i],
+                task=task,
+                class_names=source.class_names,
+                image_bytes=path.read_bytes() if path and encoding else None,
+                encoding=encoding or Encoding.PNG,
+            )
+            record = labeled.to_kafka()
+            pending.append(prod.send(topic, key=record.key, value=record.value, headers=record.headers))
+            if on_progress:
+                on_progress(i + 1, total)
+        for future in pending:
+            future.get(timeout=60)
+    finally:
+        prod.close(timeout=10)
+    return total
+
+
+def delete_labels(bootstrap: str, topic: str, *, dataset: str, sample_ids: list[str]) -> None:
+    from vlm_core.kafka_io import producer
+
+    prod = producer(bootstrap)
+    try:
+        futures = [prod.send(topic, key=label_key(dataset, sample_id), value=None) for sample_id in sample_ids]
+        for future in futures:
+            future.get(timeout=60)
+    finally:
+        prod.close(timeout=10)
+
+
+def snapshot_labels(bootstrap: str, topic: str, *, dataset: str, task: Task, root: Path) -> Snapshot:
+    from vlm_core.kafka_io import read_to_end
+
+    records, offsets = read_to_end(bootstrap, topic)
+    return materialise(
+        ((r.key, r.value, r.headers) for r in records),
+        dataset=dataset,
+        task=task,
+        root=root,
+        source={"topic": topic, "end_offsets": offsets},
+    )
+
+
+def resolve_data(uri: str, task: Task, *, bootstrap: str, topic: str, root: Path) -> tuple[str, Snapshot | None]:
+    """``labels://DATASET[?topic=T]`` becomes the directory of a fresh snapshot; any other
+    URI is returned as it is."""
+    if not uri.startswith("labels://"):
+        return uri, None
+    parsed = urlparse(uri)
+    query: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    unknown = set(query) - {"topic"}
+    if unknown or not parsed.netloc:
+        raise DatasetError(f"bad labels URI {uri!r}", hint="use labels://DATASET or labels://DATASET?topic=TOPIC")
+    snapshot = snapshot_labels(bootstrap, query.get("topic", topic), dataset=parsed.netloc, task=task, root=root)
+    return str(snapshot.path), snapshot
