@@ -17,9 +17,11 @@ import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
+from rich.progress import Progress
 from rich.table import Table
 
 from services.ingest.worker import CameraConfig, IngestRunner
+from services.trainer.progress import TrainingProgress, progress_bar
 from vlm_core.config import LocalSettings, Topics
 from vlm_core.local import LocalStack
 from vlm_core.models.spec import Task
@@ -29,6 +31,12 @@ from vlm_core.sources import sample_video_path
 
 APP_NAME = "vlm"
 DEMO_REGISTRY_NAMES = {Task.DETECTION: "scenes-detector", Task.SEGMENTATION: "scenes-segmenter"}
+#: What the demo trains once where the registry has no production model of a task: quick
+#: configurations, on one worker beside the running stream (figures in the README).
+QUICK_TRAINING: dict[Task, dict[str, Any]] = {
+    Task.DETECTION: {"data": "scenes://?n=400", "epochs": 4},
+    Task.SEGMENTATION: {"data": "scenes://?n=400", "epochs": 4, "input_size": 160},
+}
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
@@ -96,6 +104,72 @@ def _drops_by_camera(stats: dict[str, Any]) -> dict[str, float]:
     return drops
 
 
+def pipeline_args(settings: LocalSettings, registry: ModelRegistry) -> tuple[dict[str, Any], list[str], list[Task]]:
+    """The Serve pipeline's arguments for the demo: ``deploy/serve/pipeline.yaml`` plus the
+    registry's production detector and segmenter where they exist. Returns the arguments,
+    the tasks served and the tasks that have no trained model yet."""
+    from services.inference import deploy
+
+    _name, args = deploy.load_args(None, None)
+    args["bootstrap"] = settings.bootstrap_servers
+    for task, name in DEMO_REGISTRY_NAMES.items():
+        production = None if task.value in args["models"] else registry.production(name)
+        if production is not None:
+            args["models"][task.value] = {
+                "spec": {"task": task.value, "arch": production.arch},
+                "registry_name": name,
+                "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
+            }
+    args["registry_dir"] = str(registry.root)
+    served = sorted(Task(t).value for t in args["models"])
+    args["cameras"]["default"]["tasks"] = served
+    # A live view: frames the models cannot reach within 2 s are dropped (and counted in
+    # the table) instead of building a backlog; two cores run three models here.
+    args["cameras"]["default"].update({"drop_policy": "drop_stale", "max_age_ms": 2000})
+    return args, served, [t for t in Task if t.value not in served]
+
+
+class DemoTrainer(threading.Thread):
+    """Trains the missing demo models one after another on one Ray Train worker, while the
+    stream runs, and adds each to the running pipeline once it is registered."""
+
+    def __init__(self, tasks: list[Task], settings: LocalSettings, registry: ModelRegistry, bar: Progress) -> None:
+        super().__init__(name="demo-trainer", daemon=True)
+        self.tasks, self.settings, self.registry, self.bar = tasks, settings, registry, bar
+
+    def run(self) -> None:
+        from services.inference import deploy
+        from services.trainer.job import TrainRequest, run_training
+
+        for task in self.tasks:
+            request = TrainRequest(
+                task=task,
+                name=DEMO_REGISTRY_NAMES[task],
+                workers=1,
+                # A scheduling token, not a core: the worker runs one torch thread, and the
+                # Serve replicas already hold most of the local cluster's logical CPUs.
+                cpus_per_worker=0.25,
+                promote=True,
+                **QUICK_TRAINING[task],
+            ).resolved()
+            report = TrainingProgress(self.bar, request.epochs or 1, label=f"{request.name}: ")
+            try:
+                outcome = run_training(
+                    request,
+                    ray_address=self.settings.ray_address,
+                    registry_dir=self.registry.root,
+                    storage=self.settings.registry_dir.parent / "train",
+                    on_progress=report,
+                )
+                figures = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items() if k != "train_s")
+                report.print(f"[green]trained {outcome.version.ref} in {outcome.train_s:.0f}s ({figures})[/]")
+                args, served, _missing = pipeline_args(self.settings, self.registry)
+                deploy.deploy(args, app_name=APP_NAME)
+                report.print(f"[green]now serving {', '.join(served)}[/]")
+            except Exception as exc:  # the stream goes on with what it serves
+                report.print(f"[red]training {request.name} failed: {exc}[/]")
+
+
 def run_demo(
     settings: LocalSettings,
     *,
@@ -103,6 +177,7 @@ def run_demo(
     duration_s: float | None = None,
     fps: float = 5.0,
     stop_stack: bool = True,
+    train_missing: bool = True,
 ) -> dict[str, int]:
     from services.inference import deploy
     from vlm_core.cli import create_default_topics
@@ -114,31 +189,19 @@ def run_demo(
         stack.up()
         create_default_topics(settings.bootstrap_servers)
     started = [name for name in ("kafka", "ray", "prometheus") if name not in already]
-    _name, args = deploy.load_args(None, None)
-    args["bootstrap"] = settings.bootstrap_servers
-    # Trained detectors and segmenters come from the registry (production versions of
-    # DEMO_REGISTRY_NAMES); without them the demo serves what exists and says so.
     registry = ModelRegistry(settings.registry_dir)
-    for task, name in DEMO_REGISTRY_NAMES.items():
-        production = None if task.value in args["models"] else registry.production(name)
-        if production is not None:
-            args["models"][task.value] = {
-                "spec": {"task": task.value, "arch": production.arch},
-                "registry_name": name,
-                "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
-            }
-    args["registry_dir"] = str(registry.root)
-    served = sorted(Task(t).value for t in args["models"])
-    missing = [t.value for t in Task if t.value not in served]
-    if missing:
+    args, served, missing = pipeline_args(settings, registry)
+    trainer: DemoTrainer | None = None
+    if missing and train_missing:
         console.print(
-            f"[yellow]no trained model for {', '.join(missing)} yet: serving {', '.join(served)} only "
-            "(the demo never shows labels from untrained weights)[/]"
+            f"[yellow]no trained model for {', '.join(t.value for t in missing)} yet: serving "
+            f"{', '.join(served)} now and training quick ones in the background (once; they are cached "
+            "in the registry). The demo never shows labels from untrained weights.[/]"
         )
-    args["cameras"]["default"]["tasks"] = served
-    # A live view: frames the models cannot reach within 2 s are dropped (and counted in
-    # the table) instead of building a backlog; two cores run three models here.
-    args["cameras"]["default"].update({"drop_policy": "drop_stale", "max_age_ms": 2000})
+    elif missing:
+        console.print(
+            f"[yellow]no trained model for {', '.join(t.value for t in missing)}: serving {', '.join(served)} only[/]"
+        )
     deploy.connect(settings.ray_address)
     with console.status(f"deploying the Serve pipeline ({', '.join(served)})..."):
         deploy.deploy(args, app_name=APP_NAME)
@@ -152,6 +215,10 @@ def run_demo(
     live_stats = LiveStats(settings.bootstrap_servers, Topics().results)
     live_stats.thread.start()
     runner.start()
+    bar = progress_bar(console=console)
+    if missing and train_missing:
+        trainer = DemoTrainer(missing, settings, registry, bar)
+        trainer.start()
     console.print(
         f"metrics: Prometheus {settings.prometheus_url}  (query ray_vlm_frames_processed_total), "
         f"Ray export http://{settings.host}:{settings.ray_metrics_port}/metrics, "
@@ -167,12 +234,18 @@ def run_demo(
                     stats = {"error": str(exc)}
                 err = stats.get("error") or ""
                 live.update(
-                    Group(live_stats.table(_drops_by_camera(stats)), Panel(err, title="processor error") if err else "")
+                    Group(
+                        live_stats.table(_drops_by_camera(stats)),
+                        Panel(err, title="processor error") if err else "",
+                        bar if trainer is not None and trainer.is_alive() else "",
+                    )
                 )
                 time.sleep(1)
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
+        if trainer is not None and trainer.is_alive():
+            console.print("[yellow]stopped while training; the next `vlm demo` trains again[/]")
         runner.stop()
         live_stats.stop.set()
         live_stats.thread.join(5)

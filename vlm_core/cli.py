@@ -388,6 +388,10 @@ def train(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Per worker.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle schedule).")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", min=16, help="Square model input side.")] = None,
+    crop_size: Annotated[
+        int | None,
+        typer.Option("--crop-size", min=16, help="Segmentation: train on random crops of this side (faster)."),
+    ] = None,
     storage: Annotated[
         str | None, typer.Option(help="Ray Train checkpoint storage path (default ~/.local/share/vlm-stream/train).")
     ] = None,
@@ -401,9 +405,8 @@ def train(
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from services.trainer.job import TrainRequest, run_training
+    from services.trainer.progress import TrainingProgress, progress_bar
     from vlm_core.local import LocalStack
 
     task_enum = _task(task, arch)
@@ -420,6 +423,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         input_size=input_size,
+        crop_size=crop_size,
         name=name,
         seed=seed,
         shuffle_labels=shuffle_labels,
@@ -438,40 +442,13 @@ def train(
         LocalStack(settings).up(["ray"])
         ray_address = settings.ray_address
     storage_dir = Path(storage) if storage else settings.registry_dir.parent / "train"
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        job = bar.add_task("preparing", total=None, info="")
-
-        def show(event: dict) -> None:  # type: ignore[type-arg]
-            kind = event.get("event")
-            if kind == "step":
-                total = request.epochs * event["steps"]
-                done = event["epoch"] * event["steps"] + event["step"]
-                bar.update(
-                    job,
-                    description=f"epoch {event['epoch'] + 1}/{request.epochs}",
-                    total=total,
-                    completed=done,
-                    info=f"loss {event['loss']:.4f}",
-                )
-            elif kind == "epoch":
-                figures = "  ".join(f"{k} {v:.4f}" for k, v in event.items() if k.startswith(("train_", "val_")))
-                bar.console.print(f"epoch {int(event['epoch'])}/{request.epochs}: {figures}  ({event['epoch_s']:.0f}s)")
-            elif kind == "resumed":
-                bar.console.print(
-                    f"[yellow]worker group restarted; resumed from the checkpoint of epoch {event['epoch']}[/]"
-                )
-            elif kind == "eval_step":
-                bar.update(job, description="evaluating", total=event["total"], completed=event["done"], info="")
-            elif "text" in event:
-                bar.console.print(event["text"])
-
+    with progress_bar(console=console) as bar:
         outcome = run_training(
             request,
             ray_address=ray_address,
             registry_dir=settings.registry_dir,
             storage=storage_dir,
-            on_progress=show,
+            on_progress=TrainingProgress(bar, request.epochs),
             data=dataset,
         )
     figures = "  ".join(f"{k}={v:.4f}" for k, v in outcome.metrics.items())
@@ -607,11 +584,18 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="Stop after N seconds (default: run until Ctrl-C).")] = None,
     fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 5.0,
     keep_stack: Annotated[bool, typer.Option("--keep-stack", help="Leave Kafka/Ray/Prometheus running.")] = False,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train/--no-train",
+            help="Train quick detection/segmentation models in the background where the registry has none.",
+        ),
+    ] = True,
 ) -> None:
     """The main job: local Kafka + Ray, the Serve pipeline, two cameras, a live summary."""
     from services.demo import run_demo
 
-    run_demo(_settings(), console=console, duration_s=duration, fps=fps, stop_stack=not keep_stack)
+    run_demo(_settings(), console=console, duration_s=duration, fps=fps, stop_stack=not keep_stack, train_missing=train)
 
 
 def main() -> None:

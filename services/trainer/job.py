@@ -53,6 +53,8 @@ class TrainRequest:
     batch_size: int | None = None
     lr: float | None = None
     input_size: int | None = None
+    #: Segmentation: train on random crops of this side of the resized input.
+    crop_size: int | None = None
     name: str | None = None
     seed: int = 0
     validation_fraction: float = 0.1
@@ -66,6 +68,8 @@ class TrainRequest:
         """Fill every unset option with the task's default."""
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.crop_size is not None and self.task is not Task.SEGMENTATION:
+            raise ConfigError("--crop-size applies to segmentation training")
         return replace(
             self,
             arch=self.arch or DEFAULT_ARCH[self.task],
@@ -139,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         request.task, request.epochs or 1, request.batch_size or 1, request.lr or 1e-3, request.input_size
     )
     loader = torch.utils.data.DataLoader(
-        TorchDataset(data.train, request.task, request.input_size, train=True),
+        TorchDataset(data.train, request.task, request.input_size, train=True, crop_size=request.crop_size),
         batch_size=settings.batch_size,
         shuffle=True,
         drop_last=len(data.train) > settings.batch_size * context.get_world_size(),

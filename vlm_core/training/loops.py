@@ -52,9 +52,14 @@ def classification_transform(size: int, train: bool) -> v2.Transform:
     return v2.Compose(steps)
 
 
-def segmentation_transform(size: int, train: bool) -> v2.Transform:
+def segmentation_transform(size: int, train: bool, crop_size: int | None = None) -> v2.Transform:
+    """Resize to the Predictor's square input; in training, ``crop_size`` takes random
+    crops of that: the items keep the scale the model sees when serving, at a fraction of
+    the compute per sample."""
     steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((size, size), antialias=True)]
     if train:
+        if crop_size and crop_size < size:
+            steps.append(v2.RandomCrop(crop_size))
         steps += [v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)]
     steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)]
     steps += [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -74,13 +79,15 @@ def detection_transform(train: bool) -> v2.Transform:
 class TorchDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Samples -> model-ready tensors for one task."""
 
-    def __init__(self, samples: Any, task: Task, input_size: int | None, train: bool) -> None:
+    def __init__(
+        self, samples: Any, task: Task, input_size: int | None, train: bool, crop_size: int | None = None
+    ) -> None:
         self.samples = samples
         self.task = task
         if task is Task.CLASSIFICATION:
             self.transform = classification_transform(input_size or 224, train)
         elif task is Task.SEGMENTATION:
-            self.transform = segmentation_transform(input_size or 320, train)
+            self.transform = segmentation_transform(input_size or 320, train, crop_size)
         else:
             self.transform = detection_transform(train)
 
