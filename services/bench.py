@@ -6,8 +6,10 @@
    then Kafka -> StreamProcessor (decode, validate) -> model deployment -> results on
    Kafka, on fresh topics. Throughput is measured between the first and the last result
    produced (steady state, like the raw loop after warm-up).
-3. latency: a second, paced stream at half the measured pipeline rate gives end-to-end
-   latency (capture to result produced) without a backlog.
+3. latency: a second stream, paced at a quarter of the measured pipeline rate, gives
+   end-to-end latency (capture to result produced) without a backlog. Its camera runs in
+   this process while the pipeline runs, so on two cores it takes CPU from the pipeline;
+   at half the rate the pipeline fell behind and the figures measured the backlog.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ DEFAULT_MODELS = {
     Task.DETECTION: "ssdlite320_mobilenet_v3_large",
     Task.SEGMENTATION: "lraspp_mobilenet_v3_large",
 }
+#: Frames per batch, for the raw loop and the pipeline alike. A small classifier spends
+#: ~3 ms a frame, so per-batch costs (a Serve call, a Kafka poll and produce) weigh on it at
+#: 8; the processor's batch is 16 by default in deploy/serve/pipeline.yaml too.
+DEFAULT_BATCH_SIZE = {Task.CLASSIFICATION: 16, Task.DETECTION: 8, Task.SEGMENTATION: 8}
+LATENCY_LOAD = 0.25
 BENCH_CLASSES = {
     Task.CLASSIFICATION: tuple(f"class_{i}" for i in range(10)),
     Task.DETECTION: tuple(f"class_{i}" for i in range(10)),
@@ -53,6 +60,8 @@ class BenchReport:
     mean_batch_size: float
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_rate_fps: float = 0.0
+    #: Median milliseconds per stage of the paced stream's results (their timing_ms).
+    latency_p50_by_stage_ms: dict[str, float] = field(default_factory=dict)
     weights: str = "random init (throughput only)"
     command: str = ""
 
@@ -92,7 +101,7 @@ def run_pipeline_bench(
     arch: str | None,
     frames: int,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     width: int = 320,
     height: int = 240,
     latency_seconds: float = 10.0,
@@ -109,6 +118,7 @@ def run_pipeline_bench(
     if frames < 50:
         raise ConfigError("--frames must be at least 50 for a meaningful measurement")
     spec = bench_spec(task, arch)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE[task]
     progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
     images = synthetic_frames(min(frames, 400), width, height)
     images = (images * (frames // len(images) + 1))[:frames]
@@ -186,8 +196,9 @@ def run_pipeline_bench(
             f"{stats.get('mean_model_round_trip_ms', 0):.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
         )
 
-        rate = max(1.0, pipeline_fps / 2)
+        rate = max(1.0, pipeline_fps * LATENCY_LOAD)
         latencies: list[float] = []
+        breakdown: dict[str, float] = {}
         if latency_seconds > 0:
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
@@ -207,9 +218,14 @@ def run_pipeline_bench(
             paced.start()
             later = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2 + n)
             paced.stop()
-            latencies = [
-                float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in later if r["camera_id"] == "bench-latency"
-            ]
+            paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
+            latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
+            # Where the time goes, from each result's timing_ms (queue = capture to dequeue).
+            stages = sorted({k for r in paced_results for k in r.get("timing_ms", {})})
+            breakdown = {
+                k: float(np.median([r["timing_ms"][k] for r in paced_results if k in r.get("timing_ms", {})]))
+                for k in stages
+            }
     finally:
         deploy.delete(app)
         kafka_io.delete_topics(settings.bootstrap_servers, list(topics.values()))
@@ -229,6 +245,7 @@ def run_pipeline_bench(
         mean_batch_size=round(stats.get("mean_batch_size", 0.0), 2),
         latency_ms={k: round(v, 1) for k, v in pct.items()},
         latency_rate_fps=round(rate, 1),
+        latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         command=command,
     )
     return report, latencies

@@ -35,7 +35,13 @@ DEMO_REGISTRY_NAMES = {Task.DETECTION: "scenes-detector", Task.SEGMENTATION: "sc
 #: configurations, on one worker beside the running stream (figures in the README).
 QUICK_TRAINING: dict[Task, dict[str, Any]] = {
     Task.DETECTION: {"data": "scenes://?n=400", "epochs": 4},
-    Task.SEGMENTATION: {"data": "scenes://?n=400", "epochs": 4, "input_size": 160},
+    Task.SEGMENTATION: {
+        "data": "scenes://?n=1500",
+        "epochs": 10,
+        "batch_size": 8,
+        "input_size": 256,
+        "crop_size": 160,
+    },
 }
 
 

@@ -219,7 +219,9 @@ def bench_pipeline(
     task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
     model: Annotated[str | None, typer.Option(help="Architecture (default: the task's default model).")] = None,
     frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Frames per batch (default: 16 classification, 8 others).")
+    ] = None,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
     inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
@@ -393,7 +395,11 @@ def train(
         typer.Option("--crop-size", min=16, help="Segmentation: train on random crops of this side (faster)."),
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Ray Train checkpoint storage path (default ~/.local/share/vlm-stream/train).")
+        str | None,
+        typer.Option(
+            help="Ray Train checkpoint storage: a directory or a pyarrow/fsspec URI such as s3://bucket/path "
+            "(default ~/.local/share/vlm-stream/train)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Registry name (default: from the data and task).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the model init.")] = 0,
@@ -441,7 +447,8 @@ def train(
     if not ray_address:
         LocalStack(settings).up(["ray"])
         ray_address = settings.ray_address
-    storage_dir = Path(storage) if storage else settings.registry_dir.parent / "train"
+    # URIs (s3://, gs://, ...) go to Ray Train as they are; Path() would fold their "//".
+    storage_dir = storage if storage else settings.registry_dir.parent / "train"
     with progress_bar(console=console) as bar:
         outcome = run_training(
             request,

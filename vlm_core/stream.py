@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -153,6 +154,7 @@ class StreamProcessor:
         self._failures: tuple[tuple[tuple[TopicPartition, int], ...], int] = ((), 0)
         self.on_result = on_result
         self.clock_ms = clock_ms
+        self._lock = threading.RLock()
         self._inflight: deque[_Batch] = deque()
         self._producing: deque[_Producing] = deque()
         self.active_learning = active_learning if active_learning and active_learning.enabled else None
@@ -171,9 +173,17 @@ class StreamProcessor:
         Three stages overlap: batches in the models (up to ``max_inflight``), results of the
         previous batch waiting for the broker's acknowledgement, and the next poll. The
         acknowledgement wait of a batch happens one step later, so it never idles a model.
+
+        The poll runs outside the lock: a consumer may call ``drain`` from another thread
+        during a rebalance (kafka-python does, from its network thread), and the drain must
+        not interleave with a step's stages.
         """
+        records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
+        with self._lock:
+            return self._advance(records)
+
+    def _advance(self, records: Sequence[Record]) -> int:
         try:
-            records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
             if records:
                 self._inflight.append(self._submit(records))
             while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
@@ -196,6 +206,10 @@ class StreamProcessor:
 
     def drain(self) -> None:
         """Finish every in-flight batch and commit it (shutdown, partition revoke)."""
+        with self._lock:
+            self._drain()
+
+    def _drain(self) -> None:
         try:
             while self._inflight:
                 self._producing.append(self._produce(self._inflight.popleft()))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.future import Future
 
 from vlm_core import kafka_io
 
@@ -16,16 +18,40 @@ MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, on_revoke: Callable[[], None]) -> None:
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Commit on revoke. kafka-python 3 calls rebalance listeners on its network thread,
+    where a blocking consumer call such as a synchronous commit raises, and where waiting
+    for in-flight batches would stall heartbeats. So the drain (finish in-flight batches,
+    wait for their acks, commit) runs on a helper thread while this coroutine waits on a
+    kafka Future; the network thread meanwhile serves the commit and the heartbeats."""
+
+    def __init__(self, consumer: Callable[[], KafkaConsumer], on_revoke: Callable[[], None]) -> None:
+        self.consumer = consumer
         self.on_revoke = on_revoke
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked:
-            log.info("partitions revoked: %s; finishing in-flight batches and committing", revoked)
-            self.on_revoke()
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
+        log.info("partitions revoked: %s; finishing in-flight batches and committing", revoked)
+        net = self.consumer()._coordinator._net
+        finished = Future()
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+        def drain() -> None:
+            error: BaseException | None = None
+            try:
+                self.on_revoke()
+            except BaseException as exc:
+                error = exc
+            # Resolve on the network thread, which owns the waiting coroutine.
+            net.call_soon_threadsafe(lambda: finished.failure(error) if error else finished.success(None))
+
+        threading.Thread(target=drain, name="revoke-drain", daemon=True).start()
+        try:
+            await finished
+        except Exception:
+            log.exception("draining on revoke failed; the next owner re-reads the uncommitted frames")
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", assigned)
 
 
@@ -50,7 +76,7 @@ class KafkaFrameConsumer:
         )
         if not self.consumer.partitions_for_topic(topic):
             log.warning("frames topic %r has no partitions yet; waiting for it to be created", topic)
-        self.consumer.subscribe([topic], listener=_Rebalance(on_revoke))
+        self.consumer.subscribe([topic], listener=_Rebalance(lambda: self.consumer, on_revoke))
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
         """Up to ``max_records`` records from one fetch.

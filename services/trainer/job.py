@@ -271,7 +271,7 @@ def run_training(
     *,
     ray_address: str,
     registry_dir: Path,
-    storage: Path,
+    storage: Path | str,
     on_progress: Callable[[dict[str, Any]], None] = lambda event: None,
     data: Any = None,
 ) -> TrainOutcome:

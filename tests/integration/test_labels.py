@@ -109,10 +109,11 @@ def test_push_relabel_delete_snapshot_and_train(
         "--input-size",
         "64",
         "--storage",
-        str(tmp_path / "train"),
+        f"file://{tmp_path / 'train'}",  # a URI, as for s3:// or gs://: pyarrow storage
         env=env,
     ).stdout
     assert f"registered {dataset}-classifier@1" in trained, trained
     version = ModelRegistry(tmp_path / "registry").get(f"{dataset}-classifier", 1)
     assert version.dataset_hash == digest.group(1) and version.class_names == CLASSES
     assert 0.0 <= version.metrics["accuracy"] <= 1.0
+    assert list((tmp_path / "train").glob("*/checkpoint_*")), "checkpoints went to the storage URI"
