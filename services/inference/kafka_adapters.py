@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.future import Future
+from kafka.structs import MemberState
 
 from vlm_core import kafka_io
+from vlm_core.errors import InfrastructureError
 
 log = logging.getLogger("ray.serve")
 
 MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
+#: A member that has not finished joining its group after this long is recreated.
+JOIN_STALL_S = 60.0
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -64,6 +69,7 @@ class KafkaFrameConsumer:
     def __init__(self, bootstrap: str, topic: str, group_id: str, on_revoke: Callable[[], None]) -> None:
         self.topic = topic
         self._next_offset: dict[tuple[str, int], int] = {}
+        self._joining_since: float | None = None
         self.consumer: KafkaConsumer = kafka_io.consumer(
             bootstrap,
             group_id=group_id,
@@ -74,8 +80,9 @@ class KafkaFrameConsumer:
             # short refresh the group would sit on an empty assignment for minutes.
             metadata_max_age_ms=5000,
         )
-        if not self.consumer.partitions_for_topic(topic):
-            log.warning("frames topic %r has no partitions yet; waiting for it to be created", topic)
+        # No partitions_for_topic() check before subscribing: it loads every topic's
+        # metadata, the group leader's first assignment then sees the metadata narrow to
+        # the subscription and rebalances at once (and kafka-python 3.0 can lose that join).
         self.consumer.subscribe([topic], listener=_Rebalance(lambda: self.consumer, on_revoke))
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
@@ -90,6 +97,7 @@ class KafkaFrameConsumer:
         wait_ms = max(timeout_ms, MIN_POLL_MS)
         if self._rebalancing():
             wait_ms = max(wait_ms, REBALANCE_POLL_MS)
+        self._check_join_progress()
         batches = self.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
         records: list[Any] = []
         for part in batches.values():
@@ -98,6 +106,24 @@ class KafkaFrameConsumer:
                 last = part[-1]
                 self._next_offset[(last.topic, last.partition)] = last.offset + 1
         return records
+
+    def _check_join_progress(self) -> None:
+        """kafka-python 3.0 can lose a rejoin: the member waits for an assignment that never
+        comes while the broker no longer knows it (its LeaveGroup later fails with
+        UnknownMemberId). A member stuck out of the STABLE state for JOIN_STALL_S raises, and
+        the processor replica reconnects with a fresh consumer; the uncommitted frames are
+        read again. A member that is stable with no partitions (a spare replica) is fine."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        stable = coordinator is not None and getattr(coordinator, "state", None) is MemberState.STABLE
+        if stable:
+            self._joining_since = None
+            return
+        now = time.monotonic()
+        self._joining_since = self._joining_since or now
+        if now - self._joining_since > JOIN_STALL_S:
+            raise InfrastructureError(
+                f"the consumer of {self.topic} has not joined its group for {JOIN_STALL_S:.0f}s; reconnecting"
+            )
 
     def _rebalancing(self) -> bool:
         coordinator = getattr(self.consumer, "_coordinator", None)
