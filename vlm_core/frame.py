@@ -21,6 +21,7 @@ from vlm_core.errors import (
     FrameHeaderError,
     FrameTooLargeError,
     UnsupportedEncodingError,
+    VlmError,
 )
 
 FRAME_SCHEMA_VERSION = "vlm.frame/v1"
@@ -232,14 +233,20 @@ def decode_all(frames: Sequence[Frame], *, limits: FrameLimits = DEFAULT_LIMITS)
     return [frame.decode(limits=limits) for frame in frames]
 
 
-def _header_str(table: dict[str, bytes | None], header: Header) -> str:
-    raw = table.get(header.value)
+def header_text(table: dict[str, bytes | None], name: str, error: type[VlmError]) -> str:
+    """A UTF-8 Kafka header of a contract (frames, labels); raises ``error`` when it is
+    missing or not text."""
+    raw = table.get(name)
     if raw is None:
-        raise FrameHeaderError(f"missing header {header.value!r}")
+        raise error(f"missing header {name!r}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise FrameHeaderError(f"header {header.value!r} is not UTF-8") from None
+        raise error(f"header {name!r} is not UTF-8") from None
+
+
+def _header_str(table: dict[str, bytes | None], header: Header) -> str:
+    return header_text(table, header.value, FrameHeaderError)
 
 
 def _header_int(table: dict[str, bytes | None], header: Header, *, minimum: int) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 
 from vlm_core.datasets.base import Sample
 from vlm_core.errors import FrameError, LabelError
-from vlm_core.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image
+from vlm_core.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image, header_text
 from vlm_core.models.spec import Task
 
 LABELS_SCHEMA = "vlm.labels/v1"
@@ -266,13 +266,7 @@ def _index(index: dict[str, int], name: str) -> int:
 
 
 def _text(table: dict[str, bytes | None], header: LabelHeader) -> str:
-    raw = table.get(header.value)
-    if raw is None:
-        raise LabelError(f"missing header {header.value!r}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise LabelError(f"header {header.value!r} is not UTF-8") from None
+    return header_text(table, header.value, LabelError)
 
 
 def _json(table: dict[str, bytes | None], header: LabelHeader) -> Any:
