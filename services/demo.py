@@ -61,6 +61,7 @@ class LiveStats:
         self.count: dict[str, int] = defaultdict(int)
         self.recent: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=2000))
         self.last: dict[str, str] = {}
+        self.lock = threading.Lock()  # the reader thread appends while the screen reads
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,9 +75,11 @@ class LiveStats:
                 for records in reader.poll(timeout_ms=500).values():
                     for rec in records:
                         result = Result.from_bytes(rec.value, validate=False)
-                        self.count[result.camera_id] += 1
-                        self.recent[result.camera_id].append((time.time(), float(result.latency_ms)))
-                        self.last[result.camera_id] = describe(result).split("  ", 2)[-1]
+                        line = describe(result).split("  ", 2)[-1]
+                        with self.lock:
+                            self.count[result.camera_id] += 1
+                            self.recent[result.camera_id].append((time.time(), float(result.latency_ms)))
+                            self.last[result.camera_id] = line
         finally:
             reader.close()
 
@@ -85,13 +88,15 @@ class LiveStats:
         for col in ("camera", "results", "fps (5s)", "p50 ms", "p99 ms", "dropped", "latest"):
             table.add_column(col, overflow="fold")
         now = time.time()
-        for camera in sorted(self.count):
-            window = [lat for ts, lat in self.recent[camera] if now - ts <= 5]
-            lats = [lat for _ts, lat in self.recent[camera]]
+        with self.lock:
+            snapshot = {camera: (self.count[camera], list(self.recent[camera])) for camera in self.count}
+        for camera, (count, recent) in sorted(snapshot.items()):
+            window = [lat for ts, lat in recent if now - ts <= 5]
+            lats = [lat for _ts, lat in recent]
             p50, p99 = (np.percentile(lats, 50), np.percentile(lats, 99)) if lats else (float("nan"),) * 2
             table.add_row(
                 camera,
-                str(self.count[camera]),
+                str(count),
                 f"{len(window) / 5:.1f}",
                 f"{p50:.0f}",
                 f"{p99:.0f}",
