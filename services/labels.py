@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -29,19 +29,16 @@ def push_labels(
 ) -> int:
     """Send every sample of ``source_uri`` as a ``vlm.labels/v1`` record; returns the count
     once the broker has acknowledged all of them."""
-    from vlm_core.kafka_io import producer
-
     check_dataset_name(dataset)
     source = open_labeled(source_uri, task)
     total = len(source.samples) if limit is None else min(limit, len(source.samples))
-    prod = producer(bootstrap, linger_ms=20)
-    pending = []
-    try:
+
+    def records() -> Iterator[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
         for i in range(total):
             sample = source.samples[i]
             path = Path(sample.source) if sample.source else None
             encoding = _FILE_ENCODINGS.get(path.suffix.lower()) if path and path.is_file() else None
-            labeled = LabeledSample.from_sample(
+            record = LabeledSample.from_sample(
                 sample,
                 dataset=dataset,
                 sample_id=source.sample_ids[i],
@@ -49,28 +46,32 @@ def push_labels(
                 class_names=source.class_names,
                 image_bytes=path.read_bytes() if path and encoding else None,
                 encoding=encoding or Encoding.PNG,
-            )
-            record = labeled.to_kafka()
-            pending.append(prod.send(topic, key=record.key, value=record.value, headers=record.headers))
+            ).to_kafka()
+            yield record.key, record.value, record.headers
             if on_progress:
                 on_progress(i + 1, total)
-        for future in pending:
-            future.get(timeout=60)
-    finally:
-        prod.close(timeout=10)
-    return total
+
+    return _send_acknowledged(bootstrap, topic, records(), linger_ms=20)
 
 
 def delete_labels(bootstrap: str, topic: str, *, dataset: str, sample_ids: list[str]) -> None:
+    _send_acknowledged(bootstrap, topic, ((label_key(dataset, sample_id), None, []) for sample_id in sample_ids))
+
+
+def _send_acknowledged(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]], **config: Any
+) -> int:
+    """Send (key, value, headers) records; returns their count once the broker acknowledged all."""
     from vlm_core.kafka_io import producer
 
-    prod = producer(bootstrap)
+    prod = producer(bootstrap, **config)
     try:
-        futures = [prod.send(topic, key=label_key(dataset, sample_id), value=None) for sample_id in sample_ids]
+        futures = [prod.send(topic, key=key, value=value, headers=headers) for key, value, headers in records]
         for future in futures:
             future.get(timeout=60)
     finally:
         prod.close(timeout=10)
+    return len(futures)
 
 
 def snapshot_labels(bootstrap: str, topic: str, *, dataset: str, task: Task, root: Path) -> Snapshot:

@@ -68,7 +68,7 @@ class ModelVersion:
         return ModelSpec(
             task=self.task,
             arch=self.arch,
-            weights=str(root / self.name / f"v{self.version}" / self.weights_file),
+            weights=str(_version_dir(root, self.name, self.version) / self.weights_file),
             class_names=self.class_names,
             name=self.name,
             version=str(self.version),
@@ -141,7 +141,7 @@ class ModelRegistry:
             if not versions:
                 raise RegistryError(f"no model named {name!r} in {self.root}", hint="see `vlm models list`")
             return versions[-1]
-        path = self.root / name / f"v{version}" / "version.json"
+        path = _version_dir(self.root, name, version) / "version.json"
         if not path.is_file():
             raise RegistryError(f"{name}@{version} does not exist in {self.root}", hint="see `vlm models list`")
         return ModelVersion.from_json(json.loads(path.read_text()))
@@ -154,7 +154,7 @@ class ModelRegistry:
         return self.get(name, pointer["version"]) if pointer.get("version") is not None else None
 
     def version_dir(self, version: ModelVersion) -> Path:
-        return self.root / version.name / f"v{version.version}"
+        return _version_dir(self.root, version.name, version.version)
 
     def weights_path(self, version: ModelVersion) -> Path:
         return self.version_dir(version) / version.weights_file
@@ -203,7 +203,7 @@ class ModelRegistry:
             for artifact, source in (artifacts or {}).items():
                 shutil.copyfile(source, staging / artifact)
             _write_json(staging / "version.json", version.to_json())
-            staging.rename(model_dir / f"v{version_no}")  # atomic on one filesystem
+            staging.rename(_version_dir(self.root, name, version_no))  # atomic on one filesystem
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -279,8 +279,12 @@ class ModelRegistry:
 
     def _set_status(self, version: ModelVersion, status: ModelStatus, reason: str) -> ModelVersion:
         updated = replace(version, status=status, status_reason=reason)
-        _write_json(self.root / version.name / f"v{version.version}" / "version.json", updated.to_json())
+        _write_json(self.version_dir(version) / "version.json", updated.to_json())
         return updated
+
+
+def _version_dir(root: Path, name: str, version: int) -> Path:
+    return root / name / f"v{version}"
 
 
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:

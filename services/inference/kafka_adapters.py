@@ -95,9 +95,8 @@ class KafkaFrameConsumer:
         while the group is rebalancing.
         """
         wait_ms = max(timeout_ms, MIN_POLL_MS)
-        if self._rebalancing():
+        if not self._joined() or not self.consumer.assignment():
             wait_ms = max(wait_ms, REBALANCE_POLL_MS)
-        self._check_join_progress()
         batches = self.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
         records: list[Any] = []
         for part in batches.values():
@@ -107,29 +106,24 @@ class KafkaFrameConsumer:
                 self._next_offset[(last.topic, last.partition)] = last.offset + 1
         return records
 
-    def _check_join_progress(self) -> None:
-        """kafka-python 3.0 can lose a rejoin: the member waits for an assignment that never
-        comes while the broker no longer knows it (its LeaveGroup later fails with
-        UnknownMemberId). A member stuck out of the STABLE state for JOIN_STALL_S raises, and
-        the processor replica reconnects with a fresh consumer; the uncommitted frames are
-        read again. A member that is stable with no partitions (a spare replica) is fine."""
+    def _joined(self) -> bool:
+        """Whether the member is STABLE in its group. kafka-python 3.0 can lose a rejoin:
+        the member waits for an assignment that never comes while the broker no longer
+        knows it (its LeaveGroup later fails with UnknownMemberId). A member out of the
+        STABLE state for JOIN_STALL_S raises, and the processor replica reconnects with a
+        fresh consumer; the uncommitted frames are read again. A member that is stable with
+        no partitions (a spare replica) is fine."""
         coordinator = getattr(self.consumer, "_coordinator", None)
-        stable = coordinator is not None and getattr(coordinator, "state", None) is MemberState.STABLE
-        if stable:
+        if coordinator is not None and getattr(coordinator, "state", None) is MemberState.STABLE:
             self._joining_since = None
-            return
+            return True
         now = time.monotonic()
         self._joining_since = self._joining_since or now
         if now - self._joining_since > JOIN_STALL_S:
             raise InfrastructureError(
                 f"the consumer of {self.topic} has not joined its group for {JOIN_STALL_S:.0f}s; reconnecting"
             )
-
-    def _rebalancing(self) -> bool:
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        if not self.consumer.assignment():
-            return True
-        return bool(coordinator is not None and getattr(coordinator, "rejoining", False))
+        return False
 
     def commit(self, offsets: dict[tuple[str, int], int], wait: bool = True) -> None:
         kafka_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}

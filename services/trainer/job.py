@@ -95,9 +95,12 @@ class TrainRequest:
 
 def default_model_name(task: Task, data: str) -> str:
     noun = {Task.CLASSIFICATION: "classifier", Task.DETECTION: "detector", Task.SEGMENTATION: "segmenter"}[task]
-    source = data.split("://")[0].split(":")[0] if ("://" in data or data.startswith(("coco:", "voc:"))) else data
     if is_snapshot(Path(data)):
         source = read_manifest(Path(data))["dataset"]
+    elif "://" in data or data.startswith(("coco:", "voc:")):
+        source = data.split("://")[0].split(":")[0]
+    else:
+        source = data
     slug = "".join(c if c.isalnum() else "-" for c in Path(source).name.lower()).strip("-") or "data"
     return f"{slug}-{noun}"
 

@@ -148,34 +148,16 @@ def load_training_data(
         )
     elif kind == "scenes":
         data = _scenes(source_uri, task, validation_fraction, seed)
-    elif kind == "imagefolder":
-        folder = ImageFolderDataset(source_uri)
-        data = _split_in_place(
-            uri, task, folder.class_names, folder, validation_fraction, seed, _hash_tree(Path(source_uri))
+    else:
+        files = _open_files(kind, source_uri, uri, task)
+        train_idx, val_idx = split_indices(
+            len(files.samples), validation_fraction, seed, files.sample_ids if files.split_by_id else None
         )
-    elif kind == "coco":
-        parsed = urlparse(source_uri)
-        images = parse_qs(parsed.query).get("images", [None])[0]
-        coco = CocoDataset(parsed.path, images)
-        names = ("background", *coco.class_names) if task is Task.SEGMENTATION else coco.class_names
-        data = _split_in_place(uri, task, names, coco, validation_fraction, seed, _hash_tree(Path(parsed.path)))
-    elif kind == "snapshot":
-        snapshot = SnapshotDataset(source_uri)
-        if snapshot.manifest["task"] != task.value:
-            raise DatasetError(f"{uri} is a {snapshot.manifest['task']} snapshot, not {task.value}")
-        data = _split_in_place(
-            uri,
-            task,
-            snapshot.class_names,
-            snapshot,
-            validation_fraction,
-            seed,
-            snapshot.content_hash,  # the hash `vlm label snapshot` printed
-            snapshot.sample_ids,
+        validation = Subset(files.samples, val_idx)
+        # Datasets without a test split of their own: the validation split is also held out.
+        data = TrainingData(
+            uri, task, files.class_names, Subset(files.samples, train_idx), validation, validation, files.digest()
         )
-    else:  # voc
-        voc = VocSegmentationDataset(source_uri)
-        data = _split_in_place(uri, task, voc.class_names, voc, validation_fraction, seed, _hash_tree(Path(source_uri)))
     if shuffle_labels:
         data = _with_shuffled_labels(data, seed)
     if len(data.train) == 0 or len(data.validation) == 0:
@@ -190,6 +172,14 @@ class LabeledSource:
     class_names: tuple[str, ...]
     samples: SampleSource
     sample_ids: list[str]
+    #: What the content hash covers: the dataset's files, or a hash already known (snapshots).
+    files: Path | None = None
+    content_hash: str = ""
+    #: Split by sample id instead of index (snapshots: new labels can sort anywhere).
+    split_by_id: bool = False
+
+    def digest(self) -> str:
+        return self.content_hash or _hash_tree(self.files or Path())
 
 
 def open_labeled(uri: str, task: Task) -> LabeledSource:
@@ -202,36 +192,30 @@ def open_labeled(uri: str, task: Task) -> LabeledSource:
         samples = data.train.source if isinstance(data.train, Subset) else data.train
         prefix = "train" if kind == "fashion-mnist" else "scene"
         return LabeledSource(data.class_names, samples, [f"{prefix}-{i:06d}" for i in range(len(samples))])
-    if kind == "snapshot":
-        snapshot = SnapshotDataset(source_uri)
-        return LabeledSource(snapshot.class_names, snapshot, snapshot.sample_ids)
+    return _open_files(kind, source_uri, uri, task)
+
+
+def _open_files(kind: str, source_uri: str, uri: str, task: Task) -> LabeledSource:
+    """The datasets that live in files: an image folder, COCO, VOC, a label snapshot."""
     if kind == "imagefolder":
         folder = ImageFolderDataset(source_uri)
         ids = [str(path.relative_to(folder.root)) for path, _ in folder.items]
-        return LabeledSource(folder.class_names, folder, ids)
+        return LabeledSource(folder.class_names, folder, ids, files=Path(source_uri))
     if kind == "coco":
         parsed = urlparse(source_uri)
         coco = CocoDataset(parsed.path, parse_qs(parsed.query).get("images", [None])[0])
         names = ("background", *coco.class_names) if task is Task.SEGMENTATION else coco.class_names
-        return LabeledSource(names, coco, [str(info["file_name"]) for info in coco.images])
+        return LabeledSource(names, coco, [str(info["file_name"]) for info in coco.images], files=Path(parsed.path))
+    if kind == "snapshot":
+        snapshot = SnapshotDataset(source_uri)
+        if snapshot.manifest["task"] != task.value:
+            raise DatasetError(f"{uri} is a {snapshot.manifest['task']} snapshot, not {task.value}")
+        # The hash `vlm label snapshot` printed.
+        return LabeledSource(
+            snapshot.class_names, snapshot, snapshot.sample_ids, content_hash=snapshot.content_hash, split_by_id=True
+        )
     voc = VocSegmentationDataset(source_uri)
-    return LabeledSource(voc.class_names, voc, [path.stem for path in voc.items])
-
-
-def _split_in_place(
-    uri: str,
-    task: Task,
-    class_names: tuple[str, ...],
-    source: SampleSource,
-    validation_fraction: float,
-    seed: int,
-    digest: str,
-    keys: Sequence[str] | None = None,
-) -> TrainingData:
-    """Datasets without a test split of their own: the validation split is also held out."""
-    train_idx, val_idx = split_indices(len(source), validation_fraction, seed, keys)
-    validation = Subset(source, val_idx)
-    return TrainingData(uri, task, class_names, Subset(source, train_idx), validation, validation, digest)
+    return LabeledSource(voc.class_names, voc, [path.stem for path in voc.items], files=Path(source_uri))
 
 
 def _hash_tree(files: Path) -> str:

@@ -24,8 +24,9 @@ from typing import Any
 
 import cv2
 
-from vlm_core.datasets.snapshot import MANIFEST, SAMPLES, SNAPSHOT_SCHEMA, is_snapshot, read_manifest
+from vlm_core.datasets.snapshot import MANIFEST, SAMPLES, SNAPSHOT_SCHEMA, is_snapshot
 from vlm_core.errors import DatasetError, LabelError
+from vlm_core.frame import Encoding
 from vlm_core.labels import LabeledSample, check_dataset_name
 from vlm_core.models.spec import Task
 
@@ -97,9 +98,8 @@ def materialise(
         )
     digest = _content_hash(class_names, [labeled for _, labeled, _ in samples])
     target = root / dataset / digest[:16]
-    if is_snapshot(target):
-        manifest = read_manifest(target)
-        return Snapshot(target, dataset, task, digest, manifest["samples"], class_names, dict(skipped), reused=True)
+    if is_snapshot(target):  # the same content, already written
+        return Snapshot(target, dataset, task, digest, len(samples), class_names, dict(skipped), reused=True)
     root.joinpath(dataset).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root / dataset))
     try:
@@ -150,7 +150,7 @@ def _write(directory: Path, samples: list[tuple[str, LabeledSample, Any]], task:
         (directory / "masks").mkdir()
     with (directory / SAMPLES).open("w") as lines:
         for n, (sample_id, labeled, sample) in enumerate(samples):
-            image = f"images/{n:06d}.{'jpg' if labeled.encoding.value == 'jpeg' else 'png'}"
+            image = f"images/{n:06d}.{'jpg' if labeled.encoding is Encoding.JPEG else 'png'}"
             (directory / image).write_bytes(labeled.image)
             item: dict[str, Any] = {"id": sample_id, "image": image}
             if task is Task.CLASSIFICATION:
