@@ -31,6 +31,12 @@ class FrameHeaderError(FrameError):
     reason = "bad_header"
 
 
+class FrameTimestampError(FrameHeaderError):
+    """The capture time lies implausibly far in the future (a camera clock is wrong)."""
+
+    reason = "bad_timestamp"
+
+
 class UnsupportedEncodingError(FrameError):
     reason = "unsupported_encoding"
 
@@ -83,6 +89,16 @@ class LabelError(DatasetError):
 
     def __init__(self, message: str, *, reason: str = "bad_header", hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class SourceError(VlmError):
+    """A camera source cannot be read. ``permanent`` errors (bad parameters, a file that is
+    not a video) fail at once; the others (network, a busy camera) are retried with backoff."""
+
+    def __init__(self, message: str, *, permanent: bool, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.permanent = permanent
         self.reason = reason
 
 

@@ -7,6 +7,8 @@ bytes (never base64), headers = metadata. Every field is validated on the way in
 from __future__ import annotations
 
 import enum
+import re
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +21,18 @@ from vlm_core.errors import (
     FrameDimensionMismatchError,
     FrameError,
     FrameHeaderError,
+    FrameTimestampError,
     FrameTooLargeError,
     UnsupportedEncodingError,
     VlmError,
 )
 
 FRAME_SCHEMA_VERSION = "vlm.frame/v1"
-_CAMERA_ID_MAX = 128
+CAMERA_ID_MAX = 128
+#: Sequence numbers and timestamps fit a signed 64-bit integer, so Java, Go and SQL
+#: readers of results can hold them.
+INT64_MAX = 2**63 - 1
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 class Encoding(str, enum.Enum):
@@ -51,6 +58,8 @@ class FrameLimits:
 
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    #: How far a capture time may lie ahead of the processor's clock (camera clock skew).
+    max_future_ms: int = 24 * 3600 * 1000
 
 
 DEFAULT_LIMITS = FrameLimits()
@@ -124,19 +133,26 @@ class Frame:
         headers: Iterable[tuple[str, bytes | None]] | None,
         *,
         limits: FrameLimits = DEFAULT_LIMITS,
+        now_ms: int | None = None,
     ) -> Frame:
-        """Parse and validate the metadata of a Kafka record (the image is not decoded)."""
+        """Parse and validate the metadata of a Kafka record (the image is not decoded).
+        ``now_ms`` is the clock future capture times are checked against (default: now)."""
         table = {name: raw for name, raw in (headers or [])}
         schema = _header_str(table, Header.SCHEMA)
         if schema != FRAME_SCHEMA_VERSION:
-            raise FrameHeaderError(f"unsupported frame schema {schema!r}, expected {FRAME_SCHEMA_VERSION!r}")
+            raise FrameHeaderError(f"unsupported frame schema {schema[:64]!r}, expected {FRAME_SCHEMA_VERSION!r}")
         camera_id = _header_str(table, Header.CAMERA_ID)
-        if not camera_id or len(camera_id) > _CAMERA_ID_MAX or not camera_id.isprintable():
-            raise FrameHeaderError(f"camera id must be 1-{_CAMERA_ID_MAX} printable characters")
-        if key is not None and key.decode("utf-8", "replace") != camera_id:
-            raise FrameHeaderError(f"record key {key!r} differs from camera id header {camera_id!r}")
+        validate_camera_id(camera_id)
+        if key is not None and key != camera_id.encode():
+            raise FrameHeaderError(f"record key {key[:140]!r} differs from camera id header {camera_id!r}")
         seq = _header_int(table, Header.SEQ, minimum=0)
         capture_ts_ms = _header_int(table, Header.CAPTURE_TS_MS, minimum=0)
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        if capture_ts_ms - now > limits.max_future_ms:
+            raise FrameTimestampError(
+                f"capture time {capture_ts_ms} ms is {(capture_ts_ms - now) / 3_600_000:.1f} h ahead of this clock "
+                f"(limit {limits.max_future_ms / 3_600_000:.1f} h); check the camera's clock"
+            )
         width = _header_int(table, Header.WIDTH, minimum=1)
         height = _header_int(table, Header.HEIGHT, minimum=1)
         encoding_name = _header_str(table, Header.ENCODING)
@@ -144,7 +160,7 @@ class Frame:
             encoding = Encoding(encoding_name.lower())
         except ValueError:
             raise UnsupportedEncodingError(
-                f"unsupported encoding {encoding_name!r}; use one of {[e.value for e in Encoding]}"
+                f"unsupported encoding {encoding_name[:32]!r}; use one of {[e.value for e in Encoding]}"
             ) from None
         data = value or b""
         if not data:
@@ -169,6 +185,13 @@ class Frame:
                     f"raw frame has {len(self.data)} bytes, {self.width}x{self.height}x3 needs {expected}"
                 )
             return np.frombuffer(self.data, dtype=np.uint8).reshape(self.height, self.width, 3)
+        # The encoded image's own size is read before any pixel is decoded: a small file can
+        # claim gigapixels (a decompression bomb) and the headers may lie about it.
+        width, height = encoded_size(self.data, self.encoding)
+        if width * height > limits.max_pixels:
+            raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {limits.max_pixels}")
+        if (width, height) != (self.width, self.height):
+            raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
         image = decode_image(self.data, self.encoding)
         height, width = image.shape[:2]
         if (width, height) != (self.width, self.height):
@@ -193,13 +216,89 @@ _MAGIC = {
 }
 
 
+def _check_magic(data: bytes, encoding: Encoding) -> None:
+    if any(data.startswith(m) for m in _MAGIC[encoding]):
+        return
+    actual = next((e.value for e, magics in _MAGIC.items() if any(data.startswith(m) for m in magics)), None)
+    found = f"a {actual} image" if actual else "not an image of a known kind"
+    raise FrameDecodeError(f"bytes are not a {encoding.value} image (bad magic number): they are {found}")
+
+
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT/JPG/DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Markers without a length field: TEM and the restart markers (SOI/EOI handled apart).
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _jpeg_scan(data: bytes) -> tuple[int, int, int]:
+    """Walk a JPEG's marker segments: (width, height, offset just past the end-of-image
+    marker). Entropy-coded data is skipped by its byte stuffing, and segments (EXIF
+    thumbnails carry their own end marker) by their lengths, so bytes after the image
+    (camera trailers) are allowed and a cut-off image is caught. Raises FrameDecodeError."""
+    size: tuple[int, int] | None = None
+    pos, end = 2, len(data)
+    while True:
+        if pos + 2 > end:
+            raise FrameDecodeError("JPEG is truncated (no end-of-image marker)")
+        if data[pos] != 0xFF:
+            raise FrameDecodeError(f"JPEG is corrupt (no marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            if size is None:
+                raise FrameDecodeError("JPEG has no frame header")
+            return size[0], size[1], pos + 2
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > end:
+            raise FrameDecodeError("JPEG is truncated (inside a segment header)")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            raise FrameDecodeError(f"JPEG is corrupt (segment length {length} at byte {pos})")
+        if marker in _JPEG_SOF and size is None:
+            if pos + 9 > end:
+                raise FrameDecodeError("JPEG is truncated (inside the frame header)")
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            size = (width, height)
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            if size is None:
+                raise FrameDecodeError("JPEG has no frame header before its scan")
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= end:
+                    raise FrameDecodeError("JPEG is truncated (no end-of-image marker)")
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                    continue
+                break
+
+
+def encoded_size(data: bytes, encoding: Encoding) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header or a PNG's IHDR, without decoding pixels."""
+    _check_magic(data, encoding)
+    if encoding is Encoding.JPEG:
+        width, height, _end = _jpeg_scan(data)
+    else:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise FrameDecodeError("PNG is truncated or has no IHDR header")
+        width, height = struct.unpack_from(">II", data, 16)
+    if width < 1 or height < 1:
+        raise FrameDecodeError(f"{encoding.value} image declares an empty size {width}x{height}")
+    return width, height
+
+
 def decode_image(data: bytes, encoding: Encoding) -> np.ndarray:
-    """Decode JPEG/PNG bytes with OpenCV. Truncated or foreign bytes raise FrameDecodeError."""
-    if not any(data.startswith(m) for m in _MAGIC[encoding]):
-        raise FrameDecodeError(f"bytes are not a {encoding.value} image (bad magic number)")
-    if encoding is Encoding.JPEG and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    """Decode JPEG/PNG bytes with OpenCV. Truncated or foreign bytes raise FrameDecodeError;
+    bytes after a JPEG's end-of-image marker are ignored, as OpenCV ignores them."""
+    _check_magic(data, encoding)
+    if encoding is Encoding.JPEG:
         # libjpeg happily pads a truncated JPEG with grey; a cut-off frame is corrupt.
-        raise FrameDecodeError("JPEG is truncated (no end-of-image marker)")
+        _jpeg_scan(data)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise FrameDecodeError(f"OpenCV could not decode the {encoding.value} bytes")
@@ -249,12 +348,23 @@ def _header_str(table: dict[str, bytes | None], header: Header) -> str:
     return header_text(table, header.value, FrameHeaderError)
 
 
+def validate_camera_id(camera_id: str) -> None:
+    """The accepted camera ids: 1-128 Unicode code points, each printable (``str.isprintable``:
+    letters, marks, digits, punctuation, symbols including emoji, and the ASCII space; no
+    control, format, line/paragraph separator, surrogate or unassigned code points)."""
+    if not camera_id or len(camera_id) > CAMERA_ID_MAX or not camera_id.isprintable():
+        raise FrameHeaderError(
+            f"camera id {camera_id[:CAMERA_ID_MAX]!r}{'...' if len(camera_id) > CAMERA_ID_MAX else ''} "
+            f"({len(camera_id)} code points) must be 1-{CAMERA_ID_MAX} printable characters"
+        )
+
+
 def _header_int(table: dict[str, bytes | None], header: Header, *, minimum: int) -> int:
     text = _header_str(table, header)
-    try:
-        value = int(text)
-    except ValueError:
-        raise FrameHeaderError(f"header {header.value!r} is not an integer: {text[:32]!r}") from None
-    if value < minimum:
-        raise FrameHeaderError(f"header {header.value!r} must be >= {minimum}, got {value}")
+    # Decimal ASCII only: int() would also take "1_000", " 7" and non-ASCII digits.
+    if not _INTEGER.fullmatch(text):
+        raise FrameHeaderError(f"header {header.value!r} is not a decimal integer: {text[:32]!r}")
+    value = int(text)
+    if not minimum <= value <= INT64_MAX:
+        raise FrameHeaderError(f"header {header.value!r} must be in [{minimum}, 2^63-1], got {value}")
     return value

@@ -7,6 +7,7 @@ Names follow Prometheus conventions. Ray's metrics export prefixes every name wi
 from __future__ import annotations
 
 import enum
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -61,6 +62,17 @@ MODEL_BATCH_SIZE = MetricDef(
 )
 CONSUMER_LAG = MetricDef("vlm_consumer_lag", Kind.GAUGE, "Messages behind the partition end", ("topic", "partition"))
 INFLIGHT_BATCHES = MetricDef("vlm_inflight_batches", Kind.GAUGE, "Batches sent to models, not yet committed")
+LOOP_RESTARTS = MetricDef(
+    "vlm_processor_loop_restarts_total",
+    Kind.COUNTER,
+    "Times a StreamProcessor replica's loop failed and reconnected (a rising count is a crash loop)",
+)
+BATCHES_ISOLATED = MetricDef(
+    "vlm_batches_isolated_total",
+    Kind.COUNTER,
+    "Batches that kept failing and were re-run one frame at a time, by the stage that failed",
+    ("stage",),
+)
 BATCH_FAILURES = MetricDef(
     "vlm_batch_failures_total", Kind.COUNTER, "Batches retried after a model or broker failure", ("stage",)
 )
@@ -85,6 +97,8 @@ ALL_METRICS: tuple[MetricDef, ...] = (
     CONSUMER_LAG,
     INFLIGHT_BATCHES,
     BATCH_FAILURES,
+    BATCHES_ISOLATED,
+    LOOP_RESTARTS,
     TO_LABEL_SAMPLED,
     MODEL_LOADS,
     MODEL_INFO,
@@ -95,6 +109,27 @@ RAY_PREFIX = "ray_"
 
 def exported_name(metric: MetricDef) -> str:
     return RAY_PREFIX + metric.name
+
+
+_LABEL_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"\\", '"'}
+
+
+@functools.lru_cache(maxsize=4096)
+def metric_label(value: str) -> str:
+    """A label value from user data (a camera id) in a form every exporter accepts.
+
+    Ray's exporter rejects non-ASCII tag values, so printable ASCII stays as it is and
+    everything else (and the escape character itself, and the quote) becomes a ``\\uXXXX``
+    or ``\\UXXXXXXXX`` escape, as in JSON and Python: readable, and one-to-one, so two
+    distinct ids never share a series. ``cam-1`` stays ``cam-1``; ``камера 📷`` becomes
+    ``\\u043a\\u0430\\u043c\\u0435\\u0440\\u0430 \\U0001f4f7``.
+    """
+    if all(ch in _LABEL_SAFE for ch in value):
+        return value
+    return "".join(
+        ch if ch in _LABEL_SAFE else (f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        for ch in value
+    )
 
 
 class MetricsSink:

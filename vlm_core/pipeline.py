@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlm_core.config import LocalSettings, Topics
 from vlm_core.errors import ConfigError
@@ -82,8 +82,19 @@ class ProcessorSettings(_Strict):
     max_frame_pixels: int = Field(default=FrameLimits().max_pixels, ge=1)
     model_timeout_s: float = Field(default=60.0, gt=0)
     produce_timeout_s: float = Field(default=30.0, gt=0)
-    #: A batch the model fails on this many times in a row is dead-lettered (model_error).
-    max_model_retries: int = Field(default=3, ge=1)
+    #: A batch that fails this many times in a row, in any stage (model, produce, result
+    #: assembly), is re-run one frame at a time: the frames that fail alone are
+    #: dead-lettered with the stage's reason and the others get their results.
+    #: (``max_model_retries`` is the name it had before.)
+    max_batch_retries: int = Field(
+        default=3, ge=1, validation_alias=AliasChoices("max_batch_retries", "max_model_retries")
+    )
+    #: How far ahead of the processor's clock a capture time may be (camera clock skew).
+    max_future_ms: int = Field(default=FrameLimits().max_future_ms, ge=0)
+    #: More loop restarts than this within ``restart_window_s`` fail the replica's health
+    #: check, so Serve replaces it (a crash loop is never silent).
+    max_loop_restarts: int = Field(default=5, ge=1)
+    restart_window_s: float = Field(default=300.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
     #: CPU niceness of the processor's threads. The model replicas set throughput; a
     #: niced processor yields a shared core to them and still gets every idle cycle.
@@ -91,7 +102,7 @@ class ProcessorSettings(_Strict):
 
     @property
     def limits(self) -> FrameLimits:
-        return FrameLimits(self.max_frame_bytes, self.max_frame_pixels)
+        return FrameLimits(self.max_frame_bytes, self.max_frame_pixels, self.max_future_ms)
 
 
 class ActiveLearningSettings(_Strict):

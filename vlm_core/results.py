@@ -193,7 +193,7 @@ class Result:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], *, validate: bool = True) -> Result:

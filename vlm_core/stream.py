@@ -76,11 +76,41 @@ class ResultProducer(Protocol):
 ModelClient = Callable[[list[np.ndarray]], Pending]
 
 
+#: DLQ reasons beyond the frame errors' own (``FrameError.reason``).
+INTERNAL_ERROR = "internal_error"  # anything unexpected while handling one record
+MODEL_ERROR = "model_error"  # the model failed on this frame alone
+PRODUCE_ERROR = "produce_error"  # the broker refused this frame's result alone
+
+#: At most this many dead letters are remembered for de-duplicating retries.
+_MAX_REMEMBERED_DEAD_LETTERS = 100_000
+
+Source = tuple[str, int, int]  # topic, partition, offset of a frame record
+
+
 class BatchFailedError(Exception):
-    def __init__(self, stage: str, cause: BaseException, batch: _Batch | None = None) -> None:
+    """A stage failed for a whole batch; the processor rewinds and retries it.
+
+    ``reason`` is the DLQ reason a frame gets when the stage keeps failing for it alone,
+    or None where the stage's failure is never a frame's fault (commits, DLQ sends)."""
+
+    def __init__(
+        self,
+        stage: str,
+        cause: BaseException,
+        offsets: dict[TopicPartition, int] | None = None,
+        *,
+        reason: str | None = INTERNAL_ERROR,
+    ) -> None:
         super().__init__(f"{stage} failed: {cause!r}")
         self.stage = stage
-        self.batch = batch
+        self.cause = cause
+        self.offsets = offsets or {}
+        self.reason = reason
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of an unexpected exception, for a dead letter's error header."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -91,6 +121,7 @@ class _Item:
     tasks: tuple[Task, ...]
     dequeued_ms: int
     decode_ms: float
+    camera_tag: str  # the camera id as a metric label
 
 
 @dataclass
@@ -108,6 +139,14 @@ class _Producing:
     offsets: dict[TopicPartition, int]
     side_sends: list[Pending]
     sends: list[tuple[_Item, Result, Pending]]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A frame that failed on its own while its batch was re-run frame by frame."""
+
+    record: Record
+    error: BatchFailedError
 
 
 @dataclass(frozen=True)
@@ -133,10 +172,11 @@ class StreamProcessor:
         max_inflight: int = 2,
         model_timeout_s: float = 60.0,
         produce_timeout_s: float = 30.0,
-        max_model_retries: int = 3,
+        max_batch_retries: int = 3,
         on_result: Callable[[Result], None] | None = None,
         active_learning: ActiveLearningSettings | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -150,15 +190,23 @@ class StreamProcessor:
         self.max_inflight = max_inflight
         self.model_timeout_s = model_timeout_s
         self.produce_timeout_s = produce_timeout_s
-        self.max_model_retries = max_model_retries
-        self._failures: tuple[tuple[tuple[TopicPartition, int], ...], int] = ((), 0)
+        self.max_batch_retries = max_batch_retries
         self.on_result = on_result
         self.clock_ms = clock_ms
+        self.sleep = sleep
         self._lock = threading.RLock()
         self._inflight: deque[_Batch] = deque()
         self._producing: deque[_Producing] = deque()
         self.active_learning = active_learning if active_learning and active_learning.enabled else None
         self._sampled_ms: deque[int] = deque()  # send times within the last minute
+        #: Failures since the last successful commit.
+        self._failures = 0
+        #: Per partition, the end offset of a batch that kept failing: records before it are
+        #: run one at a time until the partition's commit passes it.
+        self._isolate_until: dict[TopicPartition, int] = {}
+        #: Dead letters sent and not yet committed past, so a retried batch never sends
+        #: its bad records again.
+        self._dead_letters: dict[Source, Pending] = {}
         self.results_produced = 0
 
     # -- main loop --------------------------------------------------------------------
@@ -174,6 +222,10 @@ class StreamProcessor:
         previous batch waiting for the broker's acknowledgement, and the next poll. The
         acknowledgement wait of a batch happens one step later, so it never idles a model.
 
+        No record can make this raise: a record that fails on its own goes to the
+        dead-letter topic, and a batch that keeps failing is re-run one frame at a time.
+        Only the consumer itself (poll, rewind) can raise, when the broker is gone.
+
         The poll runs outside the lock: a consumer may call ``drain`` from another thread
         during a rebalance (kafka-python does, from its network thread), and the drain must
         not interleave with a step's stages.
@@ -184,108 +236,178 @@ class StreamProcessor:
 
     def _advance(self, records: Sequence[Record]) -> int:
         try:
-            if records:
-                self._inflight.append(self._submit(records))
-            while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
-                self._producing.append(self._produce(self._inflight.popleft()))
-            while self._producing and (len(self._producing) > 1 or not records):
-                self._commit(self._producing.popleft(), wait=False)
+            try:
+                if records and self._must_isolate(records):
+                    self._drain()
+                    self._run_isolated(records)
+                elif records:
+                    self._inflight.append(self._submit(records))
+                while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
+                    self._producing.append(self._produce(self._inflight.popleft()))
+                while self._producing and (len(self._producing) > 1 or not records):
+                    self._commit(self._producing.popleft(), wait=False)
+            except BatchFailedError:
+                raise
+            except Exception as exc:  # a bug of ours: retried, then isolated like any stage
+                pending = [b.offsets for b in (*self._inflight, *self._producing)]
+                raise BatchFailedError("internal", exc, _merge_offsets(_end_offsets(records), *pending)) from exc
         except BatchFailedError as exc:
-            self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
-            log.warning("%s; rewinding to the last committed offsets", exc)
-            self._inflight.clear()
-            self._producing.clear()
-            if exc.batch is not None and self._give_up_on(exc.batch):
-                self._quarantine(exc.batch, exc)
-            self.consumer.rewind()
+            self._on_batch_failure(exc)
             return 0
         finally:
-            self.metrics.set(m.INFLIGHT_BATCHES, len(self._inflight))
+            self._set_metric(m.INFLIGHT_BATCHES, len(self._inflight))
         self._report_lag()
         return len(records)
 
     def drain(self) -> None:
         """Finish every in-flight batch and commit it (shutdown, partition revoke)."""
         with self._lock:
-            self._drain()
+            try:
+                self._drain()
+            except BatchFailedError as exc:
+                log.warning("%s while draining; rewinding so uncommitted frames are read again", exc)
+                try:
+                    self._on_batch_failure(exc)
+                except Exception:  # partitions already gone: the next owner re-reads from the commit
+                    log.exception("rewind after a failed drain did not work")
+            self._set_metric(m.INFLIGHT_BATCHES, 0)
 
     def _drain(self) -> None:
-        try:
-            while self._inflight:
-                self._producing.append(self._produce(self._inflight.popleft()))
-            while self._producing:
-                self._commit(self._producing.popleft())
-        except BatchFailedError as exc:
-            self.metrics.inc(m.BATCH_FAILURES, stage=exc.stage)
-            log.warning("%s while draining; rewinding so uncommitted frames are read again", exc)
-            self._inflight.clear()
-            self._producing.clear()
+        while self._inflight:
+            self._producing.append(self._produce(self._inflight.popleft()))
+        while self._producing:
+            self._commit(self._producing.popleft())
+
+    # -- failures -----------------------------------------------------------------------
+    def _on_batch_failure(self, exc: BatchFailedError) -> None:
+        self._inc_metric(m.BATCH_FAILURES, stage=exc.stage)
+        self._failures += 1
+        log.warning("%s (failure %d in a row); rewinding to the last committed offsets", exc, self._failures)
+        self._inflight.clear()
+        self._producing.clear()
+        self._forget_unsent_dead_letters()
+        if self._failures >= self.max_batch_retries and exc.offsets:
+            if not all(self._isolate_until.get(tp, -1) >= end for tp, end in exc.offsets.items()):
+                log.error(
+                    "a batch ending at %s failed %d times (%s); re-running it one frame at a time",
+                    exc.offsets,
+                    self._failures,
+                    exc.stage,
+                )
+                self._inc_metric(m.BATCHES_ISOLATED, stage=exc.stage)
+            for tp, end in exc.offsets.items():
+                self._isolate_until[tp] = max(self._isolate_until.get(tp, 0), end)
+        if self._failures > self.max_batch_retries:  # the broker or a model is down: do not spin
+            self.sleep(min(0.1 * 2 ** (self._failures - self.max_batch_retries), 5.0))
+        self.consumer.rewind()
+
+    def _must_isolate(self, records: Sequence[Record]) -> bool:
+        return any(rec.offset < self._isolate_until.get((rec.topic, rec.partition), -1) for rec in records)
+
+    def _run_isolated(self, records: Sequence[Record]) -> None:
+        """Run a polled batch one record at a time. A record that fails alone is
+        dead-lettered with its stage's reason; the others get their results (a frame
+        retried here may come after a later frame of its camera). When every record of
+        several fails the same way, the cause is not a record (a model replica or the
+        broker is down): nothing is dead-lettered and the batch is retried."""
+        done: list[_Producing] = []
+        failures = self._run_each(records, done)
+        succeeded = sum(len(p.sends) for p in done)
+        if failures and succeeded:
+            # A model that came back part way through fails the early frames only: each
+            # failed frame gets a second try now that another frame went through.
+            failures = self._run_each([f.record for f in failures], done)
+        stages = {f.error.stage for f in failures}
+        if len(failures) > 1 and not succeeded and len(stages) == 1:
+            first = failures[0].error
+            raise BatchFailedError(first.stage, first.cause, _end_offsets(records), reason=None)
+        side = _Batch(offsets=_end_offsets(records))
+        for failure in failures:
+            self._dead_letter(side, failure.record, failure.error.reason or INTERNAL_ERROR, str(failure.error))
+        for producing in done:
+            self._count_processed(producing)
+        self._commit(_Producing(side.offsets, side.side_sends, []), wait=True)
+        for tp in list(self._isolate_until):
+            if side.offsets.get(tp, -1) >= self._isolate_until[tp]:
+                del self._isolate_until[tp]
+
+    def _run_each(self, records: Sequence[Record], done: list[_Producing]) -> list[_Failure]:
+        failures: list[_Failure] = []
+        for rec in records:
             try:
-                self.consumer.rewind()
-            except Exception:  # partitions already gone: the next owner re-reads from the commit
-                log.exception("rewind after a failed drain did not work")
-        self.metrics.set(m.INFLIGHT_BATCHES, 0)
+                producing = self._produce(self._submit([rec]))
+                self._await_acks(producing)
+                done.append(producing)
+            except BatchFailedError as exc:
+                if exc.reason is None:
+                    raise
+                failures.append(_Failure(rec, exc))
+        return failures
 
-    def _give_up_on(self, batch: _Batch) -> bool:
-        """True once the same batch failed in the model ``max_model_retries`` times in a row."""
-        key = tuple(sorted(batch.offsets.items()))
-        self._failures = (key, self._failures[1] + 1) if self._failures[0] == key else (key, 1)
-        return self._failures[1] >= self.max_model_retries
-
-    def _quarantine(self, batch: _Batch, error: BatchFailedError) -> None:
-        """A batch the model keeps failing on goes to the dead-letter topic, so one poisoned
-        frame cannot stall its partition; the stream continues after it."""
-        log.error(
-            "batch %s failed %d times; dead-lettering its %d frames", batch.offsets, self._failures[1], len(batch.items)
-        )
-        try:
-            for item in batch.items:
-                self._dead_letter(batch, item.record, "model_error", str(error))
-            self._commit(_Producing(batch.offsets, batch.side_sends, []))
-        except Exception:  # the broker is the problem, not the batch: keep retrying it
-            log.exception("dead-lettering the failing batch did not work; it will be retried")
-            return
-        self._failures = ((), 0)
+    def _forget_unsent_dead_letters(self) -> None:
+        """After a failure, keep only the dead letters the broker has acknowledged: the
+        others are sent again when their batch is retried."""
+        deadline = time.monotonic() + self.produce_timeout_s
+        for source, pending in list(self._dead_letters.items()):
+            try:
+                pending.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                del self._dead_letters[source]
 
     # -- stages -------------------------------------------------------------------------
     def _submit(self, records: Sequence[Record]) -> _Batch:
-        batch = _Batch(offsets={})
+        batch = _Batch(offsets=_end_offsets(records))
         now_ms = self.clock_ms()
         consumed: Counter[str] = Counter()
         for rec in records:
-            tp = (rec.topic, rec.partition)
-            batch.offsets[tp] = max(batch.offsets.get(tp, 0), rec.offset + 1)
             start = time.perf_counter()
             try:
-                frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits)
-                camera_tag = frame.camera_id
-                consumed[camera_tag] += 1
-                policy = self.routing.policy_for(frame.camera_id)
-                if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
-                    self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="stale")
-                    continue
-                tasks = tuple(t for t in policy.tasks if t in self.models)
-                if not tasks:
-                    self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="no_model")
-                    continue
-                image = frame.decode(limits=self.limits)
+                item = self._admit(rec, now_ms)
             except FrameError as exc:
                 self._dead_letter(batch, rec, exc.reason, str(exc))
                 continue
-            decode_ms = (time.perf_counter() - start) * 1000
-            batch.items.append(_Item(frame, image, rec, tasks, now_ms, decode_ms))
+            except Exception as exc:  # anything else about this record: it alone is dead-lettered
+                log.exception("unexpected error on record %s/%s/%s", rec.topic, rec.partition, rec.offset)
+                self._dead_letter(batch, rec, INTERNAL_ERROR, describe_error(exc))
+                continue
+            if item is None:
+                continue
+            item.decode_ms = (time.perf_counter() - start) * 1000
+            consumed[item.camera_tag] += 1
+            batch.items.append(item)
         # Counters move once per camera per batch: exporter calls are not free at hundreds of fps.
         for camera, count in consumed.items():
-            self.metrics.inc(m.FRAMES_CONSUMED, count, camera_id=camera)
+            try:
+                self.metrics.inc(m.FRAMES_CONSUMED, count, camera_id=camera)
+            except Exception as exc:  # the metric layer refused this camera: its frames alone fail
+                failed = [item for item in batch.items if item.camera_tag == camera]
+                batch.items = [item for item in batch.items if item.camera_tag != camera]
+                for item in failed:
+                    self._dead_letter(batch, item.record, INTERNAL_ERROR, f"metrics: {describe_error(exc)}")
         for task, client in self.models.items():
             indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
             if indices:
                 try:
                     pending = client([batch.items[i].image for i in indices])
                 except Exception as exc:
-                    raise BatchFailedError(f"{task.value} request", exc) from exc
+                    raise BatchFailedError(f"{task.value} request", exc, batch.offsets) from exc
                 batch.requests[task] = (indices, pending, time.perf_counter())
         return batch
+
+    def _admit(self, rec: Record, now_ms: int) -> _Item | None:
+        """Validate and decode one record; None when it is dropped on purpose (counted)."""
+        frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
+        camera_tag = m.metric_label(frame.camera_id)
+        policy = self.routing.policy_for(frame.camera_id)
+        if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
+            self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="stale")
+            return None
+        tasks = tuple(t for t in policy.tasks if t in self.models)
+        if not tasks:
+            self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="no_model")
+            return None
+        image = frame.decode(limits=self.limits)
+        return _Item(frame, image, rec, tasks, now_ms, 0.0, camera_tag)
 
     def _produce(self, batch: _Batch) -> _Producing:
         """Wait for the batch's model outputs, assemble its results and send them."""
@@ -294,27 +416,31 @@ class StreamProcessor:
         for task, (indices, pending, sent_at) in batch.requests.items():
             try:
                 task_outputs = pending.result(timeout=self.model_timeout_s)
+                if len(task_outputs) != len(indices):
+                    raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
             except Exception as exc:
-                raise BatchFailedError(f"{task.value} model", exc, batch) from exc
+                raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=MODEL_ERROR) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
-            if len(task_outputs) != len(indices):
-                raise BatchFailedError(
-                    f"{task.value} model", ValueError("output count differs from input count"), batch
-                )
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
                 tags = {"task": task.value, "model": ref.name, "version": ref.version}
-                self.metrics.observe(m.MODEL_LATENCY, elapsed, **tags)
-                self.metrics.observe(m.MODEL_BATCH_SIZE, len(indices), **tags)
+                self._observe_metric(m.MODEL_LATENCY, elapsed, **tags)
+                self._observe_metric(m.MODEL_BATCH_SIZE, len(indices), **tags)
         sends: list[tuple[_Item, Result, Pending]] = []
         for i, item in enumerate(batch.items):
-            result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
             try:
-                pending = self.producer.send(self.topics.results, item.frame.camera_id.encode(), result.to_bytes(), [])
+                result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
+                value = result.to_bytes()
+            except Exception as exc:  # this frame's outputs cannot make a result: it alone fails
+                log.exception("cannot assemble the result of record %s", _source(item.record))
+                self._dead_letter(batch, item.record, INTERNAL_ERROR, f"result: {describe_error(exc)}")
+                continue
+            try:
+                pending = self.producer.send(self.topics.results, item.frame.camera_id.encode(), value, [])
             except Exception as exc:
-                raise BatchFailedError("produce", exc) from exc
+                raise BatchFailedError("produce", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
             sends.append((item, result, pending))
             self._maybe_sample(batch, item, result)
         return _Producing(batch.offsets, batch.side_sends, sends)
@@ -356,10 +482,39 @@ class StreamProcessor:
         try:
             pending = self.producer.send(self.topics.to_label, rec.key, json.dumps(doc).encode(), [])
         except Exception as exc:
-            raise BatchFailedError("to_label produce", exc) from exc
+            raise BatchFailedError("to_label produce", exc, batch.offsets, reason=None) from exc
         batch.side_sends.append(pending)
         for task in low:
-            self.metrics.inc(m.TO_LABEL_SAMPLED, task=task)
+            self._inc_metric(m.TO_LABEL_SAMPLED, task=task)
+
+    def _await_acks(self, producing: _Producing) -> None:
+        for pending in producing.side_sends:
+            try:
+                pending.result(timeout=self.produce_timeout_s)
+            except Exception as exc:
+                raise BatchFailedError("side produce ack", exc, producing.offsets, reason=None) from exc
+        for _item, _result, pending in producing.sends:
+            try:
+                pending.result(timeout=self.produce_timeout_s)
+            except Exception as exc:
+                raise BatchFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
+
+    def _count_processed(self, producing: _Producing) -> None:
+        """After the broker acknowledged a batch's results: counters, latencies, callbacks.
+        A failure here cannot take a result back, so it is logged, never raised."""
+        processed: Counter[str] = Counter()
+        for item, result, _pending in producing.sends:
+            processed[item.camera_tag] += 1
+            latency_ms = max(0, result.processed_ts_ms - item.frame.capture_ts_ms)
+            self._observe_metric(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.camera_tag)
+            self.results_produced += 1
+            if self.on_result is not None:
+                try:
+                    self.on_result(result)
+                except Exception:
+                    log.exception("the on_result callback failed for %s#%s", result.camera_id, result.seq)
+        for camera, count in processed.items():
+            self._inc_metric(m.FRAMES_PROCESSED, count, camera_id=camera)
 
     def _commit(self, producing: _Producing, wait: bool = True) -> None:
         """Wait for the broker's acknowledgements of a batch's records, then commit it.
@@ -367,26 +522,15 @@ class StreamProcessor:
         The steady state does not wait for the commit itself (a broker round trip per batch
         would idle the models); drains on revoke and shutdown do.
         """
-        try:
-            for pending in producing.side_sends:
-                pending.result(timeout=self.produce_timeout_s)
-            processed: Counter[str] = Counter()
-            for item, result, pending in producing.sends:
-                pending.result(timeout=self.produce_timeout_s)
-                processed[item.frame.camera_id] += 1
-                latency_ms = max(0, result.processed_ts_ms - item.frame.capture_ts_ms)
-                self.metrics.observe(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.frame.camera_id)
-                self.results_produced += 1
-                if self.on_result is not None:
-                    self.on_result(result)
-        except Exception as exc:
-            raise BatchFailedError("produce ack", exc) from exc
-        for camera, count in processed.items():
-            self.metrics.inc(m.FRAMES_PROCESSED, count, camera_id=camera)
+        self._await_acks(producing)
+        self._count_processed(producing)
         try:
             self.consumer.commit(producing.offsets, wait=wait)
         except Exception as exc:
-            raise BatchFailedError("commit", exc) from exc
+            raise BatchFailedError("commit", exc, producing.offsets, reason=None) from exc
+        self._failures = 0
+        for source in [s for s in self._dead_letters if s[2] < producing.offsets.get((s[0], s[1]), -1)]:
+            del self._dead_letters[source]
 
     def _assemble(self, item: _Item, outputs: dict[Task, TaskOutput], model_ms: dict[Task, float]) -> Result:
         frame = item.frame
@@ -416,17 +560,28 @@ class StreamProcessor:
         )
 
     def _dead_letter(self, batch: _Batch, rec: Record, reason: str, message: str) -> None:
-        headers = [(k, v) for k, v in (rec.headers or []) if v is not None]
+        """Send a record to the dead-letter topic once: a retried batch does not send its
+        bad records again while this processor lives (``vlm-dlq-source`` is their key)."""
+        source = _source(rec)
+        if source in self._dead_letters:
+            return
+        headers = [(k, v) for k, v in (rec.headers or []) if isinstance(k, str) and isinstance(v, bytes)]
         headers += [
             (DLQ_REASON_HEADER, reason.encode()),
-            (DLQ_ERROR_HEADER, message[:500].encode()),
+            (DLQ_ERROR_HEADER, message[:500].encode("utf-8", "replace")),
             (DLQ_SOURCE_HEADER, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
         ]
+        value = rec.value if isinstance(rec.value, bytes) else b""
+        key = rec.key if isinstance(rec.key, bytes) else None
         try:
-            batch.side_sends.append(self.producer.send(self.topics.dlq, rec.key, rec.value or b"", headers))
+            pending = self.producer.send(self.topics.dlq, key, value, headers)
         except Exception as exc:
-            raise BatchFailedError("dead-letter produce", exc) from exc
-        self.metrics.inc(m.FRAMES_DEAD_LETTERED, reason=reason)
+            raise BatchFailedError("dead-letter produce", exc, batch.offsets, reason=None) from exc
+        batch.side_sends.append(pending)
+        if len(self._dead_letters) >= _MAX_REMEMBERED_DEAD_LETTERS:
+            del self._dead_letters[next(iter(self._dead_letters))]
+        self._dead_letters[source] = pending
+        self._inc_metric(m.FRAMES_DEAD_LETTERED, reason=reason)
 
     def _report_lag(self) -> None:
         try:
@@ -434,7 +589,46 @@ class StreamProcessor:
         except Exception:  # lag is informative; never fail a batch for it
             return
         for (topic, partition), lag in lags.items():
-            self.metrics.set(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
+            self._set_metric(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
+
+    # -- metrics that must never fail a batch -------------------------------------------
+    def _inc_metric(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
+        try:
+            self.metrics.inc(metric, value, **tags)
+        except Exception:
+            log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
+
+    def _set_metric(self, metric: m.MetricDef, value: float, **tags: str) -> None:
+        try:
+            self.metrics.set(metric, value, **tags)
+        except Exception:
+            log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
+
+    def _observe_metric(self, metric: m.MetricDef, value: float, **tags: str) -> None:
+        try:
+            self.metrics.observe(metric, value, **tags)
+        except Exception:
+            log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
+
+
+def _source(rec: Record) -> Source:
+    return (rec.topic, rec.partition, rec.offset)
+
+
+def _merge_offsets(*offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    merged: dict[TopicPartition, int] = {}
+    for part in offsets:
+        for tp, end in part.items():
+            merged[tp] = max(merged.get(tp, 0), end)
+    return merged
+
+
+def _end_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
+    offsets: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+    return offsets
 
 
 def dlq_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:

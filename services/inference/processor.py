@@ -87,7 +87,7 @@ class StreamProcessorReplica:
                     max_inflight=cfg.processor.max_inflight_batches,
                     model_timeout_s=cfg.processor.model_timeout_s,
                     produce_timeout_s=cfg.processor.produce_timeout_s,
-                    max_model_retries=cfg.processor.max_model_retries,
+                    max_batch_retries=cfg.processor.max_batch_retries,
                     active_learning=cfg.active_learning,
                 )
                 self.error = ""

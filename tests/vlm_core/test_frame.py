@@ -190,3 +190,128 @@ def test_jpeg_quality_changes_size() -> None:
     low = Frame.from_image(image, camera_id="c", seq=0, jpeg_quality=20)
     high = Frame.from_image(image, camera_id="c", seq=0, jpeg_quality=95)
     assert len(low.data) < len(high.data)
+
+
+# -- the malformed-frame corpus, and the contract's edges --------------------------------
+from tests.frame_corpus import RESULT, bomb_png, malformed  # noqa: E402
+
+NOW_MS = 1_750_000_000_000
+
+
+@pytest.fixture(scope="module")
+def corpus_cases() -> list:  # type: ignore[type-arg]
+    return malformed(NOW_MS, bomb=bomb_png())
+
+
+def _outcome(case) -> str:  # type: ignore[no-untyped-def]
+    try:
+        Frame.from_kafka(case.key, case.value, case.headers, now_ms=NOW_MS).decode()
+    except FrameError as exc:
+        return exc.reason
+    return RESULT
+
+
+def test_every_corpus_case_gets_its_expected_outcome(corpus_cases: list) -> None:  # type: ignore[type-arg]
+    outcomes = {case.name: _outcome(case) for case in corpus_cases}
+    assert outcomes == {case.name: case.expected for case in corpus_cases}
+
+
+def test_seq_is_capped_at_int64() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=2**63 - 1)
+    assert roundtrip(frame).seq == 2**63 - 1
+    with pytest.raises(FrameHeaderError, match="2\\^63-1"):
+        roundtrip(Frame(**{**frame.__dict__, "seq": 2**63}))
+
+
+@pytest.mark.parametrize("text", [b"1_000", b" 7", b"+7", "٣".encode(), b"0x10", b""])
+def test_integers_are_plain_ascii_decimals(text: bytes) -> None:
+    rec = Frame.from_image(smooth_image(), camera_id="c", seq=1).to_kafka()
+    headers = [(k, text if k == Header.SEQ.value else v) for k, v in rec.headers]
+    with pytest.raises(FrameHeaderError, match="decimal integer"):
+        Frame.from_kafka(rec.key, rec.value, headers)
+
+
+def test_jpeg_trailer_decodes_like_opencv() -> None:
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0)
+    with_trailer = Frame(**{**frame.__dict__, "data": frame.data + b"\xff\xd9trailer\x00\x01"})
+    expected = cv2.imdecode(np.frombuffer(with_trailer.data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(with_trailer.decode(), expected)
+
+
+def test_progressive_jpeg_is_read_to_its_end_marker() -> None:
+    ok, buf = cv2.imencode(".jpg", smooth_image(), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    data = buf.tobytes()
+    frame = Frame("c", 0, 0, 80, 60, Encoding.JPEG, data)
+    assert frame.decode().shape == (60, 80, 3)
+    with pytest.raises(FrameDecodeError, match="truncated"):
+        Frame("c", 0, 0, 80, 60, Encoding.JPEG, data[: len(data) * 2 // 3]).decode()
+
+
+def test_sizes_are_read_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlm_core import frame as frame_module
+
+    def no_decode(*_args: object) -> None:
+        raise AssertionError("decoded pixels of a frame that its own header rejects")
+
+    monkeypatch.setattr(frame_module.cv2, "imdecode", no_decode)
+    bomb = Frame("c", 0, 0, 640, 480, Encoding.PNG, bomb_png())
+    with pytest.raises(FrameTooLargeError, match="encoded image is 20000x20000"):
+        bomb.decode()
+    small_liar = Frame("c", 0, 0, 640, 480, Encoding.PNG, bomb_png(700, 500))
+    with pytest.raises(FrameDimensionMismatchError, match="700x500"):
+        small_liar.decode()
+    jpeg = Frame.from_image(smooth_image(), camera_id="c", seq=0)
+    with pytest.raises(FrameDimensionMismatchError, match="80x60"):
+        Frame(**{**jpeg.__dict__, "width": 1, "height": 1}).decode()
+
+
+def test_future_capture_times_are_refused_beyond_the_skew_limit() -> None:
+    from vlm_core.errors import FrameTimestampError
+
+    frame = Frame.from_image(smooth_image(), camera_id="c", seq=0, capture_ts_ms=NOW_MS + 3_600_000)
+    assert roundtrip(frame, now_ms=NOW_MS).capture_ts_ms == NOW_MS + 3_600_000
+    with pytest.raises(FrameTimestampError, match="ahead"):
+        roundtrip(frame, now_ms=NOW_MS, limits=FrameLimits(max_future_ms=60_000))
+
+
+@pytest.mark.parametrize(
+    ("camera_id", "ok"),
+    [("камера-1 📷", True), ("a b", True), ("c" * 128, True), ("c" * 129, False), ("tab\there", False),
+     ("zw\u200bj", False), ("", False), ("new\nline", False)],
+)
+def test_accepted_camera_ids(camera_id: str, ok: bool) -> None:
+    frame = Frame.from_image(smooth_image(), camera_id=camera_id or "x", seq=0)
+    frame = Frame(**{**frame.__dict__, "camera_id": camera_id})
+    if ok:
+        assert roundtrip(frame).camera_id == camera_id
+    else:
+        with pytest.raises(FrameHeaderError, match="camera id"):
+            roundtrip(frame)
+
+
+def test_decompression_bomb_leaves_memory_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Peak RSS of a fresh interpreter that rejects the bomb rises by < 100 MB (a full
+    decode of 20000x20000 BGR would take 1.2 GB)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    script = f"""
+import resource, sys
+from vlm_core.errors import FrameError
+from vlm_core.frame import Encoding, Frame
+data = open({str(tmp_path / "bomb.png")!r}, "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    Frame("c", 0, 0, 640, 480, Encoding.PNG, data).decode()
+except FrameError as exc:
+    reason = exc.reason
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(reason, (after - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    reason, rise_mb = out.stdout.split()
+    print(f"peak RSS rise rejecting the bomb: {float(rise_mb):.1f} MB")
+    assert reason == "too_large"
+    assert float(rise_mb) < 100

@@ -199,7 +199,7 @@ def test_camera_routing_selects_tasks() -> None:
     assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 1
 
 
-def test_a_batch_the_model_always_fails_on_is_dead_lettered_and_the_stream_goes_on() -> None:
+def test_a_frame_the_model_always_fails_on_is_dead_lettered_alone_and_the_stream_goes_on() -> None:
     # offsets 4..7 form the second batch; frame 5 crashes the model every time
     records = [frame_record(i) for i in range(12)]
     processor, consumer, producer, _model = make(records, model=FakeModel(poison=5))
@@ -208,11 +208,13 @@ def test_a_batch_the_model_always_fails_on_is_dead_lettered_and_the_stream_goes_
         if consumer.committed.get(("frames", 0)) == 12:
             break
     assert consumer.committed == {("frames", 0): 12}
-    assert sorted({r.seq for r in producer.results()}) == [0, 1, 2, 3, 8, 9, 10, 11]
-    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
-    assert sorted(dlq_reason(h) for h in dlq) == ["model_error"] * 4
-    assert processor.metrics.total(m.FRAMES_DEAD_LETTERED, reason="model_error") == 4
+    assert sorted({r.seq for r in producer.results()}) == [s for s in range(12) if s != 5]
+    dlq = [(v, h) for t, _k, v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for _v, h in dlq] == ["model_error"]
+    assert dict(dlq[0][1])["vlm-dlq-source"] == b"frames/0/5" and dlq[0][0] == records[5].value
+    assert processor.metrics.total(m.FRAMES_DEAD_LETTERED, reason="model_error") == 1
     assert processor.metrics.total(m.BATCH_FAILURES) == 3
+    assert processor.metrics.total(m.BATCHES_ISOLATED, stage="classification model") == 1
 
 
 def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
@@ -255,3 +257,124 @@ def test_active_learning_off_by_default_sends_nothing_to_label() -> None:
     processor, consumer, producer, _ = make([frame_record(i) for i in range(5)])
     run_until_idle(processor, consumer)
     assert not [t for t, *_ in producer.sent if t == "to_label"]
+
+
+class ClientRaisingOn:
+    """A model client whose own code (not the model) raises on one frame's pixels."""
+
+    def __init__(self, pixel: int) -> None:
+        self.pixel = pixel
+        self.inner = FakeModel()
+
+    def __call__(self, images: list[np.ndarray]) -> Done:
+        if any(int(img[0, 0, 0]) == self.pixel for img in images):
+            raise UnicodeEncodeError("ascii", "📷", 0, 1, "ordinal not in range(128)")
+        return self.inner(images)
+
+
+class MetricsRaisingOn(m.MetricsSink):
+    """A metrics sink that rejects one camera's label, as Ray's exporter rejected non-ASCII tags."""
+
+    def __init__(self, camera_tag: str) -> None:
+        super().__init__()
+        self.camera_tag = camera_tag
+
+    def inc(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
+        if tags.get("camera_id") == self.camera_tag:
+            raise UnicodeEncodeError("ascii", self.camera_tag, 0, 1, "ordinal not in range(128)")
+        super().inc(metric, value, **tags)
+
+
+def run_to_end(processor: StreamProcessor, consumer: FakeConsumer, rounds: int = 30) -> None:
+    for _ in range(rounds):
+        run_until_idle(processor, consumer)
+        if consumer.committed.get(("frames", 0)) == len(consumer.records):
+            return
+    raise AssertionError(f"stalled at {consumer.committed}")
+
+
+def test_a_client_error_on_one_frame_dead_letters_it_as_internal_error() -> None:
+    records = [frame_record(i) for i in range(10)]
+    processor, consumer, producer, _ = make(records, model=ClientRaisingOn(pixel=6))  # type: ignore[arg-type]
+    run_to_end(processor, consumer)
+    assert sorted(r.seq for r in producer.results()) == [s for s in range(10) if s != 6]
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for h in dlq] == ["internal_error"]
+    assert b"UnicodeEncodeError" in dict(dlq[0])["vlm-dlq-error"]
+
+
+def test_a_metrics_sink_failing_on_one_camera_dead_letters_its_frame_and_the_rest_flow() -> None:
+    records = [frame_record(i, camera="ok") for i in range(6)]
+    records.insert(3, Rec("frames", 0, 3, *_fields(frame_record(3, camera="bad"))))
+    records = [Rec("frames", 0, i, r.key, r.value, r.headers) for i, r in enumerate(records)]
+    consumer, producer = FakeConsumer(records), FakeProducer()
+    processor = StreamProcessor(
+        consumer,
+        producer,
+        {Task.CLASSIFICATION: FakeModel()},
+        CameraRouting(),
+        ProcessorTopics("results", "dlq"),
+        metrics=MetricsRaisingOn("bad"),
+        batch_size=4,
+        clock_ms=lambda: 2_000,
+    )
+    run_to_end(processor, consumer)
+    assert [r.camera_id for r in producer.results()] == ["ok"] * 6
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for h in dlq] == ["internal_error"]
+    assert dict(dlq[0])["vlm-dlq-source"] == b"frames/0/3"
+    assert consumer.rewinds == 0, "a metrics failure is the record's, not the batch's"
+
+
+def _fields(rec: Rec) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]:
+    return rec.key, rec.value, rec.headers
+
+
+def test_retried_batches_never_dead_letter_twice() -> None:
+    records = [frame_record(i) for i in range(8)]
+    records[1] = Rec("frames", 0, 1, records[1].key, b"not an image", records[1].headers)
+    processor, consumer, producer, _ = make(records, model=FakeModel(fail_times=2))
+    run_to_end(processor, consumer)
+    assert consumer.rewinds >= 1  # the batch holding the bad frame was read again
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert [dict(h)["vlm-dlq-source"] for h in dlq] == [b"frames/0/1"]
+    assert processor.metrics.total(m.FRAMES_DEAD_LETTERED) == 1
+    assert sorted(r.seq for r in producer.results()) == [0, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_model_that_is_down_dead_letters_nothing_and_recovers() -> None:
+    sleeps: list[float] = []
+    records = [frame_record(i) for i in range(8)]
+    consumer, producer = FakeConsumer(records), FakeProducer()
+    processor = StreamProcessor(
+        consumer,
+        producer,
+        {Task.CLASSIFICATION: FakeModel(fail_times=12)},  # every frame fails for a while
+        CameraRouting(),
+        ProcessorTopics("results", "dlq"),
+        batch_size=4,
+        clock_ms=lambda: 2_000,
+        sleep=sleeps.append,
+    )
+    run_to_end(processor, consumer, rounds=60)
+    assert sorted(r.seq for r in producer.results()) == list(range(8))
+    assert not [t for t, *_ in producer.sent if t == "dlq"], "a model outage is not a poison frame"
+    assert sleeps and max(sleeps) <= 5.0, "retries back off instead of spinning"
+
+
+def test_a_result_that_cannot_be_serialised_is_dead_lettered_alone() -> None:
+    class NanModel(FakeModel):
+        def __call__(self, images: list[np.ndarray]) -> Done:
+            ref = ModelRef("fake", "1")
+            return Done(
+                [
+                    Classification(ref, (ClassScore("x", 0, float("nan") if int(img[0, 0, 0]) == 2 else 0.5),))
+                    for img in images
+                ]
+            )
+
+    processor, consumer, producer, _ = make([frame_record(i) for i in range(5)], model=NanModel())
+    run_to_end(processor, consumer)
+    assert sorted(r.seq for r in producer.results()) == [0, 1, 3, 4]
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for h in dlq] == ["internal_error"]
