@@ -19,9 +19,11 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from services.ingest.worker import CameraConfig, IngestRunner
 from services.trainer.progress import TrainingProgress, progress_bar
+from vlm_core import metrics as m
 from vlm_core.config import LocalSettings, Topics
 from vlm_core.local import LocalStack
 from vlm_core.models.spec import Task
@@ -74,7 +76,10 @@ class LiveStats:
             while not self.stop.is_set():
                 for records in reader.poll(timeout_ms=500).values():
                     for rec in records:
-                        result = Result.from_bytes(rec.value, validate=False)
+                        try:
+                            result = Result.from_bytes(rec.value, validate=False)
+                        except Exception:  # somebody else's record on the topic: not ours to show
+                            continue
                         line = describe(result).split("  ", 2)[-1]
                         with self.lock:
                             self.count[result.camera_id] += 1
@@ -95,23 +100,23 @@ class LiveStats:
             lats = [lat for _ts, lat in recent]
             p50, p99 = (np.percentile(lats, 50), np.percentile(lats, 99)) if lats else (float("nan"),) * 2
             table.add_row(
-                camera,
+                Text(camera),  # user data: never read as markup
                 str(count),
                 f"{len(window) / 5:.1f}",
                 f"{p50:.0f}",
                 f"{p99:.0f}",
-                f"{drops.get(camera, 0):.0f}",
+                f"{drops.get(m.metric_label(camera), 0):.0f}",
                 self.last.get(camera, ""),
             )
         return table
 
 
 def _drops_by_camera(stats: dict[str, Any]) -> dict[str, float]:
+    """Dropped frames per camera label (``metric_label`` of the camera id)."""
     drops: dict[str, float] = defaultdict(float)
-    for key, value in stats.get("counters", {}).items():
-        if key.startswith("vlm_frames_dropped_total"):
-            camera = key.split("'camera_id': '", 1)[-1].split("'", 1)[0]
-            drops[camera] += value
+    for sample in stats.get("counters", []):
+        if sample.name == m.FRAMES_DROPPED.name:
+            drops[sample.tags.get("camera_id", "")] += sample.value
     return drops
 
 

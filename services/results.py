@@ -6,21 +6,22 @@ import json
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 from vlm_core.errors import ResultError
 from vlm_core.results import Result
 
 
 def describe(result: Result) -> str:
-    parts = [f"[bold]{result.camera_id}[/]#{result.seq}", f"{result.latency_ms}ms"]
+    parts = [f"[bold]{escape(result.camera_id)}[/]#{result.seq}", f"{result.latency_ms}ms"]
     if result.classification and result.classification.top:
         top = result.classification.top
-        parts.append(f"class={top.label} ({top.score:.2f})")
+        parts.append(f"class={escape(top.label)} ({top.score:.2f})")
     if result.detection is not None:
-        dets = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detection.detections[:4])
+        dets = ", ".join(f"{escape(d.label)} {d.score:.2f}" for d in result.detection.detections[:4])
         parts.append(f"detections[{len(result.detection.detections)}]={dets or '-'}")
     if result.segmentation is not None:
-        segs = ", ".join(f"{c.label} {c.pixel_fraction:.0%}" for c in result.segmentation.classes[:3])
+        segs = ", ".join(f"{escape(c.label)} {c.pixel_fraction:.0%}" for c in result.segmentation.classes[:3])
         parts.append(f"segments={segs or '-'}")
     versions = sorted(
         {
@@ -29,7 +30,7 @@ def describe(result: Result) -> str:
             if o is not None
         }
     )
-    parts.append(f"[dim]{' '.join(versions)}[/]")
+    parts.append(f"[dim]{escape(' '.join(versions))}[/]")
     return "  ".join(parts)
 
 

@@ -114,7 +114,9 @@ def ingest(
     ] = None,
     camera_id: Annotated[str | None, typer.Option("--camera-id", help="Camera id (the Kafka key).")] = None,
     sources: Annotated[Path | None, typer.Option(help="YAML file listing many cameras.")] = None,
-    fps: Annotated[float, typer.Option(help="Target frames per second per camera.")] = 10.0,
+    fps: Annotated[
+        float, typer.Option(help="Frames per second per camera; 0 sends every frame, unpaced.")
+    ] = 10.0,
     max_width: Annotated[int, typer.Option("--max-width", help="Downscale wider frames to this width.")] = 640,
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100)] = 85,
     loop: Annotated[bool, typer.Option(help="Loop video files forever.")] = False,
@@ -129,8 +131,10 @@ def ingest(
     """Read cameras with OpenCV and publish their frames to Kafka."""
     from services.ingest.config import load_cameras
     from services.ingest.metrics import serve_metrics
-    from services.ingest.worker import CameraConfig, IngestRunner
+    from services.ingest.worker import FPS_HINT, CameraConfig, IngestRunner
 
+    if fps < 0:
+        raise VlmError(f"--fps {fps:g} is negative", hint=FPS_HINT)
     settings = _settings()
     if sources is not None:
         cameras = load_cameras(sources)
@@ -143,7 +147,9 @@ def ingest(
     serve_metrics(port, host)
     runner = IngestRunner(cameras, bootstrap or settings.bootstrap_servers, topic)
     runner.start()
-    console.print(f"ingesting {len(cameras)} camera(s) to {topic}; metrics on http://{host}:{port}/metrics")
+    console.print(
+        f"ingesting {len(cameras)} camera(s) to {topic}; metrics on http://{host}:{port}/metrics", markup=False
+    )
     try:
         while not runner.all_finished():
             time.sleep(1.0)
@@ -154,8 +160,13 @@ def ingest(
     for w in runner.workers:
         s = w.stats
         console.print(
-            f"{w.config.camera_id}: read {s.read}, sent {s.sent}, failed {s.failed}, reconnects {s.reconnects}"
+            f"{w.config.camera_id}: read {s.read}, sent {s.sent}, failed {s.failed}, reconnects {s.reconnects}",
+            markup=False,
         )
+    stopped = [w for w in runner.workers if w.stats.permanent_error]
+    if stopped:
+        w = stopped[0]
+        raise VlmError(f"camera {w.config.camera_id!r} stopped: {w.stats.permanent_error}")
 
 
 @app.command()

@@ -132,6 +132,21 @@ def metric_label(value: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class CounterSample:
+    """One counter series' value, as a replica reports it (its stats cross Ray)."""
+
+    name: str
+    tags: dict[str, str]
+    value: float
+
+
+def counter_total(samples: list[CounterSample], metric: MetricDef, **match: str) -> float:
+    return sum(
+        s.value for s in samples if s.name == metric.name and all(s.tags.get(k) == v for k, v in match.items())
+    )
+
+
 class MetricsSink:
     """Where the processor reports. The default keeps values in memory (tests, the demo
     summary); the Serve deployment adds Ray's exporter on top."""
@@ -152,6 +167,9 @@ class MetricsSink:
         observations.append(value)
         if len(observations) > 10_000:
             del observations[:5_000]
+
+    def counter_samples(self) -> list[CounterSample]:
+        return [CounterSample(name, dict(tags), value) for (name, tags), value in list(self.counters.items())]
 
     def total(self, metric: MetricDef, **match: str) -> float:
         return sum(

@@ -14,7 +14,42 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from vlm_core.errors import ConfigError
+from vlm_core.errors import ConfigError, SourceError
+
+
+class SourceFailure(str, enum.Enum):
+    """Why a camera is down: a bounded set, so it can be a metric label."""
+
+    #: The source could not be opened (network, a busy camera): retried with backoff.
+    OPEN_FAILED = "open_failed"
+    #: A live stream stopped delivering frames: reopened with backoff.
+    STREAM_LOST = "stream_lost"
+    #: A file that OpenCV cannot read as a video: permanent.
+    NOT_A_VIDEO = "not_a_video"
+    #: The URI's parameters are wrong: permanent.
+    BAD_CONFIG = "bad_config"
+
+
+_SYNTHETIC_INT_PARAMS = ("seed", "width", "height", "items", "min_items")
+
+
+def _synthetic_params(uri: str) -> dict[str, str]:
+    params = {k: v[-1] for k, v in parse_qs(urlparse(uri).query, keep_blank_values=True).items()}
+    unknown = sorted(set(params) - {*_SYNTHETIC_INT_PARAMS, "fps"})
+    if unknown:
+        raise ConfigError(
+            f"unknown synthetic source parameter(s) {', '.join(unknown)} in {uri!r}",
+            hint=f"use {', '.join((*_SYNTHETIC_INT_PARAMS, 'fps'))}",
+        )
+    for name, value in params.items():
+        try:
+            number = float(value) if name == "fps" else int(value)
+        except ValueError:
+            kind = "a number" if name == "fps" else "an integer"
+            raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} is not {kind}") from None
+        if number < 0 or (number == 0 and name != "seed"):
+            raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} must be positive")
+    return params
 
 
 class SourceKind(str, enum.Enum):
@@ -41,9 +76,7 @@ class SourceSpec:
         if not uri:
             raise ConfigError("empty source URI", hint="use a file path, rtsp://, http://, device:N or synthetic://")
         if uri.startswith("synthetic://"):
-            query = urlparse(uri).query
-            params = {k: v[-1] for k, v in parse_qs(query).items()}
-            return cls(uri, SourceKind.SYNTHETIC, "", params)
+            return cls(uri, SourceKind.SYNTHETIC, "", _synthetic_params(uri))
         if uri.startswith("device:"):
             index = uri.split(":", 1)[1]
             if not index.isdigit():
@@ -95,7 +128,16 @@ class OpenCVSource(Source):
         if not self._cap.isOpened():
             self._cap.release()
             self._cap = None
-            raise OSError(f"OpenCV cannot open {self.spec.uri}")
+            if self.spec.kind is SourceKind.FILE:
+                raise SourceError(
+                    f"OpenCV cannot read {self.spec.uri} as a video",
+                    permanent=True,
+                    reason=SourceFailure.NOT_A_VIDEO.value,
+                    hint="give a video file OpenCV can play (e.g. .mp4, .avi), an rtsp:// or http:// stream",
+                )
+            raise SourceError(
+                f"OpenCV cannot open {self.spec.uri}", permanent=False, reason=SourceFailure.OPEN_FAILED.value
+            )
 
     @property
     def native_fps(self) -> float | None:
@@ -129,7 +171,7 @@ class SyntheticSource(Source):
     def open(self) -> None:
         from vlm_core.datasets.scenes import SceneConfig, SceneVideo
 
-        p = self.spec.params
+        p = self.spec.params  # validated by SourceSpec.parse
         try:
             config = SceneConfig(
                 width=int(p.get("width", 320)),
@@ -137,10 +179,9 @@ class SyntheticSource(Source):
                 min_items=int(p.get("min_items", p.get("items", 2))),
                 max_items=int(p.get("items", 4)),
             )
-            seed = int(p.get("seed", 0))
         except ValueError as exc:
-            raise ConfigError(f"bad synthetic source parameter in {self.spec.uri!r}: {exc}") from None
-        self._video = SceneVideo(config, seed=seed)
+            raise ConfigError(f"bad synthetic source parameters in {self.spec.uri!r}: {exc}") from None
+        self._video = SceneVideo(config, seed=int(p.get("seed", 0)))
 
     @property
     def native_fps(self) -> float | None:
@@ -148,6 +189,33 @@ class SyntheticSource(Source):
 
     def read(self) -> np.ndarray | None:
         return self._video.next().image if self._video is not None else None
+
+
+def probe_file(spec: SourceSpec) -> None:
+    """Fail now, with one clear error, when a file source is not a readable video."""
+    if spec.kind is not SourceKind.FILE:
+        return
+    source = OpenCVSource(spec)
+    source.open()
+    try:
+        if source.read() is None:
+            raise SourceError(
+                f"{spec.uri} has no video frame OpenCV can read",
+                permanent=True,
+                reason=SourceFailure.NOT_A_VIDEO.value,
+            )
+    finally:
+        source.close()
+
+
+def failure_of(exc: BaseException) -> tuple[SourceFailure, bool]:
+    """(why the camera is down, whether the error is permanent) for an error opening a source.
+    Unknown errors are taken as transient: a camera that may come back is retried."""
+    if isinstance(exc, ConfigError):
+        return SourceFailure.BAD_CONFIG, True
+    if isinstance(exc, SourceError):
+        return SourceFailure(exc.reason), exc.permanent
+    return SourceFailure.OPEN_FAILED, False
 
 
 def open_source(uri: str, *, loop: bool = False) -> Source:

@@ -6,12 +6,14 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from services.inference.kafka_adapters import KafkaFrameConsumer, KafkaResultProducer
 from services.inference.ray_metrics import RayMetricsSink
+from vlm_core import metrics as m
 from vlm_core.cpu import lower_priority
 from vlm_core.models.spec import Task
 from vlm_core.pipeline import PipelineConfig
@@ -54,6 +56,10 @@ class StreamProcessorReplica:
         self.processor: StreamProcessor | None = None
         self.error = ""
         self.started = time.time()
+        #: When the loop failed and restarted; more than max_loop_restarts within
+        #: restart_window_s fail the health check.
+        self.restarts: deque[float] = deque()
+        self.loop_restarts = 0
         self.thread = threading.Thread(target=self._run, name="stream-processor", daemon=True)
         self.thread.start()
 
@@ -94,7 +100,13 @@ class StreamProcessorReplica:
                 self.processor.run(self.stop_event.is_set)
             except Exception as exc:  # keep the replica alive; reconnect after a pause
                 self.error = f"{type(exc).__name__}: {exc}"
-                log.exception("stream processor loop failed; restarting in 2s")
+                self.loop_restarts += 1
+                self.restarts.append(time.monotonic())
+                try:
+                    self.metrics.inc(m.LOOP_RESTARTS)
+                except Exception:
+                    log.exception("counting the loop restart failed")
+                log.exception("stream processor loop failed (restart %d); restarting in 2s", self.loop_restarts)
                 self.stop_event.wait(2.0)
             finally:
                 for client in (consumer, producer):
@@ -109,8 +121,18 @@ class StreamProcessorReplica:
             self.processor.drain()
 
     def check_health(self) -> None:
+        """Serve replaces a replica whose health check raises: a dead loop thread, or a
+        loop that keeps failing (a crash loop must not pass as healthy)."""
         if not self.thread.is_alive():
             raise RuntimeError(f"stream processor thread died: {self.error}")
+        settings = self.config.processor
+        while self.restarts and time.monotonic() - self.restarts[0] > settings.restart_window_s:
+            self.restarts.popleft()
+        if len(self.restarts) > settings.max_loop_restarts:
+            raise RuntimeError(
+                f"stream processor loop restarted {len(self.restarts)} times in {settings.restart_window_s:.0f}s; "
+                f"last error: {self.error}"
+            )
 
     def stats(self) -> dict[str, Any]:
         import ray
@@ -123,7 +145,11 @@ class StreamProcessorReplica:
             "mean_model_round_trip_ms": 1000 * self._mean("vlm_model_latency_seconds"),
             "error": self.error,
             "uptime_s": time.time() - self.started,
-            "counters": {f"{name}{dict(tags)}": v for (name, tags), v in self.metrics.counters.items()},
+            "pid": os.getpid(),
+            "loop_restarts": self.loop_restarts,
+            "rss_mb": _proc_status_mb("VmRSS"),
+            "peak_rss_mb": _proc_status_mb("VmHWM"),
+            "counters": self.metrics.counter_samples(),
         }
 
     def _mean(self, metric: str) -> float:
@@ -135,3 +161,15 @@ class StreamProcessorReplica:
         self.stop_event.set()
         if self.thread.is_alive():
             self.thread.join(timeout=30)
+
+
+def _proc_status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -15,7 +15,8 @@ from vlm_core.frame import Encoding
 class CameraEntry(BaseModel, extra="forbid"):
     camera_id: str = Field(min_length=1, max_length=128)
     source: str = Field(min_length=1)
-    fps: float | None = Field(default=None, gt=0)
+    #: Frames per second; 0 sends every frame unpaced.
+    fps: float | None = Field(default=None, ge=0)
     max_width: int | None = Field(default=None, ge=16)
     jpeg_quality: int | None = Field(default=None, ge=1, le=100)
     encoding: Encoding | None = None
@@ -24,7 +25,7 @@ class CameraEntry(BaseModel, extra="forbid"):
 
 
 class SourcesFile(BaseModel, extra="forbid"):
-    fps: float = Field(default=10.0, gt=0)
+    fps: float = Field(default=10.0, ge=0)
     max_width: int = Field(default=640, ge=16)
     jpeg_quality: int = Field(default=85, ge=1, le=100)
     cameras: list[CameraEntry] = Field(min_length=1)
@@ -47,7 +48,7 @@ def load_cameras(path: Path) -> list[CameraConfig]:
         CameraConfig(
             camera_id=c.camera_id,
             source=c.source,
-            fps=c.fps or parsed.fps,
+            fps=c.fps if c.fps is not None else parsed.fps,
             max_width=c.max_width or parsed.max_width,
             jpeg_quality=c.jpeg_quality or parsed.jpeg_quality,
             encoding=c.encoding or Encoding.JPEG,

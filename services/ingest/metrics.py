@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from vlm_core.sources import SourceFailure
 
 REGISTRY = CollectorRegistry()
 
@@ -16,6 +18,19 @@ FRAMES_FAILED = Counter(
 SOURCE_RECONNECTS = Counter(
     "vlm_ingest_source_reconnects", "Times a camera source was reopened", ["camera_id"], registry=REGISTRY
 )
+CAMERA_UP = Gauge(
+    "vlm_ingest_camera_up",
+    "1 while the camera's source is open and delivering frames, 0 while it is down",
+    ["camera_id"],
+    registry=REGISTRY,
+)
+CAMERA_DOWN_REASON = Gauge(
+    "vlm_ingest_camera_down_reason",
+    "1 for the reason a camera is down (open_failed, stream_lost, not_a_video, bad_config), 0 for the others",
+    ["camera_id", "reason"],
+    registry=REGISTRY,
+)
+DOWN_REASONS = tuple(f.value for f in SourceFailure)
 PRODUCE_ERRORS = Counter("vlm_ingest_produce_errors", "Kafka produce errors", ["camera_id"], registry=REGISTRY)
 ENCODE_SECONDS = Histogram(
     "vlm_ingest_encode_seconds",

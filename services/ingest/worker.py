@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,11 +14,14 @@ import numpy as np
 
 from services.ingest import metrics
 from vlm_core import kafka_io
-from vlm_core.errors import ConfigError
-from vlm_core.frame import Encoding, Frame
-from vlm_core.sources import Source, SourceSpec, open_source
+from vlm_core.errors import ConfigError, VlmError
+from vlm_core.frame import Encoding, Frame, validate_camera_id
+from vlm_core.metrics import metric_label
+from vlm_core.sources import Source, SourceFailure, SourceSpec, failure_of, open_source, probe_file
 
 log = logging.getLogger(__name__)
+
+FPS_HINT = "give frames per second > 0, or 0 to send every frame unpaced"
 
 #: Called with a frame; must hand it to Kafka and call ``on_done(error_or_None)`` later.
 FrameSink = Callable[[Frame, Callable[[BaseException | None], None]], None]
@@ -44,6 +48,8 @@ class CameraStats:
     failed: int = 0
     reconnects: int = 0
     last_error: str = ""
+    #: Set when the camera stopped on an error that retrying cannot mend.
+    permanent_error: str = ""
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -58,31 +64,60 @@ class CameraWorker(threading.Thread):
         self.seq = 0
 
     def run(self) -> None:
-        backoff = self.config.reconnect_initial_s
-        labels = {"camera_id": self.config.camera_id}
+        cfg = self.config
+        backoff = cfg.reconnect_initial_s
         while not self.stop_event.is_set() and not self._done():
             try:
-                source = open_source(self.config.source, loop=self.config.loop)
+                source = open_source(cfg.source, loop=cfg.loop)
                 source.open()
             except Exception as exc:  # a broken camera must not kill the process
+                failure, permanent = failure_of(exc)
+                self._set_down(failure)
                 self._record_error(f"open failed: {exc}")
-                metrics.SOURCE_RECONNECTS.labels(**labels).inc()
-                self.stats.reconnects += 1
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, self.config.reconnect_max_s)
+                if permanent:
+                    self.stats.permanent_error = str(exc)
+                    break
+                backoff = self._reconnect_after(backoff)
                 continue
+            self._set_up()
+            sent_before = self.seq
             try:
                 ended = self._pump(source)
             finally:
                 source.close()
-            if ended and not source.spec.live and not self.config.loop:
+            if self.seq > sent_before:  # a connection that delivered frames: start backing off afresh
+                backoff = cfg.reconnect_initial_s
+            if ended and not source.spec.live and not cfg.loop:
                 break  # a finite file is done
             if not self.stop_event.is_set() and not self._done():
-                metrics.SOURCE_RECONNECTS.labels(**labels).inc()
-                self.stats.reconnects += 1
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, self.config.reconnect_max_s)
+                self._set_down(SourceFailure.STREAM_LOST)
+                backoff = self._reconnect_after(backoff)
         self.stats.finished = True
+        if not self.stats.permanent_error:  # a camera that is done is not down
+            with contextlib.suppress(KeyError):  # never came up
+                metrics.CAMERA_UP.remove(self.label)
+            for reason in metrics.DOWN_REASONS:
+                metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(0)
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.config.camera_id)
+
+    def _reconnect_after(self, backoff: float) -> float:
+        metrics.SOURCE_RECONNECTS.labels(camera_id=self.label).inc()
+        self.stats.reconnects += 1
+        self.stop_event.wait(backoff)
+        return min(backoff * 2, self.config.reconnect_max_s)
+
+    def _set_up(self) -> None:
+        metrics.CAMERA_UP.labels(camera_id=self.label).set(1)
+        for reason in metrics.DOWN_REASONS:
+            metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(0)
+
+    def _set_down(self, failure: SourceFailure) -> None:
+        metrics.CAMERA_UP.labels(camera_id=self.label).set(0)
+        for reason in metrics.DOWN_REASONS:
+            metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(int(reason == failure.value))
 
     def _done(self) -> bool:
         return self.config.max_frames is not None and self.seq >= self.config.max_frames
@@ -90,7 +125,7 @@ class CameraWorker(threading.Thread):
     def _pump(self, source: Source) -> bool:
         """Read until the source ends or fails (True) or we are told to stop (False)."""
         cfg = self.config
-        labels = {"camera_id": cfg.camera_id}
+        labels = {"camera_id": self.label}
         period = 1.0 / cfg.fps if cfg.fps else 0.0
         native = source.native_fps
         # Files play at their own rate (sampled down to fps); live sources are paced by the camera.
@@ -121,7 +156,7 @@ class CameraWorker(threading.Thread):
 
     def _emit(self, image: np.ndarray) -> None:
         cfg = self.config
-        labels = {"camera_id": cfg.camera_id}
+        labels = {"camera_id": self.label}
         start = time.perf_counter()
         try:
             if cfg.max_width and image.shape[1] > cfg.max_width:
@@ -131,7 +166,7 @@ class CameraWorker(threading.Thread):
                 image, camera_id=cfg.camera_id, seq=self.seq, encoding=cfg.encoding, jpeg_quality=cfg.jpeg_quality
             )
         except Exception as exc:
-            metrics.FRAMES_FAILED.labels(camera_id=cfg.camera_id, reason="encode").inc()
+            metrics.FRAMES_FAILED.labels(camera_id=self.label, reason="encode").inc()
             self._record_error(f"encode failed: {exc}")
             return
         metrics.ENCODE_SECONDS.labels(**labels).observe(time.perf_counter() - start)
@@ -146,7 +181,7 @@ class CameraWorker(threading.Thread):
                     self.stats.failed += 1
                     self.stats.last_error = str(error)
                     metrics.PRODUCE_ERRORS.labels(**labels).inc()
-                    metrics.FRAMES_FAILED.labels(camera_id=cfg.camera_id, reason="produce").inc()
+                    metrics.FRAMES_FAILED.labels(camera_id=self.label, reason="produce").inc()
 
         try:
             self.sink(frame, done)
@@ -166,7 +201,17 @@ class IngestRunner:
         if len(set(ids)) != len(ids):
             raise ConfigError(f"camera ids must be unique, got {ids}")
         for camera in cameras:
-            SourceSpec.parse(camera.source)  # a typo in a URI fails now, not in a reconnect loop
+            try:
+                validate_camera_id(camera.camera_id)
+            except VlmError as exc:
+                raise ConfigError(str(exc), hint="camera ids are 1-128 printable characters") from None
+            if camera.fps is not None and camera.fps < 0:
+                raise ConfigError(f"camera {camera.camera_id!r}: fps {camera.fps} is negative", hint=FPS_HINT)
+            # A typo in a URI or a file that is not a video fails now, not in a reconnect loop.
+            try:
+                probe_file(SourceSpec.parse(camera.source))
+            except VlmError as exc:
+                raise ConfigError(f"camera {camera.camera_id!r}: {exc}", hint=exc.hint or None) from None
         self.topic = topic
         self.producer = kafka_io.producer(bootstrap)
         self.stop_event = threading.Event()

@@ -17,6 +17,8 @@ from tests.integration.pipeline import (
     running_pipeline,
 )
 from vlm_core import kafka_io
+from vlm_core import metrics as m
+from vlm_core.metrics import counter_total
 from vlm_core.frame import Frame, Header
 from vlm_core.results import validate_result
 from vlm_core.stream import dlq_reason
@@ -71,7 +73,9 @@ def test_processor_killed_mid_stream_loses_nothing(pipeline_env: tuple[str, str]
     assert not missing, f"{len(missing)} frames lost, e.g. {sorted(missing)[:5]}"
     duplicates = sum(keys.values()) - len(keys)
     print(f"duplicates after the kill: {duplicates}")  # allowed by at-least-once; reported
-    assert duplicates >= 0
+    # At least once: only frames after the last landed commit are read again: the batches
+    # in the models (2), awaiting acks (1) and behind asynchronous commits, 8 frames each.
+    assert duplicates <= 8 * 8, f"{duplicates} duplicates: more than the uncommitted window"
 
 
 def test_bad_frames_land_in_dlq_and_good_ones_flow(pipeline_env: tuple[str, str]) -> None:
@@ -129,12 +133,12 @@ def test_stale_frames_policy(pipeline_env: tuple[str, str], policy: str, expect_
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             stats = processor_stats(app)
-            consumed = sum(v for k, v in stats["counters"].items() if k.startswith("vlm_frames_consumed_total"))
+            consumed = counter_total(stats["counters"], m.FRAMES_CONSUMED)
             if consumed >= 40 and stats["results_produced"] >= expect_results:
                 break
             time.sleep(0.5)
         results = read_results(bootstrap, topics.results, expect_results, timeout_s=10 if not expect_results else 60)
-    dropped = sum(v for k, v in stats["counters"].items() if k.startswith("vlm_frames_dropped_total") and "stale" in k)
+    dropped = counter_total(stats["counters"], m.FRAMES_DROPPED, reason="stale")
     assert len(results) == expect_results
     assert dropped == 40 - expect_results
 

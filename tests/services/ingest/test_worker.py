@@ -26,13 +26,19 @@ class Sink:
         done(None)
 
 
-def test_failing_camera_does_not_stop_the_others(tmp_path: Path) -> None:
+def _gauge(name: str, **labels: str) -> float | None:
+    from services.ingest.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_failing_camera_does_not_stop_the_others() -> None:
     stop = threading.Event()
     good_sink, bad_sink = Sink(), Sink()
-    missing = tmp_path / "gone.avi"
-    missing.write_bytes(b"not a video")  # exists, but OpenCV cannot open it
-    bad = CameraWorker(
-        CameraConfig("broken", str(missing), fps=50, reconnect_initial_s=0.05, reconnect_max_s=0.1, loop=True),
+    port = _closed_port()
+    bad = CameraWorker(  # nothing listens there: a transient error, retried with backoff
+        CameraConfig("broken", f"rtsp://127.0.0.1:{port}/stream", fps=50, reconnect_initial_s=0.05,
+                     reconnect_max_s=0.1),
         bad_sink,
         stop,
     )
@@ -42,14 +48,65 @@ def test_failing_camera_does_not_stop_the_others(tmp_path: Path) -> None:
     bad.start()
     good.start()
     good.join(20)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while bad.stats.reconnects < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gauge("vlm_ingest_camera_up", camera_id="broken") == 0
+    assert _gauge("vlm_ingest_camera_down_reason", camera_id="broken", reason="open_failed") == 1
     stop.set()
-    bad.join(5)
+    bad.join(20)
     assert not good.is_alive() and not bad.is_alive()
     assert [f.seq for f in good_sink.frames] == list(range(25))
     assert good.stats.sent == 25
     assert bad_sink.frames == []
     assert bad.stats.reconnects >= 2 and "open failed" in bad.stats.last_error
+    assert not bad.stats.permanent_error
+    assert _gauge("vlm_ingest_camera_up", camera_id="synthetic") is None, "a finished camera is not down"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_file_that_is_not_a_video_stops_its_camera_at_once(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.avi"
+    bogus.write_bytes(b"not a video")
+    worker = CameraWorker(CameraConfig("bogus-файл", str(bogus), reconnect_initial_s=5), Sink(), threading.Event())
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "a permanent error is not retried"
+    assert worker.stats.reconnects == 0 and "as a video" in worker.stats.permanent_error
+    label = "bogus-\\u0444\\u0430\\u0439\\u043b"
+    assert _gauge("vlm_ingest_camera_up", camera_id=label) == 0
+    assert _gauge("vlm_ingest_camera_down_reason", camera_id=label, reason="not_a_video") == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("/etc/passwd", "as a video"),
+        ("synthetic://?seed=abc", "seed='abc'"),
+        ("synthetic://?speed=3", "unknown synthetic source parameter"),
+    ],
+)
+def test_runner_refuses_permanent_source_errors_up_front(source: str, message: str) -> None:
+    from services.ingest.worker import IngestRunner
+
+    with pytest.raises(ConfigError, match=message):
+        IngestRunner([CameraConfig("c", source)], "127.0.0.1:1", "frames")
+
+
+def test_runner_refuses_bad_camera_ids_and_negative_fps() -> None:
+    from services.ingest.worker import IngestRunner
+
+    with pytest.raises(ConfigError, match="camera id"):
+        IngestRunner([CameraConfig("a\nb", "synthetic://")], "127.0.0.1:1", "frames")
+    with pytest.raises(ConfigError, match="negative"):
+        IngestRunner([CameraConfig("c", "synthetic://", fps=-5)], "127.0.0.1:1", "frames")
 
 
 def test_file_is_sampled_to_fps_and_resized() -> None:
