@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
+from collections import Counter
 
 from rich.console import Console
 from rich.markup import escape
 
-from vlm_core.errors import ResultError
+from vlm_core.errors import ResultError, VlmError
 from vlm_core.results import Result
 
 
@@ -45,40 +45,53 @@ def follow_results(
     limit: int | None,
     as_json: bool,
 ) -> int:
+    """Print results; returns how many were shown. Not on a terminal (piped), each result
+    is exactly one line: plain text, or compact JSON with ``--json``. Without ``--follow``,
+    a filter that matched nothing raises a VlmError naming the cameras that were seen."""
     from vlm_core.kafka_io import topic_reader
 
     reader, partitions = topic_reader(bootstrap, topic, from_beginning=from_beginning or not follow)
     if not partitions:
         reader.close()
-        console.print(f"topic {topic!r} does not exist yet")
-        return 0
+        raise VlmError(f"topic {topic!r} does not exist", hint="start the pipeline with `vlm serve`, or pass --topic")
     ends = reader.end_offsets(partitions)
-    shown = 0
+    shown = read = 0
+    cameras: Counter[str] = Counter()
+    terminal = console.is_terminal
     try:
         while limit is None or shown < limit:
             batches = reader.poll(timeout_ms=500)
             for records in batches.values():
                 for rec in records:
+                    read += 1
                     try:
                         result = Result.from_bytes(rec.value)
                     except ResultError as exc:
-                        console.print(f"[red]invalid result at {rec.partition}/{rec.offset}: {exc}[/]")
+                        console.print(f"invalid result at {rec.partition}/{rec.offset}: {exc}", markup=False,
+                                      style="red", soft_wrap=True)
                         continue
-                    if camera and result.camera_id != camera:
+                    cameras[result.camera_id] += 1
+                    if camera is not None and result.camera_id != camera:
                         continue
-                    if as_json:
+                    if as_json and terminal:
                         console.print_json(json.dumps(result.to_json()))
+                    elif as_json:
+                        console.file.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
                     else:
-                        console.print(describe(result), highlight=False)
+                        console.print(describe(result), highlight=False, soft_wrap=True)
                     shown += 1
                     if limit is not None and shown >= limit:
                         return shown
             if not follow and all(reader.position(tp) >= ends[tp] for tp in partitions):
                 break
-            if not batches:
-                time.sleep(0.05)
     except KeyboardInterrupt:
         pass
     finally:
         reader.close()
+    if not follow and camera is not None and not shown:
+        seen = ", ".join(repr(c) for c, _n in cameras.most_common(10)) or "none"
+        raise VlmError(
+            f"no results matched camera {camera!r} ({read} results read from {topic})",
+            hint=f"cameras seen: {seen}",
+        )
     return shown

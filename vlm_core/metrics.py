@@ -142,14 +142,23 @@ class CounterSample:
 
 
 def counter_total(samples: list[CounterSample], metric: MetricDef, **match: str) -> float:
+    """The sum of a counter's samples whose tags match (``match`` values as given by the user)."""
     return sum(
-        s.value for s in samples if s.name == metric.name and all(s.tags.get(k) == v for k, v in match.items())
+        s.value
+        for s in samples
+        if s.name == metric.name and all(s.tags.get(k) == metric_label(v) for k, v in match.items())
     )
+
+
+def label_values(tags: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Tags as sorted (key, label value) pairs, every value through :func:`metric_label`."""
+    return tuple(sorted((key, metric_label(value)) for key, value in tags.items()))
 
 
 class MetricsSink:
     """Where the processor reports. The default keeps values in memory (tests, the demo
-    summary); the Serve deployment adds Ray's exporter on top."""
+    summary); the Serve deployment adds Ray's exporter on top. Tag values may be user data
+    (camera ids): every sink stores them through :func:`metric_label`."""
 
     def __init__(self) -> None:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
@@ -157,13 +166,13 @@ class MetricsSink:
         self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
 
     def inc(self, metric: MetricDef, value: float = 1.0, **tags: str) -> None:
-        self.counters[(metric.name, tuple(sorted(tags.items())))] += value
+        self.counters[(metric.name, label_values(tags))] += value
 
     def set(self, metric: MetricDef, value: float, **tags: str) -> None:
-        self.gauges[(metric.name, tuple(sorted(tags.items())))] = value
+        self.gauges[(metric.name, label_values(tags))] = value
 
     def observe(self, metric: MetricDef, value: float, **tags: str) -> None:
-        observations = self.observations[(metric.name, tuple(sorted(tags.items())))]
+        observations = self.observations[(metric.name, label_values(tags))]
         observations.append(value)
         if len(observations) > 10_000:
             del observations[:5_000]
@@ -175,5 +184,5 @@ class MetricsSink:
         return sum(
             value
             for (name, tags), value in self.counters.items()
-            if name == metric.name and all(dict(tags).get(k) == v for k, v in match.items())
+            if name == metric.name and all(dict(tags).get(k) == metric_label(v) for k, v in match.items())
         )

@@ -121,7 +121,6 @@ class _Item:
     tasks: tuple[Task, ...]
     dequeued_ms: int
     decode_ms: float
-    camera_tag: str  # the camera id as a metric label
 
 
 @dataclass
@@ -373,15 +372,15 @@ class StreamProcessor:
             if item is None:
                 continue
             item.decode_ms = (time.perf_counter() - start) * 1000
-            consumed[item.camera_tag] += 1
+            consumed[item.frame.camera_id] += 1
             batch.items.append(item)
         # Counters move once per camera per batch: exporter calls are not free at hundreds of fps.
         for camera, count in consumed.items():
             try:
                 self.metrics.inc(m.FRAMES_CONSUMED, count, camera_id=camera)
             except Exception as exc:  # the metric layer refused this camera: its frames alone fail
-                failed = [item for item in batch.items if item.camera_tag == camera]
-                batch.items = [item for item in batch.items if item.camera_tag != camera]
+                failed = [item for item in batch.items if item.frame.camera_id == camera]
+                batch.items = [item for item in batch.items if item.frame.camera_id != camera]
                 for item in failed:
                     self._dead_letter(batch, item.record, INTERNAL_ERROR, f"metrics: {describe_error(exc)}")
         for task, client in self.models.items():
@@ -397,17 +396,16 @@ class StreamProcessor:
     def _admit(self, rec: Record, now_ms: int) -> _Item | None:
         """Validate and decode one record; None when it is dropped on purpose (counted)."""
         frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
-        camera_tag = m.metric_label(frame.camera_id)
         policy = self.routing.policy_for(frame.camera_id)
         if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
-            self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="stale")
+            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason="stale")
             return None
         tasks = tuple(t for t in policy.tasks if t in self.models)
         if not tasks:
-            self.metrics.inc(m.FRAMES_DROPPED, camera_id=camera_tag, reason="no_model")
+            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason="no_model")
             return None
         image = frame.decode(limits=self.limits)
-        return _Item(frame, image, rec, tasks, now_ms, 0.0, camera_tag)
+        return _Item(frame, image, rec, tasks, now_ms, 0.0)
 
     def _produce(self, batch: _Batch) -> _Producing:
         """Wait for the batch's model outputs, assemble its results and send them."""
@@ -504,9 +502,9 @@ class StreamProcessor:
         A failure here cannot take a result back, so it is logged, never raised."""
         processed: Counter[str] = Counter()
         for item, result, _pending in producing.sends:
-            processed[item.camera_tag] += 1
+            processed[item.frame.camera_id] += 1
             latency_ms = max(0, result.processed_ts_ms - item.frame.capture_ts_ms)
-            self._observe_metric(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.camera_tag)
+            self._observe_metric(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.frame.camera_id)
             self.results_produced += 1
             if self.on_result is not None:
                 try:

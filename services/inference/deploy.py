@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,33 @@ from vlm_core.pipeline import PipelineConfig, load_serve_config, pipeline_args
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "pipeline.yaml"
 
 
+#: How long `connect` waits for the Ray head's port before saying it is not running.
+PROBE_TIMEOUT_S = 3.0
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, with one line, when nothing listens at a ``host:port`` Ray address;
+    ``ray.init`` itself retries the GCS for minutes, printing C++ warnings."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray:// client addresses: leave them to Ray
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise InfrastructureError(
+            f"Ray is not running at {address} ({exc.strerror or exc})",
+            hint="start it with `vlm local up`, or pass --ray-address HOST:PORT of a running cluster",
+        ) from None
+
+
 def connect(address: str) -> None:
     os.environ.update(ray_environment())  # before Ray is imported: it reads them at import time
     import ray
 
     if ray.is_initialized():
         return
+    _probe(address)
     try:
         ray.init(
             address=address,

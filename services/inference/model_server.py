@@ -73,7 +73,7 @@ class ModelServer:
             threading.Thread(target=self._follow_registry, name="registry-watch", daemon=True).start()
 
     def _tags(self, spec: ModelSpec) -> dict[str, str]:
-        return {"task": spec.task.value, "model": spec.name, "version": spec.version}
+        return dict(m.label_values({"task": spec.task.value, "model": spec.name, "version": spec.version}))
 
     def _load(self, spec: ModelSpec) -> Predictor:
         start = time.perf_counter()

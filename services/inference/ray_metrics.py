@@ -28,12 +28,17 @@ class RayMetricsSink(m.MetricsSink):
 
     def inc(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
         super().inc(metric, value, **tags)
-        self._ray[metric.name].inc(value, tags=tags or None)
+        self._ray[metric.name].inc(value, tags=_ray_tags(tags))
 
     def set(self, metric: m.MetricDef, value: float, **tags: str) -> None:
         super().set(metric, value, **tags)
-        self._ray[metric.name].set(value, tags=tags or None)
+        self._ray[metric.name].set(value, tags=_ray_tags(tags))
 
     def observe(self, metric: m.MetricDef, value: float, **tags: str) -> None:
         super().observe(metric, value, **tags)
-        self._ray[metric.name].observe(value, tags=tags or None)
+        self._ray[metric.name].observe(value, tags=_ray_tags(tags))
+
+
+def _ray_tags(tags: dict[str, str]) -> dict[str, str] | None:
+    """Ray's exporter rejects non-ASCII tag values (UnicodeEncodeError in Metric.record)."""
+    return dict(m.label_values(tags)) or None

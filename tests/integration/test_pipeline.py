@@ -18,8 +18,8 @@ from tests.integration.pipeline import (
 )
 from vlm_core import kafka_io
 from vlm_core import metrics as m
-from vlm_core.metrics import counter_total
 from vlm_core.frame import Frame, Header
+from vlm_core.metrics import counter_total
 from vlm_core.results import validate_result
 from vlm_core.stream import dlq_reason
 

@@ -35,6 +35,10 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["label", "push", "fashion-mnist", "--dataset", "a b", "--task", "classification"], "dataset name 'a b'"),
         (["label", "push", "scenes://?n=5", "--dataset", "d", "--task", "classification"], "scenes:// trains"),
         (["train", "--task", "classification", "--data", "labels://"], "bad labels URI"),
+        (["ingest", "--source", "/etc/passwd", "--camera-id", "c", "--max-frames", "3"], "cannot read /etc/passwd"),
+        (["ingest", "--source", "synthetic://?seed=abc", "--camera-id", "c", "--max-frames", "3"], "not an integer"),
+        (["ingest", "--source", "synthetic://", "--camera-id", "c", "--fps", "-5"], "--fps -5 is negative"),
+        (["ingest", "--source", "synthetic://", "--camera-id", "bad\tid"], "camera id"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:
@@ -56,3 +60,25 @@ def test_models_archs_lists_the_zoo() -> None:
     proc = vlm("models", "archs")
     assert proc.returncode == 0
     assert "ssdlite320_mobilenet_v3_large" in proc.stdout and "lraspp_mobilenet_v3_large" in proc.stdout
+
+
+def test_serve_with_ray_down_says_so_in_one_line_within_seconds() -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    proc = vlm("serve", "--ray-address", f"127.0.0.1:{port}")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Ray is not running" in lines[0] and "vlm local up" in lines[0], proc.stderr
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+
+
+def test_fps_zero_is_documented() -> None:
+    proc = vlm("ingest", "--help")
+    assert "0 sends every frame" in " ".join(proc.stdout.split())
+
