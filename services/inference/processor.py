@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from vlm_core import metrics as m
 from vlm_core.cpu import lower_priority
 from vlm_core.models.spec import Task
 from vlm_core.pipeline import PipelineConfig
-from vlm_core.stream import ProcessorTopics, StreamProcessor
+from vlm_core.stream import ProcessorTopics, RestartWindow, StreamProcessor
 
 log = logging.getLogger("ray.serve")
 
@@ -56,10 +55,8 @@ class StreamProcessorReplica:
         self.processor: StreamProcessor | None = None
         self.error = ""
         self.started = time.time()
-        #: When the loop failed and restarted; more than max_loop_restarts within
-        #: restart_window_s fail the health check.
-        self.restarts: deque[float] = deque()
-        self.loop_restarts = 0
+        settings = self.config.processor
+        self.restarts = RestartWindow(settings.max_loop_restarts, settings.restart_window_s)
         self.thread = threading.Thread(target=self._run, name="stream-processor", daemon=True)
         self.thread.start()
 
@@ -100,13 +97,12 @@ class StreamProcessorReplica:
                 self.processor.run(self.stop_event.is_set)
             except Exception as exc:  # keep the replica alive; reconnect after a pause
                 self.error = f"{type(exc).__name__}: {exc}"
-                self.loop_restarts += 1
-                self.restarts.append(time.monotonic())
+                self.restarts.record()
                 try:
                     self.metrics.inc(m.LOOP_RESTARTS)
                 except Exception:
                     log.exception("counting the loop restart failed")
-                log.exception("stream processor loop failed (restart %d); restarting in 2s", self.loop_restarts)
+                log.exception("stream processor loop failed (restart %d); restarting in 2s", self.restarts.total)
                 self.stop_event.wait(2.0)
             finally:
                 for client in (consumer, producer):
@@ -125,13 +121,10 @@ class StreamProcessorReplica:
         loop that keeps failing (a crash loop must not pass as healthy)."""
         if not self.thread.is_alive():
             raise RuntimeError(f"stream processor thread died: {self.error}")
-        settings = self.config.processor
-        while self.restarts and time.monotonic() - self.restarts[0] > settings.restart_window_s:
-            self.restarts.popleft()
-        if len(self.restarts) > settings.max_loop_restarts:
+        if self.restarts.crash_looping():
             raise RuntimeError(
-                f"stream processor loop restarted {len(self.restarts)} times in {settings.restart_window_s:.0f}s; "
-                f"last error: {self.error}"
+                f"stream processor loop restarted {self.restarts.recent()} times in "
+                f"{self.restarts.window_s:.0f}s; last error: {self.error}"
             )
 
     def stats(self) -> dict[str, Any]:
@@ -146,7 +139,7 @@ class StreamProcessorReplica:
             "error": self.error,
             "uptime_s": time.time() - self.started,
             "pid": os.getpid(),
-            "loop_restarts": self.loop_restarts,
+            "loop_restarts": self.restarts.total,
             "rss_mb": _proc_status_mb("VmRSS"),
             "peak_rss_mb": _proc_status_mb("VmHWM"),
             "counters": self.metrics.counter_samples(),

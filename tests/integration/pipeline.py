@@ -67,7 +67,11 @@ def pipeline_args(bootstrap: str, topics: PipelineTopics, **overrides: Any) -> d
 
 
 @contextlib.contextmanager
-def running_pipeline(ray_address: str, bootstrap: str, topics: PipelineTopics, **overrides: Any) -> Iterator[str]:
+def running_pipeline(
+    ray_address: str, bootstrap: str, topics: PipelineTopics, *, serve_bootstrap: str | None = None, **overrides: Any
+) -> Iterator[str]:
+    """Topics on ``bootstrap`` and a private Serve app reading them (or, with
+    ``serve_bootstrap``, pointed at another broker address)."""
     kafka_io.ensure_topics(
         bootstrap,
         [
@@ -78,7 +82,7 @@ def running_pipeline(ray_address: str, bootstrap: str, topics: PipelineTopics, *
     )
     app = f"test-{uuid.uuid4().hex[:6]}"
     deploy.connect(ray_address)
-    deploy.deploy(pipeline_args(bootstrap, topics, **overrides), app_name=app, wait_s=240)
+    deploy.deploy(pipeline_args(serve_bootstrap or bootstrap, topics, **overrides), app_name=app, wait_s=240)
     try:
         yield app
     finally:

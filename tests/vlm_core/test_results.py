@@ -116,3 +116,17 @@ def test_polygons_to_mask() -> None:
     mask = polygons_to_mask([[0, 0, 10, 0, 10, 10, 0, 10]], 20, 20)
     assert 90 <= mask.sum() <= 121
     assert not mask[15:, 15:].any()
+
+
+def test_schema_caps_seq_at_int64() -> None:
+    import json
+
+    import pytest
+
+    from vlm_core.errors import ResultError
+    from vlm_core.results import Result, validate_result
+
+    doc = json.loads(Result("c", 2**63 - 1, 1, 2, 4, 4).to_bytes())
+    validate_result(doc)
+    with pytest.raises(ResultError, match="seq"):
+        validate_result({**doc, "seq": 2**63})

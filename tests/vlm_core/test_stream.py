@@ -378,3 +378,18 @@ def test_a_result_that_cannot_be_serialised_is_dead_lettered_alone() -> None:
     assert sorted(r.seq for r in producer.results()) == [0, 1, 3, 4]
     dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
     assert [dlq_reason(h) for h in dlq] == ["internal_error"]
+
+
+def test_restart_window_reports_a_crash_loop_and_forgets_old_restarts() -> None:
+    from vlm_core.stream import RestartWindow
+
+    now = {"t": 0.0}
+    window = RestartWindow(max_restarts=2, window_s=60, clock=lambda: now["t"])
+    for _ in range(2):
+        window.record()
+        now["t"] += 10
+    assert not window.crash_looping()
+    window.record()
+    assert window.crash_looping() and window.recent() == 3
+    now["t"] += 61
+    assert not window.crash_looping() and window.recent() == 0 and window.total == 3
