@@ -38,3 +38,28 @@ def test_quick_training_configurations_are_valid_requests() -> None:
     for task, options in QUICK_TRAINING.items():
         request = TrainRequest(task=task, name=DEMO_REGISTRY_NAMES[task], workers=1, **options).resolved()
         assert request.load_data().task is task
+
+
+def test_live_table_shows_unicode_and_markup_like_camera_ids_with_their_drops() -> None:
+    import io
+    import time as time_module
+
+    from rich.console import Console
+
+    from services.demo import LiveStats, _drops_by_camera
+    from vlm_core import metrics as m
+
+    stats = LiveStats("127.0.0.1:1", "vlm.results")  # the reader thread is never started
+    for camera in ("камера-1 📷", "[bold]cam[/]"):
+        stats.count[camera] = 3
+        stats.recent[camera].append((time_module.time(), 40.0))
+        stats.last[camera] = "class=x (0.50)"
+    sink = m.MetricsSink()
+    sink.inc(m.FRAMES_DROPPED, 2, camera_id="камера-1 📷", reason="stale")
+    table = stats.table(_drops_by_camera({"counters": sink.counter_samples()}))
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(table)
+    text = out.getvalue()
+    assert "камера-1 📷" in text and "[bold]cam[/]" in text
+    row = next(line for line in text.splitlines() if "камера" in line)
+    assert " 2 " in row, row  # its drops, looked up by its metric label
