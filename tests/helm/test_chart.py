@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "vlm-stream"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 # The KubeRay / Strimzi / Prometheus Operator CRD schemas live beside the repository.
-SCHEMAS = Path(os.environ.get("VLM_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas"))
+SCHEMAS = Path(os.environ.get("VLM_K8S_SCHEMAS", Path(__file__).parent / "crd-schemas"))
 KUBERNETES_VERSION = "1.31.0"
 CUSTOM_SCHEMAS = {
     ("ray.io/v1", "RayService"): "kuberay-rayservice_v1.json",
