@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from vlm_core.config import LocalSettings
+from vlm_core.config import LocalSettings, Topics
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models.spec import ModelSpec
+from vlm_core.pipeline import model_pipeline_args
 
 DEFAULT_MODELS = {
     Task.CLASSIFICATION: "mobilenet_v3_small",
@@ -110,10 +112,10 @@ def run_pipeline_bench(
     progress: Any = print,
     command: str = "",
 ) -> tuple[BenchReport, list[float]]:
+    from services import kafka_io
     from services.inference import deploy
     from services.ingest.worker import CameraConfig, IngestRunner
-    from vlm_core import kafka_io
-    from vlm_core.local import LocalStack
+    from services.localstack import LocalStack
 
     if frames < 50:
         raise ConfigError("--frames must be at least 50 for a meaningful measurement")
@@ -127,31 +129,30 @@ def run_pipeline_bench(
 
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
-    topics = {"frames": f"bench.{tag}.frames", "results": f"bench.{tag}.results", "dlq": f"bench.{tag}.dlq"}
-    kafka_io.ensure_topics(settings.bootstrap_servers, [kafka_io.TopicSpec(t, 4) for t in topics.values()])
-    args = {
-        "bootstrap": settings.bootstrap_servers,
-        "topics": topics,
-        "processor": {
+    topics = Topics(frames=f"bench.{tag}.frames", results=f"bench.{tag}.results", dlq=f"bench.{tag}.dlq")
+    names = [topics.frames, topics.results, topics.dlq]
+    kafka_io.ensure_topics(settings.bootstrap_servers, [kafka_io.TopicSpec(t, 4) for t in names])
+    args = model_pipeline_args(
+        settings.bootstrap_servers,
+        topics,
+        task,
+        {
+            "spec": spec.to_dict(),
+            "deployment": {
+                "max_batch_size": batch_size,
+                "num_cpus": 0.5,
+                "max_ongoing_requests": 8,
+                "torch_threads": 1,
+            },
+        },
+        processor={
             "group_id": f"bench-{tag}",
             "batch_size": batch_size,
             "poll_timeout_ms": 20,
             "max_inflight_batches": inflight,
             "num_cpus": 0.25,
         },
-        "models": {
-            task.value: {
-                "spec": spec.to_dict(),
-                "deployment": {
-                    "max_batch_size": batch_size,
-                    "num_cpus": 0.5,
-                    "max_ongoing_requests": 8,
-                    "torch_threads": 1,
-                },
-            }
-        },
-        "cameras": {"default": {"tasks": [task.value]}},
-    }
+    )
     app = f"bench-{tag}"
     cameras = [f"bench-cam-{i}" for i in range(2)]
     per_camera = frames // 2
@@ -171,7 +172,7 @@ def run_pipeline_bench(
             for i, c in enumerate(cameras)
         ],
         settings.bootstrap_servers,
-        topics["frames"],
+        topics.frames,
     )
     started = time.perf_counter()
     runner.start()
@@ -183,7 +184,7 @@ def run_pipeline_bench(
     progress("pipeline: deploying; the processor drains the frames topic into results...")
     deploy.deploy(args, app_name=app)
     try:
-        results = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2)
+        results = _collect(settings.bootstrap_servers, topics.results, per_camera * 2)
         stamps = sorted(r["processed_ts_ms"] for r in results)
         pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
         keys = [(r["camera_id"], r["seq"]) for r in results]
@@ -193,7 +194,7 @@ def run_pipeline_bench(
         stats = deploy.processor_stats(app)
         progress(
             f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
-            f"{stats.get('mean_model_round_trip_ms', 0):.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
+            f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
         )
 
         rate = max(1.0, pipeline_fps * LATENCY_LOAD)
@@ -213,10 +214,10 @@ def run_pipeline_bench(
                     )
                 ],
                 settings.bootstrap_servers,
-                topics["frames"],
+                topics.frames,
             )
             paced.start()
-            later = _collect(settings.bootstrap_servers, topics["results"], per_camera * 2 + n)
+            later = _collect(settings.bootstrap_servers, topics.results, per_camera * 2 + n)
             paced.stop()
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
             latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
@@ -228,7 +229,7 @@ def run_pipeline_bench(
             }
     finally:
         deploy.delete(app)
-        kafka_io.delete_topics(settings.bootstrap_servers, list(topics.values()))
+        kafka_io.delete_topics(settings.bootstrap_servers, names)
     pct = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)} if latencies else {}
     report = BenchReport(
         task=task.value,
@@ -242,7 +243,7 @@ def run_pipeline_bench(
         ratio=round(pipeline_fps / raw_fps, 3),
         frames_lost=lost,
         duplicates=duplicates,
-        mean_batch_size=round(stats.get("mean_batch_size", 0.0), 2),
+        mean_batch_size=round(stats.mean_batch_size, 2),
         latency_ms={k: round(v, 1) for k, v in pct.items()},
         latency_rate_fps=round(rate, 1),
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
@@ -252,7 +253,7 @@ def run_pipeline_bench(
 
 
 def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 600) -> list[dict[str, Any]]:
-    from vlm_core.kafka_io import read_records
+    from services.kafka_io import read_records
 
     return [json.loads(r.value) for r in read_records(bootstrap, topic, expected, timeout_s=timeout_s)]
 

@@ -22,13 +22,13 @@ from rich.table import Table
 from rich.text import Text
 
 from services.ingest.worker import CameraConfig, IngestRunner
+from services.localstack import LocalStack
 from services.trainer.progress import TrainingProgress, progress_bar
 from vlm_core import metrics as m
 from vlm_core.config import LocalSettings, Topics
-from vlm_core.local import LocalStack
-from vlm_core.models.spec import Task
+from vlm_core.contracts.result import Result
+from vlm_core.contracts.task import Task
 from vlm_core.registry import ModelRegistry
-from vlm_core.results import Result
 from vlm_core.sources import sample_video_path
 
 APP_NAME = "vlm"
@@ -68,8 +68,8 @@ class LiveStats:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        from services.kafka_io import topic_reader
         from services.results import describe
-        from vlm_core.kafka_io import topic_reader
 
         reader, _partitions = topic_reader(self.bootstrap, self.topic, from_beginning=False)
         try:
@@ -111,10 +111,10 @@ class LiveStats:
         return table
 
 
-def _drops_by_camera(stats: dict[str, Any]) -> dict[str, float]:
+def _drops_by_camera(counters: list[m.CounterSample]) -> dict[str, float]:
     """Dropped frames per camera label (``metric_label`` of the camera id)."""
     drops: dict[str, float] = defaultdict(float)
-    for sample in stats.get("counters", []):
+    for sample in counters:
         if sample.name == m.FRAMES_DROPPED.name:
             drops[sample.tags.get("camera_id", "")] += sample.value
     return drops
@@ -196,7 +196,7 @@ def run_demo(
     train_missing: bool = True,
 ) -> dict[str, int]:
     from services.inference import deploy
-    from vlm_core.cli import create_default_topics
+    from services.localstack import create_default_topics
     from vlm_core.errors import InfrastructureError
 
     stack = LocalStack(settings)
@@ -246,12 +246,12 @@ def run_demo(
             while deadline is None or time.monotonic() < deadline:
                 try:
                     stats = deploy.processor_stats(APP_NAME)
+                    counters, err = stats.counters, stats.error
                 except Exception as exc:  # a restarting replica must not end the demo
-                    stats = {"error": str(exc)}
-                err = stats.get("error") or ""
+                    counters, err = [], str(exc)
                 live.update(
                     Group(
-                        live_stats.table(_drops_by_camera(stats)),
+                        live_stats.table(_drops_by_camera(counters)),
                         Panel(err, title="processor error") if err else "",
                         bar if trainer is not None and trainer.is_alive() else "",
                     )

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from vlm_core.contracts.frame import Encoding
+from vlm_core.contracts.labels import LabeledSample, check_dataset_name, label_key
+from vlm_core.contracts.task import Task
 from vlm_core.errors import DatasetError
-from vlm_core.frame import Encoding
-from vlm_core.labels import LabeledSample, check_dataset_name, label_key
-from vlm_core.models.spec import Task
 from vlm_core.training.data import open_labeled
 from vlm_core.training.snapshot import Snapshot, materialise
 
@@ -62,7 +62,7 @@ def _send_acknowledged(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]], **config: Any
 ) -> int:
     """Send (key, value, headers) records; returns their count once the broker acknowledged all."""
-    from vlm_core.kafka_io import producer
+    from services.kafka_io import producer
 
     prod = producer(bootstrap, **config)
     try:
@@ -75,7 +75,7 @@ def _send_acknowledged(
 
 
 def snapshot_labels(bootstrap: str, topic: str, *, dataset: str, task: Task, root: Path) -> Snapshot:
-    from vlm_core.kafka_io import read_to_end
+    from services.kafka_io import read_to_end
 
     records, offsets = read_to_end(bootstrap, topic)
     return materialise(

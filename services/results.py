@@ -8,8 +8,8 @@ from collections import Counter
 from rich.console import Console
 from rich.markup import escape
 
+from vlm_core.contracts.result import Result
 from vlm_core.errors import ResultError, VlmError
-from vlm_core.results import Result
 
 
 def describe(result: Result) -> str:
@@ -48,7 +48,7 @@ def follow_results(
     """Print results; returns how many were shown. Not on a terminal (piped), each result
     is exactly one line: plain text, or compact JSON with ``--json``. Without ``--follow``,
     a filter that matched nothing raises a VlmError naming the cameras that were seen."""
-    from vlm_core.kafka_io import topic_reader
+    from services.kafka_io import topic_reader
 
     reader, partitions = topic_reader(bootstrap, topic, from_beginning=from_beginning or not follow)
     if not partitions:

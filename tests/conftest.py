@@ -22,7 +22,7 @@ def settings() -> LocalSettings:
 
 def _ensure_running(name: str, settings: LocalSettings) -> None:
     """Start a real local service (idempotently) if the test run did not start it already."""
-    from vlm_core.local import LocalStack
+    from services.localstack import LocalStack
 
     service = LocalStack(settings).services[name]
     if not service.status().running:
@@ -44,7 +44,7 @@ def ray_address(settings: LocalSettings) -> str:
 @pytest.fixture
 def topic_name(kafka_bootstrap: str) -> Iterator[str]:
     """A fresh topic name, deleted after the test."""
-    from vlm_core.kafka_io import delete_topics
+    from services.kafka_io import delete_topics
 
     name = f"test.{uuid.uuid4().hex[:10]}"
     yield name
@@ -72,8 +72,9 @@ def register_classifier(
 ) -> ModelVersion:
     """Register a random-init mobilenet_v3_small as model "cls" with the given accuracy.
     ``weight_classes`` different from REGISTRY_CLASSES makes weights that cannot load."""
+    from vlm_core.contracts.task import Task
     from vlm_core.models import build_model
-    from vlm_core.models.spec import ModelSpec, Task
+    from vlm_core.models.spec import ModelSpec
 
     model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=weight_classes))
     return registry.register(

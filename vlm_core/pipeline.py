@@ -13,9 +13,10 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlm_core.config import LocalSettings, Topics
+from vlm_core.contracts.frame import FrameLimits
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.frame import FrameLimits
-from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models.spec import ModelSpec
 
 
 class DropPolicy(str, enum.Enum):
@@ -70,6 +71,13 @@ class ModelConfig(_Strict):
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.spec)
+
+    def serving_overrides(self) -> dict[str, Any]:
+        """The serving fields this config sets explicitly: they apply on top of a registry
+        version's own (the rest of ``spec`` then only names the task and architecture)."""
+        from vlm_core.registry import SERVING_OVERRIDES
+
+        return {k: self.spec[k] for k in SERVING_OVERRIDES if self.spec.get(k) is not None}
 
 
 class ProcessorSettings(_Strict):
@@ -168,3 +176,28 @@ def pipeline_args(serve_config: dict[str, Any], app_name: str | None = None) -> 
         if app_name is None or app.get("name") == app_name:
             return app.get("name", "vlm"), dict(app.get("args") or {})
     raise ConfigError(f"no application named {app_name!r} in the Serve config")
+
+
+def model_pipeline_args(
+    bootstrap: str,
+    topics: Topics,
+    task: Task,
+    model: dict[str, Any],
+    *,
+    processor: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Builder args for a pipeline of one model on the given topics, every camera routed to
+    it: what the bench and the tests deploy. ``overrides`` replace top-level blocks; dict
+    blocks (``processor``, ``cameras``...) are merged into the defaults."""
+    args: dict[str, Any] = {
+        "bootstrap": bootstrap,
+        "topics": topics.model_dump(),
+        "processor": dict(processor or {}),
+        "models": {task.value: model},
+        "cameras": {"default": {"tasks": [task.value]}},
+    }
+    for key, value in overrides.items():
+        base = args.get(key)
+        args[key] = {**base, **value} if isinstance(value, dict) and isinstance(base, dict) else value
+    return args

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, VlmError
-from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models.spec import ModelSpec
 from vlm_core.models.weights import save_state_dict, sha256_file
 
 
@@ -298,6 +299,20 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 #: ModelSpec fields a deployment may set on top of what a registry version records.
 SERVING_OVERRIDES = ("score_threshold", "top_k", "input_size", "max_detections")
+
+
+@dataclass(frozen=True)
+class RegistryFollow:
+    """A deployment that serves ``name``'s production version and switches when it changes."""
+
+    root: str
+    name: str
+    poll_s: float = 5.0
+    #: Serving fields (SERVING_OVERRIDES) the pipeline config set on top of the version's own.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def spec(self) -> ModelSpec:
+        return production_spec(self.root, self.name, self.overrides)
 
 
 def production_spec(root: str | Path, name: str, base: Mapping[str, Any] | None = None) -> ModelSpec:

@@ -14,9 +14,9 @@ from ray.serve import Application
 from services.inference.model_server import ModelServer
 from services.inference.processor import StreamProcessorReplica
 from vlm_core.config import LocalSettings
-from vlm_core.models.spec import Task
+from vlm_core.contracts.task import Task
 from vlm_core.pipeline import DeploymentSettings, PipelineConfig
-from vlm_core.registry import production_spec
+from vlm_core.registry import RegistryFollow
 
 DEPLOYMENT_NAMES = {
     Task.CLASSIFICATION: "Classifier",
@@ -59,24 +59,21 @@ def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
     return options
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    config = PipelineConfig.parse(args)
+def build_app(config: PipelineConfig) -> Application:
+    """The typed application builder: ``serve run``/``serve deploy`` validate the config
+    file's ``args`` into a PipelineConfig (Serve does that for a pydantic-typed builder),
+    ``vlm serve`` passes the one it parsed. Specs cross to the replicas as ModelSpec."""
     models = {}
     registry_dir = config.registry_dir or str(LocalSettings.from_env().registry_dir)
     for task, model in config.models.items():
-        d = model.deployment
-        spec = model.spec
         follow = None
         if model.registry_name:
-            spec = production_spec(registry_dir, model.registry_name, model.spec).to_dict()
-            follow = {
-                "root": registry_dir,
-                "name": model.registry_name,
-                "poll_s": model.registry_poll_s,
-                "base": model.spec,
-            }
-        deployment = serve.deployment(ModelServer).options(name=DEPLOYMENT_NAMES[task], **deployment_options(d))
-        models[task.value] = deployment.bind(spec, d.torch_threads, d.max_batch_size, d.batch_wait_timeout_s, follow)
+            follow = RegistryFollow(registry_dir, model.registry_name, model.registry_poll_s, model.serving_overrides())
+        spec = follow.spec() if follow else model.model_spec()
+        deployment = serve.deployment(ModelServer).options(
+            name=DEPLOYMENT_NAMES[task], **deployment_options(model.deployment)
+        )
+        models[task] = deployment.bind(spec, model.deployment, follow)
     processor = serve.deployment(StreamProcessorReplica).options(
         name=PROCESSOR_NAME,
         num_replicas=config.processor.replicas,
@@ -85,4 +82,4 @@ def build_app(args: dict[str, Any]) -> Application:
         health_check_period_s=5,
         graceful_shutdown_timeout_s=60,
     )
-    return processor.bind(config.model_dump(mode="json"), models)
+    return processor.bind(config, models)

@@ -6,13 +6,17 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from services.resources import resource
 from vlm_core.config import ray_environment
 from vlm_core.errors import InfrastructureError
 from vlm_core.pipeline import PipelineConfig, load_serve_config, pipeline_args
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "pipeline.yaml"
+if TYPE_CHECKING:
+    from services.inference.processor import ProcessorStats
+
+DEFAULT_CONFIG = resource("serve/pipeline.yaml")
 
 
 #: How long `connect` waits for the Ray head's port before saying it is not running.
@@ -55,22 +59,32 @@ def connect(address: str) -> None:
         ) from None
 
 
-def load_args(config_path: Path | None, app_name: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
-    serve_config = load_serve_config(config_path or DEFAULT_CONFIG)
-    name, args = pipeline_args(serve_config, app_name)
+def load_args(config_path: Path | None, app_name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(application name, its builder args as written) from a Serve config file."""
+    return pipeline_args(load_serve_config(config_path or DEFAULT_CONFIG), app_name)
+
+
+def load_config(
+    config_path: Path | None, app_name: str | None = None, **overrides: Any
+) -> tuple[str, PipelineConfig]:
+    """(application name, its PipelineConfig) from a Serve config file, parsed once; a
+    mistake names the file."""
+    name, args = load_args(config_path, app_name)
     args.update({k: v for k, v in overrides.items() if v is not None})
-    PipelineConfig.parse(args, source=str(config_path or DEFAULT_CONFIG))  # fail fast, with the file name
-    return name, args
+    return name, PipelineConfig.parse(args, source=str(config_path or DEFAULT_CONFIG))
 
 
-def deploy(args: dict[str, Any], *, app_name: str = "vlm", wait_s: float = 300.0) -> None:
+def deploy(config: PipelineConfig | dict[str, Any], *, app_name: str = "vlm", wait_s: float = 300.0) -> None:
+    """Run the pipeline as Serve application ``app_name`` and wait until it is RUNNING."""
     from ray import serve
 
     from services.inference.app import build_app
 
     logging_config = {"enable_access_log": False, "log_level": "INFO"}
     serve.start(proxy_location="Disabled", logging_config=logging_config)
-    serve.run(build_app(args), name=app_name, route_prefix=None, blocking=False, logging_config=logging_config)
+    if not isinstance(config, PipelineConfig):
+        config = PipelineConfig.parse(config)
+    serve.run(build_app(config), name=app_name, route_prefix=None, blocking=False, logging_config=logging_config)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         status = app_status(app_name)
@@ -105,7 +119,7 @@ def delete(app_name: str = "vlm") -> None:
     serve.delete(app_name)
 
 
-def processor_stats(app_name: str = "vlm") -> dict[str, Any]:
+def processor_stats(app_name: str = "vlm") -> ProcessorStats:
     from ray import serve
 
     handle = serve.get_deployment_handle("StreamProcessor", app_name=app_name)

@@ -16,9 +16,11 @@ from ray import serve
 from ray.util import metrics as ray_metrics
 
 from vlm_core import metrics as m
+from vlm_core.contracts.result import TaskOutput
 from vlm_core.models import ModelSpec, Predictor, build_predictor
 from vlm_core.models.predictor import PreparedBatch
-from vlm_core.results import TaskOutput
+from vlm_core.pipeline import DeploymentSettings
+from vlm_core.registry import RegistryFollow
 
 log = logging.getLogger("ray.serve")
 
@@ -45,17 +47,13 @@ class ModelServer:
     """
 
     def __init__(
-        self,
-        spec: dict[str, Any],
-        torch_threads: int = 1,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.005,
-        follow: dict[str, Any] | None = None,
+        self, spec: ModelSpec, settings: DeploymentSettings | None = None, follow: RegistryFollow | None = None
     ) -> None:
         import cv2
         import torch
 
-        torch.set_num_threads(torch_threads)
+        settings = settings or DeploymentSettings()
+        torch.set_num_threads(settings.torch_threads)
         cv2.setNumThreads(1)
         self._loads = ray_metrics.Counter(m.MODEL_LOADS.name, m.MODEL_LOADS.description, tag_keys=m.MODEL_LOADS.tags)
         self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
@@ -63,10 +61,10 @@ class ModelServer:
         self.loads = 0
         self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-        self.predictor: Predictor = self._load(ModelSpec.from_dict(spec))
+        self.predictor: Predictor = self._load(spec)
         self._publish(None, self.predictor.spec)
-        self.predict_many.set_max_batch_size(max_batch_size)
-        self.predict_many.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.predict_many.set_max_batch_size(settings.max_batch_size)
+        self.predict_many.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._stop = threading.Event()
         self.follow = follow
         if follow:
@@ -98,9 +96,10 @@ class ModelServer:
         if spec_doc:
             self.swap(spec_doc)
 
-    def swap(self, spec_doc: dict[str, Any]) -> dict[str, Any]:
+    def swap(self, new: ModelSpec | dict[str, Any]) -> dict[str, Any]:
+        """Serve ``new`` (a spec, or its dict form) once it has loaded and warmed up."""
         try:
-            spec = ModelSpec.from_dict(spec_doc)
+            spec = new if isinstance(new, ModelSpec) else ModelSpec.from_dict(new)
             if spec == self.predictor.spec:
                 return self.info()
             predictor = self._load(spec)
@@ -121,18 +120,17 @@ class ModelServer:
         return self.info()
 
     def _follow_registry(self) -> None:
-        from vlm_core.registry import production_spec
-
-        follow = self.follow or {}
+        follow = self.follow
+        assert follow is not None
         failed_version = None
-        while not self._stop.wait(follow["poll_s"]):
+        while not self._stop.wait(follow.poll_s):
             try:
-                spec = production_spec(follow["root"], follow["name"], follow.get("base"))
+                spec = follow.spec()
             except Exception as exc:  # a registry hiccup must not stop serving
                 log.warning("registry check failed: %s", exc)
                 continue
             if spec.version not in (self.predictor.spec.version, failed_version):
-                self.swap(spec.to_dict())
+                self.swap(spec)
                 failed_version = spec.version if self.predictor.spec.version != spec.version else None
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)

@@ -6,17 +6,18 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from services.inference.kafka_adapters import KafkaFrameConsumer, KafkaResultProducer
 from services.inference.ray_metrics import RayMetricsSink
+from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer
 from vlm_core import metrics as m
+from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
-from vlm_core.models.spec import Task
 from vlm_core.pipeline import PipelineConfig
-from vlm_core.stream import ProcessorTopics, RestartWindow, StreamProcessor
+from vlm_core.stream import RestartWindow, StreamProcessor, kafka_sinks
 
 log = logging.getLogger("ray.serve")
 
@@ -29,6 +30,24 @@ class _Response:
         return self.response.result(timeout_s=timeout)
 
 
+@dataclass(frozen=True)
+class ProcessorStats:
+    """What a processor replica reports (``vlm_core`` counters included), for the demo,
+    the bench and the tests."""
+
+    actor_name: str
+    pid: int
+    results_produced: int
+    mean_batch_size: float
+    mean_model_round_trip_ms: float
+    error: str
+    uptime_s: float
+    loop_restarts: int
+    rss_mb: float
+    peak_rss_mb: float
+    counters: list[m.CounterSample] = field(default_factory=list)
+
+
 class StreamProcessorReplica:
     """Runs :class:`vlm_core.stream.StreamProcessor` on a background thread.
 
@@ -36,7 +55,7 @@ class StreamProcessorReplica:
     more replicas than partitions leaves the extra ones idle.
     """
 
-    def __init__(self, args: dict[str, Any], models: dict[str, Any]) -> None:
+    def __init__(self, config: PipelineConfig, models: dict[Task, Any]) -> None:
         import cv2
 
         cv2.setNumThreads(1)
@@ -47,9 +66,9 @@ class StreamProcessorReplica:
         for handler in log.handlers:  # route library and client logs into the replica's log
             kafka_log.addHandler(handler)
             library_log.addHandler(handler)
-        self.config = PipelineConfig.parse(args)
+        self.config = config
         lower_priority(self.config.processor.niceness)
-        self.handles = {Task(task): handle.options(method_name="predict") for task, handle in models.items()}
+        self.handles = {task: handle.options(method_name="predict") for task, handle in models.items()}
         self.metrics = RayMetricsSink()
         self.stop_event = threading.Event()
         self.processor: StreamProcessor | None = None
@@ -77,21 +96,13 @@ class StreamProcessorReplica:
                 consumer = KafkaFrameConsumer(
                     cfg.bootstrap, cfg.topics.frames, cfg.processor.group_id, on_revoke=self._drain
                 )
-                self.processor = StreamProcessor(
+                self.processor = StreamProcessor.from_settings(
                     consumer,
-                    producer,
                     {task: self._client(task) for task in self.handles},
                     cfg.cameras,
-                    ProcessorTopics(cfg.topics.results, cfg.topics.dlq, cfg.topics.to_label),
+                    kafka_sinks(producer, cfg.topics, active_learning=cfg.active_learning, metrics=self.metrics),
+                    cfg.processor,
                     metrics=self.metrics,
-                    limits=cfg.processor.limits,
-                    batch_size=cfg.processor.batch_size,
-                    poll_timeout_ms=cfg.processor.poll_timeout_ms,
-                    max_inflight=cfg.processor.max_inflight_batches,
-                    model_timeout_s=cfg.processor.model_timeout_s,
-                    produce_timeout_s=cfg.processor.produce_timeout_s,
-                    max_batch_retries=cfg.processor.max_batch_retries,
-                    active_learning=cfg.active_learning,
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)
@@ -127,26 +138,26 @@ class StreamProcessorReplica:
                 f"{self.restarts.window_s:.0f}s; last error: {self.error}"
             )
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ProcessorStats:
         import ray
 
         processor = self.processor
-        return {
-            "actor_name": ray.get_runtime_context().get_actor_name(),
-            "results_produced": processor.results_produced if processor else 0,
-            "mean_batch_size": self._mean("vlm_model_batch_size"),
-            "mean_model_round_trip_ms": 1000 * self._mean("vlm_model_latency_seconds"),
-            "error": self.error,
-            "uptime_s": time.time() - self.started,
-            "pid": os.getpid(),
-            "loop_restarts": self.restarts.total,
-            "rss_mb": _proc_status_mb("VmRSS"),
-            "peak_rss_mb": _proc_status_mb("VmHWM"),
-            "counters": self.metrics.counter_samples(),
-        }
+        return ProcessorStats(
+            actor_name=ray.get_runtime_context().get_actor_name() or "",
+            pid=os.getpid(),
+            results_produced=processor.results_produced if processor else 0,
+            mean_batch_size=self._mean(m.MODEL_BATCH_SIZE),
+            mean_model_round_trip_ms=1000 * self._mean(m.MODEL_LATENCY),
+            error=self.error,
+            uptime_s=time.time() - self.started,
+            loop_restarts=self.restarts.total,
+            rss_mb=_proc_status_mb("VmRSS"),
+            peak_rss_mb=_proc_status_mb("VmHWM"),
+            counters=self.metrics.counter_samples(),
+        )
 
-    def _mean(self, metric: str) -> float:
-        values = [v for (name, _tags), vs in self.metrics.observations.items() if name == metric for v in vs]
+    def _mean(self, metric: m.MetricDef) -> float:
+        values = [v for (name, _tags), vs in self.metrics.observations.items() if name == metric.name for v in vs]
         return sum(values) / len(values) if values else 0.0
 
     def __del__(self) -> None:

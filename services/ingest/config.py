@@ -8,8 +8,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from services.ingest.worker import CameraConfig
+from vlm_core.contracts.frame import Encoding
 from vlm_core.errors import ConfigError
-from vlm_core.frame import Encoding
 
 
 class CameraEntry(BaseModel, extra="forbid"):

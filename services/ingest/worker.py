@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from services import kafka_io
 from services.ingest import metrics
-from vlm_core import kafka_io
+from vlm_core.contracts.frame import Encoding, Frame, validate_camera_id
 from vlm_core.errors import ConfigError, VlmError
-from vlm_core.frame import Encoding, Frame, validate_camera_id
 from vlm_core.metrics import metric_label
 from vlm_core.sources import Source, SourceFailure, SourceSpec, failure_of, open_source, probe_file
 

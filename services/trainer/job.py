@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlm_core.datasets.snapshot import is_snapshot, read_manifest
+from vlm_core.contracts.snapshot import SnapshotManifest, is_snapshot
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.models.spec import Task
 
 #: What a user who gives only --task and --data gets.
 DEFAULT_ARCH = {
@@ -96,7 +96,7 @@ class TrainRequest:
 def default_model_name(task: Task, data: str) -> str:
     noun = {Task.CLASSIFICATION: "classifier", Task.DETECTION: "detector", Task.SEGMENTATION: "segmenter"}[task]
     if is_snapshot(Path(data)):
-        source = read_manifest(Path(data))["dataset"]
+        source = SnapshotManifest.read(Path(data)).dataset
     elif "://" in data or data.startswith(("coco:", "voc:")):
         source = data.split("://")[0].split(":")[0]
     else:

@@ -12,10 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from services import kafka_io
 from services.inference import deploy
-from vlm_core import kafka_io
-from vlm_core.frame import Frame
-from vlm_core.results import Result
+from vlm_core.config import Topics
+from vlm_core.contracts.frame import Frame
+from vlm_core.contracts.result import Result
+from vlm_core.contracts.task import Task
+from vlm_core.pipeline import model_pipeline_args
 
 FAST_CLASSIFIER = {
     "spec": {
@@ -46,24 +49,14 @@ class PipelineTopics:
 
 
 def pipeline_args(bootstrap: str, topics: PipelineTopics, **overrides: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "bootstrap": bootstrap,
-        "topics": {"frames": topics.frames, "results": topics.results, "dlq": topics.dlq},
-        "processor": {
-            "group_id": f"g-{uuid.uuid4().hex[:8]}",
-            "batch_size": 8,
-            "poll_timeout_ms": 50,
-            "num_cpus": 0.25,
-        },
-        "models": {"classification": FAST_CLASSIFIER},
-        "cameras": {"default": {"tasks": ["classification"]}},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(args.get(key), dict):
-            args[key] = {**args[key], **value}
-        else:
-            args[key] = value
-    return args
+    return model_pipeline_args(
+        bootstrap,
+        Topics(frames=topics.frames, results=topics.results, dlq=topics.dlq),
+        Task.CLASSIFICATION,
+        FAST_CLASSIFIER,
+        processor={"group_id": f"g-{uuid.uuid4().hex[:8]}", "batch_size": 8, "poll_timeout_ms": 50, "num_cpus": 0.25},
+        **overrides,
+    )
 
 
 @contextlib.contextmanager

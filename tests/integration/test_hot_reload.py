@@ -46,10 +46,10 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
     ) as app:
         classifier = serve.get_deployment_handle("Classifier", app_name=app)
         before = classifier.info.remote().result(timeout_s=30)
-        processor_before = processor_stats(app)["actor_name"]
+        processor_before = processor_stats(app).actor_name
         feeder = produce_in_background(bootstrap, topics.frames, ["left", "right"], per_camera, fps=40)
         deadline = time.monotonic() + 60
-        while processor_stats(app)["results_produced"] < 100 and time.monotonic() < deadline:
+        while processor_stats(app).results_produced < 100 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert registry.promote("cls", 2).promoted
         feeder.join(60)
@@ -61,7 +61,7 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         while not after["last_error"] and time.monotonic() < deadline:
             time.sleep(0.5)
             after = classifier.info.remote().result(timeout_s=30)
-        processor_after = processor_stats(app)["actor_name"]
+        processor_after = processor_stats(app).actor_name
     assert before["version"] == "1" and after["version"] == "2"
     assert "do not fit" in after["last_error"]
     assert after["pid"] == before["pid"], "the model replica must not restart"

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vlm_core import kafka_io
-from vlm_core.frame import Frame
+from services import kafka_io
+from vlm_core.contracts.frame import Frame
 
 pytestmark = pytest.mark.integration
 

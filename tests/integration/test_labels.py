@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vlm_core import kafka_io
+from services import kafka_io
+from vlm_core.contracts.labels import LabeledSample
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample, load_fashion_mnist
 from vlm_core.datasets.snapshot import SnapshotDataset
-from vlm_core.labels import LabeledSample
-from vlm_core.models.spec import Task
 from vlm_core.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ CLASSES = ("Trouser", "Bag", "Sneaker")
 
 def vlm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "vlm_core.cli", *args],
+        [sys.executable, "-m", "services.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

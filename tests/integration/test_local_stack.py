@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from services.localstack import pid_alive, process_group_members
 from vlm_core.config import LocalSettings
-from vlm_core.local import pid_alive, process_group_members
 
 pytestmark = pytest.mark.integration
 
 
 def vlm(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vlm_core.cli", *args], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=240
     )
 
 

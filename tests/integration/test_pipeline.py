@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from services import kafka_io
 from tests.integration.pipeline import (
     PipelineTopics,
     produce_frames,
@@ -16,11 +17,10 @@ from tests.integration.pipeline import (
     read_topic,
     running_pipeline,
 )
-from vlm_core import kafka_io
 from vlm_core import metrics as m
-from vlm_core.frame import Frame, Header
+from vlm_core.contracts.frame import Frame, Header
+from vlm_core.contracts.result import validate_result
 from vlm_core.metrics import counter_total
-from vlm_core.results import validate_result
 from vlm_core.stream import dlq_reason
 
 pytestmark = pytest.mark.integration
@@ -58,16 +58,16 @@ def test_processor_killed_mid_stream_loses_nothing(pipeline_env: tuple[str, str]
         feeder = produce_in_background(bootstrap, topics.frames, ["east", "west"], per_camera, fps=30)
         deadline = time.monotonic() + 60
         stats = processor_stats(app)
-        while stats["results_produced"] < 100 and time.monotonic() < deadline:
+        while stats.results_produced < 100 and time.monotonic() < deadline:
             time.sleep(0.5)
             stats = processor_stats(app)
-        assert stats["results_produced"] >= 100, stats
-        victim = stats["actor_name"]
+        assert stats.results_produced >= 100, stats
+        victim = stats.actor_name
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         feeder.join(60)
         results = read_results(bootstrap, topics.results, 2 * per_camera, timeout_s=180)
         after = processor_stats(app)
-    assert after["actor_name"] != victim, "Serve must have replaced the killed replica"
+    assert after.actor_name != victim, "Serve must have replaced the killed replica"
     keys = Counter((r.camera_id, r.seq) for r in results)
     missing = {(c, s) for c in ("east", "west") for s in range(per_camera)} - set(keys)
     assert not missing, f"{len(missing)} frames lost, e.g. {sorted(missing)[:5]}"
@@ -90,7 +90,7 @@ def test_bad_frames_land_in_dlq_and_good_ones_flow(pipeline_env: tuple[str, str]
         rng.integers(0, 256, (400, 400, 3), dtype=np.uint8),
         camera_id="cam",
         seq=100,
-        encoding=__import__("vlm_core.frame", fromlist=["Encoding"]).Encoding.PNG,
+        encoding=__import__("vlm_core.contracts.frame", fromlist=["Encoding"]).Encoding.PNG,
     ).to_kafka()
     headers_no_seq = [(k, v) for k, v in template.headers if k != Header.SEQ.value]
     bad = [
@@ -133,12 +133,12 @@ def test_stale_frames_policy(pipeline_env: tuple[str, str], policy: str, expect_
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             stats = processor_stats(app)
-            consumed = counter_total(stats["counters"], m.FRAMES_CONSUMED)
-            if consumed >= 40 and stats["results_produced"] >= expect_results:
+            consumed = counter_total(stats.counters, m.FRAMES_CONSUMED)
+            if consumed >= 40 and stats.results_produced >= expect_results:
                 break
             time.sleep(0.5)
         results = read_results(bootstrap, topics.results, expect_results, timeout_s=10 if not expect_results else 60)
-    dropped = counter_total(stats["counters"], m.FRAMES_DROPPED, reason="stale")
+    dropped = counter_total(stats.counters, m.FRAMES_DROPPED, reason="stale")
     assert len(results) == expect_results
     assert dropped == 40 - expect_results
 
@@ -148,7 +148,7 @@ def test_frames_processed_metric_reaches_prometheus(pipeline_env: tuple[str, str
     import urllib.parse
     import urllib.request
 
-    from vlm_core.local import PrometheusService
+    from services.localstack import PrometheusService
 
     assert PrometheusService(settings).status().running, "the test stack starts the real Prometheus server"
     ray_address, bootstrap = pipeline_env

@@ -74,11 +74,11 @@ def test_malformed_corpus_dead_letters_each_bad_frame_once_and_the_stream_goes_o
     reasons = sorted((dlq_reason(r.headers) or "") for r in dead)
     assert reasons == sorted(c.expected for c in bad), "each bad frame has exactly one dead letter with its reason"
 
-    assert after["pid"] == before["pid"] and after["actor_name"] == before["actor_name"], "the replica was replaced"
-    assert after["loop_restarts"] == 0, after["error"]
-    assert counter_total(after["counters"], m.FRAMES_DEAD_LETTERED) == len(bad)
-    rise = after["peak_rss_mb"] - before["peak_rss_mb"]
-    print(f"processor peak RSS {before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MB (+{rise:.1f})")
+    assert after.pid == before.pid and after.actor_name == before.actor_name, "the replica was replaced"
+    assert after.loop_restarts == 0, after.error
+    assert counter_total(after.counters, m.FRAMES_DEAD_LETTERED) == len(bad)
+    rise = after.peak_rss_mb - before.peak_rss_mb
+    print(f"processor peak RSS {before.peak_rss_mb:.0f} -> {after.peak_rss_mb:.0f} MB (+{rise:.1f})")
     assert rise < 100, "the decompression bomb must be rejected before decoding"
 
     assert unicode_metric == 1, "the unicode camera's processed count reached Prometheus"
@@ -89,7 +89,7 @@ def test_malformed_corpus_dead_letters_each_bad_frame_once_and_the_stream_goes_o
 
 
 def _vlm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vlm_core.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def _prometheus_value(settings, camera: str, timeout_s: float = 90) -> float:  # type: ignore[no-untyped-def]
@@ -129,9 +129,9 @@ def test_a_crash_looping_processor_is_counted_and_replaced(pipeline_env: tuple[s
                 stats = processor_stats(app)
             except Exception:  # the replica is being replaced
                 continue
-            if stats["actor_name"] == first["actor_name"]:
-                seen_restarts = max(seen_restarts, stats["loop_restarts"])
-                error = stats["error"]
+            if stats.actor_name == first.actor_name:
+                seen_restarts = max(seen_restarts, stats.loop_restarts)
+                error = stats.error
             else:
                 replaced = True
         exported = _exported_restarts(settings)

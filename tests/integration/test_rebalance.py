@@ -10,8 +10,8 @@ import uuid
 import pytest
 from kafka import TopicPartition
 
-from services.inference.kafka_adapters import KafkaFrameConsumer
-from vlm_core import kafka_io
+from services import kafka_io
+from services.kafka_io.adapters import KafkaFrameConsumer
 
 pytestmark = pytest.mark.integration
 

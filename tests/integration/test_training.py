@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from services.trainer.job import TrainOutcome, TrainRequest, run_training
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import load_fashion_mnist
-from vlm_core.models.spec import Task
 from vlm_core.registry import ModelRegistry, ModelStatus
 
 pytestmark = pytest.mark.integration

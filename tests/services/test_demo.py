@@ -3,9 +3,10 @@ from pathlib import Path
 from services.demo import DEMO_REGISTRY_NAMES, QUICK_TRAINING, pipeline_args
 from services.trainer.job import TrainRequest
 from vlm_core.config import LocalSettings
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import SCENE_CLASSES
 from vlm_core.models import build_model
-from vlm_core.models.spec import ModelSpec, Task
+from vlm_core.models.spec import ModelSpec
 from vlm_core.registry import ModelRegistry, ModelStatus
 
 
@@ -56,7 +57,7 @@ def test_live_table_shows_unicode_and_markup_like_camera_ids_with_their_drops() 
         stats.last[camera] = "class=x (0.50)"
     sink = m.MetricsSink()
     sink.inc(m.FRAMES_DROPPED, 2, camera_id="камера-1 📷", reason="stale")
-    table = stats.table(_drops_by_camera({"counters": sink.counter_samples()}))
+    table = stats.table(_drops_by_camera(sink.counter_samples()))
     out = io.StringIO()
     Console(file=out, width=200, color_system=None).print(table)
     text = out.getvalue()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.models.spec import Task
 from vlm_core.pipeline import DropPolicy, PipelineConfig, load_serve_config, pipeline_args
 
 REPO = Path(__file__).resolve().parents[2]

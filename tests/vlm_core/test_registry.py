@@ -94,7 +94,7 @@ def test_models_cli(registry: ModelRegistry) -> None:
 
     def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vlm_core.cli", "models", *args],
+            [sys.executable, "-m", "services.cli", "models", *args],
             env=env,
             capture_output=True,
             text=True,

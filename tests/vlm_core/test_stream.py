@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from vlm_core import metrics as m
-from vlm_core.frame import Frame
-from vlm_core.models.spec import Task
+from vlm_core.config import Topics
+from vlm_core.contracts.frame import Frame
+from vlm_core.contracts.result import Classification, ClassScore, ModelRef, Result
+from vlm_core.contracts.task import Task
 from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy
-from vlm_core.results import Classification, ClassScore, ModelRef, Result
-from vlm_core.stream import DLQ_REASON_HEADER, ProcessorTopics, StreamProcessor, dlq_reason
+from vlm_core.stream import DLQ_REASON_HEADER, StreamProcessor, dlq_reason, kafka_sinks
+
+TOPICS = Topics(results="results", dlq="dlq", to_label="to_label")
 
 
 @dataclass
@@ -113,10 +116,9 @@ def make(
     model = model or FakeModel()
     processor = StreamProcessor(
         consumer,
-        producer,
         {Task.CLASSIFICATION: model},
         routing or CameraRouting(),
-        ProcessorTopics("results", "dlq"),
+        kafka_sinks(producer, TOPICS),
         batch_size=batch_size,
         max_inflight=2,
         clock_ms=lambda: now_ms,
@@ -220,21 +222,20 @@ def test_a_frame_the_model_always_fails_on_is_dead_lettered_alone_and_the_stream
 def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
     import json
 
+    from vlm_core.contracts.to_label import TO_LABEL_SCHEMA, ToLabel
     from vlm_core.pipeline import ActiveLearningSettings
-    from vlm_core.stream import TO_LABEL_SCHEMA
 
     records = [frame_record(i) for i in range(8)] + [frame_record(200 + i) for i in range(4)]
     consumer, producer, clock = FakeConsumer(records), FakeProducer(), {"now": 2_000}
     sink = m.MetricsSink()
+    settings = ActiveLearningSettings(enabled=True, score_threshold=0.5, max_per_minute=3)
     processor = StreamProcessor(
         consumer,
-        producer,
         {Task.CLASSIFICATION: FakeModel()},  # score = pixel value / 255
         CameraRouting(),
-        ProcessorTopics("results", "dlq", "to_label"),
+        kafka_sinks(producer, TOPICS, active_learning=settings, metrics=sink, clock_ms=lambda: clock["now"]),
         metrics=sink,
         batch_size=4,
-        active_learning=ActiveLearningSettings(enabled=True, score_threshold=0.5, max_per_minute=3),
         clock_ms=lambda: clock["now"],
     )
     for _ in range(2):
@@ -251,6 +252,8 @@ def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
     assert first["camera_id"] == "cam" and first["models"] == {"classification": "fake@1"}
     assert first["scores"]["classification"] < 0.5
     assert sink.counters[(m.TO_LABEL_SAMPLED.name, (("task", "classification"),))] == 6
+    parsed = ToLabel.from_bytes(json.dumps(first).encode())  # the documents meet their schema
+    assert parsed.frame.offset == 0 and parsed.models == {"classification": "fake@1"}
 
 
 def test_active_learning_off_by_default_sends_nothing_to_label() -> None:
@@ -310,10 +313,9 @@ def test_a_metrics_sink_failing_on_one_camera_dead_letters_its_frame_and_the_res
     consumer, producer = FakeConsumer(records), FakeProducer()
     processor = StreamProcessor(
         consumer,
-        producer,
         {Task.CLASSIFICATION: FakeModel()},
         CameraRouting(),
-        ProcessorTopics("results", "dlq"),
+        kafka_sinks(producer, TOPICS),
         metrics=MetricsRaisingOn("bad"),
         batch_size=4,
         clock_ms=lambda: 2_000,
@@ -348,10 +350,9 @@ def test_a_model_that_is_down_dead_letters_nothing_and_recovers() -> None:
     consumer, producer = FakeConsumer(records), FakeProducer()
     processor = StreamProcessor(
         consumer,
-        producer,
         {Task.CLASSIFICATION: FakeModel(fail_times=12)},  # every frame fails for a while
         CameraRouting(),
-        ProcessorTopics("results", "dlq"),
+        kafka_sinks(producer, TOPICS),
         batch_size=4,
         clock_ms=lambda: 2_000,
         sleep=sleeps.append,

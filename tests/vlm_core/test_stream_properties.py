@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from tests.vlm_core.test_stream import FakeConsumer, FakeModel, FakeProducer, Rec
 from vlm_core import metrics as m
-from vlm_core.frame import Encoding, Frame, Header
-from vlm_core.models.spec import Task
+from vlm_core.config import Topics
+from vlm_core.contracts.frame import Encoding, Frame, Header
+from vlm_core.contracts.task import Task
 from vlm_core.pipeline import CameraPolicy, CameraRouting
-from vlm_core.stream import DLQ_SOURCE_HEADER, ProcessorTopics, StreamProcessor
+from vlm_core.stream import DLQ_SOURCE_HEADER, StreamProcessor, kafka_sinks
 
 _IMAGE = np.random.default_rng(3).integers(0, 256, (12, 20, 3), dtype=np.uint8)
 GOOD = {
@@ -72,10 +73,9 @@ def test_step_never_raises_and_every_record_ends_exactly_once(
     consumer, producer = FakeConsumer(recs), FakeProducer()  # type: ignore[arg-type]
     processor = StreamProcessor(
         consumer,
-        producer,
         {Task.CLASSIFICATION: FakeModel()},
         CameraRouting(overrides={"quiet": CameraPolicy(tasks=(Task.DETECTION,))}),
-        ProcessorTopics("results", "dlq"),
+        kafka_sinks(producer, Topics(results="results", dlq="dlq")),
         batch_size=batch_size,
         clock_ms=lambda: 2_000,
     )

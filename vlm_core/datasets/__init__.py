@@ -1,6 +1,6 @@
 """Dataset readers and the Fashion-MNIST scene generator."""
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
 from vlm_core.datasets.coco import CocoDataset
 from vlm_core.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from vlm_core.datasets.imagefolder import ImageFolderDataset

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
 from vlm_core.errors import DatasetError
 
 _BACKGROUND_NAMES = {"_background_", "__background__", "background"}

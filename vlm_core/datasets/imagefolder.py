@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
 from vlm_core.errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

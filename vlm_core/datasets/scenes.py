@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
 from vlm_core.datasets.fashion_mnist import FASHION_MNIST_CLASSES, FashionMnist, load_fashion_mnist
 
 #: Detection class names (no background); segmentation adds "background" at index 0.

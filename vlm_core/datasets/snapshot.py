@@ -13,34 +13,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.snapshot import SAMPLES, SnapshotManifest
 from vlm_core.errors import DatasetError
-
-SNAPSHOT_SCHEMA = "vlm.snapshot/v1"
-MANIFEST = "snapshot.json"
-SAMPLES = "samples.jsonl"
-
-
-def is_snapshot(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read the snapshot manifest {root / MANIFEST}: {exc}") from None
-    if manifest.get("schema") != SNAPSHOT_SCHEMA:
-        raise DatasetError(f"{root / MANIFEST} is not a {SNAPSHOT_SCHEMA} manifest")
-    return manifest
 
 
 class SnapshotDataset:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        self.class_names: tuple[str, ...] = tuple(self.manifest["class_names"])
-        self.content_hash: str = self.manifest["content_hash"]
+        self.manifest = SnapshotManifest.read(self.root)
+        self.class_names: tuple[str, ...] = self.manifest.class_names
+        self.content_hash: str = self.manifest.content_hash
         with (self.root / SAMPLES).open() as lines:
             self.items: list[dict[str, Any]] = [json.loads(line) for line in lines if line.strip()]
         self.sample_ids = [item["id"] for item in self.items]

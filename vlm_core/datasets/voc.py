@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.sample import Sample
 from vlm_core.errors import DatasetError
 
 VOC_IGNORE_INDEX = 255

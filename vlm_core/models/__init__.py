@@ -1,8 +1,8 @@
 """Model zoo and Predictors."""
 
 from vlm_core.models.predictor import Predictor, build_predictor
-from vlm_core.models.spec import PRETRAINED, ModelSpec, Task
-from vlm_core.models.zoo import architectures, build_model, get_architecture, imagenet_class_names
+from vlm_core.models.spec import PRETRAINED, ModelSpec, Task, imagenet_class_names
+from vlm_core.models.zoo import architectures, build_model, get_architecture
 
 __all__ = [
     "PRETRAINED",

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlm_core.models.spec import ModelSpec, Task
-from vlm_core.models.zoo import build_model, default_device
-from vlm_core.results import (
+from vlm_core.contracts.result import (
     Classification,
     ClassMask,
     ClassScore,
@@ -29,7 +27,10 @@ from vlm_core.results import (
     Segmentation,
     TaskOutput,
 )
-from vlm_core.rle import RLE
+from vlm_core.contracts.rle import RLE
+from vlm_core.contracts.task import Task
+from vlm_core.models.spec import ModelSpec
+from vlm_core.models.zoo import build_model, default_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

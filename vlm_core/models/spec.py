@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-
-
-class Task(str, enum.Enum):
-    CLASSIFICATION = "classification"
-    DETECTION = "detection"
-    SEGMENTATION = "segmentation"
-
 
 #: ``weights`` values that mean "torchvision's own pretrained weights for this arch".
 PRETRAINED = "pretrained"
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k labels, from torchvision's weights metadata (no download)."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,6 @@ class ModelSpec:
     max_detections: int = 100
     #: Optional ImageNet backbone weights file for architectures that accept one.
     backbone_weights: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):
@@ -74,18 +73,16 @@ class ModelSpec:
         doc = asdict(self)
         doc["task"] = self.task.value
         doc["class_names"] = list(self.class_names)
-        doc["extra"] = dict(self.extra)
         return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ModelSpec:
         known = set(cls.__dataclass_fields__)
+        doc = {k: v for k, v in doc.items() if not (k == "extra" and not v)}  # an old, always-empty field
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown model spec field(s) {sorted(unknown)}; known: {sorted(known)}")
         values = dict(doc)
         if values.get("class_names") == "imagenet":
-            from vlm_core.models.zoo import imagenet_class_names
-
             values["class_names"] = imagenet_class_names()
         return cls(**values)

@@ -9,11 +9,10 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, UnknownArchitectureError, WeightsError
-from vlm_core.models.spec import PRETRAINED, ModelSpec, Task
+from vlm_core.models.spec import PRETRAINED, ModelSpec
 from vlm_core.models.weights import load_state_dict
-
-BACKGROUND = "__background__"
 
 
 @dataclass(frozen=True)
@@ -123,13 +122,6 @@ def get_architecture(name: str) -> Architecture:
 
 
 @lru_cache(maxsize=1)
-def imagenet_class_names() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k labels, from torchvision's weights metadata (no download)."""
-    from torchvision.models import MobileNet_V2_Weights
-
-    return tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
-
-
 def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
     """Build the network for ``spec`` with its weights loaded; returns (model, class names)."""
     arch = get_architecture(spec.arch)
@@ -199,10 +191,6 @@ def _build_pretrained(arch: Architecture, spec: ModelSpec) -> tuple[nn.Module, t
     if spec.class_names and tuple(spec.class_names) != categories:
         raise ConfigError(f"class_names given for {arch.name} differ from its pretrained categories")
     return model, categories
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def default_device() -> torch.device:

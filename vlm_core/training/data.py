@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from vlm_core.contracts.snapshot import is_snapshot
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import (
     FASHION_MNIST_CLASSES,
     SCENE_CLASSES,
@@ -41,9 +43,8 @@ from vlm_core.datasets import (
     load_fashion_mnist,
 )
 from vlm_core.datasets.fashion_mnist import fashion_mnist_dir
-from vlm_core.datasets.snapshot import SnapshotDataset, is_snapshot
+from vlm_core.datasets.snapshot import SnapshotDataset
 from vlm_core.errors import DatasetError
-from vlm_core.models.spec import Task
 from vlm_core.models.weights import sha256_file
 
 
@@ -208,8 +209,8 @@ def _open_files(kind: str, source_uri: str, uri: str, task: Task) -> LabeledSour
         return LabeledSource(names, coco, [str(info["file_name"]) for info in coco.images], files=Path(parsed.path))
     if kind == "snapshot":
         snapshot = SnapshotDataset(source_uri)
-        if snapshot.manifest["task"] != task.value:
-            raise DatasetError(f"{uri} is a {snapshot.manifest['task']} snapshot, not {task.value}")
+        if snapshot.manifest.task != task.value:
+            raise DatasetError(f"{uri} is a {snapshot.manifest.task} snapshot, not {task.value}")
         # The hash `vlm label snapshot` printed.
         return LabeledSource(
             snapshot.class_names, snapshot, snapshot.sample_ids, content_hash=snapshot.content_hash, split_by_id=True

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core.contracts.result import Classification, Detections, Segmentation
+from vlm_core.contracts.task import Task
 from vlm_core.models import Predictor
-from vlm_core.models.spec import Task
-from vlm_core.results import Classification, Detections, Segmentation
 
 PRIMARY_METRIC = {Task.CLASSIFICATION: "accuracy", Task.DETECTION: "map50", Task.SEGMENTATION: "miou"}
 

@@ -19,9 +19,9 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample
 from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
-from vlm_core.models.spec import Task
 from vlm_core.training.evaluate import segmentation_metrics
 
 #: Default square input side per task when the architecture takes one.

@@ -24,11 +24,11 @@ from typing import Any
 
 import cv2
 
-from vlm_core.datasets.snapshot import MANIFEST, SAMPLES, SNAPSHOT_SCHEMA, is_snapshot
+from vlm_core.contracts.frame import Encoding
+from vlm_core.contracts.labels import LabeledSample, check_dataset_name
+from vlm_core.contracts.snapshot import SAMPLES, SnapshotManifest, is_snapshot
+from vlm_core.contracts.task import Task
 from vlm_core.errors import DatasetError, LabelError
-from vlm_core.frame import Encoding
-from vlm_core.labels import LabeledSample, check_dataset_name
-from vlm_core.models.spec import Task
 
 #: (key, value, headers) of one Kafka record.
 LabelRecord = tuple[bytes | None, bytes | None, Any]
@@ -104,18 +104,16 @@ def materialise(
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root / dataset))
     try:
         _write(staging, samples, task)
-        manifest = {
-            "schema": SNAPSHOT_SCHEMA,
-            "dataset": dataset,
-            "task": task.value,
-            "content_hash": digest,
-            "class_names": list(class_names),
-            "samples": len(samples),
-            "skipped": dict(skipped),
-            "source": source or {},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        SnapshotManifest(
+            dataset=dataset,
+            task=task.value,
+            content_hash=digest,
+            class_names=class_names,
+            samples=len(samples),
+            skipped=dict(skipped),
+            source=source or {},
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        ).write(staging)
         try:
             os.rename(staging, target)  # atomic: readers see no snapshot or a whole one
         except OSError:

@@ -11,8 +11,8 @@ import pytest
 
 from services.ingest.config import load_cameras
 from services.ingest.worker import CameraConfig, CameraWorker
+from vlm_core.contracts.frame import Frame
 from vlm_core.errors import ConfigError
-from vlm_core.frame import Frame
 
 
 class Sink:

@@ -1,8 +1,8 @@
 import pytest
 
 from services.trainer.job import TrainRequest, default_model_name, init_weights
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.models.spec import Task
 from vlm_core.models.weights import IMAGENET_MOBILENET_V2
 
 

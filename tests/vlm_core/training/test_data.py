@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from vlm_core.contracts.task import Task
 from vlm_core.errors import DatasetError
-from vlm_core.models.spec import Task
 from vlm_core.training.data import load_training_data, split_indices
 
 

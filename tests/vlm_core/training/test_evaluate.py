@@ -1,9 +1,17 @@
 import numpy as np
 import pytest
 
+from vlm_core.contracts.result import (
+    Classification,
+    ClassMask,
+    ClassScore,
+    Detection,
+    Detections,
+    ModelRef,
+    Segmentation,
+)
+from vlm_core.contracts.rle import RLE
 from vlm_core.datasets import Sample
-from vlm_core.results import Classification, ClassMask, ClassScore, Detection, Detections, ModelRef, Segmentation
-from vlm_core.rle import RLE
 from vlm_core.training.evaluate import _ClassificationScorer, _DetectionScorer, _SegmentationScorer
 
 REF = ModelRef("m", "1")

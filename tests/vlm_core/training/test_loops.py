@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample
-from vlm_core.models.spec import Task
 from vlm_core.training.loops import TorchDataset, classification_transform, detection_transform
 
 

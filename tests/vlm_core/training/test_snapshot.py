@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlm_core.contracts.labels import LabeledSample, label_key
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import SCENE_SEGMENTATION_CLASSES, Sample, SceneConfig, SceneGenerator
 from vlm_core.errors import DatasetError
-from vlm_core.labels import LabeledSample, label_key
-from vlm_core.models.spec import Task
 from vlm_core.training.data import load_training_data
 from vlm_core.training.snapshot import materialise
 

@@ -37,10 +37,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vlm_core.datasets.base import Sample
+from vlm_core.contracts.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image, header_text
+from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError, LabelError
-from vlm_core.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image, header_text
-from vlm_core.models.spec import Task
 
 LABELS_SCHEMA = "vlm.labels/v1"
 MASK_IGNORE = 255

@@ -5,15 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_image
-from vlm_core.errors import (
-    FrameDecodeError,
-    FrameDimensionMismatchError,
-    FrameError,
-    FrameHeaderError,
-    FrameTooLargeError,
-    UnsupportedEncodingError,
-)
-from vlm_core.frame import (
+from vlm_core.contracts.frame import (
     FRAME_SCHEMA_VERSION,
     Encoding,
     Frame,
@@ -21,6 +13,14 @@ from vlm_core.frame import (
     Header,
     decode_all,
     decode_batch,
+)
+from vlm_core.errors import (
+    FrameDecodeError,
+    FrameDimensionMismatchError,
+    FrameError,
+    FrameHeaderError,
+    FrameTooLargeError,
+    UnsupportedEncodingError,
 )
 
 
@@ -249,7 +249,7 @@ def test_progressive_jpeg_is_read_to_its_end_marker() -> None:
 
 
 def test_sizes_are_read_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlm_core import frame as frame_module
+    from vlm_core.contracts import frame as frame_module
 
     def no_decode(*_args: object) -> None:
         raise AssertionError("decoded pixels of a frame that its own header rejects")
@@ -300,7 +300,7 @@ def test_decompression_bomb_leaves_memory_alone(tmp_path) -> None:  # type: igno
     script = f"""
 import resource, sys
 from vlm_core.errors import FrameError
-from vlm_core.frame import Encoding, Frame
+from vlm_core.contracts.frame import Encoding, Frame
 data = open({str(tmp_path / "bomb.png")!r}, "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

@@ -12,7 +12,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.future import Future
 from kafka.structs import MemberState
 
-from vlm_core import kafka_io
+from services import kafka_io
 from vlm_core.errors import InfrastructureError
 
 log = logging.getLogger("ray.serve")

@@ -62,7 +62,7 @@ def local_up(
     services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
 ) -> None:
     """Start the local services (idempotent) and create the topics."""
-    from vlm_core.local import LocalStack
+    from services.localstack import LocalStack, create_default_topics
 
     stack = LocalStack(_settings())
     with console.status("starting local services (the first start downloads Kafka's jars)..."):
@@ -77,7 +77,7 @@ def local_down(
     services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
 ) -> None:
     """Stop the local services by PID (idempotent)."""
-    from vlm_core.local import LocalStack
+    from services.localstack import LocalStack
 
     console.print(_status_table(LocalStack(_settings()).down(services)))
 
@@ -85,26 +85,10 @@ def local_down(
 @local_app.command("status")
 def local_status() -> None:
     """Show which local services run, with PIDs, ports and log files."""
-    from vlm_core.local import LocalStack
+    from services.localstack import LocalStack
 
     statuses = LocalStack(_settings()).status()
     console.print(_status_table(statuses))
-
-
-def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
-    from vlm_core.kafka_io import TopicSpec, ensure_topics
-
-    topics = Topics()
-    ensure_topics(
-        bootstrap,
-        [
-            TopicSpec(topics.frames, partitions, retention_ms=3_600_000),
-            TopicSpec(topics.results, partitions),
-            TopicSpec(topics.dlq, 1),
-            TopicSpec(topics.labels, 1),
-            TopicSpec(topics.to_label, 1),
-        ],
-    )
 
 
 @app.command()
@@ -183,17 +167,18 @@ def serve(
     from services.inference import deploy as d
 
     settings = _settings()
-    name, args = d.load_args(config, app_name, bootstrap=bootstrap or None)
+    name, pipeline = d.load_config(config, app_name, bootstrap=bootstrap or None)
     d.connect(ray_address or settings.ray_address)
     if down:
         d.delete(name)
         console.print(f"deleted Serve application {name!r}")
         return
-    if bootstrap is None and args.get("bootstrap") == LocalSettings().bootstrap_servers:
-        args["bootstrap"] = settings.bootstrap_servers  # the shipped default means "the local stack"
+    if bootstrap is None and pipeline.bootstrap == LocalSettings().bootstrap_servers:
+        # the shipped default means "the local stack"
+        pipeline = pipeline.model_copy(update={"bootstrap": settings.bootstrap_servers})
     with console.status(f"deploying Serve application {name!r} (models load and warm up first)..."):
-        d.deploy(args, app_name=name)
-    console.print(f"Serve application {name!r} is RUNNING; frames from {args['bootstrap']}")
+        d.deploy(pipeline, app_name=name)
+    console.print(f"Serve application {name!r} is RUNNING; frames from {pipeline.bootstrap}", markup=False)
 
 
 @app.command()
@@ -368,8 +353,8 @@ def models_archs() -> None:
 
 def _task(value: str, arch: str | None = None):  # type: ignore[no-untyped-def]
     """The Task named ``value``; with ``arch``, also check that the architecture does it."""
+    from vlm_core.contracts.task import Task
     from vlm_core.models import get_architecture
-    from vlm_core.models.spec import Task
 
     try:
         task = Task(value)
@@ -422,9 +407,9 @@ def train(
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
+    from services.localstack import LocalStack
     from services.trainer.job import TrainRequest, run_training
     from services.trainer.progress import TrainingProgress, progress_bar
-    from vlm_core.local import LocalStack
 
     task_enum = _task(task, arch)
     settings = _settings()

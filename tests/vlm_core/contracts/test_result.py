@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vlm_core.errors import ResultError
-from vlm_core.results import (
+from vlm_core.contracts.result import (
     RESULT_SCHEMA_VERSION,
     Classification,
     ClassMask,
@@ -19,7 +18,8 @@ from vlm_core.results import (
     result_json_schema,
     validate_result,
 )
-from vlm_core.rle import RLE, polygons_to_mask
+from vlm_core.contracts.rle import RLE, polygons_to_mask
+from vlm_core.errors import ResultError
 
 
 def full_result() -> Result:
@@ -123,8 +123,8 @@ def test_schema_caps_seq_at_int64() -> None:
 
     import pytest
 
+    from vlm_core.contracts.result import Result, validate_result
     from vlm_core.errors import ResultError
-    from vlm_core.results import Result, validate_result
 
     doc = json.loads(Result("c", 2**63 - 1, 1, 2, 4, 4).to_bytes())
     validate_result(doc)

@@ -8,27 +8,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
+from vlm_core.contracts.rle import RLE
+from vlm_core.contracts.schema import json_schema, validate
 from vlm_core.errors import ResultError
-from vlm_core.rle import RLE
 
 RESULT_SCHEMA_VERSION = "vlm.result/v1"
 
 
-@lru_cache(maxsize=1)
+RESULT_SCHEMA_FILE = "result-v1.json"
+
+
 def result_json_schema() -> dict[str, Any]:
-    text = resources.files("vlm_core").joinpath("schemas/result-v1.json").read_text()
-    return json.loads(text)
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(result_json_schema())
+    return json_schema(RESULT_SCHEMA_FILE)
 
 
 @dataclass(frozen=True)
@@ -229,7 +222,7 @@ class Result:
 
 def validate_result(doc: dict[str, Any]) -> None:
     """Raise ResultError naming the first schema violation."""
-    error = next(iter(_validator().iter_errors(doc)), None)
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "<root>"
-        raise ResultError(f"result violates {RESULT_SCHEMA_VERSION} at {where}: {error.message}")
+    try:
+        validate(doc, RESULT_SCHEMA_FILE, ResultError)
+    except ResultError as exc:
+        raise ResultError(f"result violates {RESULT_SCHEMA_VERSION} at {exc}") from None

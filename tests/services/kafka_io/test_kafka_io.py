@@ -1,7 +1,7 @@
 import pytest
 
+from services.kafka_io import security_options
 from vlm_core.errors import InfrastructureError
-from vlm_core.kafka_io import security_options
 
 
 def test_security_options_from_environment() -> None:

@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
+from vlm_core.contracts.frame import Encoding
+from vlm_core.contracts.labels import LABELS_SCHEMA, LabeledSample, LabelHeader, label_key
+from vlm_core.contracts.task import Task
 from vlm_core.datasets import SCENE_CLASSES, SCENE_SEGMENTATION_CLASSES, Sample, SceneConfig, SceneGenerator
 from vlm_core.errors import LabelError
-from vlm_core.frame import Encoding
-from vlm_core.labels import LABELS_SCHEMA, LabeledSample, LabelHeader, label_key
-from vlm_core.models.spec import Task
 
 CLASSES = ("cat", "dog")
 

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from vlm_core.config import LocalSettings, ray_environment
+from services.resources import resource
+from vlm_core.config import LocalSettings, Topics, ray_environment
 from vlm_core.errors import InfrastructureError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY_DIR = REPO_ROOT / "deploy"
 
 
 @dataclass(frozen=True)
@@ -217,7 +215,9 @@ class KafkaService(LocalService):
         if marker.is_file():
             return self.libs_dir
         self.libs_dir.mkdir(parents=True, exist_ok=True)
-        pom = DEPLOY_DIR / "local" / "kafka" / "pom.xml"
+        # Maven may write beside its pom: run a copy in the cache, never in site-packages.
+        pom = self.libs_dir.parent / "pom.xml"
+        shutil.copyfile(resource("kafka/pom.xml"), pom)
         cmd = [
             "mvn",
             "-q",
@@ -241,7 +241,7 @@ class KafkaService(LocalService):
     def prepare(self) -> None:
         self.ensure_jars()
         data_dir = self.dir / "data"
-        template = (DEPLOY_DIR / "local" / "kafka" / "server.properties.template").read_text()
+        template = resource("kafka/server.properties.template").read_text()
         props = string.Template(template).substitute(
             kafka_port=self.settings.kafka_port,
             controller_port=self.settings.kafka_controller_port,
@@ -269,7 +269,7 @@ class KafkaService(LocalService):
                 raise InfrastructureError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
 
     def _java(self) -> list[str]:
-        log4j = DEPLOY_DIR / "local" / "kafka" / "log4j2.yaml"
+        log4j = resource("kafka/log4j2.yaml")
         return [
             "java",
             f"-Xmx{self.settings.kafka_heap}",
@@ -374,7 +374,7 @@ class PrometheusService(LocalService):
 
 def render_prometheus_config(settings: LocalSettings, path: Path) -> None:
     """The repo's prometheus.yml with scrape targets pointed at this stack's ports."""
-    config = yaml.safe_load((DEPLOY_DIR / "prometheus" / "prometheus.yml").read_text())
+    config = yaml.safe_load(resource("prometheus/prometheus.yml").read_text())
     targets = {
         "ray": f"{settings.host}:{settings.ray_metrics_port}",
         "vlm-ingest": f"{settings.host}:{settings.ingest_metrics_port}",
@@ -383,7 +383,7 @@ def render_prometheus_config(settings: LocalSettings, path: Path) -> None:
         if job["job_name"] in targets:
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     rules = config.get("rule_files", [])
-    config["rule_files"] = [str((DEPLOY_DIR / "prometheus" / r).resolve()) for r in rules]
+    config["rule_files"] = [str(resource(f"prometheus/{r}").resolve()) for r in rules]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -441,3 +441,19 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
+    from services.kafka_io import TopicSpec, ensure_topics
+
+    topics = Topics()
+    ensure_topics(
+        bootstrap,
+        [
+            TopicSpec(topics.frames, partitions, retention_ms=3_600_000),
+            TopicSpec(topics.results, partitions),
+            TopicSpec(topics.dlq, 1),
+            TopicSpec(topics.labels, 1),
+            TopicSpec(topics.to_label, 1),
+        ],
+    )

@@ -11,7 +11,7 @@ import pytest
 
 def vlm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vlm_core.cli", *args],
+        [sys.executable, "-m", "services.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

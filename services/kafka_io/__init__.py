@@ -16,8 +16,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from vlm_core.contracts.frame import Frame
 from vlm_core.errors import InfrastructureError
-from vlm_core.frame import Frame
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 BOOTSTRAP_TIMEOUT_MS = 10000

@@ -1,4 +1,4 @@
-"""Dataset samples shared by every reader and by the scene generator."""
+"""A labeled image: what every dataset reader, the scene generator and a labels record yield."""
 
 from __future__ import annotations
 

@@ -1,85 +1,45 @@
-"""StreamProcessor: frames topic -> models -> results topic, at least once.
+"""StreamProcessor: frames topic -> models -> sinks (results, dead letters, to-label), at
+least once.
 
-Pure logic over three small protocols (a consumer, a producer, model clients), so it is
-testable without Kafka or Ray; ``services/inference`` wires it to both.
+Pure logic over small ports (:mod:`vlm_core.stream.ports`) and sinks
+(:mod:`vlm_core.stream.sinks`), so it is testable without Kafka or Ray; ``services``
+wires it to both.
 
 Per poll the processor validates and decodes the batch, dead-letters bad frames, drops
 stale ones by policy, and sends **one request per batch** to each model the batch's
 cameras need. Up to ``max_inflight`` batches overlap (decode of the next batch runs
 while models work on the current one), and the acknowledgement wait of one batch
-overlaps the models' work on the next. Batches complete in order: results are produced,
-the broker's acknowledgements awaited, and only then the batch's offsets committed.
+overlaps the models' work on the next. Batches complete in order: their outcomes go to
+the sinks, the broker's acknowledgements are awaited, and only then are the batch's
+offsets committed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from vlm_core import metrics as m
+from vlm_core.contracts.dlq import DeadLetterReason
+from vlm_core.contracts.frame import DEFAULT_LIMITS, Frame, FrameLimits
+from vlm_core.contracts.result import Classification, Detections, Result, Segmentation, TaskOutput
+from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError
-from vlm_core.frame import DEFAULT_LIMITS, Frame, FrameLimits
-from vlm_core.models.spec import Task
-from vlm_core.pipeline import ActiveLearningSettings, CameraRouting, DropPolicy
-from vlm_core.results import Classification, Detections, Result, Segmentation, TaskOutput
+from vlm_core.pipeline import CameraRouting, DropPolicy, ProcessorSettings
+from vlm_core.stream.ports import FrameConsumer, ModelClient, Pending, Record, TopicPartition
+from vlm_core.stream.sinks import Processed, Rejected, Sinks, sink_name
 
 log = logging.getLogger(__name__)
 
-DLQ_REASON_HEADER = "vlm-dlq-reason"
-DLQ_ERROR_HEADER = "vlm-dlq-error"
-DLQ_SOURCE_HEADER = "vlm-dlq-source"
-#: Messages on the to_label topic: a frame reference (topic/partition/offset) and why.
-TO_LABEL_SCHEMA = "vlm.to_label/v1"
-
-TopicPartition = tuple[str, int]
-
-
-class Record(Protocol):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]] | None
-
-
-class Pending(Protocol):
-    def result(self, timeout: float | None = None) -> Any: ...
-
-
-class FrameConsumer(Protocol):
-    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
-
-    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
-        """Commit offsets. ``wait=False`` may return before the broker confirms; a commit
-        lost that way only means the frames are read again (at least once)."""
-
-    def rewind(self) -> None:
-        """Seek every assigned partition back to its committed offset."""
-
-    def lag(self) -> dict[TopicPartition, int]: ...
-
-
-class ResultProducer(Protocol):
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Pending: ...
-
-
-#: Sends one batch of decoded frames to a model deployment; returns its pending outputs.
-ModelClient = Callable[[list[np.ndarray]], Pending]
-
-
-#: DLQ reasons beyond the frame errors' own (``FrameError.reason``).
-INTERNAL_ERROR = "internal_error"  # anything unexpected while handling one record
-MODEL_ERROR = "model_error"  # the model failed on this frame alone
-PRODUCE_ERROR = "produce_error"  # the broker refused this frame's result alone
+INTERNAL_ERROR = DeadLetterReason.INTERNAL_ERROR.value
+MODEL_ERROR = DeadLetterReason.MODEL_ERROR.value
+PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 
 #: At most this many dead letters are remembered for de-duplicating retries.
 _MAX_REMEMBERED_DEAD_LETTERS = 100_000
@@ -128,7 +88,7 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     items: list[_Item] = field(default_factory=list)
     requests: dict[Task, tuple[list[int], Pending, float]] = field(default_factory=dict)
-    side_sends: list[Pending] = field(default_factory=list)  # DLQ and to_label records of this batch
+    side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
 
 
 @dataclass
@@ -137,7 +97,7 @@ class _Producing:
 
     offsets: dict[TopicPartition, int]
     side_sends: list[Pending]
-    sends: list[tuple[_Item, Result, Pending]]
+    sends: list[tuple[_Item, Result, list[Pending]]]
 
 
 @dataclass(frozen=True)
@@ -148,21 +108,13 @@ class _Failure:
     error: BatchFailedError
 
 
-@dataclass(frozen=True)
-class ProcessorTopics:
-    results: str
-    dlq: str
-    to_label: str | None = None
-
-
 class StreamProcessor:
     def __init__(
         self,
         consumer: FrameConsumer,
-        producer: ResultProducer,
         models: dict[Task, ModelClient],
         routing: CameraRouting,
-        topics: ProcessorTopics,
+        sinks: Sinks,
         *,
         metrics: m.MetricsSink | None = None,
         limits: FrameLimits = DEFAULT_LIMITS,
@@ -173,15 +125,13 @@ class StreamProcessor:
         produce_timeout_s: float = 30.0,
         max_batch_retries: int = 3,
         on_result: Callable[[Result], None] | None = None,
-        active_learning: ActiveLearningSettings | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.consumer = consumer
-        self.producer = producer
         self.models = models
         self.routing = routing
-        self.topics = topics
+        self.sinks = sinks
         self.metrics = metrics or m.MetricsSink()
         self.limits = limits
         self.batch_size = batch_size
@@ -196,8 +146,6 @@ class StreamProcessor:
         self._lock = threading.RLock()
         self._inflight: deque[_Batch] = deque()
         self._producing: deque[_Producing] = deque()
-        self.active_learning = active_learning if active_learning and active_learning.enabled else None
-        self._sampled_ms: deque[int] = deque()  # send times within the last minute
         #: Failures since the last successful commit.
         self._failures = 0
         #: Per partition, the end offset of a batch that kept failing: records before it are
@@ -205,8 +153,35 @@ class StreamProcessor:
         self._isolate_until: dict[TopicPartition, int] = {}
         #: Dead letters sent and not yet committed past, so a retried batch never sends
         #: its bad records again.
-        self._dead_letters: dict[Source, Pending] = {}
+        self._dead_letters: dict[Source, list[Pending]] = {}
         self.results_produced = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        consumer: FrameConsumer,
+        models: dict[Task, ModelClient],
+        routing: CameraRouting,
+        sinks: Sinks,
+        settings: ProcessorSettings,
+        *,
+        metrics: m.MetricsSink | None = None,
+    ) -> StreamProcessor:
+        """A processor configured by the pipeline config's ``processor`` block."""
+        return cls(
+            consumer,
+            models,
+            routing,
+            sinks,
+            metrics=metrics,
+            limits=settings.limits,
+            batch_size=settings.batch_size,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            max_inflight=settings.max_inflight_batches,
+            model_timeout_s=settings.model_timeout_s,
+            produce_timeout_s=settings.produce_timeout_s,
+            max_batch_retries=settings.max_batch_retries,
+        )
 
     # -- main loop --------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -349,7 +324,8 @@ class StreamProcessor:
         deadline = time.monotonic() + self.produce_timeout_s
         for source, pending in list(self._dead_letters.items()):
             try:
-                pending.result(timeout=max(0.0, deadline - time.monotonic()))
+                for send in pending:
+                    send.result(timeout=max(0.0, deadline - time.monotonic()))
             except Exception:
                 del self._dead_letters[source]
 
@@ -426,64 +402,23 @@ class StreamProcessor:
                 tags = {"task": task.value, "model": ref.name, "version": ref.version}
                 self._observe_metric(m.MODEL_LATENCY, elapsed, **tags)
                 self._observe_metric(m.MODEL_BATCH_SIZE, len(indices), **tags)
-        sends: list[tuple[_Item, Result, Pending]] = []
+        sends: list[tuple[_Item, Result, list[Pending]]] = []
         for i, item in enumerate(batch.items):
             try:
                 result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
-                value = result.to_bytes()
+                processed = Processed(item.record, item.frame, result, result.to_bytes())
             except Exception as exc:  # this frame's outputs cannot make a result: it alone fails
                 log.exception("cannot assemble the result of record %s", _source(item.record))
                 self._dead_letter(batch, item.record, INTERNAL_ERROR, f"result: {describe_error(exc)}")
                 continue
-            try:
-                pending = self.producer.send(self.topics.results, item.frame.camera_id.encode(), value, [])
-            except Exception as exc:
-                raise BatchFailedError("produce", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
+            pending: list[Pending] = []
+            for sink in self.sinks.results:
+                try:
+                    pending.extend(sink(processed))
+                except Exception as exc:
+                    raise BatchFailedError(f"{sink_name(sink)} sink", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
             sends.append((item, result, pending))
-            self._maybe_sample(batch, item, result)
         return _Producing(batch.offsets, batch.side_sends, sends)
-
-    def _maybe_sample(self, batch: _Batch, item: _Item, result: Result) -> None:
-        """Active learning: a low-confidence result's frame reference goes to the to_label
-        topic for a labelling tool, at most ``max_per_minute`` of them."""
-        policy = self.active_learning
-        if policy is None or not self.topics.to_label:
-            return
-        scores = {}
-        if result.classification is not None and result.classification.top_k:
-            scores["classification"] = result.classification.top_k[0].score
-        if result.detection is not None and result.detection.detections:
-            scores["detection"] = max(d.score for d in result.detection.detections)
-        low = {task: score for task, score in scores.items() if score < policy.score_threshold}
-        if not low:
-            return
-        now = self.clock_ms()
-        while self._sampled_ms and now - self._sampled_ms[0] >= 60_000:
-            self._sampled_ms.popleft()
-        if len(self._sampled_ms) >= policy.max_per_minute:
-            return
-        self._sampled_ms.append(now)
-        rec = item.record
-        doc = {
-            "schema": TO_LABEL_SCHEMA,
-            "camera_id": result.camera_id,
-            "seq": result.seq,
-            "capture_ts_ms": result.capture_ts_ms,
-            "frame": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-            "scores": low,
-            "models": {
-                task: f"{output.model.name}@{output.model.version}"
-                for task, output in (("classification", result.classification), ("detection", result.detection))
-                if output is not None and task in low
-            },
-        }
-        try:
-            pending = self.producer.send(self.topics.to_label, rec.key, json.dumps(doc).encode(), [])
-        except Exception as exc:
-            raise BatchFailedError("to_label produce", exc, batch.offsets, reason=None) from exc
-        batch.side_sends.append(pending)
-        for task in low:
-            self._inc_metric(m.TO_LABEL_SAMPLED, task=task)
 
     def _await_acks(self, producing: _Producing) -> None:
         for pending in producing.side_sends:
@@ -492,10 +427,11 @@ class StreamProcessor:
             except Exception as exc:
                 raise BatchFailedError("side produce ack", exc, producing.offsets, reason=None) from exc
         for _item, _result, pending in producing.sends:
-            try:
-                pending.result(timeout=self.produce_timeout_s)
-            except Exception as exc:
-                raise BatchFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
+            for send in pending:
+                try:
+                    send.result(timeout=self.produce_timeout_s)
+                except Exception as exc:
+                    raise BatchFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
 
     def _count_processed(self, producing: _Producing) -> None:
         """After the broker acknowledged a batch's results: counters, latencies, callbacks.
@@ -563,19 +499,11 @@ class StreamProcessor:
         source = _source(rec)
         if source in self._dead_letters:
             return
-        headers = [(k, v) for k, v in (rec.headers or []) if isinstance(k, str) and isinstance(v, bytes)]
-        headers += [
-            (DLQ_REASON_HEADER, reason.encode()),
-            (DLQ_ERROR_HEADER, message[:500].encode("utf-8", "replace")),
-            (DLQ_SOURCE_HEADER, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
-        ]
-        value = rec.value if isinstance(rec.value, bytes) else b""
-        key = rec.key if isinstance(rec.key, bytes) else None
         try:
-            pending = self.producer.send(self.topics.dlq, key, value, headers)
+            pending = list(self.sinks.dead_letters(Rejected(rec, reason, message)))
         except Exception as exc:
             raise BatchFailedError("dead-letter produce", exc, batch.offsets, reason=None) from exc
-        batch.side_sends.append(pending)
+        batch.side_sends.extend(pending)
         if len(self._dead_letters) >= _MAX_REMEMBERED_DEAD_LETTERS:
             del self._dead_letters[next(iter(self._dead_letters))]
         self._dead_letters[source] = pending
@@ -627,39 +555,3 @@ def _end_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
         tp = (rec.topic, rec.partition)
         offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
     return offsets
-
-
-class RestartWindow:
-    """Counts a loop's restarts within a sliding window: more than ``max_restarts`` within
-    ``window_s`` is a crash loop, which a health check should report."""
-
-    def __init__(self, max_restarts: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_restarts = max_restarts
-        self.window_s = window_s
-        self.clock = clock
-        self.total = 0
-        self._times: deque[float] = deque()
-
-    def record(self) -> None:
-        self.total += 1
-        self._times.append(self.clock())
-        self._expire()
-
-    def recent(self) -> int:
-        self._expire()
-        return len(self._times)
-
-    def crash_looping(self) -> bool:
-        return self.recent() > self.max_restarts
-
-    def _expire(self) -> None:
-        now = self.clock()
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-
-
-def dlq_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
-    for key, value in headers or []:
-        if key == DLQ_REASON_HEADER and value is not None:
-            return value.decode()
-    return None

@@ -1,0 +1,50 @@
+"""The small ports the StreamProcessor runs over: a consumer, a producer, model clients.
+
+``services`` implements them with kafka-python and Ray Serve handles; the tests with
+in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+TopicPartition = tuple[str, int]
+
+
+class Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] | None
+
+
+class Pending(Protocol):
+    """Something sent and not yet acknowledged: a Kafka send, a model request."""
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+
+class FrameConsumer(Protocol):
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """Commit offsets. ``wait=False`` may return before the broker confirms; a commit
+        lost that way only means the frames are read again (at least once)."""
+
+    def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset."""
+
+    def lag(self) -> dict[TopicPartition, int]: ...
+
+
+class Producer(Protocol):
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Pending: ...
+
+
+#: Sends one batch of decoded frames to a model deployment; returns its pending outputs.
+ModelClient = Callable[[list[np.ndarray]], Pending]
