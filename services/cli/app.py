@@ -126,9 +126,16 @@ def ingest(
         cameras = [CameraConfig(camera_id, source, fps, max_width, jpeg_quality, loop=loop, max_frames=max_frames)]
     else:
         raise VlmError("give --source and --camera-id, or --sources FILE.yaml", hint="see `vlm ingest --help`")
+    IngestRunner.check(cameras)  # a camera that can never work fails before anything starts
     port = metrics_port if metrics_port is not None else settings.ingest_metrics_port
     host = metrics_host or settings.host
-    serve_metrics(port, host)
+    try:
+        serve_metrics(port, host)
+    except OSError as exc:
+        raise VlmError(
+            f"cannot serve ingest metrics on {host}:{port}: {exc.strerror or exc}",
+            hint="another ingest may be running; pass --metrics-port N",
+        ) from None
     runner = IngestRunner(cameras, bootstrap or settings.bootstrap_servers, topic)
     runner.start()
     console.print(

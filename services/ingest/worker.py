@@ -197,6 +197,16 @@ class IngestRunner:
     """Runs one worker per camera and a shared Kafka producer."""
 
     def __init__(self, cameras: list[CameraConfig], bootstrap: str, topic: str) -> None:
+        self.check(cameras)
+        self.topic = topic
+        self.producer = kafka_io.producer(bootstrap)
+        self.stop_event = threading.Event()
+        self.workers = [CameraWorker(c, self._send, self.stop_event) for c in cameras]
+
+    @staticmethod
+    def check(cameras: list[CameraConfig]) -> None:
+        """Raise ConfigError for what retrying cannot mend: duplicate or invalid camera ids,
+        a negative fps, a URI with bad parameters, a file that is not a video."""
         ids = [c.camera_id for c in cameras]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"camera ids must be unique, got {ids}")
@@ -212,10 +222,6 @@ class IngestRunner:
                 probe_file(SourceSpec.parse(camera.source))
             except VlmError as exc:
                 raise ConfigError(f"camera {camera.camera_id!r}: {exc}", hint=exc.hint or None) from None
-        self.topic = topic
-        self.producer = kafka_io.producer(bootstrap)
-        self.stop_event = threading.Event()
-        self.workers = [CameraWorker(c, self._send, self.stop_event) for c in cameras]
 
     def _send(self, frame: Frame, done: Callable[[BaseException | None], None]) -> None:
         future = kafka_io.send_frame(self.producer, self.topic, frame)

@@ -195,6 +195,8 @@ def exported_metric_names() -> set[str]:
         names |= {sample.name for sample in family.samples}
         if family.type == "counter":
             names.add(f"{family.name}_total")
+        if family.type == "gauge":  # a labelled gauge has no sample until a camera sets it
+            names.add(family.name)
         if family.type == "histogram":
             names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
     # Ray's node metrics (from Ray's own exporter; the GPU one appears only on GPU nodes).

@@ -82,3 +82,16 @@ def test_fps_zero_is_documented() -> None:
     proc = vlm("ingest", "--help")
     assert "0 sends every frame" in " ".join(proc.stdout.split())
 
+
+
+def test_a_busy_metrics_port_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        proc = vlm("ingest", "--source", "synthetic://", "--camera-id", "c", "--metrics-port", str(port))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot serve ingest metrics on 127.0.0.1:{port}" in lines[0], proc.stderr
