@@ -28,22 +28,15 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
 from vlm_core.pipeline import model_pipeline_args
+from vlm_core.tasks import get_profile
 
-DEFAULT_MODELS = {
-    Task.CLASSIFICATION: "mobilenet_v3_small",
-    Task.DETECTION: "ssdlite320_mobilenet_v3_large",
-    Task.SEGMENTATION: "lraspp_mobilenet_v3_large",
-}
-#: Frames per batch, for the raw loop and the pipeline alike. A small classifier spends
-#: ~3 ms a frame, so per-batch costs (a Serve call, a Kafka poll and produce) weigh on it at
-#: 8; the processor's batch is 16 by default in deploy/serve/pipeline.yaml too.
-DEFAULT_BATCH_SIZE = {Task.CLASSIFICATION: 16, Task.DETECTION: 8, Task.SEGMENTATION: 8}
+# The model (``serving_arch``) and the frames per batch (``bench_batch_size``) come from
+# each task's profile. Batches are the same for the raw loop and the pipeline. A small
+# classifier spends ~3 ms a frame, so per-batch costs (a Serve call, a Kafka poll and
+# produce) weigh on it at 8: it benches at 16, the processor's batch in
+# deploy/serve/pipeline.yaml too.
 LATENCY_LOAD = 0.25
-BENCH_CLASSES = {
-    Task.CLASSIFICATION: tuple(f"class_{i}" for i in range(10)),
-    Task.DETECTION: tuple(f"class_{i}" for i in range(10)),
-    Task.SEGMENTATION: ("background", *(f"class_{i}" for i in range(10))),
-}
+BENCH_CLASS_COUNT = 10
 
 
 @dataclass
@@ -69,8 +62,10 @@ class BenchReport:
 
 
 def bench_spec(task: Task, arch: str | None) -> ModelSpec:
-    arch = arch or DEFAULT_MODELS[task]
-    return ModelSpec(task, arch, class_names=BENCH_CLASSES[task], name=f"bench-{arch}", version="1")
+    profile = get_profile(task)
+    arch = arch or profile.defaults.serving_arch
+    names = profile.bench_class_names(BENCH_CLASS_COUNT)
+    return ModelSpec(task, arch, class_names=names, name=f"bench-{arch}", version="1")
 
 
 def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
@@ -85,7 +80,7 @@ def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> f
     import cv2
     import torch
 
-    from vlm_core.models import build_predictor
+    from vlm_core.tasks import build_predictor
 
     # The model replica's budget: one torch thread, OpenCV single-threaded.
     torch.set_num_threads(1)
@@ -120,7 +115,7 @@ def run_pipeline_bench(
     if frames < 50:
         raise ConfigError("--frames must be at least 50 for a meaningful measurement")
     spec = bench_spec(task, arch)
-    batch_size = batch_size or DEFAULT_BATCH_SIZE[task]
+    batch_size = batch_size or get_profile(task).defaults.bench_batch_size
     progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
     images = synthetic_frames(min(frames, 400), width, height)
     images = (images * (frames // len(images) + 1))[:frames]

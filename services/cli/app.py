@@ -481,7 +481,7 @@ def eval_model(
     """Evaluate a registered version on any data, through the serving Predictor."""
     import json
 
-    from vlm_core.models import build_predictor
+    from vlm_core.tasks import build_predictor
     from vlm_core.training.data import load_training_data
     from vlm_core.training.evaluate import evaluate, evaluation_overrides
 

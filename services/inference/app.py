@@ -14,15 +14,10 @@ from ray.serve import Application
 from services.inference.model_server import ModelServer
 from services.inference.processor import StreamProcessorReplica
 from vlm_core.config import LocalSettings
-from vlm_core.contracts.task import Task
 from vlm_core.pipeline import DeploymentSettings, PipelineConfig
 from vlm_core.registry import RegistryFollow
+from vlm_core.tasks import get_profile
 
-DEPLOYMENT_NAMES = {
-    Task.CLASSIFICATION: "Classifier",
-    Task.DETECTION: "Detector",
-    Task.SEGMENTATION: "Segmenter",
-}
 PROCESSOR_NAME = "StreamProcessor"
 
 
@@ -71,7 +66,7 @@ def build_app(config: PipelineConfig) -> Application:
             follow = RegistryFollow(registry_dir, model.registry_name, model.registry_poll_s, model.serving_overrides())
         spec = follow.spec() if follow else model.model_spec()
         deployment = serve.deployment(ModelServer).options(
-            name=DEPLOYMENT_NAMES[task], **deployment_options(model.deployment)
+            name=get_profile(task).deployment_name, **deployment_options(model.deployment)
         )
         models[task] = deployment.bind(spec, model.deployment, follow)
     processor = serve.deployment(StreamProcessorReplica).options(

@@ -17,10 +17,11 @@ from ray.util import metrics as ray_metrics
 
 from vlm_core import metrics as m
 from vlm_core.contracts.result import TaskOutput
-from vlm_core.models import ModelSpec, Predictor, build_predictor
+from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
 from vlm_core.pipeline import DeploymentSettings
 from vlm_core.registry import RegistryFollow
+from vlm_core.tasks import build_predictor
 
 log = logging.getLogger("ray.serve")
 

@@ -23,20 +23,10 @@ from typing import Any
 from vlm_core.contracts.snapshot import SnapshotManifest, is_snapshot
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
+from vlm_core.tasks import get_profile
 
-#: What a user who gives only --task and --data gets.
-DEFAULT_ARCH = {
-    Task.CLASSIFICATION: "mobilenet_v3_small",
-    Task.DETECTION: "fasterrcnn_mobilenet_v2",
-    Task.SEGMENTATION: "lraspp_mobilenet_v2",
-}
 #: Architectures whose backbone is MobileNetV2: `--init auto` starts them from ImageNet.
 MOBILENET_V2_BACKBONES = ("mobilenet_v2", "fasterrcnn_mobilenet_v2", "lraspp_mobilenet_v2")
-DEFAULT_EPOCHS = {Task.CLASSIFICATION: 10, Task.DETECTION: 8, Task.SEGMENTATION: 8}
-DEFAULT_BATCH = {Task.CLASSIFICATION: 128, Task.DETECTION: 8, Task.SEGMENTATION: 16}
-DEFAULT_LR = {Task.CLASSIFICATION: 3e-3, Task.DETECTION: 1e-3, Task.SEGMENTATION: 2e-3}
-#: Small inputs train fast on CPUs; Fashion-MNIST items are 28 px, scenes 320x240.
-DEFAULT_INPUT_SIZE = {Task.CLASSIFICATION: 48, Task.SEGMENTATION: 256}
 VALIDATION_LIMIT = 2000
 
 
@@ -68,17 +58,20 @@ class TrainRequest:
         """Fill every unset option with the task's default."""
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
-        if self.crop_size is not None and self.task is not Task.SEGMENTATION:
-            raise ConfigError("--crop-size applies to segmentation training")
+        profile = get_profile(self.task)
+        if self.crop_size is not None and not profile.trains_on_crops:
+            raise ConfigError(f"--crop-size does not apply to {self.task.value} training")
+        defaults = profile.defaults  # what a user who gives only --task and --data gets
+        arch = self.arch or defaults.training_arch
         return replace(
             self,
-            arch=self.arch or DEFAULT_ARCH[self.task],
-            epochs=self.epochs or DEFAULT_EPOCHS[self.task],
-            batch_size=self.batch_size or DEFAULT_BATCH[self.task],
-            lr=self.lr or DEFAULT_LR[self.task],
-            input_size=self.input_size or DEFAULT_INPUT_SIZE.get(self.task),
+            arch=arch,
+            epochs=self.epochs or defaults.epochs,
+            batch_size=self.batch_size or defaults.batch_size,
+            lr=self.lr or defaults.lr,
+            input_size=self.input_size or defaults.training_input_size,
             name=self.name or default_model_name(self.task, self.data),
-            init=self.init if self.init != "auto" else default_init(self.arch or DEFAULT_ARCH[self.task]),
+            init=self.init if self.init != "auto" else default_init(arch),
         )
 
     def load_data(self) -> Any:
@@ -94,7 +87,7 @@ class TrainRequest:
 
 
 def default_model_name(task: Task, data: str) -> str:
-    noun = {Task.CLASSIFICATION: "classifier", Task.DETECTION: "detector", Task.SEGMENTATION: "segmenter"}[task]
+    noun = get_profile(task).noun
     if is_snapshot(Path(data)):
         source = SnapshotManifest.read(Path(data)).dataset
     elif "://" in data or data.startswith(("coco:", "voc:")):
@@ -152,7 +145,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         drop_last=len(data.train) > settings.batch_size * context.get_world_size(),
         collate_fn=collate(request.task),
     )
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=request.task is not Task.DETECTION)
+    moves_batches = get_profile(request.task).loader_moves_batches
+    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=moves_batches)
     val_samples = data.validation
     if len(val_samples) > VALIDATION_LIMIT:
         from vlm_core.training.data import Subset
@@ -185,8 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         total, batches, started = 0.0, 0, time.perf_counter()
         for step, batch in enumerate(loader):
-            if request.task is Task.DETECTION:  # the other tasks' loader moves its batches itself
-                batch = _to_device(batch, device, request.task)
+            if not moves_batches:  # lists of tensors (detection): the loader cannot move them
+                batch = _to_device(batch, device)
             loss = training_loss(model, request.task, batch, settings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -241,11 +235,15 @@ def _unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
-def _to_device(batch: Any, device: Any, task: Task) -> Any:
-    inputs, targets = batch
-    if task is Task.DETECTION:
-        return [i.to(device) for i in inputs], [{k: v.to(device) for k, v in t.items()} for t in targets]
-    return inputs.to(device), targets.to(device)
+def _to_device(batch: Any, device: Any) -> Any:
+    """Every tensor of a nested batch (lists, tuples, dicts) on ``device``."""
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [_to_device(v, device) for v in batch]
+    return batch
 
 
 def default_init(arch: str) -> str:
@@ -346,16 +344,11 @@ def _finish(
 ) -> TrainOutcome:
     import torch
 
-    from vlm_core.models import ModelSpec, build_predictor
+    from vlm_core.models import ModelSpec
     from vlm_core.models.weights import save_state_dict
     from vlm_core.registry import ModelRegistry
-    from vlm_core.training.evaluate import (
-        PRIMARY_METRIC,
-        evaluate,
-        evaluation_overrides,
-        save_confusion_png,
-        save_curves_png,
-    )
+    from vlm_core.tasks import build_predictor
+    from vlm_core.training.evaluate import evaluate, evaluation_overrides, save_confusion_png, save_curves_png
 
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / "state.pt", weights_only=True, map_location="cpu")
@@ -387,7 +380,7 @@ def _finish(
         artifacts: dict[str, Path] = {}
         if history:
             artifacts["curves.png"] = save_curves_png(history, Path(tmp) / "curves.png", f"{request.name} training")
-        if evaluation.confusion is not None and request.task is Task.CLASSIFICATION:
+        if evaluation.confusion is not None and get_profile(request.task).confusion_artifact:
             artifacts["confusion.png"] = save_confusion_png(
                 evaluation.confusion, data.class_names, Path(tmp) / "confusion.png", f"{request.name}: held-out"
             )
@@ -399,7 +392,7 @@ def _finish(
             class_names=data.class_names,
             state_dict=state["model"],
             metrics=metrics,
-            primary_metric=PRIMARY_METRIC[request.task],
+            primary_metric=get_profile(request.task).primary_metric,
             dataset_hash=data.content_hash,
             parent=production.version if production else None,
             input_size=request.input_size,

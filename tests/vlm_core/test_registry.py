@@ -7,8 +7,8 @@ import pytest
 
 from tests.conftest import register_classifier
 from vlm_core.errors import ConfigError
-from vlm_core.models import build_predictor
 from vlm_core.registry import ModelRegistry, ModelStatus, RegistryError, parse_ref
+from vlm_core.tasks import build_predictor
 
 
 @pytest.fixture

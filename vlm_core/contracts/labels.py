@@ -38,12 +38,11 @@ import cv2
 import numpy as np
 
 from vlm_core.contracts.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image, header_text
-from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.sample import MASK_IGNORE, Sample
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError, LabelError
 
 LABELS_SCHEMA = "vlm.labels/v1"
-MASK_IGNORE = 255
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SAMPLE_ID_MAX = 256
 

@@ -7,14 +7,17 @@ and parse it back; changing the shape means a new schema version.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from vlm_core.contracts.rle import RLE
 from vlm_core.contracts.schema import json_schema, validate
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ResultError
 
 RESULT_SCHEMA_VERSION = "vlm.result/v1"
+_O = TypeVar("_O")
 
 
 RESULT_SCHEMA_FILE = "result-v1.json"
@@ -136,13 +139,26 @@ class Segmentation:
         return cls(ModelRef.from_json(doc["model"]), tuple(ClassMask.from_json(c) for c in doc["classes"]))
 
 
-TaskOutput = Classification | Detections | Segmentation
+class TaskOutput(Protocol):
+    """What a model returns for one frame: the part of a result its task owns."""
 
-_TASK_KEYS: dict[type, str] = {
-    Classification: "classification",
-    Detections: "detection",
-    Segmentation: "segmentation",
-}
+    model: ModelRef
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+#: The output type of each task, by task name: how a result's ``tasks.<name>`` is read back.
+_OUTPUT_TYPES: dict[str, Any] = {}
+
+
+def register_output(task: str, output_type: Any) -> None:
+    """Declare the output type of a task (its ``from_json`` reads ``tasks.<task>``)."""
+    _OUTPUT_TYPES[str(task)] = output_type
+
+
+register_output(Task.CLASSIFICATION, Classification)
+register_output(Task.DETECTION, Detections)
+register_output(Task.SEGMENTATION, Segmentation)
 
 
 @dataclass(frozen=True)
@@ -153,12 +169,27 @@ class Result:
     processed_ts_ms: int
     width: int
     height: int
-    classification: Classification | None = None
-    detection: Detections | None = None
-    segmentation: Segmentation | None = None
+    #: Each served task's output, by task.
+    outputs: Mapping[Task, TaskOutput] = field(default_factory=dict)
     timing_ms: dict[str, float] = field(default_factory=dict)
     partition: int | None = None
     offset: int | None = None
+
+    @property
+    def classification(self) -> Classification | None:
+        return self._output(Task.CLASSIFICATION, Classification)
+
+    @property
+    def detection(self) -> Detections | None:
+        return self._output(Task.DETECTION, Detections)
+
+    @property
+    def segmentation(self) -> Segmentation | None:
+        return self._output(Task.SEGMENTATION, Segmentation)
+
+    def _output(self, task: Task, kind: type[_O]) -> _O | None:
+        output = self.outputs.get(task)
+        return output if isinstance(output, kind) else None
 
     @property
     def latency_ms(self) -> int:
@@ -170,10 +201,7 @@ class Result:
             frame["partition"] = self.partition
         if self.offset is not None:
             frame["offset"] = self.offset
-        tasks: dict[str, Any] = {}
-        for output in (self.classification, self.detection, self.segmentation):
-            if output is not None:
-                tasks[_TASK_KEYS[type(output)]] = output.to_json()
+        tasks = {str(task): output.to_json() for task, output in self.outputs.items()}
         return {
             "schema": RESULT_SCHEMA_VERSION,
             "camera_id": self.camera_id,
@@ -201,9 +229,8 @@ class Result:
             processed_ts_ms=doc["processed_ts_ms"],
             width=frame["width"],
             height=frame["height"],
-            classification=Classification.from_json(tasks["classification"]) if "classification" in tasks else None,
-            detection=Detections.from_json(tasks["detection"]) if "detection" in tasks else None,
-            segmentation=Segmentation.from_json(tasks["segmentation"]) if "segmentation" in tasks else None,
+            # A task whose output type this process does not know is left out.
+            outputs={Task(n): _OUTPUT_TYPES[n].from_json(out) for n, out in tasks.items() if n in _OUTPUT_TYPES},
             timing_ms=dict(doc["timing_ms"]),
             partition=frame.get("partition"),
             offset=frame.get("offset"),

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Mask value of pixels no class claims (VOC's object borders, a labeller's "don't care"):
+#: losses and metrics skip them.
+MASK_IGNORE = 255
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -13,7 +17,8 @@ class Sample:
 
     ``boxes`` are ``[x1, y1, x2, y2]`` pixels; ``box_labels`` index ``class_names`` of the
     dataset (detection class names exclude background). ``mask`` is a class-index map
-    where 0 is background and ``k`` is ``class_names[k]`` of the segmentation classes.
+    where 0 is background, ``k`` is ``class_names[k]`` of the segmentation classes and
+    :data:`MASK_IGNORE` is no class.
     """
 
     image: np.ndarray = field(repr=False)

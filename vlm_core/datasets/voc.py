@@ -8,10 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.sample import MASK_IGNORE, Sample
 from vlm_core.errors import DatasetError
-
-VOC_IGNORE_INDEX = 255
 
 
 class VocSegmentationDataset:
@@ -64,7 +62,7 @@ class VocSegmentationDataset:
             mask = np.array(pil, dtype=np.uint8)
         if mask.shape != image.shape[:2]:
             raise DatasetError(f"mask {mask_path.name} is {mask.shape}, image is {image.shape[:2]}")
-        valid = mask != VOC_IGNORE_INDEX
+        valid = mask != MASK_IGNORE
         if valid.any() and int(mask[valid].max()) >= len(self.class_names):
             raise DatasetError(f"mask {mask_path.name} has class {int(mask[valid].max())} >= {len(self.class_names)}")
         return Sample(image=image, mask=mask, source=str(image_path))

@@ -1,6 +1,6 @@
-"""Model zoo and Predictors."""
+"""Model zoo, weights and the Predictor base (each task's predictor is in vlm_core.tasks)."""
 
-from vlm_core.models.predictor import Predictor, build_predictor
+from vlm_core.models.predictor import Predictor
 from vlm_core.models.spec import PRETRAINED, ModelSpec, Task, imagenet_class_names
 from vlm_core.models.zoo import architectures, build_model, get_architecture
 
@@ -11,7 +11,6 @@ __all__ = [
     "Task",
     "architectures",
     "build_model",
-    "build_predictor",
     "get_architecture",
     "imagenet_class_names",
 ]

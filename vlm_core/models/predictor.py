@@ -15,19 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vlm_core.contracts.result import (
-    Classification,
-    ClassMask,
-    ClassScore,
-    Detection,
-    Detections,
-    ModelRef,
-    Segmentation,
-    TaskOutput,
-)
-from vlm_core.contracts.rle import RLE
+from vlm_core.contracts.result import ModelRef, TaskOutput
 from vlm_core.contracts.task import Task
 from vlm_core.models.spec import ModelSpec
 from vlm_core.models.zoo import build_model, default_device
@@ -61,10 +50,14 @@ class PreparedBatch:
 
 
 class Predictor:
-    """Base class; build instances with :func:`build_predictor`."""
+    """Base class of each task's predictor (in its :mod:`vlm_core.tasks` module); build
+    instances with :func:`vlm_core.tasks.build_predictor`."""
 
     task: Task
+    #: Square input side when the spec gives none; None where the model resizes itself.
     default_input_size: int | None = None
+    #: On CUDA: half precision and channels-last memory.
+    cuda_fast_path: bool = True
 
     def __init__(self, spec: ModelSpec, device: torch.device | str | None = None) -> None:
         self.spec = spec
@@ -72,11 +65,10 @@ class Predictor:
         model, class_names = build_model(spec)
         self.class_names = class_names
         self.input_size = spec.input_size or self.default_input_size
-        self.half = self.device.type == "cuda" and self.task is not Task.DETECTION
+        self.half = self.device.type == "cuda" and self.cuda_fast_path
         model.eval().to(self.device)
-        if self.device.type == "cuda" and self.task is not Task.DETECTION:
-            model = model.to(memory_format=torch.channels_last)
         if self.half:
+            model = model.to(memory_format=torch.channels_last)
             model = model.half()
         self.model = model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
@@ -126,124 +118,11 @@ class Predictor:
         return batch.half() if self.half else batch
 
 
-class ClassificationPredictor(Predictor):
-    task = Task.CLASSIFICATION
-    default_input_size = 224
-
-    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
-        size = self.input_size or 224
-        return PreparedBatch(self._to_batch([_resize_center_crop(img, size) for img in images]), _sizes(images))
-
-    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
-        assert isinstance(batch.inputs, torch.Tensor)
-        probs = torch.softmax(self.model(batch.inputs).float(), dim=1)
-        k = min(self.spec.top_k, probs.shape[1])
-        scores, ids = probs.topk(k, dim=1)
-        ref = self.model_ref
-        return [
-            Classification(
-                ref,
-                tuple(
-                    ClassScore(self.class_names[i], i, float(s))
-                    for s, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
-                ),
-            )
-            for row_scores, row_ids in zip(scores.cpu(), ids.cpu(), strict=True)
-        ]
-
-
-class DetectionPredictor(Predictor):
-    task = Task.DETECTION
-
-    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
-        # torchvision detectors normalise and resize internally and map boxes back to
-        # each input's own size, so frames of different sizes share one batch.
-        tensors = tuple(
-            torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).to(self.device).permute(2, 0, 1).float().div_(255)
-            for img in images
-        )
-        return PreparedBatch(tensors, _sizes(images))
-
-    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
-        outputs = self.model(list(batch.inputs))
-        ref = self.model_ref
-        results: list[TaskOutput] = []
-        for (height, width), out in zip(batch.sizes, outputs, strict=True):
-            keep = out["scores"] >= self.spec.score_threshold
-            boxes = out["boxes"][keep][: self.spec.max_detections].cpu()
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            labels = out["labels"][keep][: self.spec.max_detections].tolist()
-            scores = out["scores"][keep][: self.spec.max_detections].tolist()
-            results.append(
-                Detections(
-                    ref,
-                    tuple(
-                        Detection(
-                            (box[0], box[1], box[2], box[3]),
-                            self.class_names[label - 1] if 0 < label <= len(self.class_names) else str(label),
-                            int(label) - 1,
-                            float(score),
-                        )
-                        for box, label, score in zip(boxes.tolist(), labels, scores, strict=True)
-                    ),
-                )
-            )
-        return results
-
-
-class SegmentationPredictor(Predictor):
-    task = Task.SEGMENTATION
-    default_input_size = 320
-
-    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
-        size = self.input_size or 320
-        rgb = [
-            cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            for img in images
-        ]
-        return PreparedBatch(self._to_batch(rgb), _sizes(images))
-
-    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
-        assert isinstance(batch.inputs, torch.Tensor)
-        logits = self.model(batch.inputs)["out"].float()
-        ref = self.model_ref
-        results: list[TaskOutput] = []
-        for (height, width), frame_logits in zip(batch.sizes, logits, strict=True):
-            up = F.interpolate(frame_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            label_map = up[0].argmax(0).to(torch.uint8).cpu().numpy()
-            results.append(Segmentation(ref, self._class_masks(label_map)))
-        return results
-
-    def _class_masks(self, label_map: np.ndarray) -> tuple[ClassMask, ...]:
-        total = label_map.size
-        ids, counts = np.unique(label_map, return_counts=True)
-        masks = []
-        for class_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
-            if class_id == 0:  # background
-                continue
-            label = self.class_names[class_id] if class_id < len(self.class_names) else str(class_id)
-            masks.append(ClassMask(class_id, label, count / total, RLE.encode(label_map == class_id)))
-        return tuple(masks)
-
-
-_PREDICTORS: dict[Task, type[Predictor]] = {
-    Task.CLASSIFICATION: ClassificationPredictor,
-    Task.DETECTION: DetectionPredictor,
-    Task.SEGMENTATION: SegmentationPredictor,
-}
-
-
-def build_predictor(spec: ModelSpec, device: torch.device | str | None = None) -> Predictor:
-    """The one way to get a Predictor: from a ModelSpec."""
-    return _PREDICTORS[spec.task](spec, device)
-
-
-def _sizes(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:
+def image_sizes(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:
     return tuple((int(img.shape[0]), int(img.shape[1])) for img in images)
 
 
-def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """ImageNet-style eval transform: shorter side to size*256/224, centre crop, BGR->RGB."""
     height, width = image.shape[:2]
     short = round(size * 256 / 224)

@@ -23,6 +23,9 @@ class Architecture:
     build: Callable[[int], nn.Module]
     #: torchvision weights enum name, used for ``weights="pretrained"``.
     torchvision_name: str | None = None
+    #: The network has one more output than class names: index 0 is the background
+    #: (torchvision's detectors), so class ``k`` of the spec is output ``k + 1``.
+    implicit_background: bool = False
 
 
 def _tv(name: str, **kwargs: object) -> Callable[[int], nn.Module]:
@@ -97,15 +100,23 @@ def _registry() -> dict[str, Architecture]:
     for name in _CLASSIFIERS:
         archs[name] = Architecture(name, Task.CLASSIFICATION, _tv(name), name)
     for name in _DETECTORS:
-        archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name)
+        archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name, True)
     for name in _SEGMENTERS:
         archs[name] = Architecture(name, Task.SEGMENTATION, _tv(name, weights_backbone=None), name)
-    archs["fasterrcnn_mobilenet_v2"] = Architecture("fasterrcnn_mobilenet_v2", Task.DETECTION, _fasterrcnn_mobilenet_v2)
+    archs["fasterrcnn_mobilenet_v2"] = Architecture(
+        "fasterrcnn_mobilenet_v2", Task.DETECTION, _fasterrcnn_mobilenet_v2, implicit_background=True
+    )
     archs["lraspp_mobilenet_v2"] = Architecture("lraspp_mobilenet_v2", Task.SEGMENTATION, _lraspp_mobilenet_v2)
     return archs
 
 
 ARCHITECTURES: dict[str, Architecture] = _registry()
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    """Add an architecture to the zoo (a new task's module registers its own)."""
+    ARCHITECTURES[arch.name] = arch
+    return arch
 
 
 def architectures(task: Task | None = None) -> list[str]:
@@ -134,7 +145,7 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
         return _build_pretrained(arch, spec)
     if not spec.class_names:
         raise ConfigError(f"model {spec.name!r} needs class_names (or weights='pretrained')")
-    num_classes = len(spec.class_names) + (1 if arch.task is Task.DETECTION else 0)
+    num_classes = len(spec.class_names) + (1 if arch.implicit_background else 0)
     model = arch.build(num_classes)
     if spec.weights:
         state = load_state_dict(spec.weights)
@@ -179,7 +190,7 @@ def _build_pretrained(arch: Architecture, spec: ModelSpec) -> tuple[nn.Module, t
 
     weights = torchvision.models.get_model_weights(arch.torchvision_name or arch.name).DEFAULT
     categories = tuple(weights.meta["categories"])
-    if arch.task is Task.DETECTION:
+    if arch.implicit_background:
         categories = categories[1:]
     try:
         model = torchvision.models.get_model(arch.torchvision_name or arch.name, weights=weights)

@@ -28,7 +28,7 @@ import numpy as np
 from vlm_core import metrics as m
 from vlm_core.contracts.dlq import DeadLetterReason
 from vlm_core.contracts.frame import DEFAULT_LIMITS, Frame, FrameLimits
-from vlm_core.contracts.result import Classification, Detections, Result, Segmentation, TaskOutput
+from vlm_core.contracts.result import Result, TaskOutput
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError
 from vlm_core.pipeline import CameraRouting, DropPolicy, ProcessorSettings
@@ -475,9 +475,6 @@ class StreamProcessor:
             **{task.value: ms for task, ms in model_ms.items() if task in outputs},
             "total": float(max(0, now - frame.capture_ts_ms)),
         }
-        classification = outputs.get(Task.CLASSIFICATION)
-        detection = outputs.get(Task.DETECTION)
-        segmentation = outputs.get(Task.SEGMENTATION)
         return Result(
             camera_id=frame.camera_id,
             seq=frame.seq,
@@ -485,9 +482,7 @@ class StreamProcessor:
             processed_ts_ms=now,
             width=frame.width,
             height=frame.height,
-            classification=classification if isinstance(classification, Classification) else None,
-            detection=detection if isinstance(detection, Detections) else None,
-            segmentation=segmentation if isinstance(segmentation, Segmentation) else None,
+            outputs=outputs,
             timing_ms=timing,
             partition=item.record.partition,
             offset=item.record.offset,

@@ -2,7 +2,7 @@ import base64
 import uuid
 from unittest import mock
 
-from vlm_core import local
+from services.localstack import stack as local
 
 
 def test_kafka_cluster_ids_never_start_with_a_dash() -> None:

@@ -19,6 +19,7 @@ from vlm_core.contracts.result import (
     validate_result,
 )
 from vlm_core.contracts.rle import RLE, polygons_to_mask
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ResultError
 
 
@@ -32,9 +33,15 @@ def full_result() -> Result:
         processed_ts_ms=1_040,
         width=60,
         height=40,
-        classification=Classification(ModelRef("cls", "3"), (ClassScore("cat", 1, 0.9), ClassScore("dog", 0, 0.1))),
-        detection=Detections(ModelRef("det", "1"), (Detection((1.0, 2.0, 30.5, 39.0), "bag", 8, 0.77),)),
-        segmentation=Segmentation(ModelRef("seg", "2"), (ClassMask(4, "coat", mask.mean(), RLE.encode(mask)),)),
+        outputs={
+            Task.CLASSIFICATION: Classification(
+                ModelRef("cls", "3"), (ClassScore("cat", 1, 0.9), ClassScore("dog", 0, 0.1))
+            ),
+            Task.DETECTION: Detections(ModelRef("det", "1"), (Detection((1.0, 2.0, 30.5, 39.0), "bag", 8, 0.77),)),
+            Task.SEGMENTATION: Segmentation(
+                ModelRef("seg", "2"), (ClassMask(4, "coat", mask.mean(), RLE.encode(mask)),)
+            ),
+        },
         timing_ms={"decode": 1.5, "classification": 3.25, "total": 40.0},
         partition=2,
         offset=77,

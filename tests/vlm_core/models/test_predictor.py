@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from vlm_core.models import ModelSpec, Task, build_predictor
+from vlm_core.models import ModelSpec, Task
+from vlm_core.tasks import build_predictor
 
 
 @pytest.mark.parametrize("task", list(Task))

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vlm_core.models import ModelSpec, Task, build_predictor, imagenet_class_names
+from vlm_core.models import ModelSpec, Task, imagenet_class_names
+from vlm_core.tasks import build_predictor
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import torch
 
 from vlm_core.contracts.result import Classification, Detections, Segmentation
 from vlm_core.errors import ConfigError, UnknownArchitectureError, UnsafeWeightsError, WeightsError
-from vlm_core.models import ModelSpec, Task, architectures, build_model, build_predictor, get_architecture
+from vlm_core.models import ModelSpec, Task, architectures, build_model, get_architecture
 from vlm_core.models.weights import load_state_dict, save_state_dict, sha256_file
+from vlm_core.tasks import build_predictor
 
 REQUIRED = {
     Task.CLASSIFICATION: {

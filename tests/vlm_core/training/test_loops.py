@@ -4,7 +4,8 @@ import torch
 
 from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample
-from vlm_core.training.loops import TorchDataset, classification_transform, detection_transform
+from vlm_core.tasks import get_profile
+from vlm_core.training.loops import TorchDataset
 
 
 def _frame() -> np.ndarray:
@@ -41,11 +42,12 @@ def test_segmentation_mask_follows_resize_and_classification_shapes() -> None:
 def test_transforms_normalise_like_the_predictor(train: bool) -> None:
     from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 
-    white = classification_transform(32, train)(np.full((40, 40, 3), 255, np.uint8))
+    white = get_profile(Task.CLASSIFICATION).training_transform(32, train, None)(np.full((40, 40, 3), 255, np.uint8))
     assert torch.allclose(white[:, 0, 0], (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD), atol=1e-5)
     from torchvision import tv_tensors
 
     image = tv_tensors.Image(torch.full((3, 4, 4), 255, dtype=torch.uint8))
     boxes = tv_tensors.BoundingBoxes([[0, 0, 2, 2]], format="XYXY", canvas_size=(4, 4))
-    scaled, target = detection_transform(train)(image, {"boxes": boxes, "labels": torch.tensor([1])})
+    transform = get_profile(Task.DETECTION).training_transform(None, train, None)
+    scaled, target = transform(image, {"boxes": boxes, "labels": torch.tensor([1])})
     assert scaled.dtype == torch.float32 and scaled.max() <= 1.0 and len(target["boxes"]) == 1

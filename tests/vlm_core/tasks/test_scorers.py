@@ -1,3 +1,5 @@
+"""Each profile's scorer: the evaluation metrics of its task."""
+
 import numpy as np
 import pytest
 
@@ -11,8 +13,10 @@ from vlm_core.contracts.result import (
     Segmentation,
 )
 from vlm_core.contracts.rle import RLE
-from vlm_core.datasets import Sample
-from vlm_core.training.evaluate import _ClassificationScorer, _DetectionScorer, _SegmentationScorer
+from vlm_core.contracts.sample import Sample
+from vlm_core.tasks.classification import ClassificationScorer as _ClassificationScorer
+from vlm_core.tasks.detection import DetectionScorer as _DetectionScorer
+from vlm_core.tasks.segmentation import SegmentationScorer as _SegmentationScorer
 
 REF = ModelRef("m", "1")
 IMAGE = np.zeros((100, 100, 3), np.uint8)

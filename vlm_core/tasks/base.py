@@ -1,0 +1,121 @@
+"""TaskProfile: everything that differs by task, in one object per task.
+
+A profile owns its task's predictor (with the preprocessing that travels with its
+weights), its training pieces (targets, transforms, batching, loss, a quick validation),
+its evaluation and primary metric, its defaults, its part of the result contract and its
+ignore index. The rest of the code asks the profile (:func:`vlm_core.tasks.get_profile`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm_core.contracts.result import TaskOutput
+from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.task import Task
+from vlm_core.models.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """What a task uses when the user does not say."""
+
+    #: Served by default (`vlm bench`, a spec without an arch).
+    serving_arch: str
+    #: Trained by default (`vlm train`): starts from the offline ImageNet weights where it can.
+    training_arch: str
+    epochs: int
+    #: Per training worker.
+    batch_size: int
+    lr: float
+    #: Square training input side; None where the model resizes internally. The serving
+    #: side is the predictor's own (:attr:`Predictor.default_input_size`).
+    training_input_size: int | None
+    #: Frames per processor batch in `vlm bench`.
+    bench_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Loss settings shared by every task; each profile uses what applies to it."""
+
+    label_smoothing: float = 0.1
+
+
+class Scorer(abc.ABC):
+    """Accumulates one evaluation: (sample, the predictor's output) pairs in, metrics out."""
+
+    #: A truth x prediction matrix, where the task has one (kept in the evaluation).
+    confusion: np.ndarray | None = None
+
+    @abc.abstractmethod
+    def add(self, sample: Sample, output: TaskOutput) -> None: ...
+
+    @abc.abstractmethod
+    def metrics(self) -> dict[str, float]: ...
+
+
+class TaskProfile(abc.ABC):
+    task: ClassVar[Task]
+    #: What one model of the task is called: "classifier".
+    noun: ClassVar[str]
+    #: The Serve deployment that serves the task: "Classifier".
+    deployment_name: ClassVar[str]
+    #: The evaluation metric the promotion gate compares.
+    primary_metric: ClassVar[str]
+    #: The Predictor class; its preprocessing is the one training normalises for.
+    predictor: ClassVar[type[Predictor]]
+    #: The output type of the result contract's ``tasks.<name>``.
+    output_type: ClassVar[Any]
+    defaults: ClassVar[TaskDefaults]
+    #: Target value that the loss and the metrics skip (segmentation's 255), if any.
+    ignore_index: ClassVar[int | None] = None
+    #: Whether class index 0 is the background, part of the class list (segmentation).
+    background_in_classes: ClassVar[bool] = False
+    #: Whether the Ray Train loader may move batches to the device (tensors, not lists).
+    loader_moves_batches: ClassVar[bool] = True
+    #: Whether training takes ``--crop-size`` (random crops of the resized input).
+    trains_on_crops: ClassVar[bool] = False
+    #: Whether training saves a confusion-matrix PNG of the evaluation.
+    confusion_artifact: ClassVar[bool] = False
+
+    # -- serving ------------------------------------------------------------------------
+    def evaluation_overrides(self) -> dict[str, Any]:
+        """ModelSpec settings for evaluation (detection scores low boxes too, for mAP)."""
+        return {}
+
+    def bench_class_names(self, count: int) -> tuple[str, ...]:
+        names = tuple(f"class_{i}" for i in range(count))
+        return ("background", *names) if self.background_in_classes else names
+
+    # -- training -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def training_transform(self, input_size: int | None, train: bool, crop_size: int | None) -> Callable[..., Any]:
+        """The torchvision v2 transform of one training (or validation) item."""
+
+    @abc.abstractmethod
+    def training_item(self, sample: Sample, rgb: np.ndarray, transform: Callable[..., Any]) -> Any:
+        """(input, target) of one sample, its image already RGB."""
+
+    def collate(self) -> Callable[[list[Any]], Any] | None:
+        """How a loader batches items (None: default stacking)."""
+        return None
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any, options: TrainingOptions) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        """A per-epoch progress figure (``val_*``) on the validation split; the final
+        metrics come from :meth:`scorer`, through the serving Predictor."""
+
+    # -- evaluation ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def scorer(self, class_count: int) -> Scorer: ...

@@ -1,0 +1,116 @@
+"""Classification: top-k labels per frame (``tasks.classification``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from vlm_core.contracts.result import Classification, ClassScore, TaskOutput
+from vlm_core.contracts.sample import Sample
+from vlm_core.contracts.task import Task
+from vlm_core.models.predictor import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Predictor,
+    PreparedBatch,
+    image_sizes,
+    resize_center_crop,
+)
+from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
+
+
+class ClassificationPredictor(Predictor):
+    task = Task.CLASSIFICATION
+    default_input_size = 224
+
+    def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
+        size = self.input_size or self.default_input_size
+        return PreparedBatch(self._to_batch([resize_center_crop(img, size) for img in images]), image_sizes(images))
+
+    def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
+        assert isinstance(batch.inputs, torch.Tensor)
+        probs = torch.softmax(self.model(batch.inputs).float(), dim=1)
+        k = min(self.spec.top_k, probs.shape[1])
+        scores, ids = probs.topk(k, dim=1)
+        ref = self.model_ref
+        return [
+            Classification(
+                ref,
+                tuple(
+                    ClassScore(self.class_names[i], i, float(s))
+                    for s, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
+                ),
+            )
+            for row_scores, row_ids in zip(scores.cpu(), ids.cpu(), strict=True)
+        ]
+
+
+class ClassificationScorer(Scorer):
+    """Accuracy, top-5 accuracy and the confusion matrix."""
+
+    def __init__(self, classes: int) -> None:
+        self.confusion = np.zeros((classes, classes), np.int64)
+        self.top5 = 0
+        self.total = 0
+
+    def add(self, sample: Sample, output: TaskOutput) -> None:
+        assert isinstance(output, Classification) and self.confusion is not None
+        ids = [c.class_id for c in output.top_k]
+        self.confusion[sample.label, ids[0]] += 1
+        self.top5 += int(sample.label in ids[:5])
+        self.total += 1
+
+    def metrics(self) -> dict[str, float]:
+        assert self.confusion is not None
+        total = max(1, self.total)
+        return {"accuracy": float(np.trace(self.confusion)) / total, "top5": self.top5 / total}
+
+
+class ClassificationProfile(TaskProfile):
+    task = Task.CLASSIFICATION
+    noun = "classifier"
+    deployment_name = "Classifier"
+    primary_metric = "accuracy"
+    predictor = ClassificationPredictor
+    output_type = Classification
+    defaults = TaskDefaults(
+        serving_arch="mobilenet_v3_small",
+        training_arch="mobilenet_v3_small",
+        epochs=10,
+        batch_size=128,
+        lr=3e-3,
+        training_input_size=48,
+        bench_batch_size=16,
+    )
+    confusion_artifact = True
+
+    def training_transform(self, input_size: int | None, train: bool, crop_size: int | None) -> Callable[..., Any]:
+        size = input_size or ClassificationPredictor.default_input_size
+        short = round(size * 256 / 224)  # the Predictor's eval transform: resize, centre crop
+        steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(short, antialias=True)]
+        steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(size)]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        return v2.Compose(steps)
+
+    def training_item(self, sample: Sample, rgb: np.ndarray, transform: Callable[..., Any]) -> Any:
+        return transform(rgb), int(sample.label if sample.label is not None else -1)
+
+    def loss(self, model: nn.Module, batch: Any, options: TrainingOptions) -> torch.Tensor:
+        inputs, targets = batch
+        return F.cross_entropy(model(inputs), targets, label_smoothing=options.label_smoothing)
+
+    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        correct = total = 0
+        for inputs, targets in batches:
+            correct += int((model(inputs).argmax(1) == targets).sum())
+            total += len(targets)
+        return {"val_accuracy": correct / max(1, total)}
+
+    def scorer(self, class_count: int) -> Scorer:
+        return ClassificationScorer(class_count)
