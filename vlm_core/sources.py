@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -119,7 +120,7 @@ class Source:
 class OpenCVSource(Source):
     def __init__(self, spec: SourceSpec, *, loop: bool = False) -> None:
         super().__init__(spec, loop=loop)
-        self._cap = None
+        self._cap: Any = None  # cv2.VideoCapture while open
 
     def open(self) -> None:
         import cv2
@@ -166,7 +167,7 @@ class OpenCVSource(Source):
 class SyntheticSource(Source):
     def __init__(self, spec: SourceSpec, *, loop: bool = True) -> None:
         super().__init__(spec, loop=loop)
-        self._video = None
+        self._video: Any = None  # a SceneVideo while open
 
     def open(self) -> None:
         from vlm_core.datasets.scenes import SceneConfig, SceneVideo

@@ -16,6 +16,12 @@ export VLM_PROMETHEUS_PORT="${VLM_PROMETHEUS_PORT:-39090}" VLM_INGEST_METRICS_PO
 echo "== ruff"
 ruff check . || exit 1
 
+echo "== import-linter (vlm_core imports no services, Ray, Kafka client, typer or rich; no cycles)"
+lint-imports || exit 1
+
+echo "== mypy (strict) on vlm_core"
+mypy || exit 1
+
 echo "== deployment tools (helm, hadolint)"
 tools="$(bash deploy/local/install-tools.sh "$venv/bin/python")" || exit 1
 export PATH="$tools:$PATH"

@@ -173,20 +173,22 @@ class LabeledSample:
         annotation = _json(table, LabelHeader.ANNOTATION)
         if not isinstance(annotation, dict):
             raise LabelError("vlm-annotation must be a JSON object", reason="bad_annotation")
-        common = {"dataset": dataset, "sample_id": sample_id, "task": task, "image": value, "encoding": encoding}
+        def labeled(**annotated: Any) -> LabeledSample:
+            return cls(dataset, sample_id, task, value, encoding, classes, **annotated)
+
         if task is Task.CLASSIFICATION:
             name = annotation.get("class")
             if not isinstance(name, str) or not name:
                 raise LabelError('classification labels need {"class": NAME}', reason="bad_annotation")
-            return cls(**common, classes=classes, class_name=name)
+            return labeled(class_name=name)
         if task is Task.DETECTION:
-            return cls(**common, classes=classes, objects=_objects(annotation))
+            return labeled(objects=_objects(annotation))
         if len(classes) < 2:
             raise LabelError("segmentation labels need vlm-classes (background first)", reason="bad_annotation")
         mask = table.get(LabelHeader.MASK.value)
         if not mask:
             raise LabelError("segmentation labels need a vlm-mask PNG", reason="bad_annotation")
-        return cls(**common, classes=classes, mask=mask)
+        return labeled(mask=mask)
 
     # -- pixels -----------------------------------------------------------------------
     def to_sample(self, class_names: Sequence[str]) -> Sample:

@@ -142,7 +142,8 @@ class Segmentation:
 class TaskOutput(Protocol):
     """What a model returns for one frame: the part of a result its task owns."""
 
-    model: ModelRef
+    @property
+    def model(self) -> ModelRef: ...
 
     def to_json(self) -> dict[str, Any]: ...
 

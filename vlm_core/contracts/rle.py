@@ -34,8 +34,10 @@ class RLE:
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> RLE:
-        height, width = doc["size"]  # type: ignore[misc]
-        return cls(int(height), int(width), str(doc["counts"]))
+        size = doc["size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"RLE size must be [height, width], got {size!r}")
+        return cls(int(size[0]), int(size[1]), str(doc["counts"]))
 
 
 def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:

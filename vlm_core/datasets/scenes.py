@@ -69,7 +69,7 @@ class SceneGenerator:
     def _new_item(self, rng: np.random.Generator, size: int, x: float, y: float) -> _Item:
         index = int(rng.integers(len(self.data)))
         hue = int(rng.integers(0, 180))
-        hsv = np.uint8([[[hue, int(rng.integers(60, 256)), int(rng.integers(140, 256))]]])
+        hsv = np.array([[[hue, int(rng.integers(60, 256)), int(rng.integers(140, 256))]]], np.uint8)
         color = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
         item = _Item(index, int(self.data.labels[index]), size, color, x, y)  # type: ignore[arg-type]
         _prepare_sprite(item, self.data.images[index])
@@ -132,7 +132,7 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
         img = np.broadcast_to(img, (height, width, 3))
     elif style == 1:
         noise = rng.random((height // 8 + 1, width // 8 + 1, 1), dtype=np.float32)
-        noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)[..., None]
+        noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)[..., None]  # type: ignore[assignment]
         img = c1 * (1 - noise) + c2 * noise
     elif style == 2:
         period = int(rng.integers(12, 48))

@@ -223,8 +223,8 @@ class StreamProcessor:
             except BatchFailedError:
                 raise
             except Exception as exc:  # a bug of ours: retried, then isolated like any stage
-                pending = [b.offsets for b in (*self._inflight, *self._producing)]
-                raise BatchFailedError("internal", exc, _merge_offsets(_end_offsets(records), *pending)) from exc
+                held = [b.offsets for b in self._inflight] + [p.offsets for p in self._producing]
+                raise BatchFailedError("internal", exc, _merge_offsets(_end_offsets(records), *held)) from exc
         except BatchFailedError as exc:
             self._on_batch_failure(exc)
             return 0
@@ -387,9 +387,9 @@ class StreamProcessor:
         """Wait for the batch's model outputs, assemble its results and send them."""
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
-        for task, (indices, pending, sent_at) in batch.requests.items():
+        for task, (indices, request, sent_at) in batch.requests.items():
             try:
-                task_outputs = pending.result(timeout=self.model_timeout_s)
+                task_outputs = request.result(timeout=self.model_timeout_s)
                 if len(task_outputs) != len(indices):
                     raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
             except Exception as exc:
@@ -426,8 +426,8 @@ class StreamProcessor:
                 pending.result(timeout=self.produce_timeout_s)
             except Exception as exc:
                 raise BatchFailedError("side produce ack", exc, producing.offsets, reason=None) from exc
-        for _item, _result, pending in producing.sends:
-            for send in pending:
+        for _item, _result, sends in producing.sends:
+            for send in sends:
                 try:
                     send.result(timeout=self.produce_timeout_s)
                 except Exception as exc:

@@ -173,7 +173,7 @@ class DetectionProfile(TaskProfile):
     def loss(self, model: nn.Module, batch: Any, options: TrainingOptions) -> torch.Tensor:
         inputs, targets = batch
         losses = model(list(inputs), list(targets))
-        return sum(losses.values())  # type: ignore[return-value]
+        return sum(losses.values())
 
     def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         correct = total = 0

@@ -115,7 +115,8 @@ def split_indices(
     if not 0 < validation_fraction < 1:
         raise DatasetError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
     threshold = int(validation_fraction * 2**32)
-    train, validation = [], []
+    train: list[int] = []
+    validation: list[int] = []
     for i in range(count):
         bucket = zlib.crc32(f"{seed}:{keys[i] if keys is not None else i}".encode())
         (validation if bucket < threshold else train).append(i)
