@@ -1,10 +1,12 @@
 """Serve application builder: ``import_path: services.inference.app:build_app``.
 
+No ``from __future__ import annotations`` here: Serve validates a config file's ``args``
+into the builder's parameter type only when the annotation is the class itself.
+
 ``deploy/serve/pipeline.yaml`` is a plain Serve config: ``serve run`` / ``serve deploy``
 call :func:`build_app` with the ``args`` block, and so does ``vlm serve``.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
