@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.localstack import pid_alive, process_group_members
+from services.localstack.stack import pid_alive, process_group_members
 from vlm_core.config import LocalSettings
 
 pytestmark = pytest.mark.integration
