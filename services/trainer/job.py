@@ -195,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
         metrics["epoch_s"] = time.perf_counter() - started
         if rank == 0:
-            val_batches = (_to_device(batch, device, request.task) for batch in val_loader)
+            val_batches = (_to_device(batch, device) for batch in val_loader)
             metrics.update(quick_validation(_unwrap(model), request.task, val_batches))
         history.append(metrics)
         with tempfile.TemporaryDirectory() as directory:

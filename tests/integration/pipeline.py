@@ -49,12 +49,13 @@ class PipelineTopics:
 
 
 def pipeline_args(bootstrap: str, topics: PipelineTopics, **overrides: Any) -> dict[str, Any]:
+    processor = {"group_id": f"g-{uuid.uuid4().hex[:8]}", "batch_size": 8, "poll_timeout_ms": 50, "num_cpus": 0.25}
     return model_pipeline_args(
         bootstrap,
         Topics(frames=topics.frames, results=topics.results, dlq=topics.dlq),
         Task.CLASSIFICATION,
         FAST_CLASSIFIER,
-        processor={"group_id": f"g-{uuid.uuid4().hex[:8]}", "batch_size": 8, "poll_timeout_ms": 50, "num_cpus": 0.25},
+        processor={**processor, **overrides.pop("processor", {})},
         **overrides,
     )
 
