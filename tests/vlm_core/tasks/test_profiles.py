@@ -60,7 +60,8 @@ class TinyBrightnessNet(nn.Module):
 
 
 class BrightnessPredictor(Predictor):
-    task = Task.register(BRIGHTNESS)
+    # ``task`` is set when the fixture registers the task: registering at import time
+    # would show the toy task to every test of the session.
     default_input_size = 16
 
     def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
@@ -88,7 +89,6 @@ class BrightnessScorer(Scorer):
 
 
 class BrightnessProfile(TaskProfile):
-    task = Task.register(BRIGHTNESS)
     noun = "brightness meter"
     deployment_name = "BrightnessMeter"
     primary_metric = "mae"
@@ -120,7 +120,9 @@ def toy_task() -> Iterator[Task]:
     from vlm_core.models import zoo
     from vlm_core.tasks import _PROFILES, register_profile
 
-    register_architecture(Architecture("tiny_brightness", Task.register(BRIGHTNESS), TinyBrightnessNet))
+    task = Task.register(BRIGHTNESS)
+    BrightnessPredictor.task = BrightnessProfile.task = task
+    register_architecture(Architecture("tiny_brightness", task, TinyBrightnessNet))
     register_profile(BrightnessProfile())
     yield Task(BRIGHTNESS)
     # leave the other tests the three built-in tasks
