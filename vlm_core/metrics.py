@@ -166,16 +166,30 @@ class MetricsSink:
         self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
 
     def inc(self, metric: MetricDef, value: float = 1.0, **tags: str) -> None:
-        self.counters[(metric.name, label_values(tags))] += value
+        labels = label_values(tags)
+        self.counters[(metric.name, labels)] += value
+        self._export(metric, value, labels)
 
     def set(self, metric: MetricDef, value: float, **tags: str) -> None:
-        self.gauges[(metric.name, label_values(tags))] = value
+        labels = label_values(tags)
+        self.gauges[(metric.name, labels)] = value
+        self._export(metric, value, labels)
 
     def observe(self, metric: MetricDef, value: float, **tags: str) -> None:
-        observations = self.observations[(metric.name, label_values(tags))]
+        labels = label_values(tags)
+        observations = self.observations[(metric.name, labels)]
         observations.append(value)
         if len(observations) > 10_000:
             del observations[:5_000]
+        self._export(metric, value, labels)
+
+    def record(self, metric: MetricDef, value: float = 1.0, **tags: str) -> None:
+        """``inc``, ``set`` or ``observe``, as the metric's kind says."""
+        update = {Kind.COUNTER: self.inc, Kind.GAUGE: self.set, Kind.HISTOGRAM: self.observe}[metric.kind]
+        update(metric, value, **tags)
+
+    def _export(self, metric: MetricDef, value: float, labels: tuple[tuple[str, str], ...]) -> None:
+        """Where a subclass hands an update on (Ray's exporter); ``labels`` are already safe."""
 
     def counter_samples(self) -> list[CounterSample]:
         return [CounterSample(name, dict(tags), value) for (name, tags), value in list(self.counters.items())]

@@ -142,6 +142,7 @@ class StreamProcessorReplica:
         import ray
 
         processor = self.processor
+        memory = _proc_status_mb("VmRSS", "VmHWM")
         return ProcessorStats(
             actor_name=ray.get_runtime_context().get_actor_name() or "",
             pid=os.getpid(),
@@ -151,8 +152,8 @@ class StreamProcessorReplica:
             error=self.error,
             uptime_s=time.time() - self.started,
             loop_restarts=self.restarts.total,
-            rss_mb=_proc_status_mb("VmRSS"),
-            peak_rss_mb=_proc_status_mb("VmHWM"),
+            rss_mb=memory["VmRSS"],
+            peak_rss_mb=memory["VmHWM"],
             counters=self.metrics.counter_samples(),
         )
 
@@ -167,13 +168,15 @@ class StreamProcessorReplica:
             self.thread.join(timeout=30)
 
 
-def _proc_status_mb(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+def _proc_status_mb(*fields: str) -> dict[str, float]:
+    """Memory figures of this process from /proc/self/status (Linux), in MB; 0 elsewhere."""
+    found = dict.fromkeys(fields, 0.0)
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
+                name, _, rest = line.partition(":")
+                if name in found:
+                    found[name] = int(rest.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return found

@@ -26,19 +26,13 @@ class RayMetricsSink(m.MetricsSink):
                     d.name, d.description, boundaries=list(d.buckets), tag_keys=d.tags
                 )
 
-    def inc(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
-        super().inc(metric, value, **tags)
-        self._ray[metric.name].inc(value, tags=_ray_tags(tags))
-
-    def set(self, metric: m.MetricDef, value: float, **tags: str) -> None:
-        super().set(metric, value, **tags)
-        self._ray[metric.name].set(value, tags=_ray_tags(tags))
-
-    def observe(self, metric: m.MetricDef, value: float, **tags: str) -> None:
-        super().observe(metric, value, **tags)
-        self._ray[metric.name].observe(value, tags=_ray_tags(tags))
-
-
-def _ray_tags(tags: dict[str, str]) -> dict[str, str] | None:
-    """Ray's exporter rejects non-ASCII tag values (UnicodeEncodeError in Metric.record)."""
-    return dict(m.label_values(tags)) or None
+    def _export(self, metric: m.MetricDef, value: float, labels: tuple[tuple[str, str], ...]) -> None:
+        # The labels went through metric_label: Ray's exporter rejects non-ASCII tag values.
+        instrument = self._ray[metric.name]
+        tags = dict(labels) or None
+        if metric.kind is m.Kind.COUNTER:
+            instrument.inc(value, tags=tags)
+        elif metric.kind is m.Kind.GAUGE:
+            instrument.set(value, tags=tags)
+        else:
+            instrument.observe(value, tags=tags)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -62,6 +61,7 @@ class CameraWorker(threading.Thread):
         self.stop_event = stop
         self.stats = CameraStats()
         self.seq = 0
+        self.label = metric_label(config.camera_id)
 
     def run(self) -> None:
         cfg = self.config
@@ -72,14 +72,14 @@ class CameraWorker(threading.Thread):
                 source.open()
             except Exception as exc:  # a broken camera must not kill the process
                 failure, permanent = failure_of(exc)
-                self._set_down(failure)
+                self._report(failure)
                 self._record_error(f"open failed: {exc}")
                 if permanent:
                     self.stats.permanent_error = str(exc)
                     break
                 backoff = self._reconnect_after(backoff)
                 continue
-            self._set_up()
+            self._report(None)
             sent_before = self.seq
             try:
                 ended = self._pump(source)
@@ -90,18 +90,12 @@ class CameraWorker(threading.Thread):
             if ended and not source.spec.live and not cfg.loop:
                 break  # a finite file is done
             if not self.stop_event.is_set() and not self._done():
-                self._set_down(SourceFailure.STREAM_LOST)
+                self._report(SourceFailure.STREAM_LOST)
                 backoff = self._reconnect_after(backoff)
         self.stats.finished = True
         if not self.stats.permanent_error:  # a camera that is done is not down
-            with contextlib.suppress(KeyError):  # never came up
-                metrics.CAMERA_UP.remove(self.label)
-            for reason in metrics.DOWN_REASONS:
-                metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(0)
-
-    @property
-    def label(self) -> str:
-        return metric_label(self.config.camera_id)
+            self._report(None)
+            metrics.CAMERA_UP.remove(self.label)
 
     def _reconnect_after(self, backoff: float) -> float:
         metrics.SOURCE_RECONNECTS.labels(camera_id=self.label).inc()
@@ -109,15 +103,12 @@ class CameraWorker(threading.Thread):
         self.stop_event.wait(backoff)
         return min(backoff * 2, self.config.reconnect_max_s)
 
-    def _set_up(self) -> None:
-        metrics.CAMERA_UP.labels(camera_id=self.label).set(1)
+    def _report(self, failure: SourceFailure | None) -> None:
+        """The camera is up (``failure`` None) or down for ``failure``."""
+        metrics.CAMERA_UP.labels(camera_id=self.label).set(0 if failure else 1)
         for reason in metrics.DOWN_REASONS:
-            metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(0)
-
-    def _set_down(self, failure: SourceFailure) -> None:
-        metrics.CAMERA_UP.labels(camera_id=self.label).set(0)
-        for reason in metrics.DOWN_REASONS:
-            metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(int(reason == failure.value))
+            is_it = failure is not None and reason == failure.value
+            metrics.CAMERA_DOWN_REASON.labels(camera_id=self.label, reason=reason).set(int(is_it))
 
     def _done(self) -> bool:
         return self.config.max_frames is not None and self.seq >= self.config.max_frames

@@ -185,15 +185,10 @@ class Frame:
                     f"raw frame has {len(self.data)} bytes, {self.width}x{self.height}x3 needs {expected}"
                 )
             return np.frombuffer(self.data, dtype=np.uint8).reshape(self.height, self.width, 3)
-        # The encoded image's own size is read before any pixel is decoded: a small file can
-        # claim gigapixels (a decompression bomb) and the headers may lie about it.
-        width, height = encoded_size(self.data, self.encoding)
-        if width * height > limits.max_pixels:
-            raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {limits.max_pixels}")
-        if (width, height) != (self.width, self.height):
-            raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
-        image = decode_image(self.data, self.encoding)
-        height, width = image.shape[:2]
+        image = decode_image(
+            self.data, self.encoding, max_pixels=limits.max_pixels, expected_size=(self.width, self.height)
+        )
+        height, width = image.shape[:2]  # EXIF orientation may still turn it
         if (width, height) != (self.width, self.height):
             raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
         return image
@@ -292,13 +287,27 @@ def encoded_size(data: bytes, encoding: Encoding) -> tuple[int, int]:
     return width, height
 
 
-def decode_image(data: bytes, encoding: Encoding) -> np.ndarray:
+def decode_image(
+    data: bytes,
+    encoding: Encoding,
+    *,
+    max_pixels: int = DEFAULT_LIMITS.max_pixels,
+    expected_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode JPEG/PNG bytes with OpenCV. Truncated or foreign bytes raise FrameDecodeError;
-    bytes after a JPEG's end-of-image marker are ignored, as OpenCV ignores them."""
-    _check_magic(data, encoding)
-    if encoding is Encoding.JPEG:
-        # libjpeg happily pads a truncated JPEG with grey; a cut-off frame is corrupt.
-        _jpeg_scan(data)
+    bytes after a JPEG's end-of-image marker are ignored, as OpenCV ignores them.
+
+    The image's own (width, height) is read before any pixel is decoded: a small file can
+    claim gigapixels (a decompression bomb), so ``max_pixels`` applies to it, and so does
+    ``expected_size`` (what the headers say). The walk to the JPEG's end marker also
+    catches a cut-off frame, which libjpeg would pad with grey."""
+    width, height = encoded_size(data, encoding)
+    if width * height > max_pixels:
+        raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {max_pixels}")
+    if expected_size is not None and (width, height) != expected_size:
+        raise FrameDimensionMismatchError(
+            f"headers say {expected_size[0]}x{expected_size[1]}, image is {width}x{height}"
+        )
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise FrameDecodeError(f"OpenCV could not decode the {encoding.value} bytes")

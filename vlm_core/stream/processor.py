@@ -124,7 +124,6 @@ class StreamProcessor:
         model_timeout_s: float = 60.0,
         produce_timeout_s: float = 30.0,
         max_batch_retries: int = 3,
-        on_result: Callable[[Result], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -140,7 +139,6 @@ class StreamProcessor:
         self.model_timeout_s = model_timeout_s
         self.produce_timeout_s = produce_timeout_s
         self.max_batch_retries = max_batch_retries
-        self.on_result = on_result
         self.clock_ms = clock_ms
         self.sleep = sleep
         self._lock = threading.RLock()
@@ -229,7 +227,7 @@ class StreamProcessor:
             self._on_batch_failure(exc)
             return 0
         finally:
-            self._set_metric(m.INFLIGHT_BATCHES, len(self._inflight))
+            self._record(m.INFLIGHT_BATCHES, len(self._inflight))
         self._report_lag()
         return len(records)
 
@@ -244,7 +242,7 @@ class StreamProcessor:
                     self._on_batch_failure(exc)
                 except Exception:  # partitions already gone: the next owner re-reads from the commit
                     log.exception("rewind after a failed drain did not work")
-            self._set_metric(m.INFLIGHT_BATCHES, 0)
+            self._record(m.INFLIGHT_BATCHES, 0)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -254,7 +252,7 @@ class StreamProcessor:
 
     # -- failures -----------------------------------------------------------------------
     def _on_batch_failure(self, exc: BatchFailedError) -> None:
-        self._inc_metric(m.BATCH_FAILURES, stage=exc.stage)
+        self._record(m.BATCH_FAILURES, stage=exc.stage)
         self._failures += 1
         log.warning("%s (failure %d in a row); rewinding to the last committed offsets", exc, self._failures)
         self._inflight.clear()
@@ -268,9 +266,8 @@ class StreamProcessor:
                     self._failures,
                     exc.stage,
                 )
-                self._inc_metric(m.BATCHES_ISOLATED, stage=exc.stage)
-            for tp, end in exc.offsets.items():
-                self._isolate_until[tp] = max(self._isolate_until.get(tp, 0), end)
+                self._record(m.BATCHES_ISOLATED, stage=exc.stage)
+            self._isolate_until = _merge_offsets(self._isolate_until, exc.offsets)
         if self._failures > self.max_batch_retries:  # the broker or a model is down: do not spin
             self.sleep(min(0.1 * 2 ** (self._failures - self.max_batch_retries), 5.0))
         self.consumer.rewind()
@@ -400,8 +397,8 @@ class StreamProcessor:
             if task_outputs:
                 ref = task_outputs[0].model
                 tags = {"task": task.value, "model": ref.name, "version": ref.version}
-                self._observe_metric(m.MODEL_LATENCY, elapsed, **tags)
-                self._observe_metric(m.MODEL_BATCH_SIZE, len(indices), **tags)
+                self._record(m.MODEL_LATENCY, elapsed, **tags)
+                self._record(m.MODEL_BATCH_SIZE, len(indices), **tags)
         sends: list[tuple[_Item, Result, list[Pending]]] = []
         for i, item in enumerate(batch.items):
             try:
@@ -434,21 +431,16 @@ class StreamProcessor:
                     raise BatchFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
 
     def _count_processed(self, producing: _Producing) -> None:
-        """After the broker acknowledged a batch's results: counters, latencies, callbacks.
-        A failure here cannot take a result back, so it is logged, never raised."""
+        """After the broker acknowledged a batch's results: counters and latencies. A
+        failure here cannot take a result back, so it is logged, never raised."""
         processed: Counter[str] = Counter()
         for item, result, _pending in producing.sends:
             processed[item.frame.camera_id] += 1
             latency_ms = max(0, result.processed_ts_ms - item.frame.capture_ts_ms)
-            self._observe_metric(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.frame.camera_id)
+            self._record(m.E2E_LATENCY, latency_ms / 1000, camera_id=item.frame.camera_id)
             self.results_produced += 1
-            if self.on_result is not None:
-                try:
-                    self.on_result(result)
-                except Exception:
-                    log.exception("the on_result callback failed for %s#%s", result.camera_id, result.seq)
         for camera, count in processed.items():
-            self._inc_metric(m.FRAMES_PROCESSED, count, camera_id=camera)
+            self._record(m.FRAMES_PROCESSED, count, camera_id=camera)
 
     def _commit(self, producing: _Producing, wait: bool = True) -> None:
         """Wait for the broker's acknowledgements of a batch's records, then commit it.
@@ -502,7 +494,7 @@ class StreamProcessor:
         if len(self._dead_letters) >= _MAX_REMEMBERED_DEAD_LETTERS:
             del self._dead_letters[next(iter(self._dead_letters))]
         self._dead_letters[source] = pending
-        self._inc_metric(m.FRAMES_DEAD_LETTERED, reason=reason)
+        self._record(m.FRAMES_DEAD_LETTERED, reason=reason)
 
     def _report_lag(self) -> None:
         try:
@@ -510,24 +502,13 @@ class StreamProcessor:
         except Exception:  # lag is informative; never fail a batch for it
             return
         for (topic, partition), lag in lags.items():
-            self._set_metric(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
+            self._record(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
 
-    # -- metrics that must never fail a batch -------------------------------------------
-    def _inc_metric(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
+    def _record(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
+        """A metric update that must never fail a batch (the per-record counters of
+        ``_submit`` call the sink directly: their failure is that record's)."""
         try:
-            self.metrics.inc(metric, value, **tags)
-        except Exception:
-            log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
-
-    def _set_metric(self, metric: m.MetricDef, value: float, **tags: str) -> None:
-        try:
-            self.metrics.set(metric, value, **tags)
-        except Exception:
-            log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
-
-    def _observe_metric(self, metric: m.MetricDef, value: float, **tags: str) -> None:
-        try:
-            self.metrics.observe(metric, value, **tags)
+            self.metrics.record(metric, value, **tags)
         except Exception:
             log.warning("metric %s %s not recorded", metric.name, tags, exc_info=True)
 
@@ -545,8 +526,4 @@ def _merge_offsets(*offsets: dict[TopicPartition, int]) -> dict[TopicPartition, 
 
 
 def _end_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
-    offsets: dict[TopicPartition, int] = {}
-    for rec in records:
-        tp = (rec.topic, rec.partition)
-        offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
-    return offsets
+    return _merge_offsets(*({(rec.topic, rec.partition): rec.offset + 1} for rec in records))
