@@ -67,8 +67,12 @@ def follow_results(
                     try:
                         result = Result.from_bytes(rec.value)
                     except ResultError as exc:
-                        console.print(f"invalid result at {rec.partition}/{rec.offset}: {exc}", markup=False,
-                                      style="red", soft_wrap=True)
+                        console.print(
+                            f"invalid result at {rec.partition}/{rec.offset}: {exc}",
+                            markup=False,
+                            style="red",
+                            soft_wrap=True,
+                        )
                         continue
                     cameras[result.camera_id] += 1
                     if camera is not None and result.camera_id != camera:

@@ -28,6 +28,9 @@ class Topics(BaseModel, frozen=True):
     dlq: str = "vlm.frames.dlq"
     labels: str = "vlm.labels"
     to_label: str = "vlm.to_label"
+    events: str = "vlm.events"
+    #: Compacted, keyed by camera, as many partitions as ``frames``: each camera's tracker state.
+    tracks_state: str = "vlm.tracks.state"
 
 
 class LocalSettings(BaseModel, frozen=True):

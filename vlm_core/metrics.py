@@ -85,6 +85,28 @@ MODEL_LOADS = MetricDef(
 MODEL_INFO = MetricDef(
     "vlm_model_version_info", Kind.GAUGE, "1 for the model version a replica serves", ("task", "model", "version")
 )
+ACTIVE_TRACKS = MetricDef(
+    "vlm_tracks_active", Kind.GAUGE, "Confirmed tracks of a camera (seen now or briefly lost)", ("camera_id",)
+)
+EVENTS = MetricDef(
+    "vlm_events_total", Kind.COUNTER, "Analytics events produced, by camera and type", ("camera_id", "type")
+)
+ZONE_OCCUPANCY = MetricDef("vlm_zone_occupancy", Kind.GAUGE, "Confirmed tracks inside a zone", ("camera_id", "zone"))
+TRACKING_STATE_RESTARTS = MetricDef(
+    "vlm_tracking_state_restarts_total",
+    Kind.COUNTER,
+    "Cameras whose tracker state could not be used and started fresh, by reason",
+    ("camera_id", "reason"),
+)
+TRACKING_REPLAYS = MetricDef(
+    "vlm_tracking_replays_total",
+    Kind.COUNTER,
+    "Frames tracked before (retries, failovers): 'replayed' got their first ids, 'unknown' were too old",
+    ("camera_id", "outcome"),
+)
+TRACKING_STATE_LOADS = MetricDef(
+    "vlm_tracking_state_loads_total", Kind.COUNTER, "Camera states loaded from the state topic on assignment"
+)
 
 ALL_METRICS: tuple[MetricDef, ...] = (
     FRAMES_CONSUMED,
@@ -102,6 +124,12 @@ ALL_METRICS: tuple[MetricDef, ...] = (
     TO_LABEL_SAMPLED,
     MODEL_LOADS,
     MODEL_INFO,
+    ACTIVE_TRACKS,
+    EVENTS,
+    ZONE_OCCUPANCY,
+    TRACKING_STATE_RESTARTS,
+    TRACKING_REPLAYS,
+    TRACKING_STATE_LOADS,
 )
 
 RAY_PREFIX = "ray_"
@@ -127,8 +155,7 @@ def metric_label(value: str) -> str:
     if all(ch in _LABEL_SAFE for ch in value):
         return value
     return "".join(
-        ch if ch in _LABEL_SAFE else (f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        for ch in value
+        ch if ch in _LABEL_SAFE else (f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}") for ch in value
     )
 
 

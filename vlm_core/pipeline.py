@@ -30,10 +30,145 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TrackerKind(str, enum.Enum):
+    #: ByteTrack's two-stage association (high-score boxes, then low-score ones).
+    BYTETRACK = "bytetrack"
+
+
+class TrackingSettings(_Strict):
+    """A camera's multi-object tracker (ByteTrack, class-aware: a track never changes class)."""
+
+    tracker: TrackerKind = TrackerKind.BYTETRACK
+    #: Boxes scoring at least this are matched first; lower ones (down to ``low_score``)
+    #: only extend tracks that are already seen, never start one.
+    high_score: float = Field(default=0.5, ge=0, le=1)
+    low_score: float = Field(default=0.1, ge=0, le=1)
+    #: The score an unmatched box needs to start a (tentative) track.
+    new_track_score: float = Field(default=0.6, ge=0, le=1)
+    #: Minimum IoU of a high-score box with a track's predicted box to match it.
+    match_iou: float = Field(default=0.2, gt=0, le=1)
+    #: Minimum IoU in the second (low-score) stage.
+    low_match_iou: float = Field(default=0.5, gt=0, le=1)
+    #: Consecutive matched frames before a track is confirmed and gets its id.
+    min_hits: int = Field(default=3, ge=1, le=100)
+    #: How long a confirmed track that is not seen is kept for re-identification.
+    max_lost_s: float = Field(default=3.0, ge=0, le=3600)
+    #: A camera that sends nothing for this long releases its tracks (its id counter and
+    #: counts stay, so ids are never reused).
+    idle_release_s: float = Field(default=120.0, gt=0)
+    #: Recent frames whose ids and events are kept, so a frame processed again after a
+    #: retry or a failover gets the same ids and events (at least the uncommitted window).
+    replay_window: int = Field(default=64, ge=1, le=10_000)
+    #: At most this many tracks per camera (the oldest lost ones go first).
+    max_tracks: int = Field(default=256, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrackingSettings:
+        if not self.low_score <= self.high_score:
+            raise ValueError(f"low_score ({self.low_score}) must be <= high_score ({self.high_score})")
+        if self.new_track_score < self.low_score:
+            raise ValueError(f"new_track_score ({self.new_track_score}) must be >= low_score ({self.low_score})")
+        return self
+
+
+class Anchor(str, enum.Enum):
+    """The point of a box that zones and lines test."""
+
+    BOTTOM_CENTER = "bottom_center"
+    CENTER = "center"
+    TOP_CENTER = "top_center"
+
+
+class Units(str, enum.Enum):
+    PIXELS = "pixels"
+    #: Fractions of the frame's width and height, 0..1.
+    NORMALIZED = "normalized"
+
+
+Point = tuple[float, float]
+
+
+class _Region(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    units: Units = Units.PIXELS
+    #: Class labels counted here; empty counts every class.
+    classes: tuple[str, ...] = ()
+    anchor: Anchor = Anchor.BOTTOM_CENTER
+
+    def _check_points(self, points: tuple[Point, ...]) -> None:
+        for x, y in points:
+            if self.units is Units.NORMALIZED and not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError(f"{self.name}: normalized point ({x}, {y}) is outside 0..1")
+            if self.units is Units.PIXELS and (x < 0 or y < 0):
+                raise ValueError(f"{self.name}: pixel point ({x}, {y}) is negative")
+
+
+class ZoneSettings(_Region):
+    """A polygon. A track is in it when its anchor is (with hysteresis at the border)."""
+
+    polygon: tuple[Point, ...] = Field(min_length=3, max_length=256)
+    #: ``dwell_exceeded`` fires once per stay when a track has been inside this long.
+    dwell_threshold_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ZoneSettings:
+        self._check_points(self.polygon)
+        return self
+
+
+class LineSettings(_Region):
+    """A segment from ``points[0]`` to ``points[1]``. Crossing it from its left to its right
+    (as drawn on the image, facing from the first point to the second) is ``in``; the
+    other way is ``out``."""
+
+    points: tuple[Point, Point]
+
+    @model_validator(mode="after")
+    def _check(self) -> LineSettings:
+        self._check_points(self.points)
+        if self.points[0] == self.points[1]:
+            raise ValueError(f"{self.name}: a line needs two distinct points")
+        return self
+
+
+class AnalyticsSettings(_Strict):
+    zones: tuple[ZoneSettings, ...] = ()
+    lines: tuple[LineSettings, ...] = ()
+    #: An anchor must be this many pixels past a zone border or a line before its side
+    #: changes, so a box jittering on the border does not count.
+    hysteresis_px: float = Field(default=3.0, ge=0, le=1000)
+    #: A ``counts`` event per camera every this many seconds of frame time (0: none).
+    counts_interval_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AnalyticsSettings:
+        names = [r.name for r in (*self.zones, *self.lines)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"zone and line names must be unique per camera: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.zones or self.lines)
+
+
 class CameraPolicy(_Strict):
     tasks: tuple[Task, ...] = (Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION)
     drop_policy: DropPolicy = DropPolicy.PROCESS_ALL
     max_age_ms: int = Field(default=2000, ge=1)
+    #: Track objects across this camera's frames (needs the detection task).
+    tracking: TrackingSettings | None = None
+    #: Zones and lines over the tracks (needs tracking): events on ``topics.events``.
+    analytics: AnalyticsSettings = AnalyticsSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> CameraPolicy:
+        if self.tracking is not None and Task.DETECTION not in self.tasks:
+            raise ValueError("tracking needs the detection task in 'tasks'")
+        if self.analytics.enabled and self.tracking is None:
+            raise ValueError("zones and lines count tracks: set 'tracking' too")
+        return self
 
 
 class CameraRouting(_Strict):
@@ -42,6 +177,11 @@ class CameraRouting(_Strict):
 
     def policy_for(self, camera_id: str) -> CameraPolicy:
         return self.overrides.get(camera_id, self.default)
+
+    @property
+    def tracked(self) -> bool:
+        """Whether any camera is tracked."""
+        return any(p.tracking is not None for p in (self.default, *self.overrides.values()))
 
 
 class DeploymentSettings(_Strict):

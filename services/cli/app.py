@@ -98,9 +98,7 @@ def ingest(
     ] = None,
     camera_id: Annotated[str | None, typer.Option("--camera-id", help="Camera id (the Kafka key).")] = None,
     sources: Annotated[Path | None, typer.Option(help="YAML file listing many cameras.")] = None,
-    fps: Annotated[
-        float, typer.Option(help="Frames per second per camera; 0 sends every frame, unpaced.")
-    ] = 10.0,
+    fps: Annotated[float, typer.Option(help="Frames per second per camera; 0 sends every frame, unpaced.")] = 10.0,
     max_width: Annotated[int, typer.Option("--max-width", help="Downscale wider frames to this width.")] = 640,
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100)] = 85,
     loop: Annotated[bool, typer.Option(help="Loop video files forever.")] = False,

@@ -7,7 +7,6 @@ into the builder's parameter type only when the annotation is the class itself.
 call :func:`build_app` with the ``args`` block, and so does ``vlm serve``.
 """
 
-
 from typing import Any
 
 from ray import serve

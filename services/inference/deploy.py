@@ -64,9 +64,7 @@ def load_args(config_path: Path | None, app_name: str | None = None) -> tuple[st
     return pipeline_args(load_serve_config(config_path or DEFAULT_CONFIG), app_name)
 
 
-def load_config(
-    config_path: Path | None, app_name: str | None = None, **overrides: Any
-) -> tuple[str, PipelineConfig]:
+def load_config(config_path: Path | None, app_name: str | None = None, **overrides: Any) -> tuple[str, PipelineConfig]:
     """(application name, its PipelineConfig) from a Serve config file, parsed once; a
     mistake names the file."""
     name, args = load_args(config_path, app_name)

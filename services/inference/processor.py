@@ -13,11 +13,12 @@ import numpy as np
 
 from services.inference.ray_metrics import RayMetricsSink
 from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer
+from services.kafka_io.state import KafkaTrackStateStore
 from vlm_core import metrics as m
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
 from vlm_core.pipeline import PipelineConfig
-from vlm_core.stream import RestartWindow, StreamProcessor, kafka_sinks
+from vlm_core.stream import RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 
 log = logging.getLogger("ray.serve")
 
@@ -46,6 +47,9 @@ class ProcessorStats:
     rss_mb: float
     peak_rss_mb: float
     counters: list[m.CounterSample] = field(default_factory=list)
+    #: Cameras with tracker state in this replica, and the size of that state encoded.
+    tracked_cameras: int = 0
+    tracker_state_bytes: int = 0
 
 
 class StreamProcessorReplica:
@@ -93,6 +97,12 @@ class StreamProcessorReplica:
             consumer = producer = None
             try:
                 producer = KafkaResultProducer(cfg.bootstrap)
+                tracking = state_store = None
+                if cfg.cameras.tracked:
+                    tracking = TrackingStage(cfg.cameras, metrics=self.metrics)
+                    state_store = KafkaTrackStateStore(
+                        cfg.bootstrap, cfg.topics.tracks_state, cfg.topics.frames, producer
+                    )
                 consumer = KafkaFrameConsumer(
                     cfg.bootstrap, cfg.topics.frames, cfg.processor.group_id, on_revoke=self._drain
                 )
@@ -103,6 +113,8 @@ class StreamProcessorReplica:
                     kafka_sinks(producer, cfg.topics, active_learning=cfg.active_learning, metrics=self.metrics),
                     cfg.processor,
                     metrics=self.metrics,
+                    tracking=tracking,
+                    state_store=state_store,
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)
@@ -142,6 +154,7 @@ class StreamProcessorReplica:
         import ray
 
         processor = self.processor
+        tracking = processor.tracking if processor else None
         memory = _proc_status_mb("VmRSS", "VmHWM")
         return ProcessorStats(
             actor_name=ray.get_runtime_context().get_actor_name() or "",
@@ -155,6 +168,8 @@ class StreamProcessorReplica:
             rss_mb=memory["VmRSS"],
             peak_rss_mb=memory["VmHWM"],
             counters=self.metrics.counter_samples(),
+            tracked_cameras=len(tracking.cameras) if tracking else 0,
+            tracker_state_bytes=tracking.state_bytes() if tracking else 0,
         )
 
     def _mean(self, metric: m.MetricDef) -> float:

@@ -59,11 +59,23 @@ def _connect(factory: Callable[..., _T], bootstrap: str, **config: Any) -> _T:
         ) from None
 
 
+#: A compacted topic rolls a segment this often, so old states are compacted away soon.
+COMPACTED_SEGMENT_MS = 600_000
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int = 4
     retention_ms: int | None = None
+    #: Keep only each key's latest record (a changelog such as the tracker state).
+    compact: bool = False
+
+    def configs(self) -> dict[str, str]:
+        configs = {"retention.ms": str(self.retention_ms)} if self.retention_ms else {}
+        if self.compact:
+            configs.update({"cleanup.policy": "compact", "segment.ms": str(COMPACTED_SEGMENT_MS)})
+        return configs
 
 
 def admin(bootstrap: str) -> KafkaAdminClient:
@@ -74,16 +86,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
     client = admin(bootstrap)
     try:
         existing = set(client.list_topics())
-        new = [
-            NewTopic(
-                t.name,
-                t.partitions,
-                1,
-                topic_configs={"retention.ms": str(t.retention_ms)} if t.retention_ms else {},
-            )
-            for t in topics
-            if t.name not in existing
-        ]
+        new = [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs()) for t in topics if t.name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 client.create_topics(new)

@@ -33,6 +33,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
     def __init__(self, consumer: Callable[[], KafkaConsumer], on_revoke: Callable[[], None]) -> None:
         self.consumer = consumer
         self.on_revoke = on_revoke
+        #: Grows with every assignment; the processor loads tracker states when it moves.
+        self.generation = 0
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if not revoked:
@@ -57,7 +59,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
             log.exception("draining on revoke failed; the next owner re-reads the uncommitted frames")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("partitions assigned: %s", assigned)
+        self.generation += 1
+        log.info("partitions assigned: %s (assignment %d)", assigned, self.generation)
 
 
 def _log_failed_commit(offsets: Any, response: Any) -> None:
@@ -83,7 +86,8 @@ class KafkaFrameConsumer:
         # No partitions_for_topic() check before subscribing: it loads every topic's
         # metadata, the group leader's first assignment then sees the metadata narrow to
         # the subscription and rebalances at once (and kafka-python 3.0 can lose that join).
-        self.consumer.subscribe([topic], listener=_Rebalance(lambda: self.consumer, on_revoke))
+        self._listener = _Rebalance(lambda: self.consumer, on_revoke)
+        self.consumer.subscribe([topic], listener=self._listener)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
         """Up to ``max_records`` records from one fetch.
@@ -152,6 +156,9 @@ class KafkaFrameConsumer:
                 lags[(tp.topic, tp.partition)] = max(0, high - position)
         return lags
 
+    def assignment(self) -> tuple[int, frozenset[tuple[str, int]]]:
+        return self._listener.generation, frozenset((tp.topic, tp.partition) for tp in self.consumer.assignment())
+
     def close(self) -> None:
         self.consumer.close()
 
@@ -169,8 +176,15 @@ class KafkaResultProducer:
         # Idempotence keeps per-partition order through retries with several requests in flight.
         self.producer: KafkaProducer = kafka_io.producer(bootstrap, enable_idempotence=True, linger_ms=2)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> _Ack:
-        return _Ack(self.producer.send(topic, key=key, value=value, headers=headers))
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        partition: int | None = None,
+    ) -> _Ack:
+        return _Ack(self.producer.send(topic, key=key, value=value, headers=headers, partition=partition))
 
     def close(self) -> None:
         self.producer.flush(30)

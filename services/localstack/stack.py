@@ -455,5 +455,8 @@ def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
             TopicSpec(topics.dlq, 1),
             TopicSpec(topics.labels, 1),
             TopicSpec(topics.to_label, 1),
+            TopicSpec(topics.events, partitions),
+            # co-partitioned with the frames: a partition's new owner reads its cameras' states
+            TopicSpec(topics.tracks_state, partitions, compact=True),
         ],
     )

@@ -32,8 +32,6 @@ print("library imported without", ", ".join(sorted(BLOCKED)))
 
 
 def test_library_imports_with_services_ray_kafka_typer_and_rich_blocked() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    proc = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "library imported without kafka, ray, rich, services, typer" in proc.stdout

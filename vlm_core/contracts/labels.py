@@ -173,6 +173,7 @@ class LabeledSample:
         annotation = _json(table, LabelHeader.ANNOTATION)
         if not isinstance(annotation, dict):
             raise LabelError("vlm-annotation must be a JSON object", reason="bad_annotation")
+
         def labeled(**annotated: Any) -> LabeledSample:
             return cls(dataset, sample_id, task, value, encoding, classes, **annotated)
 

@@ -1,7 +1,9 @@
-"""The result contract ``vlm.result/v1``: one JSON document per frame.
+"""The result contract ``vlm.result/v2``: one JSON document per frame.
 
-The dataclasses below serialise to the JSON Schema shipped in ``schemas/result-v1.json``
-and parse it back; changing the shape means a new schema version.
+The dataclasses below serialise to the JSON Schema shipped in ``schemas/result-v2.json``
+and parse it back; changing the shape means a new schema version. v2 adds each
+detection's ``track_id`` and a per-frame ``tracking`` section to v1; readers accept both
+(a v1 document reads as untracked).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from vlm_core.contracts.schema import json_schema, validate
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ResultError
 
-RESULT_SCHEMA_VERSION = "vlm.result/v1"
+RESULT_SCHEMA_VERSION = "vlm.result/v2"
 _O = TypeVar("_O")
 
-
-RESULT_SCHEMA_FILE = "result-v1.json"
+#: The schema file of every version a reader accepts, by the document's ``schema``.
+RESULT_SCHEMA_FILES = {"vlm.result/v1": "result-v1.json", "vlm.result/v2": "result-v2.json"}
+RESULT_SCHEMA_FILE = RESULT_SCHEMA_FILES[RESULT_SCHEMA_VERSION]
 
 
 def result_json_schema() -> dict[str, Any]:
@@ -78,6 +81,8 @@ class Detection:
     label: str
     class_id: int
     score: float
+    #: The camera's track of this object; None while unconfirmed or when untracked.
+    track_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,12 +90,13 @@ class Detection:
             "label": self.label,
             "class_id": self.class_id,
             "score": round(self.score, 6),
+            "track_id": self.track_id,
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Detection:
         x1, y1, x2, y2 = doc["box"]
-        return cls((x1, y1, x2, y2), doc["label"], doc["class_id"], doc["score"])
+        return cls((x1, y1, x2, y2), doc["label"], doc["class_id"], doc["score"], doc.get("track_id"))
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,24 @@ register_output(Task.SEGMENTATION, Segmentation)
 
 
 @dataclass(frozen=True)
+class TrackingInfo:
+    """The per-frame tracking section of a result."""
+
+    tracker: str
+    #: Confirmed tracks of the camera after this frame (seen now or briefly lost).
+    active_tracks: int
+    #: The frame was processed before (a retry, a failover): ids and events are the first time's.
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tracker": self.tracker, "active_tracks": self.active_tracks, "replayed": self.replayed}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> TrackingInfo | None:
+        return None if doc is None else cls(doc["tracker"], doc["active_tracks"], doc["replayed"])
+
+
+@dataclass(frozen=True)
 class Result:
     camera_id: str
     seq: int
@@ -175,6 +199,8 @@ class Result:
     timing_ms: dict[str, float] = field(default_factory=dict)
     partition: int | None = None
     offset: int | None = None
+    #: None when the camera is not tracked (and for every v1 document).
+    tracking: TrackingInfo | None = None
 
     @property
     def classification(self) -> Classification | None:
@@ -212,6 +238,7 @@ class Result:
             "frame": frame,
             "tasks": tasks,
             "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
+            "tracking": None if self.tracking is None else self.tracking.to_json(),
         }
 
     def to_bytes(self) -> bytes:
@@ -235,6 +262,7 @@ class Result:
             timing_ms=dict(doc["timing_ms"]),
             partition=frame.get("partition"),
             offset=frame.get("offset"),
+            tracking=TrackingInfo.from_json(doc.get("tracking")),
         )
 
     @classmethod
@@ -249,8 +277,14 @@ class Result:
 
 
 def validate_result(doc: dict[str, Any]) -> None:
-    """Raise ResultError naming the first schema violation."""
+    """Raise ResultError naming the first schema violation, against the version the
+    document names (v1 and v2 are both read)."""
+    version = doc.get("schema")
+    schema_file = RESULT_SCHEMA_FILES.get(version) if isinstance(version, str) else None
+    if schema_file is None:
+        known = ", ".join(RESULT_SCHEMA_FILES)
+        raise ResultError(f"result schema {str(version)[:60]!r} is not one this reader knows ({known})")
     try:
-        validate(doc, RESULT_SCHEMA_FILE, ResultError)
+        validate(doc, schema_file, ResultError)
     except ResultError as exc:
-        raise ResultError(f"result violates {RESULT_SCHEMA_VERSION} at {exc}") from None
+        raise ResultError(f"result violates {version} at {exc}") from None

@@ -28,3 +28,7 @@ class Sample:
     mask: np.ndarray | None = field(default=None, repr=False)
     instance_masks: np.ndarray | None = field(default=None, repr=False)
     source: str = ""
+    #: Per box, where known (synthetic video): the object's identity across frames, and
+    #: the fraction of it that is visible.
+    box_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64), repr=False)
+    box_visibility: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32), repr=False)

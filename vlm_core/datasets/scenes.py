@@ -44,6 +44,9 @@ class _Item:
     vy: float = 0.0
     sprite: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     alpha: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    item_id: int = 0
+    paused: int = 0  # frames left standing still
+    out_frames: int = 0  # frames spent wholly outside the frame
 
 
 class SceneGenerator:
@@ -90,35 +93,168 @@ class SceneGenerator:
         return items
 
 
-class SceneVideo:
-    """A moving scene: items drift and bounce off the edges. Frame ``t`` is deterministic."""
+@dataclass(frozen=True)
+class SceneMotion:
+    """How a :class:`SceneVideo`'s items move. The defaults are the plain drifting scene;
+    the options build the cases that break trackers, with ground truth for each."""
 
-    def __init__(self, config: SceneConfig | None = None, *, seed: int = 0, data: FashionMnist | None = None) -> None:
+    #: Items bounce off the edges. When False they leave the frame sideways, stay out for
+    #: ``reentry_frames`` and come back along the path they left by.
+    bounce: bool = True
+    reentry_frames: int = 3
+    #: Pairs of items on the same row move towards each other: they cross and occlude.
+    crossings: bool = False
+    #: Items now and then stop for a while, change speed or turn.
+    maneuvers: bool = False
+    #: Chance per item and frame that a manoeuvre starts.
+    maneuver_rate: float = 0.012
+    #: A vertical line at this fraction of the width; :attr:`SceneVideo.line_crossings`
+    #: counts the items' anchors (box bottom centre) crossing it.
+    line_x: float | None = None
+    min_speed: float = 1.0
+    max_speed: float = 4.0
+
+
+@dataclass(frozen=True)
+class TruthItem:
+    """One item of a frame as it really is: identity, amodal box clipped to the frame, and
+    the fraction of its pixels that is visible (not covered by another item, in frame)."""
+
+    item_id: int
+    label: int
+    box: tuple[float, float, float, float]
+    visibility: float
+
+
+class SceneVideo:
+    """A moving scene of real Fashion-MNIST items. Frame ``t`` is deterministic given the
+    seed and the motion. :attr:`truth` is the ground truth of the frame just returned."""
+
+    def __init__(
+        self,
+        config: SceneConfig | None = None,
+        *,
+        seed: int = 0,
+        data: FashionMnist | None = None,
+        motion: SceneMotion | None = None,
+    ) -> None:
         self.generator = SceneGenerator(config, seed=seed, data=data)
+        self.motion = motion or SceneMotion()
         cfg = self.generator.config
         rng = np.random.default_rng([seed, 7919])
         self.background = make_background(rng, cfg.width, cfg.height)
         self.items = self.generator._place_items(rng)
-        for item in self.items:
-            speed = rng.uniform(1.0, 4.0)
+        for item_id, item in enumerate(self.items, start=1):
+            speed = rng.uniform(self.motion.min_speed, self.motion.max_speed)
             angle = rng.uniform(0, 2 * np.pi)
+            if not self.motion.bounce:  # leaving takes a real horizontal speed: within 40 degrees of it
+                angle = rng.uniform(-np.pi * 2 / 9, np.pi * 2 / 9) + (np.pi if rng.random() < 0.5 else 0.0)
             item.vx, item.vy = speed * np.cos(angle), speed * np.sin(angle)
+            item.item_id = item_id
+        if self.motion.crossings:
+            self._pair_for_crossings(rng)
+        self._rng = np.random.default_rng([seed, 104729])
         self.t = 0
+        self.truth: tuple[TruthItem, ...] = ()
+        #: Crossings of the line so far: {"in": n, "out": n} (in: from its left to its right,
+        #: as :class:`vlm_core.pipeline.LineSettings` defines them for a top-to-bottom line).
+        self.line_crossings = {"in": 0, "out": 0}
+        self._sides: dict[int, int] = {}
+
+    @property
+    def line_points(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """The counted line, top to bottom, in pixels (None without ``line_x``)."""
+        if self.motion.line_x is None:
+            return None
+        x = self.motion.line_x * self.generator.config.width
+        return ((x, 0.0), (x, float(self.generator.config.height)))
+
+    def _pair_for_crossings(self, rng: np.random.Generator) -> None:
+        cfg = self.generator.config
+        for a, b in zip(self.items[0::2], self.items[1::2], strict=False):
+            row = float(rng.uniform(0, cfg.height - max(a.size, b.size)))
+            speed = float(rng.uniform(max(self.motion.min_speed, 1.5), self.motion.max_speed))
+            a.x, a.y, a.vx, a.vy = 0.0, row, speed, float(rng.uniform(-0.3, 0.3))
+            b.x, b.y = float(cfg.width - b.size), row + float(rng.uniform(-10, 10))
+            b.vx, b.vy = -speed * float(rng.uniform(0.7, 1.0)), float(rng.uniform(-0.3, 0.3))
 
     def next(self) -> Sample:
-        cfg = self.generator.config
         sample = render(self.background, self.items, source=f"synthetic:{self.t}")
+        columns = (sample.box_ids, sample.box_labels, sample.boxes, sample.box_visibility)
+        self.truth = tuple(
+            TruthItem(int(i), int(label), tuple(float(v) for v in box), float(vis))  # type: ignore[arg-type]
+            for i, label, box, vis in zip(*columns, strict=True)
+        )
+        self._count_line()
         for item in self.items:
-            item.x += item.vx
-            item.y += item.vy
+            self._move(item)
+        self.t += 1
+        return sample
+
+    def _move(self, item: _Item) -> None:
+        cfg, motion = self.generator.config, self.motion
+        if motion.maneuvers:
+            self._maneuver(item)
+        if item.paused > 0:
+            item.paused -= 1
+            return
+        item.x += item.vx
+        item.y += item.vy
+        if motion.bounce:
             if not 0 <= item.x <= cfg.width - item.size:
                 item.vx = -item.vx
                 item.x = min(max(item.x, 0), cfg.width - item.size)
             if not 0 <= item.y <= cfg.height - item.size:
                 item.vy = -item.vy
                 item.y = min(max(item.y, 0), cfg.height - item.size)
-        self.t += 1
-        return sample
+            return
+        # Rows stay in frame; across the columns an item leaves, waits out of sight, returns.
+        if not 0 <= item.y <= cfg.height - item.size:
+            item.vy = -item.vy
+            item.y = min(max(item.y, 0), cfg.height - item.size)
+        outside = item.x + item.size <= 0 or item.x >= cfg.width
+        if outside:
+            item.out_frames += 1
+            if item.out_frames >= motion.reentry_frames:  # back along the path it left by
+                item.vx, item.vy = -item.vx, -item.vy
+                item.out_frames = 0
+                item.x = float(-item.size + 1) if item.x < 0 else float(cfg.width - 1)
+
+    def _maneuver(self, item: _Item) -> None:
+        rng = self._rng
+        if item.paused > 0 or rng.random() >= self.motion.maneuver_rate:
+            return
+        kind = int(rng.integers(3))
+        if kind == 0:  # stop for a while
+            item.paused = int(rng.integers(8, 30))
+        elif kind == 1:  # change speed
+            factor = float(rng.uniform(0.5, 1.8))
+            speed = float(np.hypot(item.vx, item.vy))
+            target = min(max(speed * factor, self.motion.min_speed), self.motion.max_speed)
+            scale = target / max(speed, 1e-6)
+            item.vx, item.vy = item.vx * scale, item.vy * scale
+        else:  # turn by 30-90 degrees
+            angle = float(rng.uniform(np.pi / 6, np.pi / 2)) * (1 if rng.random() < 0.5 else -1)
+            cos, sin = np.cos(angle), np.sin(angle)
+            item.vx, item.vy = item.vx * cos - item.vy * sin, item.vx * sin + item.vy * cos
+
+    def _count_line(self) -> None:
+        points = self.line_points
+        if points is None:
+            return
+        (x1, y1), (x2, y2) = points
+        for truth in self.truth:
+            bx1, _by1, bx2, by2 = truth.box
+            anchor_x, anchor_y = (bx1 + bx2) / 2, by2
+            # the sign convention of vlm_core.stream.analytics: > 0 right of the line's direction
+            distance = (x2 - x1) * (anchor_y - y1) - (y2 - y1) * (anchor_x - x1)
+            if distance == 0:
+                continue
+            side = 1 if distance > 0 else -1
+            previous = self._sides.get(truth.item_id)
+            self._sides[truth.item_id] = side
+            if previous is not None and previous != side:
+                self.line_crossings["in" if side > 0 else "out"] += 1
 
 
 def make_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -148,26 +284,39 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
 
 
 def render(background: np.ndarray, items: list[_Item], *, source: str) -> Sample:
+    """Items drawn in order (later ones in front), clipped to the frame. Boxes are amodal
+    (the whole item, occluded parts included) and clipped; an item wholly outside is left out."""
     image = background.copy()
     height, width = image.shape[:2]
     mask = np.zeros((height, width), np.uint8)
-    instance_masks = []
-    boxes = []
-    labels = []
-    for item in items:
+    owner = np.zeros((height, width), np.int32)  # 1 + index of the item on top
+    drawn: list[tuple[int, _Item, np.ndarray, tuple[int, int, int, int], int]] = []
+    for index, item in enumerate(items):
         x, y = round(item.x), round(item.y)
-        alpha = item.alpha[..., None]
-        region = image[y : y + item.size, x : x + item.size]
-        region[:] = (region * (1 - alpha) + item.sprite * alpha).astype(np.uint8)
-        solid = item.alpha > 0.5
-        mask[y : y + item.size, x : x + item.size][solid] = item.label + 1
-        full = np.zeros((height, width), bool)
-        full[y : y + item.size, x : x + item.size] = solid
+        fx1, fy1 = max(x, 0), max(y, 0)
+        fx2, fy2 = min(x + item.size, width), min(y + item.size, height)
+        if fx1 >= fx2 or fy1 >= fy2:
+            continue
+        sx, sy = fx1 - x, fy1 - y
+        alpha = item.alpha[sy : sy + fy2 - fy1, sx : sx + fx2 - fx1]
+        sprite = item.sprite[sy : sy + fy2 - fy1, sx : sx + fx2 - fx1]
+        region = image[fy1:fy2, fx1:fx2]
+        region[:] = (region * (1 - alpha[..., None]) + sprite * alpha[..., None]).astype(np.uint8)
+        solid = alpha > 0.5
+        mask[fy1:fy2, fx1:fx2][solid] = item.label + 1
+        owner[fy1:fy2, fx1:fx2][solid] = index + 1
+        drawn.append((index, item, solid, (fx1, fy1, fx2, fy2), int((item.alpha > 0.5).sum())))
+    boxes, labels, ids, visibility, instance_masks = [], [], [], [], []
+    for index, item, solid, (fx1, fy1, _fx2, _fy2), total in drawn:
         ys, xs = np.nonzero(solid)
         if len(xs) == 0:
             continue
-        boxes.append([x + xs.min(), y + ys.min(), x + xs.max() + 1, y + ys.max() + 1])
+        boxes.append([fx1 + xs.min(), fy1 + ys.min(), fx1 + xs.max() + 1, fy1 + ys.max() + 1])
         labels.append(item.label)
+        ids.append(item.item_id)
+        visibility.append(float((owner == index + 1).sum()) / max(total, 1))
+        full = np.zeros((height, width), bool)
+        full[fy1 : fy1 + solid.shape[0], fx1 : fx1 + solid.shape[1]] = solid
         instance_masks.append(full)
     return Sample(
         image=image,
@@ -176,6 +325,8 @@ def render(background: np.ndarray, items: list[_Item], *, source: str) -> Sample
         mask=mask,
         instance_masks=np.stack(instance_masks) if instance_masks else np.zeros((0, height, width), bool),
         source=source,
+        box_ids=np.array(ids, np.int64),
+        box_visibility=np.array(visibility, np.float32),
     )
 
 

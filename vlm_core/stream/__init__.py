@@ -5,8 +5,18 @@ Adding a stage or a sink means one module here.
 
 from vlm_core.contracts.dlq import DLQ_ERROR_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, dlq_reason
 from vlm_core.stream.defaults import kafka_sinks
+from vlm_core.stream.events import EventsToKafka
 from vlm_core.stream.health import RestartWindow
-from vlm_core.stream.ports import FrameConsumer, ModelClient, Pending, Producer, Record, TopicPartition
+from vlm_core.stream.ports import (
+    FrameConsumer,
+    ModelClient,
+    Pending,
+    Producer,
+    Record,
+    StateRecord,
+    StateStore,
+    TopicPartition,
+)
 from vlm_core.stream.processor import (
     INTERNAL_ERROR,
     MODEL_ERROR,
@@ -16,6 +26,7 @@ from vlm_core.stream.processor import (
     describe_error,
 )
 from vlm_core.stream.sinks import DeadLetterSink, Processed, Rejected, ResultSink, Sinks
+from vlm_core.stream.tracks import TrackingStage
 
 __all__ = [
     "DLQ_ERROR_HEADER",
@@ -26,6 +37,7 @@ __all__ = [
     "PRODUCE_ERROR",
     "BatchFailedError",
     "DeadLetterSink",
+    "EventsToKafka",
     "FrameConsumer",
     "ModelClient",
     "Pending",
@@ -36,8 +48,11 @@ __all__ = [
     "RestartWindow",
     "ResultSink",
     "Sinks",
+    "StateRecord",
+    "StateStore",
     "StreamProcessor",
     "TopicPartition",
+    "TrackingStage",
     "describe_error",
     "dlq_reason",
     "kafka_sinks",

@@ -1,4 +1,5 @@
-"""The standard sinks on Kafka topics: results, dead letters and, when enabled, to-label."""
+"""The standard sinks on Kafka topics: results, events, dead letters and, when enabled,
+to-label."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from vlm_core.config import Topics
 from vlm_core.pipeline import ActiveLearningSettings
 from vlm_core.stream.active_learning import ToLabelSampler
 from vlm_core.stream.dead_letters import DeadLettersToKafka
+from vlm_core.stream.events import EventsToKafka
 from vlm_core.stream.ports import Producer
 from vlm_core.stream.results import ResultsToKafka
 from vlm_core.stream.sinks import ResultSink, Sinks
@@ -23,7 +25,8 @@ def kafka_sinks(
     metrics: m.MetricsSink | None = None,
     clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
 ) -> Sinks:
-    results: list[ResultSink] = [ResultsToKafka(producer, topics.results)]
+    # Events come only from tracked cameras; for the others this sink sends nothing.
+    results: list[ResultSink] = [ResultsToKafka(producer, topics.results), EventsToKafka(producer, topics.events)]
     if active_learning is not None and active_learning.enabled and topics.to_label:
         sampler = ToLabelSampler(
             producer, topics.to_label, active_learning, metrics=metrics or m.MetricsSink(), clock_ms=clock_ms

@@ -6,7 +6,8 @@ in-memory fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,9 +42,41 @@ class FrameConsumer(Protocol):
 
     def lag(self) -> dict[TopicPartition, int]: ...
 
+    def assignment(self) -> tuple[int, frozenset[TopicPartition]]:
+        """(generation, partitions) of the current assignment; the generation grows with
+        every new assignment (a rebalance, a reconnect)."""
+        ...
+
 
 class Producer(Protocol):
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Pending: ...
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        partition: int | None = None,
+    ) -> Pending: ...
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """One camera's tracker state, as written to or read from the state topic. Its
+    ``partition`` is the camera's frames partition (the topics are co-partitioned)."""
+
+    camera_id: str
+    partition: int
+    value: bytes | None
+
+
+class StateStore(Protocol):
+    """The state topic: compacted, keyed by camera, co-partitioned with the frames."""
+
+    def load(self, partitions: Collection[int]) -> list[StateRecord]:
+        """The latest record of every camera in these partitions."""
+        ...
+
+    def write(self, record: StateRecord) -> Pending: ...
 
 
 #: Sends one batch of decoded frames to a model deployment; returns its pending outputs.

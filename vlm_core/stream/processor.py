@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlm_core import metrics as m
-from vlm_core.contracts.dlq import DeadLetterReason
+from vlm_core.contracts.dlq import DeadLetterReason, FrameRef
+from vlm_core.contracts.event import Event
 from vlm_core.contracts.frame import DEFAULT_LIMITS, Frame, FrameLimits
 from vlm_core.contracts.result import Result, TaskOutput
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError
 from vlm_core.pipeline import CameraRouting, DropPolicy, ProcessorSettings
-from vlm_core.stream.ports import FrameConsumer, ModelClient, Pending, Record, TopicPartition
+from vlm_core.stream.ports import FrameConsumer, ModelClient, Pending, Record, StateStore, TopicPartition
 from vlm_core.stream.sinks import Processed, Rejected, Sinks, sink_name
+from vlm_core.stream.tracks import TrackingStage
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,13 @@ class StreamProcessor:
         model_timeout_s: float = 60.0,
         produce_timeout_s: float = 30.0,
         max_batch_retries: int = 3,
+        tracking: TrackingStage | None = None,
+        state_store: StateStore | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if (tracking is None) != (state_store is None):
+            raise ValueError("tracking needs a state store, and a state store needs tracking")
         self.consumer = consumer
         self.models = models
         self.routing = routing
@@ -153,6 +159,14 @@ class StreamProcessor:
         #: its bad records again.
         self._dead_letters: dict[Source, list[Pending]] = {}
         self.results_produced = 0
+        self.tracking = tracking
+        self.state_store = state_store
+        if tracking is not None:
+            # Frames re-read after a failure must find their first ids: at least every
+            # frame that can be uncommitted at once is remembered.
+            tracking.min_replay_window = max(tracking.min_replay_window, (max_inflight + 2) * batch_size)
+        #: The consumer's assignment generation whose cameras' states are loaded.
+        self._state_generation: int | None = None
 
     @classmethod
     def from_settings(
@@ -164,6 +178,8 @@ class StreamProcessor:
         settings: ProcessorSettings,
         *,
         metrics: m.MetricsSink | None = None,
+        tracking: TrackingStage | None = None,
+        state_store: StateStore | None = None,
     ) -> StreamProcessor:
         """A processor configured by the pipeline config's ``processor`` block."""
         return cls(
@@ -179,6 +195,8 @@ class StreamProcessor:
             model_timeout_s=settings.model_timeout_s,
             produce_timeout_s=settings.produce_timeout_s,
             max_batch_retries=settings.max_batch_retries,
+            tracking=tracking,
+            state_store=state_store,
         )
 
     # -- main loop --------------------------------------------------------------------
@@ -209,6 +227,7 @@ class StreamProcessor:
     def _advance(self, records: Sequence[Record]) -> int:
         try:
             try:
+                self._load_states()
                 if records and self._must_isolate(records):
                     self._drain()
                     self._run_isolated(records)
@@ -230,6 +249,26 @@ class StreamProcessor:
             self._record(m.INFLIGHT_BATCHES, len(self._inflight))
         self._report_lag()
         return len(records)
+
+    def _load_states(self) -> None:
+        """On a new assignment, before any of its frames: the assigned cameras' tracker
+        states, from the state topic (what the previous owner committed)."""
+        if self.tracking is None or self.state_store is None:
+            return
+        generation, assigned = self.consumer.assignment()
+        if generation == self._state_generation:
+            return
+        self._drain()  # what is in flight belongs to the old assignment
+        self.tracking.reset()
+        partitions = sorted({p for _topic, p in assigned})
+        try:
+            records = self.state_store.load(partitions)
+        except Exception as exc:
+            raise BatchFailedError("state load", exc, reason=None) from exc
+        loaded = self.tracking.load(records)
+        self._state_generation = generation
+        self._record(m.TRACKING_STATE_LOADS, loaded)
+        log.info("assignment %d (partitions %s): %d camera states loaded", generation, partitions, loaded)
 
     def drain(self) -> None:
         """Finish every in-flight batch and commit it (shutdown, partition revoke)."""
@@ -403,7 +442,11 @@ class StreamProcessor:
         for i, item in enumerate(batch.items):
             try:
                 result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
-                processed = Processed(item.record, item.frame, result, result.to_bytes())
+                events: tuple[Event, ...] = ()
+                if self.tracking is not None:
+                    ref = FrameRef(item.record.topic, item.record.partition, item.record.offset)
+                    result, events = self.tracking.apply(item.frame, ref, result)
+                processed = Processed(item.record, item.frame, result, result.to_bytes(), events)
             except Exception as exc:  # this frame's outputs cannot make a result: it alone fails
                 log.exception("cannot assemble the result of record %s", _source(item.record))
                 self._dead_letter(batch, item.record, INTERNAL_ERROR, f"result: {describe_error(exc)}")
@@ -415,6 +458,12 @@ class StreamProcessor:
                 except Exception as exc:
                     raise BatchFailedError(f"{sink_name(sink)} sink", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
             sends.append((item, result, pending))
+        if self.tracking is not None and self.state_store is not None:
+            for record in self.tracking.checkpoint():
+                try:
+                    batch.side_sends.append(self.state_store.write(record))
+                except Exception as exc:
+                    raise BatchFailedError("state produce", exc, batch.offsets, reason=None) from exc
         return _Producing(batch.offsets, batch.side_sends, sends)
 
     def _await_acks(self, producing: _Producing) -> None:

@@ -1,4 +1,4 @@
-"""The results sink: one ``vlm.result/v1`` document per frame on the results topic, keyed
+"""The results sink: one ``vlm.result/v2`` document per frame on the results topic, keyed
 by camera id so a camera's results stay in order."""
 
 from __future__ import annotations

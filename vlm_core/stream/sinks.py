@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from vlm_core.contracts.event import Event
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Result
 from vlm_core.stream.ports import Pending, Record
@@ -18,12 +19,14 @@ from vlm_core.stream.ports import Pending, Record
 
 @dataclass(frozen=True)
 class Processed:
-    """A frame and its result. ``value`` is the result serialised once, for every sink."""
+    """A frame and its result. ``value`` is the result serialised once, for every sink;
+    ``events`` are the analytics events the frame caused (tracked cameras only)."""
 
     record: Record
     frame: Frame
     result: Result
     value: bytes
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,6 @@ def test_fps_zero_is_documented() -> None:
     assert "0 sends every frame" in " ".join(proc.stdout.split())
 
 
-
 def test_a_busy_metrics_port_is_one_line() -> None:
     import socket
 

@@ -37,8 +37,9 @@ def test_failing_camera_does_not_stop_the_others() -> None:
     good_sink, bad_sink = Sink(), Sink()
     port = _closed_port()
     bad = CameraWorker(  # nothing listens there: a transient error, retried with backoff
-        CameraConfig("broken", f"rtsp://127.0.0.1:{port}/stream", fps=50, reconnect_initial_s=0.05,
-                     reconnect_max_s=0.1),
+        CameraConfig(
+            "broken", f"rtsp://127.0.0.1:{port}/stream", fps=50, reconnect_initial_s=0.05, reconnect_max_s=0.1
+        ),
         bad_sink,
         stop,
     )

@@ -277,8 +277,16 @@ def test_future_capture_times_are_refused_beyond_the_skew_limit() -> None:
 
 @pytest.mark.parametrize(
     ("camera_id", "ok"),
-    [("камера-1 📷", True), ("a b", True), ("c" * 128, True), ("c" * 129, False), ("tab\there", False),
-     ("zw\u200bj", False), ("", False), ("new\nline", False)],
+    [
+        ("камера-1 📷", True),
+        ("a b", True),
+        ("c" * 128, True),
+        ("c" * 129, False),
+        ("tab\there", False),
+        ("zw\u200bj", False),
+        ("", False),
+        ("new\nline", False),
+    ],
 )
 def test_accepted_camera_ids(camera_id: str, ok: bool) -> None:
     frame = Frame.from_image(smooth_image(), camera_id=camera_id or "x", seq=0)
