@@ -58,6 +58,8 @@ class BenchReport:
     #: Median milliseconds per stage of the paced stream's results (their timing_ms).
     latency_p50_by_stage_ms: dict[str, float] = field(default_factory=dict)
     weights: str = "random init (throughput only)"
+    #: The cameras were tracked (with a line and a zone) in the pipeline run.
+    tracking: bool = False
     command: str = ""
 
 
@@ -103,6 +105,7 @@ def run_pipeline_bench(
     height: int = 240,
     latency_seconds: float = 10.0,
     inflight: int = 2,
+    tracking: bool = False,
     settings: LocalSettings,
     progress: Any = print,
     command: str = "",
@@ -114,6 +117,8 @@ def run_pipeline_bench(
 
     if frames < 50:
         raise ConfigError("--frames must be at least 50 for a meaningful measurement")
+    if tracking and task is not Task.DETECTION:
+        raise ConfigError("--tracking needs --task detection: tracks are made of detections")
     spec = bench_spec(task, arch)
     batch_size = batch_size or get_profile(task).defaults.bench_batch_size
     progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
@@ -124,9 +129,23 @@ def run_pipeline_bench(
 
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(frames=f"bench.{tag}.frames", results=f"bench.{tag}.results", dlq=f"bench.{tag}.dlq")
-    names = [topics.frames, topics.results, topics.dlq]
-    kafka_io.ensure_topics(settings.bootstrap_servers, [kafka_io.TopicSpec(t, 4) for t in names])
+    topics = Topics(
+        frames=f"bench.{tag}.frames",
+        results=f"bench.{tag}.results",
+        dlq=f"bench.{tag}.dlq",
+        events=f"bench.{tag}.events",
+        tracks_state=f"bench.{tag}.tracks",
+    )
+    names = [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
+    kafka_io.ensure_topics(
+        settings.bootstrap_servers,
+        [kafka_io.TopicSpec(t, 4, compact=t == topics.tracks_state) for t in names],
+    )
+    cameras_config: dict[str, Any] = {"default": {"tasks": [task.value]}}
+    if tracking:
+        from services.bench_tracking import analytics_config
+
+        cameras_config["default"].update(tracking={}, analytics=analytics_config(width, height))
     args = model_pipeline_args(
         settings.bootstrap_servers,
         topics,
@@ -147,6 +166,7 @@ def run_pipeline_bench(
             "max_inflight_batches": inflight,
             "num_cpus": 0.25,
         },
+        cameras=cameras_config,
     )
     app = f"bench-{tag}"
     cameras = [f"bench-cam-{i}" for i in range(2)]
@@ -242,6 +262,7 @@ def run_pipeline_bench(
         latency_ms={k: round(v, 1) for k, v in pct.items()},
         latency_rate_fps=round(rate, 1),
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
+        tracking=tracking,
         command=command,
     )
     return report, latencies

@@ -32,17 +32,24 @@ class SourceFailure(str, enum.Enum):
 
 
 _SYNTHETIC_INT_PARAMS = ("seed", "width", "height", "items", "min_items")
+#: 0/1 switches of :class:`vlm_core.datasets.scenes.SceneMotion`: items that cross and
+#: occlude each other, that leave the frame and come back, that stop, speed up and turn.
+_SYNTHETIC_FLAGS = ("crossings", "exits", "maneuvers")
 
 
 def _synthetic_params(uri: str) -> dict[str, str]:
     params = {k: v[-1] for k, v in parse_qs(urlparse(uri).query, keep_blank_values=True).items()}
-    unknown = sorted(set(params) - {*_SYNTHETIC_INT_PARAMS, "fps"})
+    unknown = sorted(set(params) - {*_SYNTHETIC_INT_PARAMS, *_SYNTHETIC_FLAGS, "fps"})
     if unknown:
         raise ConfigError(
             f"unknown synthetic source parameter(s) {', '.join(unknown)} in {uri!r}",
-            hint=f"use {', '.join((*_SYNTHETIC_INT_PARAMS, 'fps'))}",
+            hint=f"use {', '.join((*_SYNTHETIC_INT_PARAMS, *_SYNTHETIC_FLAGS, 'fps'))}",
         )
     for name, value in params.items():
+        if name in _SYNTHETIC_FLAGS:
+            if value not in ("0", "1"):
+                raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} must be 0 or 1")
+            continue
         try:
             number = float(value) if name == "fps" else int(value)
         except ValueError:
@@ -170,7 +177,7 @@ class SyntheticSource(Source):
         self._video: Any = None  # a SceneVideo while open
 
     def open(self) -> None:
-        from vlm_core.datasets.scenes import SceneConfig, SceneVideo
+        from vlm_core.datasets.scenes import SceneConfig, SceneMotion, SceneVideo
 
         p = self.spec.params  # validated by SourceSpec.parse
         try:
@@ -182,7 +189,12 @@ class SyntheticSource(Source):
             )
         except ValueError as exc:
             raise ConfigError(f"bad synthetic source parameters in {self.spec.uri!r}: {exc}") from None
-        self._video = SceneVideo(config, seed=int(p.get("seed", 0)))
+        motion = SceneMotion(
+            bounce=p.get("exits", "0") == "0",
+            crossings=p.get("crossings", "0") == "1",
+            maneuvers=p.get("maneuvers", "0") == "1",
+        )
+        self._video = SceneVideo(config, seed=int(p.get("seed", 0)), motion=motion)
 
     @property
     def native_fps(self) -> float | None:

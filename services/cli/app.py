@@ -211,6 +211,39 @@ def results(
     )
 
 
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    camera: Annotated[str | None, typer.Option("--camera", help="Only this camera.")] = None,
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            help="Only this type (repeatable): line_crossed, zone_entered, zone_exited, dwell_exceeded, counts.",
+        ),
+    ] = None,
+    topic: Annotated[str, typer.Option(help="Events topic.")] = Topics().events,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest event.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after N events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON documents.")] = False,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Print analytics events (line crossings, zone entries and exits, dwell, counts) readably."""
+    from services.events import follow_events, parse_types
+
+    follow_events(
+        bootstrap or _settings().bootstrap_servers,
+        topic,
+        console=console,
+        follow=follow,
+        camera=camera,
+        types=parse_types(event_type),
+        from_beginning=from_beginning,
+        limit=limit,
+        as_json=as_json,
+    )
+
+
 bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -225,6 +258,10 @@ def bench_pipeline(
     ] = None,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
     inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 2,
+    tracking: Annotated[
+        bool,
+        typer.Option("--tracking/--no-tracking", help="Track the cameras (detection only), with a line and a zone."),
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
@@ -240,12 +277,15 @@ def bench_pipeline(
         batch_size=batch_size,
         latency_seconds=latency_seconds,
         inflight=inflight,
+        tracking=tracking,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,
     )
+    tracked = ", tracking" if report.tracking else ""
     table = Table(
-        title=f"vlm bench pipeline: {report.task} / {report.model} ({report.frame_size}, batch {report.batch_size})"
+        title=f"vlm bench pipeline: {report.task} / {report.model} ({report.frame_size}, batch {report.batch_size}"
+        f"{tracked})"
     )
     for column in (
         "raw fps",
@@ -277,6 +317,59 @@ def bench_pipeline(
         console.print(f"wrote {json_out} and {png}")
     if report.frames_lost:
         raise VlmError(f"{report.frames_lost} frames lost")
+
+
+@bench_app.command("tracking")
+def bench_tracking(
+    sequences: Annotated[int, typer.Option(min=1, help="Synthetic sequences (one camera each).")] = 10,
+    frames: Annotated[int, typer.Option(min=50, help="Frames per sequence (10 fps).")] = 300,
+    model: Annotated[str, typer.Option(help="Registry name of the detector (its production version).")] = (
+        "scenes-detector"
+    ),
+    min_visibility: Annotated[
+        float, typer.Option(min=0, max=1, help="Ground-truth items less visible than this are don't-care.")
+    ] = 0.3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Tracking quality of the real pipeline: MOTA, IDF1, ID switches, line and zone counts vs. ground truth."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from services.bench_tracking import run_tracking_bench, write_report
+
+    report = run_tracking_bench(
+        sequences=sequences,
+        frames=frames,
+        model_name=model,
+        min_visibility=min_visibility,
+        settings=_settings(),
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        command="vlm bench tracking " + " ".join(sys.argv[3:]),
+    )
+    table = Table(title=f"vlm bench tracking: {report.model}, {report.sequences} x {report.frames_per_sequence} frames")
+    for column in ("camera", "gt boxes", "MOTA", "IDF1", "ID sw", "FP", "FN", "line true", "line counted", "zone t/c"):
+        table.add_column(column, justify="right")
+    for s in report.per_sequence:
+        table.add_row(
+            s.camera_id,
+            str(s.gt_boxes),
+            f"{s.mota:.3f}",
+            f"{s.idf1:.3f}",
+            str(s.id_switches),
+            str(s.false_positives),
+            str(s.misses),
+            f"in {s.line_true['in']} out {s.line_true['out']}",
+            f"in {s.line_counted['in']} out {s.line_counted['out']}",
+            f"{s.zone_true}/{s.zone_counted}",
+        )
+    table.add_row(
+        "overall", "", f"{report.mota:.3f}", f"{report.idf1:.3f}", str(report.id_switches), "", "",
+        "", f"exact {report.line_exact}/{report.sequences}", f"exact {report.zone_exact}/{report.sequences}",
+    )  # fmt: skip
+    console.print(table)
+    write_report(report, json_out)
+    if json_out:
+        console.print(f"wrote {json_out}")
+    if report.results_missing:
+        raise VlmError(f"{report.results_missing} frames got no result")
 
 
 def _registry():  # type: ignore[no-untyped-def]
