@@ -137,3 +137,32 @@ def test_schema_caps_seq_at_int64() -> None:
     validate_result(doc)
     with pytest.raises(ResultError, match="seq"):
         validate_result({**doc, "seq": 2**63})
+
+
+def test_v2_carries_track_ids_and_the_tracking_section() -> None:
+    from dataclasses import replace
+
+    from vlm_core.contracts.result import TrackingInfo
+
+    result = full_result()
+    detections = result.detection
+    assert detections is not None
+    tracked = Detections(detections.model, (replace(detections.detections[0], track_id=7),))
+    result = replace(result, outputs={**result.outputs, Task.DETECTION: tracked}, tracking=TrackingInfo("bytetrack", 3))
+    doc = json.loads(result.to_bytes())
+    assert doc["schema"] == "vlm.result/v2" and doc["tracking"]["active_tracks"] == 3
+    assert doc["tasks"]["detection"]["detections"][0]["track_id"] == 7
+    assert Result.from_json(doc) == result
+
+
+def test_v1_documents_are_still_read_as_untracked() -> None:
+    doc = full_result().to_json()
+    doc["schema"] = "vlm.result/v1"
+    doc.pop("tracking")
+    for det in doc["tasks"]["detection"]["detections"]:
+        det.pop("track_id")
+    back = Result.from_json(doc)
+    assert back.tracking is None and back.detection is not None
+    assert [d.track_id for d in back.detection.detections] == [None]
+    with pytest.raises(ResultError, match=r"vlm\.result/v1"):
+        Result.from_json({**doc, "tracking": None})  # v1 has no tracking section

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from vlm_core.datasets import SCENE_CLASSES, SceneConfig, SceneGenerator, SceneVideo
@@ -45,3 +47,29 @@ def test_video_items_move_and_stay_inside() -> None:
         assert (f.boxes[:, [0, 1]] >= 0).all() and (f.boxes[:, 2] <= 160).all() and (f.boxes[:, 3] <= 120).all()
     again = SceneVideo(SceneConfig(width=160, height=120, min_items=3, max_items=3, max_item_size=50), seed=9)
     assert np.array_equal(again.next().image, first.image)
+
+
+def test_video_ground_truth_follows_identities_out_of_the_frame_and_back() -> None:
+    from vlm_core.datasets.scenes import SceneMotion
+
+    motion = SceneMotion(bounce=False, crossings=True, maneuvers=True, line_x=0.5, min_speed=2.0)
+    video = SceneVideo(SceneConfig(min_items=4, max_items=4, max_item_size=70), seed=3, motion=motion)
+    seen: dict[int, list[int]] = {}
+    occluded = False
+    for t in range(300):
+        sample = video.next()
+        assert len(video.truth) == len(sample.boxes)
+        for item in video.truth:
+            seen.setdefault(item.item_id, []).append(t)
+            x1, y1, x2, y2 = item.box
+            assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240 and 0 <= item.visibility <= 1
+            occluded |= 0.05 < item.visibility < 0.9 and x1 > 10 and x2 < 310
+    assert set(seen) == {1, 2, 3, 4}
+    gaps = [b - a for frames in seen.values() for a, b in itertools.pairwise(frames) if b - a > 1]
+    assert gaps, "some item left the frame and came back"
+    assert occluded, "some item was partly hidden by another"
+    assert sum(video.line_crossings.values()) >= 4
+    again = SceneVideo(SceneConfig(min_items=4, max_items=4, max_item_size=70), seed=3, motion=motion)
+    for _ in range(300):
+        again.next()
+    assert again.truth == video.truth and again.line_crossings == video.line_crossings
