@@ -18,9 +18,19 @@ from vlm_core import metrics as m
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
 from vlm_core.pipeline import PipelineConfig
-from vlm_core.stream import RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
+from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 
 log = logging.getLogger("ray.serve")
+
+
+def model_client(handle: Any) -> ModelClient:
+    """A model deployment's ``predict`` handle as the processor's ModelClient: one request
+    per batch of frames."""
+
+    def send(images: list[np.ndarray]) -> _Response:
+        return _Response(handle.remote(images))
+
+    return send
 
 
 class _Response:
@@ -83,13 +93,8 @@ class StreamProcessorReplica:
         self.thread = threading.Thread(target=self._run, name="stream-processor", daemon=True)
         self.thread.start()
 
-    def _client(self, task: Task):  # type: ignore[no-untyped-def]
-        handle = self.handles[task]
-
-        def send(images: list[np.ndarray]) -> _Response:
-            return _Response(handle.remote(images))
-
-        return send
+    def _client(self, task: Task) -> ModelClient:
+        return model_client(self.handles[task])
 
     def _run(self) -> None:
         cfg = self.config
