@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from services.localstack import LocalStack
 from services.trainer.progress import TrainingProgress, progress_bar
 from vlm_core import metrics as m
 from vlm_core.config import LocalSettings, Topics
+from vlm_core.contracts.event import Event, EventType
 from vlm_core.contracts.result import Result
 from vlm_core.contracts.task import Task
 from vlm_core.registry import ModelRegistry
@@ -48,7 +50,11 @@ QUICK_TRAINING: dict[Task, dict[str, Any]] = {
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
-    cameras = [CameraConfig("synthetic-0", "synthetic://?seed=1&width=320&height=240&items=4", fps=fps)]
+    # Its items cross, leave the frame and come back: the pipeline tracks them and counts
+    # them at a line and a zone (deploy/serve/pipeline.yaml, cameras.overrides).
+    cameras = [
+        CameraConfig("synthetic-0", "synthetic://?seed=1&width=320&height=240&items=4&exits=1&crossings=1", fps=fps)
+    ]
     video = sample_video_path()
     if video is not None:
         cameras.insert(0, CameraConfig("vtest", str(video), fps=fps, max_width=640, loop=True))
@@ -58,14 +64,53 @@ def demo_cameras(fps: float) -> list[CameraConfig]:
 class LiveStats:
     """Per-camera counters and latencies from the results topic (a reader thread)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, events_topic: str | None = None) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.count: dict[str, int] = defaultdict(int)
+        #: Per camera, what its lines and zones counted (``vlm.events``).
+        self.counts: dict[str, EventCounts] = defaultdict(EventCounts)
         self.recent: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=2000))
         self.last: dict[str, str] = {}
         self.lock = threading.Lock()  # the reader thread appends while the screen reads
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.events_thread = (
+            threading.Thread(target=self._run_events, args=(events_topic,), daemon=True) if events_topic else None
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+        if self.events_thread is not None:
+            self.events_thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.stop.set()
+        for thread in (self.thread, self.events_thread):
+            if thread is not None:
+                thread.join(timeout)
+
+    def _run_events(self, topic: str) -> None:
+        from services.kafka_io import topic_reader
+
+        reader, _partitions = topic_reader(self.bootstrap, topic, from_beginning=False)
+        seen: set[str] = set()  # a frame processed again repeats its events
+        try:
+            while not self.stop.is_set():
+                for records in reader.poll(timeout_ms=500).values():
+                    for rec in records:
+                        try:
+                            event = Event.from_bytes(rec.value, validate=False)
+                        except Exception:
+                            continue
+                        if event.event_id in seen:
+                            continue
+                        if len(seen) > 100_000:
+                            seen.clear()
+                        seen.add(event.event_id)
+                        with self.lock:
+                            self.counts[event.camera_id].add(event)
+        finally:
+            reader.close()
 
     def _run(self) -> None:
         from services.kafka_io import topic_reader
@@ -90,11 +135,12 @@ class LiveStats:
 
     def table(self, drops: dict[str, float]) -> Table:
         table = Table(title="vlm demo: live results (Ctrl-C to stop)", expand=True)
-        for col in ("camera", "results", "fps (5s)", "p50 ms", "p99 ms", "dropped", "latest"):
+        for col in ("camera", "results", "fps (5s)", "p50 ms", "p99 ms", "dropped", "lines / zones", "latest"):
             table.add_column(col, overflow="fold")
         now = time.time()
         with self.lock:
             snapshot = {camera: (self.count[camera], list(self.recent[camera])) for camera in self.count}
+            counted = {camera: self.counts[camera].describe() for camera in self.count if camera in self.counts}
         for camera, (count, recent) in sorted(snapshot.items()):
             window = [lat for ts, lat in recent if now - ts <= 5]
             lats = [lat for _ts, lat in recent]
@@ -106,9 +152,40 @@ class LiveStats:
                 f"{p50:.0f}",
                 f"{p99:.0f}",
                 f"{drops.get(m.metric_label(camera), 0):.0f}",
+                Text(counted.get(camera, "")),
                 self.last.get(camera, ""),
             )
         return table
+
+
+@dataclass
+class EventCounts:
+    """One camera's line and zone counts as its events tell them; a ``counts`` snapshot
+    replaces the running tally (it is the processor's own)."""
+
+    lines: dict[str, dict[str, int]] = field(default_factory=dict)
+    occupancy: dict[str, int] = field(default_factory=dict)
+    entered: dict[str, int] = field(default_factory=dict)
+
+    def add(self, event: Event) -> None:
+        if event.type is EventType.COUNTS and event.counts is not None:
+            self.lines = {name: dict(c) for name, c in event.counts.get("lines", {}).items()}
+            zones = event.counts.get("zones", {})
+            self.occupancy = {name: c["occupancy"] for name, c in zones.items()}
+            self.entered = {name: c["entered"] for name, c in zones.items()}
+        elif event.type is EventType.LINE_CROSSED and event.line and event.direction:
+            line = self.lines.setdefault(event.line, {"in": 0, "out": 0})
+            line[event.direction] = line.get(event.direction, 0) + 1
+        elif event.type is EventType.ZONE_ENTERED and event.zone:
+            self.occupancy[event.zone] = self.occupancy.get(event.zone, 0) + 1
+            self.entered[event.zone] = self.entered.get(event.zone, 0) + 1
+        elif event.type is EventType.ZONE_EXITED and event.zone:
+            self.occupancy[event.zone] = max(0, self.occupancy.get(event.zone, 0) - 1)
+
+    def describe(self) -> str:
+        lines = [f"{name}: in {c.get('in', 0)} out {c.get('out', 0)}" for name, c in sorted(self.lines.items())]
+        zones = [f"{name}: {n} now, {self.entered.get(name, 0)} entered" for name, n in sorted(self.occupancy.items())]
+        return "; ".join(lines + zones)
 
 
 def _drops_by_camera(counters: list[m.CounterSample]) -> dict[str, float]:
@@ -228,8 +305,8 @@ def run_demo(
     if len(cameras) == 1:
         console.print("[yellow]OpenCV's sample vtest.avi is missing (Debian opencv-doc): synthetic camera only[/]")
     runner = IngestRunner(cameras, settings.bootstrap_servers, Topics().frames)
-    live_stats = LiveStats(settings.bootstrap_servers, Topics().results)
-    live_stats.thread.start()
+    live_stats = LiveStats(settings.bootstrap_servers, Topics().results, Topics().events)
+    live_stats.start()
     runner.start()
     bar = progress_bar(console=console)
     if missing and train_missing:
@@ -263,8 +340,7 @@ def run_demo(
         if trainer is not None and trainer.is_alive():
             console.print("[yellow]stopped while training; the next `vlm demo` trains again[/]")
         runner.stop()
-        live_stats.stop.set()
-        live_stats.thread.join(5)
+        live_stats.join(5)
         deploy.delete(APP_NAME)
         if stop_stack and started:
             stack.down(started)

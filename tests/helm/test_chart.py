@@ -178,7 +178,11 @@ def test_topic_names_agree_everywhere() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     chart_topics = {key: topic["name"] for key, topic in values["kafka"]["topics"].items()}
     code_topics = Topics().model_dump()
-    assert chart_topics == {("toLabel" if k == "to_label" else k): v for k, v in code_topics.items()}
+    chart_keys = {"to_label": "toLabel", "tracks_state": "tracksState"}
+    assert chart_topics == {chart_keys.get(k, k): v for k, v in code_topics.items()}
+    frames = values["kafka"]["topics"]["frames"]
+    state = values["kafka"]["topics"]["tracksState"]
+    assert state["compact"] is True and state["partitions"] == frames["partitions"], "co-partitioned, compacted"
     assert values["serve"]["config"]["applications"][0]["args"]["topics"] == code_topics
 
 

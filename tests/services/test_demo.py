@@ -64,3 +64,25 @@ def test_live_table_shows_unicode_and_markup_like_camera_ids_with_their_drops() 
     assert "камера-1 📷" in text and "[bold]cam[/]" in text
     row = next(line for line in text.splitlines() if "камера" in line)
     assert " 2 " in row, row  # its drops, looked up by its metric label
+
+
+def test_event_counts_tally_crossings_and_zones_and_take_snapshots() -> None:
+    from services.demo import EventCounts
+    from vlm_core.contracts.dlq import FrameRef
+    from vlm_core.contracts.event import Event, EventType
+
+    def event(kind: EventType, **fields: object) -> Event:
+        return Event(kind, "cam", 1, 1, FrameRef("f", 0, 1), **fields)  # type: ignore[arg-type]
+
+    counts = EventCounts()
+    counts.add(event(EventType.LINE_CROSSED, track_id=1, line="middle", direction="in"))
+    counts.add(event(EventType.ZONE_ENTERED, track_id=1, zone="right"))
+    counts.add(event(EventType.ZONE_ENTERED, track_id=2, zone="right"))
+    counts.add(event(EventType.ZONE_EXITED, track_id=1, zone="right", dwell_s=1.0))
+    assert counts.describe() == "middle: in 1 out 0; right: 1 now, 2 entered"
+    snapshot = {
+        "zones": {"right": {"occupancy": 0, "entered": 5, "exited": 5}},
+        "lines": {"middle": {"in": 3, "out": 2}},
+    }
+    counts.add(event(EventType.COUNTS, counts=snapshot))
+    assert counts.describe() == "middle: in 3 out 2; right: 0 now, 5 entered"
