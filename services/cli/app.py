@@ -372,6 +372,37 @@ def bench_tracking(
         raise VlmError(f"{report.results_missing} frames got no result")
 
 
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(min=1, help="How long to run.")] = 30.0,
+    cameras: Annotated[int, typer.Option(min=1, help="Synthetic cameras.")] = 4,
+    fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per camera.")] = 5.0,
+    model: Annotated[str, typer.Option(help="Registry name of the detector.")] = "scenes-detector",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """A long tracked run: processor RSS and tracker state size over time, and reused ids."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from services.bench_soak import run_soak, write_soak
+
+    report = run_soak(
+        minutes=minutes,
+        cameras=cameras,
+        fps=fps,
+        model_name=model,
+        settings=_settings(),
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        command="vlm bench soak " + " ".join(sys.argv[3:]),
+    )
+    console.print(
+        f"{report.results} results of {report.frames_sent} frames sent; processor RSS {report.rss_mb_start:.0f} -> "
+        f"{report.rss_mb_end:.0f} MB; tracker state {report.state_bytes_start} -> {report.state_bytes_end} bytes; "
+        f"{report.ids_issued} ids issued, {report.ids_reused} reused"
+    )
+    write_soak(report, json_out)
+    if report.ids_reused:
+        raise VlmError(f"{report.ids_reused} track ids were reused")
+
+
 def _registry():  # type: ignore[no-untyped-def]
     from vlm_core.registry import ModelRegistry
 

@@ -1,0 +1,44 @@
+def test_soak_finds_a_reused_id_and_accepts_a_track_that_resumes() -> None:
+    from services.bench_soak import reused_ids
+    from vlm_core.contracts.result import Detection, Detections, ModelRef, Result
+    from vlm_core.contracts.task import Task
+
+    def result(ts: int, *ids: int) -> Result:
+        dets = tuple(Detection((0, 0, 1, 1), "x", 0, 0.9, track_id=i) for i in ids)
+        return Result("c", ts, ts, ts, 4, 4, outputs={Task.DETECTION: Detections(ModelRef("d", "1"), dets)})
+
+    resumed = [result(0, 1), result(2_000, 1), result(2_100, 1, 2)]
+    assert reused_ids(resumed, max_lost_s=3.0) == (2, 0)
+    assert reused_ids([*resumed, result(60_000, 1)], max_lost_s=3.0) == (2, 1)
+
+
+def test_tracking_scores_perfect_tracks_fully_and_count_a_switch() -> None:
+    from services.bench_tracking import SequenceTruth, score_sequence
+    from vlm_core.contracts.dlq import FrameRef
+    from vlm_core.contracts.event import Event, EventType
+    from vlm_core.contracts.result import Detection, Detections, ModelRef, Result
+    from vlm_core.contracts.task import Task
+    from vlm_core.datasets.scenes import TruthItem
+
+    frames = [
+        (TruthItem(1, 0, (10.0 + t, 10, 40 + t, 40), 1.0), TruthItem(2, 3, (100.0, 50, 130, 80), 0.1))
+        for t in range(10)
+    ]
+    truth = SequenceTruth("c", frames, line_in=1, line_out=0, zone_entries=0)
+
+    def results(ids: list[int]) -> list[Result]:
+        out = []
+        for t, tid in enumerate(ids):
+            dets = (
+                Detection(frames[t][0].box, "a", 0, 0.9, track_id=tid),
+                Detection(frames[t][1].box, "b", 3, 0.9, track_id=50),  # on a hidden item: don't care
+            )
+            out.append(Result("c", t, t, t, 200, 100, outputs={Task.DETECTION: Detections(ModelRef("d", "1"), dets)}))
+        return out
+
+    crossing = Event(EventType.LINE_CROSSED, "c", 3, 3, FrameRef("f", 0, 3), track_id=7, line="l", direction="in")
+    perfect = score_sequence(truth, results([7] * 10), [crossing, crossing], min_visibility=0.3)
+    assert (perfect.mota, perfect.idf1, perfect.id_switches, perfect.false_positives) == (1.0, 1.0, 0, 0)
+    assert perfect.line_error == 0 and perfect.line_counted == {"in": 1, "out": 0}  # a repeated event counts once
+    switched = score_sequence(truth, results([7] * 5 + [8] * 5), [], min_visibility=0.3)
+    assert switched.id_switches == 1 and switched.idf1 < 1 and switched.line_error == 1
