@@ -171,7 +171,7 @@ def test_a_second_processor_takes_half_the_cameras_and_they_keep_their_ids(
     assert second.tracking is not None and second.tracking.cameras, "the second processor tracked the moved camera"
     expected = {"cam-a"} if moved == {1} else {"cam-b", "cam-c"}
     assert set(second.tracking.cameras) == expected, "it took over exactly the cameras of its partition"
-    assert counter_total(second.metrics.counter_samples(), m.TRACKING_STATE_LOADS) == len(expected)
+    assert counter_total(second.metrics.counter_samples(), m.TRACKING_STATE_LOADS) >= len(expected)
     assert_same_tracks(outcome, reference)
 
 

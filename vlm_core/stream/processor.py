@@ -267,7 +267,8 @@ class StreamProcessor:
             raise BatchFailedError("state load", exc, reason=None) from exc
         loaded = self.tracking.load(records)
         self._state_generation = generation
-        self._record(m.TRACKING_STATE_LOADS, loaded)
+        if loaded:
+            self._record(m.TRACKING_STATE_LOADS, loaded)
         log.info("assignment %d (partitions %s): %d camera states loaded", generation, partitions, loaded)
 
     def drain(self) -> None:
