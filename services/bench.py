@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm_core.config import LocalSettings, Topics
+from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
@@ -129,18 +129,8 @@ def run_pipeline_bench(
 
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(
-        frames=f"bench.{tag}.frames",
-        results=f"bench.{tag}.results",
-        dlq=f"bench.{tag}.dlq",
-        events=f"bench.{tag}.events",
-        tracks_state=f"bench.{tag}.tracks",
-    )
-    names = [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
-    kafka_io.ensure_topics(
-        settings.bootstrap_servers,
-        [kafka_io.TopicSpec(t, 4, compact=t == topics.tracks_state) for t in names],
-    )
+    topics = kafka_io.private_topics(f"bench.{tag}")
+    names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
     cameras_config: dict[str, Any] = {"default": {"tasks": [task.value]}}
     if tracking:
         from services.bench_tracking import analytics_config

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlm_core.config import LocalSettings, Topics
+from vlm_core.config import LocalSettings
 from vlm_core.contracts.result import Result
 from vlm_core.errors import ConfigError
 from vlm_core.pipeline import TrackingSettings, model_pipeline_args
@@ -89,17 +89,8 @@ def run_soak(
         raise ConfigError(f"the registry has no production {model_name!r}", hint="run `vlm demo` once, or `vlm train`")
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(
-        frames=f"soak.{tag}.frames",
-        results=f"soak.{tag}.results",
-        dlq=f"soak.{tag}.dlq",
-        events=f"soak.{tag}.events",
-        tracks_state=f"soak.{tag}.tracks",
-    )
-    names = [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
-    kafka_io.ensure_topics(
-        settings.bootstrap_servers, [kafka_io.TopicSpec(t, 4, compact=t == topics.tracks_state) for t in names]
-    )
+    topics = kafka_io.private_topics(f"soak.{tag}")
+    names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
     args = model_pipeline_args(
         settings.bootstrap_servers,
         topics,

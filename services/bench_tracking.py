@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm_core.config import LocalSettings, Topics
+from vlm_core.config import LocalSettings
 from vlm_core.contracts.event import Event, EventType
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Result
@@ -210,18 +210,8 @@ def run_tracking_bench(
     started = time.perf_counter()
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(
-        frames=f"bench.{tag}.frames",
-        results=f"bench.{tag}.results",
-        dlq=f"bench.{tag}.dlq",
-        events=f"bench.{tag}.events",
-        tracks_state=f"bench.{tag}.tracks",
-    )
-    names = [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
-    kafka_io.ensure_topics(
-        settings.bootstrap_servers,
-        [kafka_io.TopicSpec(t, 4, compact=t == topics.tracks_state) for t in names],
-    )
+    topics = kafka_io.private_topics(f"bench.{tag}")
+    names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
     progress(f"sequences: {sequences} x {frames} frames ({width}x{height}, 10 fps) into Kafka...")
     truths = _produce_sequences(settings.bootstrap_servers, topics.frames, sequences, frames, width, height)
     spec = {"task": "detection", "arch": production.arch, "score_threshold": score_threshold}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from services.results import Reader, follow_topic
+from services.results import Follow, Reader, follow_topic
 from vlm_core.contracts.event import Event, EventError, EventType
 from vlm_core.errors import ConfigError
 
@@ -43,28 +43,10 @@ def parse_types(types: list[str] | None) -> set[EventType] | None:
 
 
 def follow_events(
-    bootstrap: str,
-    topic: str,
-    *,
-    console: Console,
-    follow: bool,
-    camera: str | None,
-    types: set[EventType] | None,
-    from_beginning: bool,
-    limit: int | None,
-    as_json: bool,
+    bootstrap: str, topic: str, options: Follow, *, types: set[EventType] | None, console: Console
 ) -> int:
+    """Print events (of ``types`` only, when given); returns how many were shown."""
     reader = Reader(
         Event.from_bytes, EventError, describe_event, "event", keep=lambda e: types is None or e.type in types
     )
-    return follow_topic(
-        bootstrap,
-        topic,
-        reader,
-        console=console,
-        follow=follow,
-        camera=camera,
-        from_beginning=from_beginning,
-        limit=limit,
-        as_json=as_json,
-    )
+    return follow_topic(bootstrap, topic, reader, options, console)

@@ -43,29 +43,20 @@ def describe(result: Result) -> str:
     return "  ".join(parts)
 
 
-def follow_results(
-    bootstrap: str,
-    topic: str,
-    *,
-    console: Console,
-    follow: bool,
-    camera: str | None,
-    from_beginning: bool,
-    limit: int | None,
-    as_json: bool,
-) -> int:
+@dataclass(frozen=True)
+class Follow:
+    """What ``vlm results`` and ``vlm events`` print and for how long."""
+
+    follow: bool = False
+    camera: str | None = None
+    from_beginning: bool = False
+    limit: int | None = None
+    as_json: bool = False
+
+
+def follow_results(bootstrap: str, topic: str, options: Follow, *, console: Console) -> int:
     """Print results; returns how many were shown (see :func:`follow_topic`)."""
-    return follow_topic(
-        bootstrap,
-        topic,
-        Reader(Result.from_bytes, ResultError, describe, "result"),
-        console=console,
-        follow=follow,
-        camera=camera,
-        from_beginning=from_beginning,
-        limit=limit,
-        as_json=as_json,
-    )
+    return follow_topic(bootstrap, topic, Reader(Result.from_bytes, ResultError, describe, "result"), options, console)
 
 
 @dataclass(frozen=True)
@@ -80,18 +71,7 @@ class Reader(Generic[_D]):
     keep: Callable[[_D], bool] = lambda _doc: True
 
 
-def follow_topic(
-    bootstrap: str,
-    topic: str,
-    reader_spec: Reader[Any],
-    *,
-    console: Console,
-    follow: bool,
-    camera: str | None,
-    from_beginning: bool,
-    limit: int | None,
-    as_json: bool,
-) -> int:
+def follow_topic(bootstrap: str, topic: str, reader_spec: Reader[Any], options: Follow, console: Console) -> int:
     """Print a topic's documents; returns how many were shown. Not on a terminal (piped),
     each is exactly one line: plain text, or compact JSON with ``--json``. Without
     ``--follow``, a filter that matched nothing raises a VlmError naming the cameras that
@@ -99,6 +79,8 @@ def follow_topic(
     from services.kafka_io import topic_reader
 
     noun = reader_spec.noun
+    follow, camera, limit, as_json = options.follow, options.camera, options.limit, options.as_json
+    from_beginning = options.from_beginning
     reader, partitions = topic_reader(bootstrap, topic, from_beginning=from_beginning or not follow)
     if not partitions:
         reader.close()

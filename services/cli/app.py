@@ -197,18 +197,10 @@ def results(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Print results from the results topic readably."""
-    from services.results import follow_results
+    from services.results import Follow, follow_results
 
-    follow_results(
-        bootstrap or _settings().bootstrap_servers,
-        topic,
-        console=console,
-        follow=follow,
-        camera=camera,
-        from_beginning=from_beginning,
-        limit=limit,
-        as_json=as_json,
-    )
+    options = Follow(follow, camera, from_beginning, limit, as_json)
+    follow_results(bootstrap or _settings().bootstrap_servers, topic, options, console=console)
 
 
 @app.command()
@@ -230,18 +222,11 @@ def events(
 ) -> None:
     """Print analytics events (line crossings, zone entries and exits, dwell, counts) readably."""
     from services.events import follow_events, parse_types
+    from services.results import Follow
 
-    follow_events(
-        bootstrap or _settings().bootstrap_servers,
-        topic,
-        console=console,
-        follow=follow,
-        camera=camera,
-        types=parse_types(event_type),
-        from_beginning=from_beginning,
-        limit=limit,
-        as_json=as_json,
-    )
+    options = Follow(follow, camera, from_beginning, limit, as_json)
+    types = parse_types(event_type)
+    follow_events(bootstrap or _settings().bootstrap_servers, topic, options, types=types, console=console)
 
 
 bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)

@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from vlm_core.config import Topics
 from vlm_core.contracts.frame import Frame
 from vlm_core.errors import InfrastructureError
 
@@ -92,6 +93,28 @@ def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
                 client.create_topics(new)
     finally:
         client.close()
+
+
+def private_topics(prefix: str) -> Topics:
+    """Topic names ``<prefix>.*`` for one run of a bench or a test (give it a fresh tag)."""
+    tag = prefix
+    return Topics(
+        frames=f"{tag}.frames",
+        results=f"{tag}.results",
+        dlq=f"{tag}.dlq",
+        labels=f"{tag}.labels",
+        to_label=f"{tag}.to_label",
+        events=f"{tag}.events",
+        tracks_state=f"{tag}.tracks",
+    )
+
+
+def ensure_pipeline_topics(bootstrap: str, topics: Topics, partitions: int = 4) -> list[str]:
+    """The topics a pipeline run writes (frames, results, dead letters, events and the
+    compacted tracker state, co-partitioned with the frames); returns their names."""
+    names = [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
+    ensure_topics(bootstrap, [TopicSpec(t, partitions, compact=t == topics.tracks_state) for t in names])
+    return names
 
 
 def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
@@ -189,7 +212,9 @@ __all__ = [
     "admin",
     "consumer",
     "delete_topics",
+    "ensure_pipeline_topics",
     "ensure_topics",
+    "private_topics",
     "producer",
     "read_records",
     "read_to_end",

@@ -16,7 +16,7 @@ from typing import Any
 
 from vlm_core.contracts.dlq import FrameRef
 from vlm_core.contracts.result import ModelRef
-from vlm_core.contracts.schema import json_schema, validate
+from vlm_core.contracts.schema import json_object, json_schema, validate
 from vlm_core.errors import VlmError
 
 EVENT_SCHEMA_VERSION = "vlm.event/v1"
@@ -116,13 +116,7 @@ class Event:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, validate: bool = True) -> Event:
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EventError(f"event is not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise EventError("event must be a JSON object")
-        return cls.from_json(doc, validate=validate)
+        return cls.from_json(json_object(data, EventError, "event"), validate=validate)
 
 
 def validate_event(doc: dict[str, Any]) -> None:

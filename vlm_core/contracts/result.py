@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from vlm_core.contracts.rle import RLE
-from vlm_core.contracts.schema import json_schema, validate
+from vlm_core.contracts.schema import json_object, json_schema, validate
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ResultError
 
@@ -267,13 +267,7 @@ class Result:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, validate: bool = True) -> Result:
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ResultError(f"result is not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ResultError("result must be a JSON object")
-        return cls.from_json(doc, validate=validate)
+        return cls.from_json(json_object(data, ResultError, "result"), validate=validate)
 
 
 def validate_result(doc: dict[str, Any]) -> None:

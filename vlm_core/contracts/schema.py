@@ -29,3 +29,14 @@ def validate(doc: Any, name: str, error: type[VlmError]) -> None:
     if problem is not None:
         where = "/".join(str(p) for p in problem.absolute_path) or "<root>"
         raise error(f"{where}: {problem.message}")
+
+
+def json_object(data: bytes, error: type[VlmError], noun: str) -> dict[str, Any]:
+    """A JSON document that must be an object, or ``error`` saying why it is not."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{noun} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{noun} must be a JSON object")
+    return doc
