@@ -19,9 +19,9 @@ from tests.integration.tracking import (
     INTERVAL_MS,
     Outcome,
     Sequence,
-    TrackedTopics,
     collect,
     detector_registry,
+    fresh_topics,
     interleave,
     produce,
     tracked_args,
@@ -54,8 +54,7 @@ def frames() -> list:  # type: ignore[type-arg]
 def reference(pipeline_env: tuple[str, str], registry: Path, frames: list) -> Outcome:  # type: ignore[type-arg]
     """The sequences through a pipeline that nothing interrupts."""
     ray_address, bootstrap = pipeline_env
-    topics = TrackedTopics.fresh()
-    topics.create(bootstrap)
+    topics = fresh_topics(bootstrap)
     with tracked_pipeline(ray_address, bootstrap, topics, registry):
         produce(bootstrap, topics.frames, frames)
         outcome = collect(bootstrap, topics, len(frames))
@@ -86,8 +85,7 @@ def test_a_killed_processor_leaves_its_successor_the_same_ids(
     reference: Outcome,  # type: ignore[type-arg]
 ) -> None:
     ray_address, bootstrap = pipeline_env
-    topics = TrackedTopics.fresh()
-    topics.create(bootstrap)
+    topics = fresh_topics(bootstrap)
     with tracked_pipeline(ray_address, bootstrap, topics, registry) as app:
         produce(bootstrap, topics.frames, frames)
         deadline = time.monotonic() + 180
@@ -123,8 +121,7 @@ def test_a_second_processor_takes_half_the_cameras_and_they_keep_their_ids(
     from vlm_core.stream import StreamProcessor, TrackingStage, kafka_sinks
 
     ray_address, bootstrap = pipeline_env
-    topics = TrackedTopics.fresh()
-    topics.create(bootstrap)
+    topics = fresh_topics(bootstrap)
     half = len(frames) // 2
     group = f"g-{uuid.uuid4().hex[:8]}"
     with tracked_pipeline(ray_address, bootstrap, topics, registry, group_id=group) as app:
@@ -182,8 +179,7 @@ def test_a_bad_state_record_starts_that_camera_fresh_and_no_other(
     reference: Outcome,  # type: ignore[type-arg]
 ) -> None:
     ray_address, bootstrap = pipeline_env
-    topics = TrackedTopics.fresh()
-    topics.create(bootstrap)
+    topics = fresh_topics(bootstrap)
     half = len(frames) // 2
     with tracked_pipeline(ray_address, bootstrap, topics, registry, keep_topics=True):
         produce(bootstrap, topics.frames, frames[:half])

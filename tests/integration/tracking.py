@@ -81,37 +81,21 @@ def interleave(*per_camera: list[Frame]) -> list[Frame]:
     return [f for group in zip(*per_camera, strict=True) for f in group]
 
 
-@dataclass
-class TrackedTopics:
-    frames: str
-    results: str
-    dlq: str
-    events: str
-    tracks_state: str
-
-    @classmethod
-    def fresh(cls) -> TrackedTopics:
-        tag = uuid.uuid4().hex[:8]
-        return cls(f"t.{tag}.frames", f"t.{tag}.results", f"t.{tag}.dlq", f"t.{tag}.events", f"t.{tag}.tracks")
-
-    def names(self) -> list[str]:
-        return [self.frames, self.results, self.dlq, self.events, self.tracks_state]
-
-    def create(self, bootstrap: str, partitions: int = 2) -> None:
-        kafka_io.ensure_topics(
-            bootstrap, [kafka_io.TopicSpec(t, partitions, compact=t == self.tracks_state) for t in self.names()]
-        )
-
-    def config(self) -> Topics:
-        return Topics(
-            frames=self.frames, results=self.results, dlq=self.dlq, events=self.events, tracks_state=self.tracks_state
-        )
+def fresh_topics(bootstrap: str) -> Topics:
+    """Private topics of two partitions (cam-b and cam-c on 0, cam-a on 1), created."""
+    topics = kafka_io.private_topics(f"t.{uuid.uuid4().hex[:8]}")
+    kafka_io.ensure_pipeline_topics(bootstrap, topics, partitions=2)
+    return topics
 
 
-def tracked_args(bootstrap: str, topics: TrackedTopics, registry: Path, group_id: str | None = None) -> dict[str, Any]:
+def topic_names(topics: Topics) -> list[str]:
+    return [topics.frames, topics.results, topics.dlq, topics.events, topics.tracks_state]
+
+
+def tracked_args(bootstrap: str, topics: Topics, registry: Path, group_id: str | None = None) -> dict[str, Any]:
     return model_pipeline_args(
         bootstrap,
-        topics.config(),
+        topics,
         Task.DETECTION,
         {
             "spec": {"task": "detection", "arch": "fasterrcnn_mobilenet_v2", "score_threshold": 0.1},
@@ -128,7 +112,7 @@ def tracked_args(bootstrap: str, topics: TrackedTopics, registry: Path, group_id
 def tracked_pipeline(
     ray_address: str,
     bootstrap: str,
-    topics: TrackedTopics,
+    topics: Topics,
     registry: Path,
     *,
     keep_topics: bool = False,
@@ -142,7 +126,7 @@ def tracked_pipeline(
     finally:
         deploy.delete(app)
         if not keep_topics:
-            kafka_io.delete_topics(bootstrap, topics.names())
+            kafka_io.delete_topics(bootstrap, topic_names(topics))
 
 
 @dataclass
@@ -167,7 +151,7 @@ class Outcome:
         return dict(counts)
 
 
-def collect(bootstrap: str, topics: TrackedTopics, expected: int, timeout_s: float = 300) -> Outcome:
+def collect(bootstrap: str, topics: Topics, expected: int, timeout_s: float = 300) -> Outcome:
     records = kafka_io.read_records(bootstrap, topics.results, expected, timeout_s=timeout_s, linger_ms=1000)
     results: dict[tuple[str, int], list[Result]] = defaultdict(list)
     for rec in records:
