@@ -90,7 +90,7 @@ def bench_motion() -> SceneMotion:
 
 
 def bench_scene_config(width: int, height: int) -> SceneConfig:
-    return SceneConfig(width=width, height=height, min_items=4, max_items=6, max_item_size=80, split="test")
+    return SceneConfig(width=width, height=height, min_items=3, max_items=4, max_item_size=72, split="test")
 
 
 def zone_truth(frames: list[tuple[TruthItem, ...]], width: int, height: int) -> int:

@@ -49,6 +49,10 @@ class TrackingSettings(_Strict):
     match_iou: float = Field(default=0.2, gt=0, le=1)
     #: Minimum IoU in the second (low-score) stage.
     low_match_iou: float = Field(default=0.5, gt=0, le=1)
+    #: Added to a match's cost (1 - IoU) when the box's class is not the track's: a class
+    #: flicker of the detector still continues the track if the boxes overlap well (by
+    #: ``match_iou + class_penalty``). 1 or more: boxes only ever match tracks of their class.
+    class_penalty: float = Field(default=0.3, ge=0, le=2)
     #: Consecutive matched frames before a track is confirmed and gets its id.
     min_hits: int = Field(default=3, ge=1, le=100)
     #: How long a confirmed track that is not seen is kept for re-identification.

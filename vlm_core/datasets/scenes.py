@@ -7,7 +7,7 @@ it into a moving ``synthetic://`` camera. Everything is deterministic given the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -30,6 +30,9 @@ class SceneConfig:
     min_item_size: int = 48
     max_item_size: int = 110
     split: str = "train"
+    #: Scenes as a moving camera sees them: items may overlap (the later one in front) and
+    #: be cut by the frame's edge. Without it items never touch and are wholly inside.
+    crowded: bool = False
 
 
 @dataclass
@@ -61,7 +64,8 @@ class SceneGenerator:
         rng = np.random.default_rng([self.seed, index])
         background = make_background(rng, self.config.width, self.config.height)
         items = self._place_items(rng)
-        return render(background, items, source=f"scene:{self.seed}:{index}")
+        sample = render(background, items, source=f"scene:{self.seed}:{index}")
+        return _without_hidden(sample) if self.config.crowded else sample
 
     def __len__(self) -> int:  # generators are unbounded; a nominal size keeps samplers happy
         return 1_000_000
@@ -78,13 +82,20 @@ class SceneGenerator:
         _prepare_sprite(item, self.data.images[index])
         return item
 
-    def _place_items(self, rng: np.random.Generator) -> list[_Item]:
+    def _place_items(self, rng: np.random.Generator, *, crowded: bool | None = None) -> list[_Item]:
         cfg = self.config
+        crowded = cfg.crowded if crowded is None else crowded
         count = int(rng.integers(cfg.min_items, cfg.max_items + 1))
         items: list[_Item] = []
         for _ in range(count):
             for _attempt in range(30):
                 size = int(rng.integers(cfg.min_item_size, min(cfg.max_item_size, cfg.width, cfg.height) + 1))
+                if crowded:  # up to 60% of an item outside the frame, any overlap allowed
+                    margin = int(0.6 * size)
+                    x = float(rng.integers(-margin, cfg.width - size + margin + 1))
+                    y = float(rng.integers(-margin, cfg.height - size + margin + 1))
+                    items.append(self._new_item(rng, size, x, y))
+                    break
                 x = float(rng.integers(0, cfg.width - size + 1))
                 y = float(rng.integers(0, cfg.height - size + 1))
                 if all(not _overlaps((x, y, size), (o.x, o.y, o.size)) for o in items):
@@ -143,7 +154,7 @@ class SceneVideo:
         cfg = self.generator.config
         rng = np.random.default_rng([seed, 7919])
         self.background = make_background(rng, cfg.width, cfg.height)
-        self.items = self.generator._place_items(rng)
+        self.items = self.generator._place_items(rng, crowded=False)  # a video starts uncluttered
         for item_id, item in enumerate(self.items, start=1):
             speed = rng.uniform(self.motion.min_speed, self.motion.max_speed)
             angle = rng.uniform(0, 2 * np.pi)
@@ -170,12 +181,15 @@ class SceneVideo:
         return ((x, 0.0), (x, float(self.generator.config.height)))
 
     def _pair_for_crossings(self, rng: np.random.Generator) -> None:
+        """Pairs start at opposite sides on overlapping rows (half an item apart): they pass
+        each other, the one drawn later covering part of the other for a while."""
         cfg = self.generator.config
         for a, b in zip(self.items[0::2], self.items[1::2], strict=False):
-            row = float(rng.uniform(0, cfg.height - max(a.size, b.size)))
+            offset = float(rng.uniform(0.8, 0.9)) * min(a.size, b.size)
+            row = float(rng.uniform(0, max(1.0, cfg.height - max(a.size, b.size) - offset)))
             speed = float(rng.uniform(max(self.motion.min_speed, 1.5), self.motion.max_speed))
             a.x, a.y, a.vx, a.vy = 0.0, row, speed, float(rng.uniform(-0.3, 0.3))
-            b.x, b.y = float(cfg.width - b.size), row + float(rng.uniform(-10, 10))
+            b.x, b.y = float(cfg.width - b.size), row + offset
             b.vx, b.vy = -speed * float(rng.uniform(0.7, 1.0)), float(rng.uniform(-0.3, 0.3))
 
     def next(self) -> Sample:
@@ -327,6 +341,23 @@ def render(background: np.ndarray, items: list[_Item], *, source: str) -> Sample
         source=source,
         box_ids=np.array(ids, np.int64),
         box_visibility=np.array(visibility, np.float32),
+    )
+
+
+#: In a crowded scene, an item less visible than this (hidden or outside) is no object to
+#: find: it is left out of the boxes (its visible pixels stay in the class mask).
+MIN_LABELED_VISIBILITY = 0.25
+
+
+def _without_hidden(sample: Sample) -> Sample:
+    keep = sample.box_visibility >= MIN_LABELED_VISIBILITY
+    return replace(
+        sample,
+        boxes=sample.boxes[keep],
+        box_labels=sample.box_labels[keep],
+        box_ids=sample.box_ids[keep],
+        box_visibility=sample.box_visibility[keep],
+        instance_masks=None if sample.instance_masks is None else sample.instance_masks[keep],
     )
 
 

@@ -11,8 +11,11 @@ What this adds to the paper, for a stream that must survive its process:
 - Lost tracks are also matched by their last observed box, not only by their prediction
   (OC-SORT's observation-centric recovery): an object that stood still behind another
   or stepped out of the frame and back is found where it was last seen.
-- Association is class-aware: a box only matches a track of its class, so a track never
-  changes class and ids are never shared across classes.
+- Classes: a detector's class flickers between similar classes from frame to frame, so a
+  box of another class may still continue a track, at a cost (``class_penalty`` added to
+  1 - IoU). A track's class is the score-weighted vote of the boxes it matched until it is
+  confirmed, and fixed from then on: a track never changes class, and an id never spans
+  two classes.
 - A track gets its id when it is confirmed (``min_hits`` matches in a row); ids come from
   a per-camera counter that only grows, so an id is never reused.
 - The whole state (tracks, filters, counter) is plain data: :meth:`ByteTracker.to_state`
@@ -71,6 +74,8 @@ class Track:
     track_id: int | None = None
     #: The last box it was matched with.
     last_box: Box = (0.0, 0.0, 0.0, 0.0)
+    #: Until confirmation: the summed scores of its boxes per class (the vote for its class).
+    votes: dict[int, float] = field(default_factory=dict)
 
     @property
     def confirmed(self) -> bool:
@@ -94,6 +99,7 @@ class Track:
             "last_ts_ms": self.last_ts_ms,
             "track_id": self.track_id,
             "last_box": [round(v, 2) for v in self.last_box],
+            "votes": {str(c): round(v, 4) for c, v in self.votes.items()},
         }
 
     @classmethod
@@ -113,6 +119,7 @@ class Track:
             last_ts_ms=int(doc["last_ts_ms"]),
             track_id=None if doc["track_id"] is None else int(doc["track_id"]),
             last_box=tuple(float(v) for v in doc["last_box"]),  # type: ignore[arg-type]
+            votes={int(c): float(v) for c, v in doc["votes"].items()},
         )
 
 
@@ -154,22 +161,23 @@ class ByteTracker:
         assigned: dict[int, Track] = {}
 
         # 1. high-score boxes against every confirmed track (seen or lost)
+        penalty = s.class_penalty
         pool = [t for t in self.tracks if t.confirmed]
-        pairs, rest_tracks, rest_high = _associate(pool, observations, high, s.match_iou)
+        pairs, rest_tracks, rest_high = _associate(pool, observations, high, s.match_iou, penalty)
         assigned.update(pairs)
         # 2. low-score boxes against the confirmed tracks seen in the last frame
         recent = [t for t in rest_tracks if t.phase is TrackPhase.TRACKED]
-        pairs, _, _ = _associate(recent, observations, low, s.low_match_iou)
+        pairs, _, _ = _associate(recent, observations, low, s.low_match_iou, penalty)
         assigned.update(pairs)
         # 3. lost tracks by their last observed box against the high-score boxes left
         lost = [t for t in rest_tracks if t.phase is TrackPhase.LOST]
-        pairs, _, rest_high = _associate(lost, observations, rest_high, s.match_iou, last_seen=True)
+        pairs, _, rest_high = _associate(lost, observations, rest_high, s.match_iou, penalty, last_seen=True)
         for index, track in pairs.items():  # the prediction went astray: start it over here
             track.mean, track.covariance = _initiate(_xyah(observations[index].box))
         assigned.update(pairs)
         # 4. tentative tracks against the high-score boxes left
         tentative = [t for t in self.tracks if not t.confirmed]
-        pairs, _, unmatched_high = _associate(tentative, observations, rest_high, _TENTATIVE_MATCH_IOU)
+        pairs, _, unmatched_high = _associate(tentative, observations, rest_high, _TENTATIVE_MATCH_IOU, penalty)
         assigned.update(pairs)
 
         for index, track in assigned.items():
@@ -210,23 +218,39 @@ class ByteTracker:
         track.last_box = obs.box
         track.hits = track.hits + 1 if track.phase is not TrackPhase.LOST else 1
         track.last_ts_ms = ts_ms
-        if track.track_id is None and track.hits >= self.settings.min_hits:
-            track.track_id = self.next_id
-            self.next_id += 1
+        if track.track_id is None:
+            track.votes[obs.class_id] = track.votes.get(obs.class_id, 0.0) + obs.score
+            track.class_id = max(track.votes, key=lambda c: track.votes[c])
+            if track.hits >= self.settings.min_hits:
+                self._confirm(track)
         track.phase = TrackPhase.TRACKED if track.confirmed else TrackPhase.TENTATIVE
 
     def _start(self, obs: Observation, ts_ms: int) -> Track:
         mean, covariance = _initiate(_xyah(obs.box))
         track = Track(
-            self.next_uid, obs.class_id, mean, covariance, TrackPhase.TENTATIVE, 1, ts_ms, ts_ms, last_box=obs.box
+            self.next_uid,
+            obs.class_id,
+            mean,
+            covariance,
+            TrackPhase.TENTATIVE,
+            1,
+            ts_ms,
+            ts_ms,
+            last_box=obs.box,
+            votes={obs.class_id: obs.score},
         )
         self.next_uid += 1
         if self.settings.min_hits <= 1:
-            track.track_id = self.next_id
-            self.next_id += 1
+            self._confirm(track)
             track.phase = TrackPhase.TRACKED
         self.tracks.append(track)
         return track
+
+    def _confirm(self, track: Track) -> None:
+        """The track gets its id, and its class is fixed."""
+        track.track_id = self.next_id
+        self.next_id += 1
+        track.votes = {}
 
     def _age(self, seen: set[int], ts_ms: int) -> tuple[Track, ...]:
         """Unseen tracks: tentative ones die, confirmed ones are lost and then expire."""
@@ -281,11 +305,13 @@ def _associate(
     observations: Sequence[Observation],
     indices: Sequence[int],
     min_iou: float,
+    class_penalty: float,
     *,
     last_seen: bool = False,
 ) -> tuple[dict[int, Track], list[Track], list[int]]:
-    """Optimal one-to-one matching by IoU (Jonker-Volgenant, from lapx), class-aware, with
-    each track's predicted box (or, ``last_seen``, its last observed one).
+    """Optimal one-to-one matching on 1 - IoU (Jonker-Volgenant, from lapx), plus
+    ``class_penalty`` where the box's class is not the track's, with each track's predicted
+    box (or, ``last_seen``, its last observed one).
     Returns (observation index -> track, unmatched tracks, unmatched observation indices)."""
     if not tracks or not indices:
         return {}, list(tracks), list(indices)
@@ -293,7 +319,7 @@ def _associate(
     predicted = np.array([t.last_box if last_seen else t.box for t in tracks], np.float64)
     cost = 1.0 - box_iou(predicted, boxes)
     classes = np.array([observations[i].class_id for i in indices])
-    cost[np.array([t.class_id for t in tracks])[:, None] != classes[None, :]] = 2.0
+    cost[np.array([t.class_id for t in tracks])[:, None] != classes[None, :]] += class_penalty
     limit = 1.0 - min_iou
     _, track_to_obs, _ = lap.lapjv(cost, extend_cost=True, cost_limit=limit)
     pairs: dict[int, Track] = {}

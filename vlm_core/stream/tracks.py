@@ -62,14 +62,20 @@ class RestartReason(str, enum.Enum):
     ERROR = "error"  # the stage failed on one of the camera's frames
 
 
+#: What one detection got: its track id (None: unconfirmed) and the class it is reported
+#: with (its track's, once it has one).
+Assigned = tuple[int | None, int]
+
+
 @dataclass(frozen=True)
 class _Seen:
-    """What a recent frame got: its boxes with their ids, and its events."""
+    """What a recent frame got: its boxes (with the detector's classes) and what each was
+    assigned, and its events."""
 
     capture_ts_ms: int
     boxes: tuple[tuple[float, float, float, float], ...]
     class_ids: tuple[int, ...]
-    track_ids: tuple[int | None, ...]
+    assigned: tuple[Assigned, ...]
     events: tuple[Event, ...]
 
 
@@ -84,6 +90,12 @@ class _Camera:
     recent: OrderedDict[int, _Seen] = field(default_factory=OrderedDict)
     last_active_s: float = 0.0
     released: bool = False
+    #: Class names by id, as the detector reported them (a track's class may be absent
+    #: from a frame's boxes).
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def label(self, class_id: int) -> str:
+        return self.labels.get(class_id, str(class_id))
 
 
 def encode_state(camera: _Camera) -> bytes:
@@ -94,6 +106,7 @@ def encode_state(camera: _Camera) -> bytes:
         "last_seq": camera.last_seq,
         "last_capture_ts_ms": camera.last_capture_ts_ms,
         "recent": [[seq, _seen_to_json(seen)] for seq, seen in camera.recent.items()],
+        "labels": {str(c): label for c, label in camera.labels.items()},
     }
     return STATE_MAGIC + bytes([STATE_VERSION]) + zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
 
@@ -165,19 +178,26 @@ class TrackingStage:
         camera.last_active_s = self.monotonic()
         if camera.released:
             camera.released = False
+        for det in detections.detections:
+            camera.labels.setdefault(det.class_id, det.label)
         seen = self._seen_before(camera, frame)
         if seen is not None:
-            ids = _replayed_ids(seen, detections.detections)
-            return self._tracked(result, detections, ids, camera, replayed=True), seen.events
+            assigned = _replayed(seen, detections.detections)
+            return self._tracked(result, detections, assigned, camera, replayed=True), seen.events
         if camera.last_seq is not None and frame.seq <= camera.last_seq:
             # Older than the replay window remembers: its ids are unknown, it moves nothing.
             self.metrics.inc(m.TRACKING_REPLAYS, camera_id=frame.camera_id, outcome="unknown")
-            return self._tracked(result, detections, (None,) * len(detections.detections), camera, True), ()
+            untracked = tuple((None, d.class_id) for d in detections.detections)
+            return self._tracked(result, detections, untracked, camera, True), ()
         observations = [Observation(d.box, d.class_id, d.score) for d in detections.detections]
         step = camera.tracker.update(observations, frame.capture_ts_ms)
-        labels = {d.class_id: d.label for d in detections.detections}
-        objects = [_tracked_object(t, detections.detections[i].label) for i, t in sorted(step.matched.items())]
-        ended = [_tracked_object(t, labels.get(t.class_id, str(t.class_id))) for t in step.ended]
+        assigned = tuple(
+            (tid, step.matched[i].class_id if i in step.matched else d.class_id)
+            for i, (d, tid) in enumerate(zip(detections.detections, step.track_ids, strict=True))
+        )
+        label = camera.label
+        objects = [_tracked_object(t, label(t.class_id)) for _i, t in sorted(step.matched.items())]
+        ended = [_tracked_object(t, label(t.class_id)) for t in step.ended]
         occurrences = camera.analytics.update(objects, ended, frame.capture_ts_ms, frame.width, frame.height)
         events = tuple(self._event(frame, ref, result, o, i) for i, o in enumerate(occurrences))
         camera.last_seq = frame.seq
@@ -186,7 +206,7 @@ class TrackingStage:
             frame.capture_ts_ms,
             tuple(d.box for d in detections.detections),
             tuple(d.class_id for d in detections.detections),
-            step.track_ids,
+            assigned,
             events,
         )
         window = max(camera.policy.tracking.replay_window if camera.policy.tracking else 0, self.min_replay_window)
@@ -194,7 +214,7 @@ class TrackingStage:
             camera.recent.popitem(last=False)
         self._dirty.add(frame.camera_id)
         self._report(frame.camera_id, camera, events)
-        return self._tracked(result, detections, step.track_ids, camera, replayed=False), events
+        return self._tracked(result, detections, assigned, camera, replayed=False), events
 
     def _seen_before(self, camera: _Camera, frame: Frame) -> _Seen | None:
         seen = camera.recent.get(frame.seq)
@@ -216,13 +236,20 @@ class TrackingStage:
         self,
         result: Result,
         detections: Detections,
-        ids: Sequence[int | None],
+        assigned: Sequence[Assigned],
         camera: _Camera,
         replayed: bool,
     ) -> Result:
+        """The detections with their track ids; a tracked one is reported with its track's
+        class (the vote of its first boxes), which a flicker of the detector cannot change."""
         tracked = Detections(
             detections.model,
-            tuple(replace(d, track_id=tid) for d, tid in zip(detections.detections, ids, strict=True)),
+            tuple(
+                replace(d, track_id=tid)
+                if cls == d.class_id
+                else replace(d, track_id=tid, class_id=cls, label=camera.label(cls))
+                for d, (tid, cls) in zip(detections.detections, assigned, strict=True)
+            ),
         )
         outputs = {**result.outputs, **{task: tracked for task, out in result.outputs.items() if out is detections}}
         info = TrackingInfo(camera.tracker.settings.tracker.value, camera.tracker.active, replayed)
@@ -354,6 +381,7 @@ class TrackingStage:
             last_capture_ts_ms=doc["last_capture_ts_ms"],
             recent=OrderedDict((int(seq), _seen_from_json(seen, record.camera_id)) for seq, seen in doc["recent"]),
             last_active_s=self.monotonic(),
+            labels={int(c): str(label) for c, label in doc["labels"].items()},
         )
         self._report(record.camera_id, camera, ())
         return camera
@@ -368,21 +396,21 @@ def _tracked_object(track: Track, label: str) -> TrackedObject:
     return TrackedObject(track.track_id, track.class_id, label, track.box)
 
 
-def _replayed_ids(seen: _Seen, detections: Sequence[Detection]) -> tuple[int | None, ...]:
-    """The ids a frame got the first time, matched box by box (a model may return its boxes
-    in another order, or slightly different ones after a reload)."""
+def _replayed(seen: _Seen, detections: Sequence[Detection]) -> tuple[Assigned, ...]:
+    """What a frame's detections got the first time, matched box by box (a model may return
+    its boxes in another order, or slightly different ones after a reload)."""
     if not detections or not seen.boxes:
-        return (None,) * len(detections)
+        return tuple((None, d.class_id) for d in detections)
     iou = box_iou(np.array([d.box for d in detections], np.float64), np.array(seen.boxes, np.float64))
-    ids: list[int | None] = []
+    assigned: list[Assigned] = []
     taken: set[int] = set()
     for i, det in enumerate(detections):
         best = int(np.argmax(iou[i]))
         ok = iou[i, best] >= _REPLAY_IOU and seen.class_ids[best] == det.class_id and best not in taken
-        ids.append(seen.track_ids[best] if ok else None)
+        assigned.append(seen.assigned[best] if ok else (None, det.class_id))
         if ok:
             taken.add(best)
-    return tuple(ids)
+    return tuple(assigned)
 
 
 def _seen_to_json(seen: _Seen) -> dict[str, Any]:
@@ -390,7 +418,7 @@ def _seen_to_json(seen: _Seen) -> dict[str, Any]:
         "capture_ts_ms": seen.capture_ts_ms,
         "boxes": [[round(v, 2) for v in box] for box in seen.boxes],
         "class_ids": list(seen.class_ids),
-        "track_ids": list(seen.track_ids),
+        "assigned": [list(a) for a in seen.assigned],
         "events": [e.to_json() for e in seen.events],
     }
 
@@ -403,6 +431,6 @@ def _seen_from_json(doc: dict[str, Any], camera_id: str) -> _Seen:
         int(doc["capture_ts_ms"]),
         tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in doc["boxes"]),
         tuple(int(c) for c in doc["class_ids"]),
-        tuple(None if t is None else int(t) for t in doc["track_ids"]),
+        tuple((None if t is None else int(t), int(c)) for t, c in doc["assigned"]),
         events,
     )

@@ -289,11 +289,13 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
             width=int(query.pop("width", 320)),
             height=int(query.pop("height", 240)),
             max_items=int(query.pop("items", 4)),
+            crowded=query.pop("crowded", "0") == "1",
         )
     except ValueError as exc:
         raise DatasetError(f"bad number in {uri}: {exc}") from None
     if query:
-        raise DatasetError(f"unknown scenes:// options {sorted(query)}", hint="known: n, seed, width, height, items")
+        known = "n, seed, width, height, items, crowded"
+        raise DatasetError(f"unknown scenes:// options {sorted(query)}", hint=f"known: {known}")
     train_gen = SceneGenerator(config, seed=scene_seed)
     test_gen = SceneGenerator(SceneConfig(**{**config.__dict__, "split": "test"}), seed=scene_seed + 1)
     n_val = max(1, int(count * validation_fraction))

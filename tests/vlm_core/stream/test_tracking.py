@@ -37,12 +37,27 @@ def test_two_objects_that_cross_keep_their_ids() -> None:
     assert {i[0] for i in ids[2:]} == {1} and {i[1] for i in ids[2:]} == {2}
 
 
-def test_a_box_never_joins_a_track_of_another_class() -> None:
-    tracker = ByteTracker(TrackingSettings(min_hits=1))
+def test_a_class_flicker_continues_the_track_and_the_track_keeps_its_class() -> None:
+    tracker = ByteTracker(TrackingSettings(min_hits=2))
+    run(tracker, [[moving(10, cls=0, score=0.9)], [moving(12, cls=0, score=0.8)], [moving(14, cls=3)]])
+    (track,) = tracker.tracks
+    assert track.track_id == 1 and track.class_id == 0, "a confirmed track's class is fixed"
+    # A box of another class continues a track only where it overlaps well: here it starts its own.
+    assert run(tracker, [[moving(40, cls=3)]], start=3)[0] == (None,)
+
+
+def test_the_class_is_the_vote_of_the_boxes_before_confirmation() -> None:
+    tracker = ByteTracker(TrackingSettings(min_hits=3))
+    step = [tracker.update([moving(10 + t, cls=c, score=p)], t * INTERVAL_MS) for t, (c, p) in
+            enumerate([(2, 0.7), (5, 0.9), (5, 0.8)])]  # fmt: skip
+    assert step[-1].track_ids == (1,) and step[-1].matched[0].class_id == 5
+
+
+def test_a_strict_class_penalty_keeps_classes_apart() -> None:
+    tracker = ByteTracker(TrackingSettings(min_hits=1, class_penalty=1.0))
     first = run(tracker, [[moving(10, cls=0)]])[0][0]
     second = run(tracker, [[moving(10, cls=3)]], start=1)[0][0]
-    assert first == 1 and second == 2
-    assert {t.class_id for t in tracker.tracks if t.track_id == 1} == {0}
+    assert (first, second) == (1, 2)
 
 
 def test_a_short_loss_keeps_the_id_and_a_long_one_ends_the_track() -> None:
@@ -112,7 +127,7 @@ def test_ids_are_unique_per_frame_and_never_come_back_after_ending(seed: int, dr
         ids = [i for i in step.track_ids if i is not None]
         assert len(ids) == len(set(ids))
         assert not set(ids) & ended
-        for index, track in step.matched.items():
-            assert classes.setdefault(track.track_id or 0, obs[index].class_id) == obs[index].class_id
+        for track in step.matched.values():
+            assert classes.setdefault(track.track_id or 0, track.class_id) == track.class_id, "a track kept its class"
         ended |= {t.track_id for t in step.ended if t.track_id is not None}
         assert all(t.phase is not TrackPhase.TENTATIVE or t.track_id is None for t in tracker.tracks)
