@@ -119,9 +119,11 @@ def analytics_config(width: int, height: int) -> dict[str, Any]:
     }
 
 
-def score_sequence(
-    truth: SequenceTruth, results: list[Result], events: list[Event], min_visibility: float
-) -> SequenceScore:
+MOT_METRICS = ["mota", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects"]
+
+
+def accumulate(truth: SequenceTruth, results: list[Result], min_visibility: float) -> Any:
+    """motmetrics' accumulator of one sequence: ground truth against the confirmed tracks."""
     import motmetrics as mm
 
     by_seq = {r.seq: r for r in results}
@@ -145,10 +147,25 @@ def score_sequence(
         else:
             distances = np.empty((len(cared), len(hyps)))
         acc.update([i.item_id for i in cared], [h[0] for h in hyps], distances)
-    summary = mm.metrics.create().compute(
-        acc, metrics=["mota", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects"]
-    )
-    row = summary.iloc[0]
+    return acc
+
+
+def overall(accumulators: list[Any]) -> dict[str, float]:
+    """The figures over all sequences together (motmetrics' OVERALL row)."""
+    import motmetrics as mm
+
+    names = [str(i) for i in range(len(accumulators))]
+    summary = mm.metrics.create().compute_many(accumulators, metrics=MOT_METRICS, names=names, generate_overall=True)
+    return {k: float(v) for k, v in summary.loc["OVERALL"].items()}
+
+
+def score_sequence(
+    truth: SequenceTruth, results: list[Result], events: list[Event], min_visibility: float
+) -> SequenceScore:
+    import motmetrics as mm
+
+    acc = accumulate(truth, results, min_visibility)
+    row = mm.metrics.create().compute(acc, metrics=MOT_METRICS).iloc[0]
     unique = {e.event_id: e for e in events}.values()  # a replayed frame repeats its events
     crossed = defaultdict(int)
     for event in unique:
@@ -250,16 +267,15 @@ def run_tracking_bench(
     got = {(c, r.seq) for c, rs in results.items() for r in rs}
     missing = sum(1 for t in truths for s in range(frames) if (t.camera_id, s) not in got)
     scores = [score_sequence(t, results[t.camera_id], events[t.camera_id], min_visibility) for t in truths]
-    total_objects = sum(s.gt_boxes for s in scores)
-    # Overall figures weigh each sequence by its ground-truth boxes, as motmetrics' "OVERALL" does.
+    total = overall([accumulate(t, results[t.camera_id], min_visibility) for t in truths])
     return TrackingBenchReport(
         model=f"{model_name}@{production.version}",
         sequences=sequences,
         frames_per_sequence=frames,
         min_visibility=min_visibility,
-        mota=round(sum(s.mota * s.gt_boxes for s in scores) / max(total_objects, 1), 4),
-        idf1=round(sum(s.idf1 * s.gt_boxes for s in scores) / max(total_objects, 1), 4),
-        id_switches=sum(s.id_switches for s in scores),
+        mota=round(total["mota"], 4),
+        idf1=round(total["idf1"], 4),
+        id_switches=int(total["num_switches"]),
         line_exact=sum(1 for s in scores if s.line_error == 0),
         zone_exact=sum(1 for s in scores if s.zone_error == 0),
         results_missing=missing,
