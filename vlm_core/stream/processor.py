@@ -1,5 +1,5 @@
-"""StreamProcessor: frames topic -> models -> sinks (results, dead letters, to-label), at
-least once.
+"""StreamProcessor: frames topic -> models -> tracking stage -> sinks (results, events,
+dead letters, to-label), at least once.
 
 Pure logic over small ports (:mod:`vlm_core.stream.ports`) and sinks
 (:mod:`vlm_core.stream.sinks`), so it is testable without Kafka or Ray; ``services``
@@ -12,6 +12,11 @@ while models work on the current one), and the acknowledgement wait of one batch
 overlaps the models' work on the next. Batches complete in order: their outcomes go to
 the sinks, the broker's acknowledgements are awaited, and only then are the batch's
 offsets committed.
+
+With a :class:`~vlm_core.stream.tracks.TrackingStage`, tracked cameras' results get their
+track ids and events in that in-order step, each batch's changed tracker states are
+written to the state store beside its results (their acknowledgements gate the commit as
+well), and every new partition assignment loads the assigned cameras' states first.
 """
 
 from __future__ import annotations
