@@ -209,3 +209,24 @@ def test_a_bad_state_record_starts_that_camera_fresh_and_no_other(
         fresh = {i for s in range(FRAMES // 2, FRAMES) for i in sorted_ids(outcome, camera, s)}
         assert fresh and min(fresh) > START_MS + INTERVAL_MS * FRAMES, f"{camera}: fresh ids begin at the clock"
         assert not fresh & before, f"{camera}: no id is reused"
+
+
+def test_the_state_store_refuses_a_state_topic_that_is_not_co_partitioned(kafka_bootstrap: str) -> None:
+    from services.kafka_io.adapters import KafkaResultProducer
+    from services.kafka_io.state import KafkaTrackStateStore
+    from vlm_core.errors import ConfigError
+
+    topics = kafka_io.private_topics(f"t.{uuid.uuid4().hex[:8]}")
+    kafka_io.ensure_topics(
+        kafka_bootstrap,
+        [kafka_io.TopicSpec(topics.frames, 2), kafka_io.TopicSpec(topics.tracks_state, 1, compact=True)],
+    )
+    producer = KafkaResultProducer(kafka_bootstrap)
+    try:
+        with pytest.raises(ConfigError, match="must match"):
+            KafkaTrackStateStore(kafka_bootstrap, topics.tracks_state, topics.frames, producer)
+        with pytest.raises(ConfigError, match="does not exist"):
+            KafkaTrackStateStore(kafka_bootstrap, topics.tracks_state + ".missing", topics.frames, producer)
+    finally:
+        producer.close()
+        kafka_io.delete_topics(kafka_bootstrap, [topics.frames, topics.tracks_state])
