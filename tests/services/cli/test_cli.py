@@ -39,6 +39,10 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["ingest", "--source", "synthetic://?seed=abc", "--camera-id", "c", "--max-frames", "3"], "not an integer"),
         (["ingest", "--source", "synthetic://", "--camera-id", "c", "--fps", "-5"], "--fps -5 is negative"),
         (["ingest", "--source", "synthetic://", "--camera-id", "bad\tid"], "camera id"),
+        (["ingest", "--source", "synthetic://?exits=2", "--camera-id", "c", "--max-frames", "3"], "must be 0 or 1"),
+        (["events", "--type", "teleported"], "unknown event type teleported"),
+        (["bench", "tracking", "--model", "no-such-detector"], "no production 'no-such-detector'"),
+        (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:
