@@ -153,6 +153,9 @@ class ByteTracker:
     def update(self, observations: Sequence[Observation], ts_ms: int) -> TrackingStep:
         s = self.settings
         steps = self._steps(ts_ms)
+        # A track lost for longer than max_lost_s ends before it could match (after a gap in
+        # the frames too): an id never comes back after its track's time is up.
+        expired = self._expire(ts_ms)
         for track in self.tracks:
             track.mean, track.covariance = _predict(track.mean, track.covariance, steps)
         usable = [i for i, o in enumerate(observations) if o.score >= s.low_score]
@@ -187,7 +190,7 @@ class ByteTracker:
             if observations[index].score >= s.new_track_score:
                 track = self._start(observations[index], ts_ms)
                 assigned[index] = track
-        ended = self._age(matched_uids | {t.uid for t in assigned.values()}, ts_ms)
+        ended = expired + self._age(matched_uids | {t.uid for t in assigned.values()}, ts_ms)
         self.last_ts_ms = ts_ms if self.last_ts_ms is None else max(self.last_ts_ms, ts_ms)
         matched = {i: t for i, t in assigned.items() if t.confirmed}
         ids = tuple(matched[i].track_id if i in matched else None for i in range(len(observations)))
@@ -251,6 +254,13 @@ class ByteTracker:
         track.track_id = self.next_id
         self.next_id += 1
         track.votes = {}
+
+    def _expire(self, ts_ms: int) -> tuple[Track, ...]:
+        max_lost_ms = self.settings.max_lost_s * 1000
+        expired = tuple(t for t in self.tracks if t.confirmed and ts_ms - t.last_ts_ms > max_lost_ms)
+        if expired:
+            self.tracks = [t for t in self.tracks if not (t.confirmed and ts_ms - t.last_ts_ms > max_lost_ms)]
+        return expired
 
     def _age(self, seen: set[int], ts_ms: int) -> tuple[Track, ...]:
         """Unseen tracks: tentative ones die, confirmed ones are lost and then expire."""

@@ -131,3 +131,10 @@ def test_ids_are_unique_per_frame_and_never_come_back_after_ending(seed: int, dr
             assert classes.setdefault(track.track_id or 0, track.class_id) == track.class_id, "a track kept its class"
         ended |= {t.track_id for t in step.ended if t.track_id is not None}
         assert all(t.phase is not TrackPhase.TENTATIVE or t.track_id is None for t in tracker.tracks)
+
+
+def test_after_a_gap_longer_than_max_lost_the_object_gets_a_new_id() -> None:
+    tracker = ByteTracker(TrackingSettings(min_hits=1, max_lost_s=1.0))
+    run(tracker, [[moving(10 + 2 * t)] for t in range(5)])
+    step = tracker.update([moving(20)], 5 * INTERVAL_MS + 2_000)  # no frames for 2 s
+    assert step.track_ids == (2,) and [t.track_id for t in step.ended] == [1]
