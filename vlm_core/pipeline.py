@@ -53,6 +53,9 @@ class TrackingSettings(_Strict):
     #: flicker of the detector still continues the track if the boxes overlap well (by
     #: ``match_iou + class_penalty``). 1 or more: boxes only ever match tracks of their class.
     class_penalty: float = Field(default=0.3, ge=0, le=2)
+    #: Boxes overlapping a higher-scoring one this much are one object seen twice (a
+    #: detector's per-class outputs): only the stronger one is tracked. 1: off.
+    duplicate_iou: float = Field(default=0.7, gt=0, le=1)
     #: Consecutive matched frames before a track is confirmed and gets its id.
     min_hits: int = Field(default=3, ge=1, le=100)
     #: How long a confirmed track that is not seen is kept for re-identification.

@@ -122,6 +122,8 @@ class SceneMotion:
     #: A vertical line at this fraction of the width; :attr:`SceneVideo.line_crossings`
     #: counts the items' anchors (box bottom centre) crossing it.
     line_x: float | None = None
+    #: As the pipeline's ``hysteresis_px``: a crossing counts once the anchor is this far past.
+    line_hysteresis_px: float = 3.0
     min_speed: float = 1.0
     max_speed: float = 4.0
 
@@ -257,12 +259,14 @@ class SceneVideo:
         if points is None:
             return
         (x1, y1), (x2, y2) = points
+        length = float(np.hypot(x2 - x1, y2 - y1))
         for truth in self.truth:
             bx1, _by1, bx2, by2 = truth.box
             anchor_x, anchor_y = (bx1 + bx2) / 2, by2
-            # the sign convention of vlm_core.stream.analytics: > 0 right of the line's direction
-            distance = (x2 - x1) * (anchor_y - y1) - (y2 - y1) * (anchor_x - x1)
-            if distance == 0:
+            # vlm_core.stream.analytics' definition: > 0 right of the line's direction, and a
+            # side changes only once the anchor is line_hysteresis_px past the line
+            distance = ((x2 - x1) * (anchor_y - y1) - (y2 - y1) * (anchor_x - x1)) / length
+            if abs(distance) < max(self.motion.line_hysteresis_px, 1e-9):
                 continue
             side = 1 if distance > 0 else -1
             previous = self._sides.get(truth.item_id)

@@ -158,7 +158,7 @@ class ByteTracker:
         expired = self._expire(ts_ms)
         for track in self.tracks:
             track.mean, track.covariance = _predict(track.mean, track.covariance, steps)
-        usable = [i for i, o in enumerate(observations) if o.score >= s.low_score]
+        usable = _distinct([i for i, o in enumerate(observations) if o.score >= s.low_score], observations, s)
         high = [i for i in usable if observations[i].score >= s.high_score]
         low = [i for i in usable if observations[i].score < s.high_score]
         assigned: dict[int, Track] = {}
@@ -308,6 +308,21 @@ class ByteTracker:
             last_ts_ms=doc["last_ts_ms"],
             frame_interval_ms=doc["frame_interval_ms"],
         )
+
+
+def _distinct(indices: list[int], observations: Sequence[Observation], s: TrackingSettings) -> list[int]:
+    """Class-agnostic non-maximum suppression: a detector's per-class outputs can put two
+    boxes of different classes on one object; the weaker one is left untracked."""
+    if len(indices) < 2 or s.duplicate_iou >= 1:
+        return indices
+    order = sorted(indices, key=lambda i: -observations[i].score)
+    boxes = np.array([observations[i].box for i in order], np.float64)
+    iou = box_iou(boxes, boxes)
+    kept: list[int] = []
+    for rank, index in enumerate(order):
+        if all(iou[rank, order.index(k)] < s.duplicate_iou for k in kept):
+            kept.append(index)
+    return sorted(kept)
 
 
 def _associate(
