@@ -131,7 +131,11 @@ def run_soak(
     try:
         while (elapsed := time.monotonic() - started) < minutes * 60:
             time.sleep(min(sample_s, max(0.0, minutes * 60 - elapsed)))
-            stats = deploy.processor_stats(app)
+            try:
+                stats = deploy.processor_stats(app)
+            except Exception as exc:  # a replica restarting: the next sample tells
+                progress(f"{time.monotonic() - started:.0f}s: no stats ({type(exc).__name__}: {exc})")
+                continue
             sample = SoakSample(
                 round(time.monotonic() - started, 1),
                 round(stats.rss_mb, 1),

@@ -154,6 +154,8 @@ class TrackingStage:
         #: Where a camera starts when its state was unreadable: its ids begin here.
         self._fresh_ids: dict[str, int] = {}
         self.restarts = 0
+        #: Size of each camera's last written state record (read from other threads).
+        self._state_sizes: dict[str, int] = {}
 
     def tracks(self, camera_id: str) -> bool:
         return self.routing.policy_for(camera_id).tracking is not None
@@ -337,12 +339,14 @@ class TrackingStage:
             dirty = self.cameras.get(camera_id)
             if dirty is not None:
                 records.append(StateRecord(camera_id, dirty.partition, encode_state(dirty)))
+                self._state_sizes[camera_id] = len(records[-1].value or b"")
         self._dirty.clear()
         return records
 
     def reset(self) -> None:
         """Forget every camera (partitions were reassigned; states are loaded again)."""
         self.cameras.clear()
+        self._state_sizes.clear()
         self._dirty.clear()
         self._fresh_ids.clear()
 
@@ -387,8 +391,10 @@ class TrackingStage:
         return camera
 
     def state_bytes(self) -> int:
-        """Total size of every camera's encoded state (the soak test watches it)."""
-        return sum(len(encode_state(c)) for c in self.cameras.values())
+        """Total size of the cameras' last written state records (the soak watches it).
+        Safe from another thread (the replica's stats): it reads a snapshot of sizes,
+        never the tracks the processor thread is changing."""
+        return sum(list(self._state_sizes.values()))
 
 
 def _tracked_object(track: Track, label: str) -> TrackedObject:
