@@ -32,7 +32,8 @@ from vlm_core.contracts.task import Task
 from vlm_core.metrics import counter_total
 from vlm_core.stream.tracks import STATE_MAGIC
 
-pytestmark = pytest.mark.integration
+# The first run on a machine trains the detector (a few minutes) inside the first test's setup.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 # cam-b and cam-c are keyed to partition 0, cam-a to partition 1 of a two-partition topic.
 SEQUENCES = [Sequence("cam-a", 11), Sequence("cam-b", 12), Sequence("cam-c", 13)]
