@@ -127,35 +127,35 @@ def run_soak(
     )
     samples: list[SoakSample] = []
     started = time.monotonic()
-    runner.start()
     try:
-        while (elapsed := time.monotonic() - started) < minutes * 60:
-            time.sleep(min(sample_s, max(0.0, minutes * 60 - elapsed)))
-            try:
-                stats = deploy.processor_stats(app)
-            except Exception as exc:  # a replica restarting: the next sample tells
-                progress(f"{time.monotonic() - started:.0f}s: no stats ({type(exc).__name__}: {exc})")
-                continue
-            sample = SoakSample(
-                round(time.monotonic() - started, 1),
-                round(stats.rss_mb, 1),
-                stats.tracker_state_bytes,
-                stats.tracked_cameras,
-                stats.results_produced,
-            )
-            samples.append(sample)
-            progress(
-                f"{sample.elapsed_s:.0f}s: rss {sample.rss_mb:.0f} MB, tracker state {sample.tracker_state_bytes} B "
-                f"({sample.tracked_cameras} cameras), {sample.results} results"
-            )
-    finally:
-        runner.stop()
-    sent = sum(w.stats.sent for w in runner.workers)
-    try:
+        runner.start()
+        try:
+            while (elapsed := time.monotonic() - started) < minutes * 60:
+                time.sleep(min(sample_s, max(0.0, minutes * 60 - elapsed)))
+                try:
+                    stats = deploy.processor_stats(app)
+                except Exception as exc:  # a replica restarting: the next sample tells
+                    progress(f"{time.monotonic() - started:.0f}s: no stats ({type(exc).__name__}: {exc})")
+                    continue
+                sample = SoakSample(
+                    round(time.monotonic() - started, 1),
+                    round(stats.rss_mb, 1),
+                    stats.tracker_state_bytes,
+                    stats.tracked_cameras,
+                    stats.results_produced,
+                )
+                samples.append(sample)
+                progress(
+                    f"{sample.elapsed_s:.0f}s: rss {sample.rss_mb:.0f} MB, tracker state "
+                    f"{sample.tracker_state_bytes} B ({sample.tracked_cameras} cameras), {sample.results} results"
+                )
+        finally:
+            runner.stop()
+        sent = sum(w.stats.sent for w in runner.workers)
         time.sleep(5)
         records, _ends = kafka_io.read_to_end(settings.bootstrap_servers, topics.results, timeout_s=600)
         results = [Result.from_bytes(r.value) for r in records]
-    finally:
+    finally:  # whatever happened, the app and its topics go
         deploy.delete(app)
         kafka_io.delete_topics(settings.bootstrap_servers, names)
     issued, reused = reused_ids(results, TrackingSettings().max_lost_s)
