@@ -35,6 +35,7 @@ DETECTOR_NAME = "scenes-detector"
 DETECTOR_RECIPE = ["--data", "scenes://?n=300&items=3", "--epochs", "3", "--workers", "1", "--eval-limit", "50"]
 INTERVAL_MS = 100
 LINE = {"name": "middle", "points": [[0.5, 0.0], [0.5, 1.0]], "units": "normalized"}
+TRACKING = {"high_score": 0.3, "new_track_score": 0.3}
 
 
 def detector_registry(ray_address: str) -> Path:
@@ -103,7 +104,8 @@ def tracked_args(bootstrap: str, topics: Topics, registry: Path, group_id: str |
             "deployment": {"num_cpus": 0.5, "max_batch_size": 8, "torch_threads": 1},
         },
         processor={"group_id": group_id or f"g-{uuid.uuid4().hex[:8]}", "batch_size": 8, "poll_timeout_ms": 50},
-        cameras={"default": {"tasks": ["detection"], "tracking": {}, "analytics": {"lines": [LINE]}}},
+        # A quickly trained detector scores low: the tracker takes boxes from 0.3.
+        cameras={"default": {"tasks": ["detection"], "tracking": TRACKING, "analytics": {"lines": [LINE]}}},
         registry_dir=str(registry),
     )
 
