@@ -182,7 +182,8 @@ def test_a_bad_state_record_starts_that_camera_fresh_and_no_other(
     ray_address, bootstrap = pipeline_env
     topics = fresh_topics(bootstrap)
     half = len(frames) // 2
-    with tracked_pipeline(ray_address, bootstrap, topics, registry, keep_topics=True):
+    group = f"g-{uuid.uuid4().hex[:8]}"  # the second pipeline goes on from the first one's commits
+    with tracked_pipeline(ray_address, bootstrap, topics, registry, keep_topics=True, group_id=group):
         produce(bootstrap, topics.frames, frames[:half])
         collect(bootstrap, topics, half)
     # While no processor runs: cam-a's state becomes garbage, cam-b's an unknown version;
@@ -192,7 +193,7 @@ def test_a_bad_state_record_starts_that_camera_fresh_and_no_other(
     old = STATE_MAGIC + bytes([0]) + b"an older layout"
     producer.send(topics.tracks_state, key=b"cam-b", value=old, partition=0).get(timeout=30)
     producer.close()
-    with tracked_pipeline(ray_address, bootstrap, topics, registry) as app:
+    with tracked_pipeline(ray_address, bootstrap, topics, registry, group_id=group) as app:
         produce(bootstrap, topics.frames, frames[half:])
         outcome = collect(bootstrap, topics, len(frames))
         stats = processor_stats(app)
