@@ -154,11 +154,25 @@ class Outcome:
 
 
 def collect(bootstrap: str, topics: Topics, expected: int, timeout_s: float = 300) -> Outcome:
-    records = kafka_io.read_records(bootstrap, topics.results, expected, timeout_s=timeout_s, linger_ms=1000)
+    """Results until ``expected`` distinct (camera, seq) have one (a failover repeats some,
+    so a count of records is not enough), then the events topic to its end."""
+    import time
+
+    reader, _partitions = kafka_io.topic_reader(bootstrap, topics.results, from_beginning=True)
     results: dict[tuple[str, int], list[Result]] = defaultdict(list)
-    for rec in records:
-        result = Result.from_bytes(rec.value)
-        results[(result.camera_id, result.seq)].append(result)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(results) < expected and time.monotonic() < deadline:
+            for records in reader.poll(timeout_ms=500).values():
+                for rec in records:
+                    result = Result.from_bytes(rec.value)
+                    results[(result.camera_id, result.seq)].append(result)
+        for records in reader.poll(timeout_ms=1000).values():  # a late copy must be seen too
+            for rec in records:
+                result = Result.from_bytes(rec.value)
+                results[(result.camera_id, result.seq)].append(result)
+    finally:
+        reader.close()
     event_records, _ = kafka_io.read_to_end(bootstrap, topics.events)
     events = {e.event_id: e for e in (Event.from_bytes(r.value) for r in event_records)}
     return Outcome(dict(results), events)
