@@ -135,7 +135,7 @@ def run_pipeline_bench(
     if tracking:
         from services.bench_tracking import analytics_config
 
-        cameras_config["default"].update(tracking={}, analytics=analytics_config(width, height))
+        cameras_config["default"].update(tracking={}, analytics=analytics_config())
     args = model_pipeline_args(
         settings.bootstrap_servers,
         topics,

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.result import Result
-from vlm_core.errors import ConfigError
-from vlm_core.pipeline import TrackingSettings, model_pipeline_args
+from vlm_core.pipeline import TrackingSettings
 
 
 @dataclass
@@ -78,42 +77,26 @@ def run_soak(
     command: str = "",
 ) -> SoakReport:
     from services import kafka_io
-    from services.bench_tracking import analytics_config
+    from services.bench_tracking import analytics_config, production_detector, tracked_detector_args
     from services.inference import deploy
     from services.ingest.worker import CameraConfig, IngestRunner
     from services.localstack import LocalStack
-    from vlm_core.registry import ModelRegistry
 
-    production = ModelRegistry(settings.registry_dir).production(model_name)
-    if production is None:
-        raise ConfigError(f"the registry has no production {model_name!r}", hint="run `vlm demo` once, or `vlm train`")
+    production = production_detector(settings, model_name)
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
     topics = kafka_io.private_topics(f"soak.{tag}")
     names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
-    args = model_pipeline_args(
-        settings.bootstrap_servers,
-        topics,
-        production.task,
-        {
-            "spec": {"task": "detection", "arch": production.arch, "score_threshold": 0.1},
-            "registry_name": model_name,
-            "deployment": {"max_batch_size": 8, "num_cpus": 0.5, "torch_threads": 1},
-        },
-        processor={"group_id": f"soak-{tag}", "batch_size": 8, "num_cpus": 0.25},
-        # Live cameras: a frame older than 2 s when dequeued is dropped (and counted), so a
-        # detector slower than the cameras sets the rate without a backlog building up.
-        cameras={
-            "default": {
-                "tasks": ["detection"],
-                "drop_policy": "drop_stale",
-                "max_age_ms": 2000,
-                "tracking": {},
-                "analytics": analytics_config(320, 240),
-            }
-        },
-        registry_dir=str(settings.registry_dir),
-    )
+    # Live cameras: a frame older than 2 s when dequeued is dropped (and counted), so a
+    # detector slower than the cameras sets the rate without a backlog building up.
+    camera = {
+        "tasks": ["detection"],
+        "drop_policy": "drop_stale",
+        "max_age_ms": 2000,
+        "tracking": {},
+        "analytics": analytics_config(),
+    }
+    args = tracked_detector_args(settings, topics, production, camera, group_id=f"soak-{tag}")
     app = f"soak-{tag}"
     deploy.connect(settings.ray_address)
     deploy.deploy(args, app_name=app)

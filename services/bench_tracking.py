@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from vlm_core.config import LocalSettings
+from vlm_core.config import LocalSettings, Topics
 from vlm_core.contracts.event import Event, EventType
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Result
 from vlm_core.datasets.scenes import SceneConfig, SceneMotion, SceneVideo, TruthItem
 from vlm_core.errors import ConfigError
 from vlm_core.pipeline import model_pipeline_args
+from vlm_core.registry import ModelVersion
 from vlm_core.stream.tracking import box_iou
 
 FRAME_INTERVAL_MS = 100  # the sequences are 10 fps cameras
@@ -115,7 +116,8 @@ def zone_truth(frames: list[tuple[TruthItem, ...]], width: int, height: int) -> 
     return entries
 
 
-def analytics_config(width: int, height: int) -> dict[str, Any]:
+def analytics_config() -> dict[str, Any]:
+    """The benches' line and zone, in normalised units (any frame size)."""
     return {
         "lines": [{"name": "middle", "points": [[0.5, 0.0], [0.5, 1.0]], "units": "normalized"}],
         "zones": [{"name": "right", "polygon": [list(p) for p in BENCH_ZONE], "units": "normalized"}],
@@ -213,21 +215,10 @@ def run_tracking_bench(
     from services import kafka_io
     from services.inference import deploy
     from services.localstack import LocalStack
-    from vlm_core.registry import ModelRegistry
 
     if sequences < 1 or frames < 50:
         raise ConfigError("--sequences must be at least 1 and --frames at least 50")
-    registry = ModelRegistry(settings.registry_dir)
-    try:
-        production = registry.production(model_name)
-    except Exception:
-        production = None
-    if production is None:
-        raise ConfigError(
-            f"the registry ({settings.registry_dir}) has no production {model_name!r}",
-            hint="run `vlm demo` once (it trains one), or `vlm train --task detection --data "
-            f'"scenes://?n=1500" --epochs 6 --name {model_name} --promote`',
-        )
+    production = production_detector(settings, model_name)
     started = time.perf_counter()
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
@@ -235,20 +226,15 @@ def run_tracking_bench(
     names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
     progress(f"sequences: {sequences} x {frames} frames ({width}x{height}, 10 fps) into Kafka...")
     truths = _produce_sequences(settings.bootstrap_servers, topics.frames, sequences, frames, width, height)
-    spec = {"task": "detection", "arch": production.arch, "score_threshold": score_threshold}
-    analytics = analytics_config(width, height)
-    args = model_pipeline_args(
-        settings.bootstrap_servers,
+    camera = {"tasks": ["detection"], "tracking": BENCH_TRACKING, "analytics": analytics_config()}
+    args = tracked_detector_args(
+        settings,
         topics,
-        production.task,
-        {
-            "spec": spec,
-            "registry_name": model_name,
-            "deployment": {"max_batch_size": batch_size, "num_cpus": 0.5, "torch_threads": 1},
-        },
-        processor={"group_id": f"bench-{tag}", "batch_size": batch_size, "num_cpus": 0.25},
-        cameras={"default": {"tasks": ["detection"], "tracking": BENCH_TRACKING, "analytics": analytics}},
-        registry_dir=str(settings.registry_dir),
+        production,
+        camera,
+        group_id=f"bench-{tag}",
+        batch_size=batch_size,
+        score_threshold=score_threshold,
     )
     app = f"bench-{tag}"
     deploy.connect(settings.ray_address)
@@ -287,6 +273,50 @@ def run_tracking_bench(
         wall_s=round(time.perf_counter() - started, 1),
         per_sequence=scores,
         command=command,
+    )
+
+
+def production_detector(settings: LocalSettings, model_name: str) -> ModelVersion:
+    """The registry's production version of ``model_name``, or a ConfigError saying how to get one."""
+    from vlm_core.registry import ModelRegistry
+
+    try:
+        production = ModelRegistry(settings.registry_dir).production(model_name)
+    except Exception:
+        production = None
+    if production is None:
+        raise ConfigError(
+            f"the registry ({settings.registry_dir}) has no production {model_name!r}",
+            hint="run `vlm demo` once (it trains one), or `vlm train --task detection --data "
+            f'"scenes://?n=1500" --epochs 6 --name {model_name} --promote`',
+        )
+    return production
+
+
+def tracked_detector_args(
+    settings: LocalSettings,
+    topics: Topics,
+    detector: ModelVersion,
+    camera: dict[str, Any],
+    *,
+    group_id: str,
+    batch_size: int = 8,
+    score_threshold: float = 0.1,
+) -> dict[str, Any]:
+    """Builder args of a pipeline serving the registry's ``detector`` (following its
+    production version), every camera with the policy ``camera``."""
+    return model_pipeline_args(
+        settings.bootstrap_servers,
+        topics,
+        detector.task,
+        {
+            "spec": {"task": "detection", "arch": detector.arch, "score_threshold": score_threshold},
+            "registry_name": detector.name,
+            "deployment": {"max_batch_size": batch_size, "num_cpus": 0.5, "torch_threads": 1},
+        },
+        processor={"group_id": group_id, "batch_size": batch_size, "num_cpus": 0.25},
+        cameras={"default": camera},
+        registry_dir=str(settings.registry_dir),
     )
 
 

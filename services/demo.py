@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,49 +90,49 @@ class LiveStats:
             if thread is not None:
                 thread.join(timeout)
 
-    def _run_events(self, topic: str) -> None:
+    def _follow(self, topic: str, parse: Callable[[bytes], Any], handle: Callable[[Any], None]) -> None:
+        """Parse each new record of ``topic`` and hand it on, until stopped. A record that
+        does not parse is somebody else's on the topic: not ours to show."""
         from services.kafka_io import topic_reader
 
         reader, _partitions = topic_reader(self.bootstrap, topic, from_beginning=False)
-        seen: set[str] = set()  # a frame processed again repeats its events
         try:
             while not self.stop.is_set():
                 for records in reader.poll(timeout_ms=500).values():
                     for rec in records:
                         try:
-                            event = Event.from_bytes(rec.value, validate=False)
+                            doc = parse(rec.value)
                         except Exception:
                             continue
-                        if event.event_id in seen:
-                            continue
-                        if len(seen) > 100_000:
-                            seen.clear()
-                        seen.add(event.event_id)
-                        with self.lock:
-                            self.counts[event.camera_id].add(event)
+                        handle(doc)
         finally:
             reader.close()
+
+    def _run_events(self, topic: str) -> None:
+        seen: set[str] = set()  # a frame processed again repeats its events
+
+        def add(event: Event) -> None:
+            if event.event_id in seen:
+                return
+            if len(seen) > 100_000:
+                seen.clear()
+            seen.add(event.event_id)
+            with self.lock:
+                self.counts[event.camera_id].add(event)
+
+        self._follow(topic, lambda value: Event.from_bytes(value, validate=False), add)
 
     def _run(self) -> None:
-        from services.kafka_io import topic_reader
         from services.results import describe
 
-        reader, _partitions = topic_reader(self.bootstrap, self.topic, from_beginning=False)
-        try:
-            while not self.stop.is_set():
-                for records in reader.poll(timeout_ms=500).values():
-                    for rec in records:
-                        try:
-                            result = Result.from_bytes(rec.value, validate=False)
-                        except Exception:  # somebody else's record on the topic: not ours to show
-                            continue
-                        line = describe(result).split("  ", 2)[-1]
-                        with self.lock:
-                            self.count[result.camera_id] += 1
-                            self.recent[result.camera_id].append((time.time(), float(result.latency_ms)))
-                            self.last[result.camera_id] = line
-        finally:
-            reader.close()
+        def add(result: Result) -> None:
+            line = describe(result).split("  ", 2)[-1]
+            with self.lock:
+                self.count[result.camera_id] += 1
+                self.recent[result.camera_id].append((time.time(), float(result.latency_ms)))
+                self.last[result.camera_id] = line
+
+        self._follow(self.topic, lambda value: Result.from_bytes(value, validate=False), add)
 
     def table(self, drops: dict[str, float]) -> Table:
         table = Table(title="vlm demo: live results (Ctrl-C to stop)", expand=True)

@@ -87,6 +87,7 @@ class KafkaFrameConsumer:
         # metadata, the group leader's first assignment then sees the metadata narrow to
         # the subscription and rebalances at once (and kafka-python 3.0 can lose that join).
         self._listener = _Rebalance(lambda: self.consumer, on_revoke)
+        self._assigned: tuple[int, frozenset[tuple[str, int]]] = (-1, frozenset())
         self.consumer.subscribe([topic], listener=self._listener)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Any]:
@@ -157,7 +158,11 @@ class KafkaFrameConsumer:
         return lags
 
     def assignment(self) -> tuple[int, frozenset[tuple[str, int]]]:
-        return self._listener.generation, frozenset((tp.topic, tp.partition) for tp in self.consumer.assignment())
+        """Called every step: the partition set is read once per assignment generation."""
+        generation = self._listener.generation
+        if self._assigned[0] != generation:
+            self._assigned = (generation, frozenset((tp.topic, tp.partition) for tp in self.consumer.assignment()))
+        return self._assigned
 
     def close(self) -> None:
         self.consumer.close()

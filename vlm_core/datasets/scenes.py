@@ -255,20 +255,17 @@ class SceneVideo:
             item.vx, item.vy = item.vx * cos - item.vy * sin, item.vx * sin + item.vy * cos
 
     def _count_line(self) -> None:
+        from vlm_core.stream.analytics import line_side  # the pipeline's own definition of a side
+
         points = self.line_points
         if points is None:
             return
-        (x1, y1), (x2, y2) = points
-        length = float(np.hypot(x2 - x1, y2 - y1))
+        segment = np.asarray(points, np.float64)
         for truth in self.truth:
             bx1, _by1, bx2, by2 = truth.box
-            anchor_x, anchor_y = (bx1 + bx2) / 2, by2
-            # vlm_core.stream.analytics' definition: > 0 right of the line's direction, and a
-            # side changes only once the anchor is line_hysteresis_px past the line
-            distance = ((x2 - x1) * (anchor_y - y1) - (y2 - y1) * (anchor_x - x1)) / length
-            if abs(distance) < max(self.motion.line_hysteresis_px, 1e-9):
+            side = line_side(segment, ((bx1 + bx2) / 2, by2), self.motion.line_hysteresis_px)
+            if side == 0:
                 continue
-            side = 1 if distance > 0 else -1
             previous = self._sides.get(truth.item_id)
             self._sides[truth.item_id] = side
             if previous is not None and previous != side:

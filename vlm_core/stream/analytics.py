@@ -155,7 +155,7 @@ class SceneAnalytics:
     def _line_step(
         self, line: LineSettings, segment: np.ndarray, obj: TrackedObject, hysteresis: float
     ) -> list[Occurrence]:
-        side = _side(segment, _anchor(obj.box, line.anchor), hysteresis)
+        side = line_side(segment, _anchor(obj.box, line.anchor), hysteresis)
         if side == 0:
             return []
         sides = self.sides[line.name]
@@ -290,7 +290,7 @@ def _anchor(box: Box, anchor: Anchor) -> tuple[float, float]:
     return (cx, y2)
 
 
-def _side(segment: np.ndarray, point: tuple[float, float], hysteresis: float) -> int:
+def line_side(segment: np.ndarray, point: tuple[float, float], hysteresis: float) -> int:
     """+1 or -1 for the side of the segment's line the point is on, 0 when it is within
     ``hysteresis`` of the line or beyond the segment's ends."""
     (x1, y1), (x2, y2) = segment

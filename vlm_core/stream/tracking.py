@@ -318,11 +318,11 @@ def _distinct(indices: list[int], observations: Sequence[Observation], s: Tracki
     order = sorted(indices, key=lambda i: -observations[i].score)
     boxes = np.array([observations[i].box for i in order], np.float64)
     iou = box_iou(boxes, boxes)
-    kept: list[int] = []
-    for rank, index in enumerate(order):
-        if all(iou[rank, order.index(k)] < s.duplicate_iou for k in kept):
-            kept.append(index)
-    return sorted(kept)
+    kept: list[int] = []  # ranks in ``order``
+    for rank in range(len(order)):
+        if not kept or iou[rank, kept].max() < s.duplicate_iou:
+            kept.append(rank)
+    return sorted(order[rank] for rank in kept)
 
 
 def _associate(

@@ -31,7 +31,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -153,7 +153,6 @@ class TrackingStage:
         self._dirty: set[str] = set()
         #: Where a camera starts when its state was unreadable: its ids begin here.
         self._fresh_ids: dict[str, int] = {}
-        self.restarts = 0
         #: Size of each camera's last written state record (read from other threads).
         self._state_sizes: dict[str, int] = {}
 
@@ -259,21 +258,13 @@ class TrackingStage:
 
     def _event(self, frame: Frame, ref: FrameRef, result: Result, o: Occurrence, index: int) -> Event:
         return Event(
-            type=o.type,
             camera_id=frame.camera_id,
             seq=frame.seq,
             capture_ts_ms=frame.capture_ts_ms,
             frame=ref,
             models={str(task): out.model for task, out in result.outputs.items()},
-            track_id=o.track_id,
-            class_id=o.class_id,
-            label=o.label,
-            zone=o.zone,
-            line=o.line,
-            direction=o.direction,
-            dwell_s=o.dwell_s,
-            counts=o.counts,
             index=index,
+            **{f.name: getattr(o, f.name) for f in fields(o)},
         )
 
     def _report(self, camera_id: str, camera: _Camera, events: Sequence[Event]) -> None:
@@ -307,7 +298,6 @@ class TrackingStage:
         )
 
     def _restart(self, camera_id: str, partition: int, reason: RestartReason) -> None:
-        self.restarts += 1
         try:
             self.metrics.inc(m.TRACKING_STATE_RESTARTS, camera_id=camera_id, reason=reason.value)
         except Exception:
