@@ -60,6 +60,10 @@ class BenchReport:
     weights: str = "random init (throughput only)"
     #: The cameras were tracked (with a line and a zone) in the pipeline run.
     tracking: bool = False
+    #: Detection only: mean boxes per result, and of them those with a track id (the
+    #: tracker's work in the tracked run).
+    detections_per_frame: float | None = None
+    tracked_per_frame: float | None = None
     command: str = ""
 
 
@@ -197,6 +201,7 @@ def run_pipeline_bench(
         lost = len(expected - set(keys))
         duplicates = len(keys) - len(set(keys))
         stats = deploy.processor_stats(app)
+        boxes = [r["tasks"]["detection"]["detections"] for r in results if "detection" in r.get("tasks", {})]
         progress(
             f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
             f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
@@ -253,6 +258,10 @@ def run_pipeline_bench(
         latency_rate_fps=round(rate, 1),
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         tracking=tracking,
+        detections_per_frame=round(float(np.mean([len(b) for b in boxes])), 2) if boxes else None,
+        tracked_per_frame=(
+            round(float(np.mean([sum(d.get("track_id") is not None for d in b) for b in boxes])), 2) if boxes else None
+        ),
         command=command,
     )
     return report, latencies

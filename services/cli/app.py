@@ -314,22 +314,35 @@ def bench_tracking(
     min_visibility: Annotated[
         float, typer.Option(min=0, max=1, help="Ground-truth items less visible than this are don't-care.")
     ] = 0.3,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the first sequence; the benchmark is 100-109, tune on others (200).")
+    ] = 100,
+    tracker: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE over the bench's tracker thresholds (repeatable), e.g. high_score=0.5."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Tracking quality of the real pipeline: MOTA, IDF1, ID switches, line and zone counts vs. ground truth."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    from services.bench_tracking import run_tracking_bench, write_report
+    from services.bench_tracking import run_tracking_bench, tracking_overrides, write_report
 
     report = run_tracking_bench(
         sequences=sequences,
         frames=frames,
         model_name=model,
         min_visibility=min_visibility,
+        first_seed=seed,
+        tracking=tracking_overrides(tracker or []),
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command="vlm bench tracking " + " ".join(sys.argv[3:]),
     )
-    table = Table(title=f"vlm bench tracking: {report.model}, {report.sequences} x {report.frames_per_sequence} frames")
+    table = Table(
+        title=f"vlm bench tracking: {report.model}, {report.sequences} x {report.frames_per_sequence} frames "
+        f"(seeds {report.first_seed}-{report.first_seed + report.sequences - 1})",
+        caption="tracker: " + ", ".join(f"{k}={v}" for k, v in report.tracking.items()),
+    )
     for column in ("camera", "gt boxes", "MOTA", "IDF1", "ID sw", "FP", "FN", "line true", "line counted", "zone t/c"):
         table.add_column(column, justify="right")
     for s in report.per_sequence:
@@ -491,7 +504,12 @@ def train(
     ],
     arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's small default).")] = None,
     init: Annotated[
-        str, typer.Option(help="auto (ImageNet MobileNetV2 backbone where the arch has one), none, or a weights path.")
+        str,
+        typer.Option(
+            help="auto (ImageNet MobileNetV2 backbone where the arch has one), none, a weights path, or a "
+            "registry version NAME@V. A checkpoint of the same architecture and classes is fine-tuned whole; "
+            "otherwise only its backbone is copied."
+        ),
     ] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP processes).")] = 2,
     gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0)] = 0.0,
@@ -527,6 +545,7 @@ def train(
 
     task_enum = _task(task, arch)
     settings = _settings()
+    init, arch = _resolve_init(init, arch, settings)
     request = TrainRequest(
         task=task_enum,
         data=_resolve_data(data, task_enum),
@@ -681,6 +700,18 @@ def label_delete(
 
     delete_labels(bootstrap or _settings().bootstrap_servers, topic, dataset=dataset, sample_ids=sample_ids)
     console.print(f"deleted {len(sample_ids)} samples from {dataset!r}")
+
+
+def _resolve_init(init: str, arch: str | None, settings: LocalSettings) -> tuple[str, str | None]:
+    """``--init NAME@V`` becomes that registry version's weights file, and its architecture
+    unless ``--arch`` says otherwise; keywords and paths stay as they are."""
+    if "@" not in init or Path(init).exists():
+        return init, arch
+    from vlm_core.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.registry_dir)
+    version = registry.resolve(init)
+    return str(registry.weights_path(version)), arch or version.arch
 
 
 def _resolve_data(data: str, task) -> str:  # type: ignore[no-untyped-def]

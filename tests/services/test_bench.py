@@ -42,3 +42,19 @@ def test_tracking_scores_perfect_tracks_fully_and_count_a_switch() -> None:
     assert perfect.line_error == 0 and perfect.line_counted == {"in": 1, "out": 0}  # a repeated event counts once
     switched = score_sequence(truth, results([7] * 5 + [8] * 5), [], min_visibility=0.3)
     assert switched.id_switches == 1 and switched.idf1 < 1 and switched.line_error == 1
+
+
+def test_tracker_overrides_are_checked_like_a_pipeline_config() -> None:
+    import pytest
+
+    from services.bench_tracking import BENCH_TRACKING, tracking_overrides
+    from vlm_core.errors import ConfigError
+
+    assert tracking_overrides([]) == BENCH_TRACKING
+    assert tracking_overrides(["high_score=0.5", "min_hits=2"]) == {**BENCH_TRACKING, "high_score": 0.5, "min_hits": 2}
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        tracking_overrides(["high_score"])
+    with pytest.raises(ConfigError, match="--tracker high_score"):
+        tracking_overrides(["high_score=2"])
+    with pytest.raises(ConfigError, match="--tracker colour"):
+        tracking_overrides(["colour=red"])

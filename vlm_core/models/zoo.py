@@ -158,12 +158,14 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
                 hint="check that arch and class_names match the ones the weights were trained with",
             ) from None
     elif spec.backbone_weights:
-        load_backbone(model, arch, spec.backbone_weights)
+        load_initial_weights(model, arch, spec.backbone_weights)
     return model, spec.class_names
 
 
-def load_backbone(model: nn.Module, arch: Architecture, path: str) -> int:
-    """Copy matching tensors of an ImageNet classifier checkpoint into ``model``'s backbone.
+def load_initial_weights(model: nn.Module, arch: Architecture, path: str) -> int:
+    """Initialise ``model`` from a checkpoint: every tensor of the same name and shape (a
+    checkpoint of this architecture: all of it with the same classes, everything but the
+    head with others), else an ImageNet classifier's ``features.*`` into the backbone.
 
     Returns the number of tensors copied; raises when none fit.
     """
@@ -171,7 +173,11 @@ def load_backbone(model: nn.Module, arch: Architecture, path: str) -> int:
     target = model.state_dict()
     copied = 0
     for key, tensor in target.items():
-        candidate = key  # classifiers name their backbone `features.*` already
+        if key in source and source[key].shape == tensor.shape:
+            target[key] = source[key]
+            copied += 1
+            continue
+        candidate = key
         for prefix in ("backbone.body.", "backbone.features.", "backbone."):
             if key.startswith(prefix):
                 candidate = "features." + key[len(prefix) :]
@@ -180,7 +186,7 @@ def load_backbone(model: nn.Module, arch: Architecture, path: str) -> int:
             target[key] = source[candidate]
             copied += 1
     if copied == 0:
-        raise WeightsError(f"no tensor of {path} fits the backbone of {arch.name}")
+        raise WeightsError(f"no tensor of {path} fits {arch.name}")
     model.load_state_dict(target)
     return copied
 

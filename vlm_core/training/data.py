@@ -289,12 +289,18 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
             width=int(query.pop("width", 320)),
             height=int(query.pop("height", 240)),
             max_items=int(query.pop("items", 4)),
+            max_item_size=int(query.pop("max_size", SceneConfig.max_item_size)),
             crowded=query.pop("crowded", "0") == "1",
         )
     except ValueError as exc:
         raise DatasetError(f"bad number in {uri}: {exc}") from None
+    if config.max_item_size < config.min_item_size:
+        raise DatasetError(
+            f"max_size={config.max_item_size} in {uri} is below the smallest item size, {config.min_item_size} px",
+            hint=f"give max_size of at least {config.min_item_size}",
+        )
     if query:
-        known = "n, seed, width, height, items, crowded"
+        known = "n, seed, width, height, items, max_size, crowded"
         raise DatasetError(f"unknown scenes:// options {sorted(query)}", hint=f"known: {known}")
     train_gen = SceneGenerator(config, seed=scene_seed)
     test_gen = SceneGenerator(SceneConfig(**{**config.__dict__, "split": "test"}), seed=scene_seed + 1)

@@ -181,12 +181,34 @@ def test_imagenet_mobilenet_v2_initialises_backbones(arch: str, task: Task, expe
     import torch
 
     from vlm_core.models.weights import IMAGENET_MOBILENET_V2, load_state_dict
-    from vlm_core.models.zoo import get_architecture, load_backbone
+    from vlm_core.models.zoo import get_architecture, load_initial_weights
 
     names = tuple(f"c{i}" for i in range(10))
     model = get_architecture(arch).build(len(names) + (1 if task is Task.DETECTION else 0))
-    copied = load_backbone(model, get_architecture(arch), IMAGENET_MOBILENET_V2)
+    copied = load_initial_weights(model, get_architecture(arch), IMAGENET_MOBILENET_V2)
     assert copied >= 100 and (expected is None or copied == expected)
     source = load_state_dict(IMAGENET_MOBILENET_V2)
     first_conv = next(v for k, v in model.state_dict().items() if k.endswith("0.0.weight"))
     assert torch.equal(first_conv, source["features.0.0.weight"])
+
+
+def test_a_whole_checkpoint_of_the_same_model_is_fine_tuned_not_just_its_backbone(tmp_path: Path) -> None:
+    import torch
+
+    from vlm_core.models.weights import save_state_dict
+    from vlm_core.models.zoo import get_architecture, load_initial_weights
+
+    arch = get_architecture("fasterrcnn_mobilenet_v2")
+    torch.manual_seed(1)
+    trained = arch.build(4)
+    path = tmp_path / "detector.safetensors"
+    save_state_dict(trained.state_dict(), path)
+    torch.manual_seed(2)
+    fresh = arch.build(4)
+    copied = load_initial_weights(fresh, arch, str(path))
+    assert copied == len(trained.state_dict())
+    for key, tensor in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], tensor), key  # heads and RPN too
+    other_classes = arch.build(7)  # a different head: only the backbone fits
+    partial = load_initial_weights(other_classes, arch, str(path))
+    assert 0 < partial < len(other_classes.state_dict())

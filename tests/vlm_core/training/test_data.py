@@ -65,6 +65,7 @@ def test_image_folder(tmp_path: Path) -> None:
         ("scenes://?n=10", Task.CLASSIFICATION, "detection and segmentation"),
         ("scenes://?n=ten", Task.DETECTION, "bad number"),
         ("scenes://?colour=red", Task.DETECTION, "unknown scenes:// options"),
+        ("scenes://?max_size=20", Task.DETECTION, "below the smallest item size"),
     ],
 )
 def test_bad_data_uris_get_clear_errors(uri: str, task: Task, message: str) -> None:
@@ -85,3 +86,10 @@ def test_open_labeled_gives_stable_ids_and_checks_the_task(tmp_path: Path) -> No
         open_labeled(str(tmp_path), Task.SEGMENTATION)
     with pytest.raises(DatasetError, match="materialised first"):
         load_training_data("labels://pets", Task.CLASSIFICATION)
+
+
+def test_scenes_max_size_bounds_the_items() -> None:
+    data = load_training_data("scenes://?n=20&max_size=60", Task.DETECTION)
+    for i in range(20):
+        boxes = np.asarray(data.train[i].boxes).reshape(-1, 4)
+        assert (boxes[:, 2:] - boxes[:, :2]).max() <= 60
