@@ -202,6 +202,10 @@ def run_pipeline_bench(
         duplicates = len(keys) - len(set(keys))
         stats = deploy.processor_stats(app)
         boxes = [r["tasks"]["detection"]["detections"] for r in results if "detection" in r.get("tasks", {})]
+        per_frame = [(len(b), sum(d.get("track_id") is not None for d in b)) for b in boxes]
+        detections_per_frame, tracked_per_frame = (
+            np.mean(per_frame, axis=0).round(2).tolist() if per_frame else [None, None]
+        )
         progress(
             f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
             f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
@@ -258,10 +262,8 @@ def run_pipeline_bench(
         latency_rate_fps=round(rate, 1),
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         tracking=tracking,
-        detections_per_frame=round(float(np.mean([len(b) for b in boxes])), 2) if boxes else None,
-        tracked_per_frame=(
-            round(float(np.mean([sum(d.get("track_id") is not None for d in b) for b in boxes])), 2) if boxes else None
-        ),
+        detections_per_frame=detections_per_frame,
+        tracked_per_frame=tracked_per_frame,
         command=command,
     )
     return report, latencies

@@ -31,7 +31,7 @@ from vlm_core.contracts.event import Event, EventType
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Result
 from vlm_core.datasets.scenes import SceneConfig, SceneMotion, SceneVideo, TruthItem
-from vlm_core.errors import ConfigError
+from vlm_core.errors import ConfigError, first_error
 from vlm_core.pipeline import model_pipeline_args
 from vlm_core.registry import ModelVersion
 from vlm_core.stream.tracking import box_iou
@@ -65,9 +65,8 @@ def tracking_overrides(pairs: list[str]) -> dict[str, Any]:
     try:
         return TrackingSettings.model_validate(settings).model_dump(mode="json", include=set(settings))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "tracking"
-        raise ConfigError(f"--tracker {where}: {first['msg']}", hint="keys: see TrackingSettings in README") from None
+        where, problem = first_error(exc, root="tracking")
+        raise ConfigError(f"--tracker {where}: {problem}", hint="keys: see TrackingSettings in README") from None
 
 
 @dataclass(frozen=True)

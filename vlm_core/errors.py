@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class VlmError(Exception):
     """Base class of every error vlm-stream raises on purpose."""
@@ -104,3 +109,10 @@ class SourceError(VlmError):
 
 class InfrastructureError(VlmError):
     """A local service (Kafka, Ray, Prometheus) cannot be started or reached."""
+
+
+def first_error(exc: ValidationError, root: str = "<root>") -> tuple[str, str]:
+    """Where (a dotted path) and what of a validation error's first problem: the one line a
+    user sees for a bad config file or option."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]) or root, first["msg"]

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from vlm_core.config import LocalSettings, Topics
 from vlm_core.contracts.frame import FrameLimits
 from vlm_core.contracts.task import Task
-from vlm_core.errors import ConfigError
+from vlm_core.errors import ConfigError, first_error
 from vlm_core.models.spec import ModelSpec
 
 
@@ -296,9 +296,8 @@ class PipelineConfig(_Strict):
         try:
             return cls.model_validate(args)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "<root>"
-            raise ConfigError(f"{source}: {where}: {first['msg']}", hint="see deploy/serve/pipeline.yaml") from None
+            where, problem = first_error(exc)
+            raise ConfigError(f"{source}: {where}: {problem}", hint="see deploy/serve/pipeline.yaml") from None
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}", hint=exc.hint) from None
 

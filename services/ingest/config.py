@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.ingest.worker import CameraConfig
 from vlm_core.contracts.frame import Encoding
-from vlm_core.errors import ConfigError
+from vlm_core.errors import ConfigError, first_error
 
 
 class CameraEntry(BaseModel, extra="forbid"):
@@ -41,9 +41,8 @@ def load_cameras(path: Path) -> list[CameraConfig]:
     try:
         parsed = SourcesFile.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}", hint="see deploy/ingest/sources.example.yaml") from None
+        where, problem = first_error(exc, root="")
+        raise ConfigError(f"{path}: {where}: {problem}", hint="see deploy/ingest/sources.example.yaml") from None
     return [
         CameraConfig(
             camera_id=c.camera_id,

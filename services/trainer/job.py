@@ -254,8 +254,9 @@ def default_init(arch: str) -> str:
 
 def init_weights(init: str) -> dict[str, Any]:
     """``--init``: auto (ImageNet MobileNetV2 where the backbone is one, else random), none,
-    or an ImageNet classifier checkpoint path / pkg:// URI whose tensors initialise the
-    backbone."""
+    or a checkpoint path / pkg:// URI (the CLI turns ``NAME@V`` into one). Every tensor of
+    the same name and shape is copied, else an ImageNet classifier's backbone
+    (:func:`vlm_core.models.zoo.load_initial_weights`)."""
     if init in ("none", ""):
         return {}
     if init == "pretrained":
