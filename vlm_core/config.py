@@ -51,6 +51,10 @@ class LocalSettings(BaseModel, frozen=True):
     ray_object_store_bytes: int = 1_000_000_000
     prometheus_port: int = 29090
     ingest_metrics_port: int = 29100
+    #: ``vlm view``'s default port.
+    view_port: int = 28000
+    labelstudio_port: int = 28090
+    labelstudio_version: str = "1.23.2"
     state_dir: Path = Field(default_factory=lambda: _state_home() / "vlm-stream")
     cache_dir: Path = Field(default_factory=lambda: _cache_home() / "vlm-stream")
     registry_dir: Path = Field(default_factory=lambda: _data_home() / "vlm-stream" / "models")

@@ -9,7 +9,7 @@ mkdir -p "$cache"
 
 log() { echo "[bootstrap] $*" >&2; }
 
-apt_packages=(dataset-fashion-mnist opencv-doc labelme-examples prometheus kcat)
+apt_packages=(dataset-fashion-mnist opencv-doc labelme-examples prometheus kcat chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

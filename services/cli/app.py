@@ -59,7 +59,9 @@ def _status_table(statuses: list) -> Table:  # type: ignore[type-arg]
 
 @local_app.command("up")
 def local_up(
-    services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="kafka, ray, prometheus, labelstudio (default: all but labelstudio)")
+    ] = None,
 ) -> None:
     """Start the local services (idempotent) and create the topics."""
     from services.localstack import LocalStack, create_default_topics
@@ -74,7 +76,9 @@ def local_up(
 
 @local_app.command("down")
 def local_down(
-    services: Annotated[list[str] | None, typer.Argument(help="kafka, ray, prometheus (default: all)")] = None,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="kafka, ray, prometheus, labelstudio (default: all)")
+    ] = None,
 ) -> None:
     """Stop the local services by PID (idempotent)."""
     from services.localstack import LocalStack
@@ -227,6 +231,28 @@ def events(
     options = Follow(follow, camera, from_beginning, limit, as_json)
     types = parse_types(event_type)
     follow_events(bootstrap or _settings().bootstrap_servers, topic, options, types=types, console=console)
+
+
+@app.command()
+def view(
+    host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback VLM_VIEW_TOKEN is required.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int | None, typer.Option(help="Port (default: VLM_VIEW_PORT, 28000).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Serve config whose topics, zones and lines to show (default: the shipped one).")
+    ] = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """The live web view: every camera's frames with their results drawn, rates, models, events."""
+    from services.view import ViewSettings, hub_from_config, serve_view
+
+    settings = _settings()
+    view_settings = ViewSettings(host=host, port=port or settings.view_port, token=os.environ.get("VLM_VIEW_TOKEN"))
+    view_settings.check()
+    hub = hub_from_config(config, bootstrap or settings.bootstrap_servers)
+    console.print(f"live view on {view_settings.url} (Ctrl-C to stop)", markup=False)
+    serve_view(hub, view_settings)
 
 
 bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)

@@ -107,6 +107,10 @@ class LocalService:
         return {}
 
     stop_timeout_s: float = 20.0
+    #: Not started by a plain ``up``, only when named.
+    optional: bool = False
+    #: A first start that migrates a database takes longer than the settings' timeout.
+    min_start_timeout_s: float = 0.0
     #: Plumbing on a shared single node runs niced so model replicas keep their cores.
     niceness: int = 0
 
@@ -174,7 +178,8 @@ class LocalService:
         return True
 
     def _wait_healthy(self, proc: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + self.settings.start_timeout_s
+        timeout_s = max(self.settings.start_timeout_s, self.min_start_timeout_s)
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.healthy():
                 return
@@ -184,9 +189,7 @@ class LocalService:
                     + _tail(self.log_file)
                 )
             time.sleep(0.5)
-        raise InfrastructureError(
-            f"{self.name} did not become healthy within {self.settings.start_timeout_s:.0f}s; see {self.log_file}"
-        )
+        raise InfrastructureError(f"{self.name} did not become healthy within {timeout_s:.0f}s; see {self.log_file}")
 
 
 class KafkaService(LocalService):
@@ -388,7 +391,131 @@ def render_prometheus_config(settings: LocalSettings, path: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-SERVICE_TYPES: tuple[type[LocalService], ...] = (KafkaService, RayService, PrometheusService)
+class LabelStudioService(LocalService):
+    """Label Studio from PyPI, in a venv of its own in the cache (it pins many packages),
+    with SQLite storage in the state dir and one admin user whose API token the sync uses."""
+
+    name = "labelstudio"
+    #: Started only when named: ``vlm local up labelstudio``.
+    optional = True
+    niceness = 5
+    stop_timeout_s = 30.0
+    min_start_timeout_s = 600.0
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.labelstudio_port}"
+
+    @property
+    def venv(self) -> Path:
+        return self.settings.cache_dir / f"labelstudio-{self.settings.labelstudio_version}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.dir / "credentials.json"
+
+    def ensure_venv(self) -> Path:
+        marker = self.venv / ".complete"
+        if marker.is_file():
+            return self.venv
+        shutil.rmtree(self.venv, ignore_errors=True)
+        steps = [
+            [sys.executable, "-m", "venv", str(self.venv)],
+            [
+                str(self.venv / "bin" / "pip"),
+                "install",
+                "-q",
+                "--cache-dir",
+                str(self.settings.cache_dir / "pip"),
+                f"label-studio=={self.settings.labelstudio_version}",
+            ],
+        ]
+        for step in steps:
+            proc = subprocess.run(step, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise InfrastructureError(
+                    f"installing Label Studio {self.settings.labelstudio_version} into {self.venv} failed:\n"
+                    + (proc.stdout + proc.stderr)[-3000:]
+                )
+        marker.touch()
+        return self.venv
+
+    def credentials(self) -> dict[str, str]:
+        """The admin user and API token, made once per state dir (file mode 0600)."""
+        import json
+        import secrets
+
+        if self.credentials_file.is_file():
+            return dict(json.loads(self.credentials_file.read_text()))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        creds = {
+            "url": self.url,
+            "username": "admin@vlm-stream.local",
+            "password": secrets.token_urlsafe(18),
+            "token": secrets.token_hex(20),
+        }
+        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(creds, fh)
+        return creds
+
+    def prepare(self) -> None:
+        self.ensure_venv()
+        self.credentials()
+
+    def environment(self) -> dict[str, str]:
+        data = str(self.dir / "data")
+        return {
+            "LABEL_STUDIO_BASE_DATA_DIR": data,
+            "DJANGO_DB": "sqlite",
+            # No calls home: no version check, analytics or error reporting.
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            # Images of tasks are sent inline (data: URIs); nothing is read from local files.
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "false",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        }
+
+    def command(self) -> list[str]:
+        creds = self.credentials()
+        return [
+            str(self.venv / "bin" / "label-studio"),
+            "start",
+            "--no-browser",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--internal-host",
+            self.settings.host,
+            "--port",
+            str(self.settings.labelstudio_port),
+            "--username",
+            creds["username"],
+            "--password",
+            creds["password"],
+            "--user-token",
+            creds["token"],
+            "--enable-legacy-api-token",
+            "--log-level",
+            "WARNING",
+        ]
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+
+SERVICE_TYPES: tuple[type[LocalService], ...] = (KafkaService, RayService, PrometheusService, LabelStudioService)
 
 
 class LocalStack:
@@ -396,9 +523,10 @@ class LocalStack:
         self.settings = settings or LocalSettings.from_env()
         self.services = {cls.name: cls(self.settings) for cls in SERVICE_TYPES}
 
-    def select(self, names: list[str] | None) -> list[LocalService]:
+    def select(self, names: list[str] | None, *, optional: bool = False) -> list[LocalService]:
+        """The named services; none named: every service, the optional ones only if ``optional``."""
         if not names:
-            return list(self.services.values())
+            return [s for s in self.services.values() if optional or not s.optional]
         unknown = [n for n in names if n not in self.services]
         if unknown:
             raise InfrastructureError(f"unknown service(s) {unknown}", hint=f"choose from {', '.join(self.services)}")
@@ -417,9 +545,9 @@ class LocalStack:
         return statuses
 
     def down(self, names: list[str] | None = None) -> list[ServiceStatus]:
-        for service in reversed(self.select(names)):
+        for service in reversed(self.select(names, optional=True)):
             service.stop()
-        return [s.status() for s in self.select(names)]
+        return [s.status() for s in self.select(names, optional=True)]
 
     def status(self) -> list[ServiceStatus]:
         return [s.status() for s in self.services.values()]
