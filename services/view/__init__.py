@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.view.app import TOKEN_ENV, ViewSettings, build_view_app, is_loopback, serve_view
+from services.view.app import TOKEN_ENV, ViewServer, ViewSettings, build_view_app, is_loopback, serve_view
 from services.view.hub import LiveHub, Viewer, ViewMetrics, frame_message
 
 
@@ -20,6 +20,7 @@ __all__ = [
     "TOKEN_ENV",
     "LiveHub",
     "ViewMetrics",
+    "ViewServer",
     "ViewSettings",
     "Viewer",
     "build_view_app",

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -25,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.view.hub import LiveHub
-from vlm_core.errors import ConfigError
+from vlm_core.errors import ConfigError, InfrastructureError
 
 TOKEN_ENV = "VLM_VIEW_TOKEN"
 TOKEN_COOKIE = "vlm_view_token"
@@ -190,16 +192,43 @@ def build_view_app(hub: LiveHub, settings: ViewSettings) -> Any:
     return TokenGate(app, settings.token)
 
 
-def serve_view(hub: LiveHub, settings: ViewSettings) -> None:
-    """Run the view until interrupted (``vlm view``)."""
+def _server(hub: LiveHub, settings: ViewSettings) -> Any:
     import uvicorn
 
     settings.check()
-    uvicorn.run(
+    config = uvicorn.Config(
         build_view_app(hub, settings),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         access_log=False,
-        ws="websockets",
+        ws="websockets-sansio",
     )
+    return uvicorn.Server(config)
+
+
+def serve_view(hub: LiveHub, settings: ViewSettings) -> None:
+    """Run the view until interrupted (``vlm view``)."""
+    _server(hub, settings).run()
+
+
+class ViewServer:
+    """The view in a background thread, for ``vlm demo`` and the tests."""
+
+    def __init__(self, hub: LiveHub, settings: ViewSettings) -> None:
+        self.hub, self.settings = hub, settings
+        self.server = _server(hub, settings)
+        self.thread = threading.Thread(target=self.server.run, name="view-server", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> ViewServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise InfrastructureError(f"the view did not start on {self.settings.url}", hint="is the port free?")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

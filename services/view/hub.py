@@ -31,6 +31,8 @@ from vlm_core.stream.live import FrameJoin, LiveFrame, regions
 
 #: Events a new viewer is shown at once, and the most a viewer has waiting.
 EVENTS_KEPT = 50
+#: Seconds between attempts to reach the broker.
+RETRY_S = 2.0
 
 
 class ViewMetrics:
@@ -134,12 +136,8 @@ class LiveHub:
 
     # -- the event loop's side -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        from services.kafka_io import topic_reader
-
-        # Connect here, so an unreachable broker fails the start, not a thread later.
-        reader, _ = topic_reader(self.bootstrap, self.topics.frames, from_beginning=False)
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, args=(reader,), name="view-reader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="view-reader", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -188,9 +186,21 @@ class LiveHub:
         }
 
     # -- the reader thread --------------------------------------------------------------
-    def _run(self, reader: Any) -> None:
+    def _run(self) -> None:
+        """Read until stopped; a lost or unreachable broker is shown on the page and retried."""
+        while not self._stop.is_set():
+            try:
+                self._read()
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(RETRY_S)
+
+    def _read(self) -> None:
         from kafka import TopicPartition
 
+        from services.kafka_io import consumer
+
+        reader = consumer(self.bootstrap, group_id=None)
         try:
             partitions = [
                 TopicPartition(topic, p)
@@ -198,9 +208,10 @@ class LiveHub:
                 for p in sorted(reader.partitions_for_topic(topic) or [])
             ]
             if not partitions:
-                raise VlmError(f"none of the topics {self.topics.frames}, {self.topics.results} exist")
+                raise VlmError(f"the topics {self.topics.frames} and {self.topics.results} do not exist yet")
             reader.assign(partitions)
             reader.seek_to_end(*partitions)
+            self.error = None
             handlers: dict[str, Callable[[Any], None]] = {
                 self.topics.frames: self._on_frame,
                 self.topics.results: self._on_result,
@@ -215,9 +226,6 @@ class LiveHub:
                         except (VlmError, ValueError, KeyError, TypeError):
                             self.metrics.read_errors.labels(topic=tp.topic).inc()
                 self.metrics.bytes_waiting.set(self.join.bytes_waiting)
-            self.error = None
-        except Exception as exc:  # shown on the page: the view stays up and says why
-            self.error = f"{type(exc).__name__}: {exc}"
         finally:
             reader.close()
 

@@ -5,6 +5,8 @@ const PALETTE = [[255,56,56],[255,157,151],[255,112,31],[255,178,29],[207,210,49
   [61,219,134],[26,147,52],[0,212,187],[44,153,168],[0,194,255],[52,69,147],[100,115,255],[0,24,236],
   [132,56,255],[82,0,133],[203,56,255]];
 const TRAIL = 30, EVENTS = 50;
+// Untracked boxes below this score are not drawn (tracked ones always are): ?min_score=0.5
+const MIN_SCORE = Number(new URLSearchParams(location.search).get("min_score") ?? 0.3);
 const cameras = new Map();   // camera id -> {tile, canvas, stats, models, last, trails, busy, pending}
 let regions = {};            // camera id -> {zones, lines}
 let largeCamera = null;
@@ -62,6 +64,7 @@ function draw(canvas, cam, id) {
   }
   if (det) {
     for (const d of det.detections) {
+      if (d.track_id == null && d.score < MIN_SCORE) continue;
       const [x1, y1, x2, y2] = d.box;
       const key = d.track_id ?? d.class_id;
       g.strokeStyle = colour(key, 1); g.strokeRect(x1, y1, x2 - x1, y2 - y1);
