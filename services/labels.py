@@ -51,14 +51,14 @@ def push_labels(
             if on_progress:
                 on_progress(i + 1, total)
 
-    return _send_acknowledged(bootstrap, topic, records(), linger_ms=20)
+    return send_acknowledged(bootstrap, topic, records(), linger_ms=20)
 
 
 def delete_labels(bootstrap: str, topic: str, *, dataset: str, sample_ids: list[str]) -> None:
-    _send_acknowledged(bootstrap, topic, ((label_key(dataset, sample_id), None, []) for sample_id in sample_ids))
+    send_acknowledged(bootstrap, topic, ((label_key(dataset, sample_id), None, []) for sample_id in sample_ids))
 
 
-def _send_acknowledged(
+def send_acknowledged(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]], **config: Any
 ) -> int:
     """Send (key, value, headers) records; returns their count once the broker acknowledged all."""

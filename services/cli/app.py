@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -726,6 +727,55 @@ def label_delete(
 
     delete_labels(bootstrap or _settings().bootstrap_servers, topic, dataset=dataset, sample_ids=sample_ids)
     console.print(f"deleted {len(sample_ids)} samples from {dataset!r}")
+
+
+studio_app = typer.Typer(help="Label Studio: sampled frames to tasks, annotations to labels.", no_args_is_help=True)
+label_app.add_typer(studio_app, name="studio")
+
+
+@studio_app.command("sync")
+def label_studio_sync(
+    dataset: Annotated[str, typer.Option(help="Dataset the labels go to (labels://DATASET trains on it).")],
+    task: Annotated[str, typer.Option(help="classification or detection.")] = "detection",
+    model: Annotated[
+        str | None, typer.Option(help="NAME[@V] whose classes to label (default: the model the samples name).")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names instead of --model.")] = None,
+    url: Annotated[str | None, typer.Option(help="Label Studio URL (default: the local stack's).")] = None,
+    min_score: Annotated[float, typer.Option(help="Pre-annotate only boxes scoring at least this.")] = 0.25,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep syncing every --interval seconds.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between syncs with --follow.")] = 10.0,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Turn new to-label samples into Label Studio tasks (with the model's prediction) and
+    completed annotations into vlm.labels records. Idempotent."""
+    from services.labelstudio import StudioAccess, StudioSync, class_names_for, read_to_label
+
+    settings = _settings()
+    topics = Topics()
+    kafka = bootstrap or settings.bootstrap_servers
+    profile_task = _task(task)
+    access = StudioAccess.resolve(url, os.environ.get("VLM_LABEL_STUDIO_TOKEN"), settings)
+    if classes:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+    else:
+        names = class_names_for(profile_task, model, read_to_label(kafka, topics.to_label)[0], settings)
+    sync = StudioSync(
+        access.client(),
+        bootstrap=kafka,
+        topics=topics,
+        dataset=dataset,
+        task=profile_task,
+        class_names=names,
+        min_score=min_score,
+    )
+    if not follow:
+        report = sync.sync()
+        console.print(f"{access.url}: {report.describe()}", markup=False)
+        return
+    console.print(f"syncing with {access.url} every {interval:g}s (Ctrl-C to stop)", markup=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        sync.follow(interval, lambda r: console.print(r.describe(), markup=False), lambda: False)
 
 
 def _resolve_init(init: str, arch: str | None, settings: LocalSettings) -> tuple[str, str | None]:

@@ -254,6 +254,11 @@ def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
     assert sink.counters[(m.TO_LABEL_SAMPLED.name, (("task", "classification"),))] == 6
     parsed = ToLabel.from_bytes(json.dumps(first).encode())  # the documents meet their schema
     assert parsed.frame.offset == 0 and parsed.models == {"classification": "fake@1"}
+    # The prediction travels with the reference, for a labelling tool's pre-annotation.
+    assert parsed.prediction["classification"]["top_k"][0]["score"] == first["scores"]["classification"]
+    assert parsed.frame_size is not None and parsed.ref == f"cam:{first['seq']}"
+    v1 = {k: v for k, v in first.items() if k not in ("prediction", "frame_size")} | {"schema": "vlm.to_label/v1"}
+    assert ToLabel.from_bytes(json.dumps(v1).encode()).prediction == {}  # v1 is still read
 
 
 def test_active_learning_off_by_default_sends_nothing_to_label() -> None:

@@ -20,6 +20,9 @@
                             (pixels); segmentation: ``{}``.
   ``vlm-mask``              segmentation only: an 8-bit single-channel PNG the size of the
                             image; each pixel a class index, 255 = ignore.
+  ``vlm-source``            optional: where the label came from, as its producer names it
+                            (the Label Studio sync: ``labelstudio:<project>/<task>/<annotation>@<updated>``);
+                            a sync compares it to tell a relabel from a repeat.
   ========================  =============================================================
 
 Parsing checks the metadata only; :meth:`LabeledSample.to_sample` decodes the pixels.
@@ -56,6 +59,7 @@ class LabelHeader(str, enum.Enum):
     CLASSES = "vlm-classes"
     ANNOTATION = "vlm-annotation"
     MASK = "vlm-mask"
+    SOURCE = "vlm-source"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class LabeledSample:
     class_name: str | None = None
     objects: tuple[LabeledObject, ...] = ()
     mask: bytes | None = None
+    #: Provenance (``vlm-source``); None when the producer gave none.
+    source: str | None = None
 
     @classmethod
     def from_sample(
@@ -134,6 +140,8 @@ class LabeledSample:
             headers.append((LabelHeader.CLASSES.value, json.dumps(list(self.classes)).encode()))
         if self.mask is not None:
             headers.append((LabelHeader.MASK.value, self.mask))
+        if self.source is not None:
+            headers.append((LabelHeader.SOURCE.value, self.source.encode()))
         return KafkaRecord(key=self.key, value=self.image, headers=headers)
 
     @classmethod
@@ -174,8 +182,11 @@ class LabeledSample:
         if not isinstance(annotation, dict):
             raise LabelError("vlm-annotation must be a JSON object", reason="bad_annotation")
 
+        raw_source = table.get(LabelHeader.SOURCE.value)
+        source = raw_source.decode("utf-8", "replace") if raw_source else None
+
         def labeled(**annotated: Any) -> LabeledSample:
-            return cls(dataset, sample_id, task, value, encoding, classes, **annotated)
+            return cls(dataset, sample_id, task, value, encoding, classes, source=source, **annotated)
 
         if task is Task.CLASSIFICATION:
             name = annotation.get("class")

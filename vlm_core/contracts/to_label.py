@@ -1,5 +1,6 @@
-"""The to-label contract ``vlm.to_label/v1``: a frame the models were unsure of, by
-reference (the frame stays on ``vlm.frames``), for a labelling tool."""
+"""The to-label contract ``vlm.to_label/v2``: a frame the models were unsure of, by
+reference (the frame stays on ``vlm.frames``), with the model's prediction for a labelling
+tool to start from. Readers accept v1 (no prediction)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from vlm_core.contracts.dlq import FrameRef
 from vlm_core.contracts.schema import validate
 from vlm_core.errors import VlmError
 
-TO_LABEL_SCHEMA = "vlm.to_label/v1"
-TO_LABEL_SCHEMA_FILE = "to-label-v1.json"
+TO_LABEL_SCHEMA = "vlm.to_label/v2"
+TO_LABEL_SCHEMA_FILES = {"vlm.to_label/v1": "to-label-v1.json", TO_LABEL_SCHEMA: "to-label-v2.json"}
 
 
 class ToLabelError(VlmError):
-    """A to-label document breaks the ``vlm.to_label/v1`` schema."""
+    """A to-label document breaks the ``vlm.to_label`` schema."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ class ToLabel:
     scores: dict[str, float]
     #: ``name@version`` of the model behind each low score.
     models: dict[str, str] = field(default_factory=dict)
+    #: The low tasks' outputs, as in a result's ``tasks`` (empty from a v1 producer).
+    prediction: dict[str, Any] = field(default_factory=dict)
+    #: (width, height) of the frame; None from a v1 producer.
+    frame_size: tuple[int, int] | None = None
+
+    @property
+    def ref(self) -> str:
+        """``camera:seq``, unique per frame: what a labelling tool's task is known by."""
+        return f"{self.camera_id}:{self.seq}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +49,8 @@ class ToLabel:
             "frame": self.frame.to_json(),
             "scores": dict(self.scores),
             "models": dict(self.models),
+            "prediction": self.prediction,
+            **({"frame_size": list(self.frame_size)} if self.frame_size else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -50,7 +62,22 @@ class ToLabel:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ToLabelError(f"not JSON: {exc}") from None
-        validate(doc, TO_LABEL_SCHEMA_FILE, ToLabelError)
+        if not isinstance(doc, dict):
+            raise ToLabelError("a to-label document is a JSON object")
+        schema_file = TO_LABEL_SCHEMA_FILES.get(str(doc.get("schema")))
+        if schema_file is None:
+            known = ", ".join(TO_LABEL_SCHEMA_FILES)
+            schema = str(doc.get("schema"))[:60]
+            raise ToLabelError(f"to-label schema {schema!r} is not one this reader knows ({known})")
+        validate(doc, schema_file, ToLabelError)
+        size = doc.get("frame_size")
         return cls(
-            doc["camera_id"], doc["seq"], doc["capture_ts_ms"], FrameRef(**doc["frame"]), doc["scores"], doc["models"]
+            doc["camera_id"],
+            doc["seq"],
+            doc["capture_ts_ms"],
+            FrameRef(**doc["frame"]),
+            doc["scores"],
+            doc["models"],
+            doc.get("prediction", {}),
+            (int(size[0]), int(size[1])) if size else None,
         )

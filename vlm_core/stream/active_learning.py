@@ -1,5 +1,5 @@
 """The to-label sink: a result whose best score is low sends its frame reference
-(``vlm.to_label/v1``) to the to-label topic for a labelling tool, at most
+(``vlm.to_label/v2``, with the prediction) to the to-label topic for a labelling tool, at most
 ``max_per_minute`` of them per processor."""
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class ToLabelSampler:
             return []
         self._sent_ms.append(now)
         rec = processed.record
+        outputs = {"classification": result.classification, "detection": result.detection}
         sample = ToLabel(
             camera_id=result.camera_id,
             seq=result.seq,
@@ -63,6 +64,8 @@ class ToLabelSampler:
                 for task, output in (("classification", result.classification), ("detection", result.detection))
                 if output is not None and task in low
             },
+            prediction={task: out.to_json() for task, out in outputs.items() if out is not None and task in low},
+            frame_size=(result.width, result.height),
         )
         pending = self.producer.send(self.topic, rec.key, sample.to_bytes(), [])
         for task in low:
