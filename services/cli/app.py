@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -329,6 +330,33 @@ def bench_pipeline(
         console.print(f"wrote {json_out} and {png}")
     if report.frames_lost:
         raise VlmError(f"{report.frames_lost} frames lost")
+
+
+@bench_app.command("view")
+def bench_view(
+    viewers: Annotated[int, typer.Option(help="Concurrent WebSocket viewers.")] = 20,
+    stalled: Annotated[int, typer.Option(help="Of them, viewers that never read.")] = 1,
+    runs: Annotated[int, typer.Option(help="Runs of the two phases (report medians).")] = 3,
+    phase_seconds: Annotated[float, typer.Option("--phase-seconds", help="Length of each phase.")] = 30.0,
+    fps: Annotated[float, typer.Option(help="Frames per second of each of the two cameras.")] = 10.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """The live view's cost: pipeline throughput and latency without and with many viewers
+    (one stalled), the view's memory, and each viewer's frame rate."""
+    from services.bench_view import run_view_bench, write_report
+
+    report = run_view_bench(
+        settings=_settings(),
+        viewers=viewers,
+        stalled=stalled,
+        runs=runs,
+        phase_s=phase_seconds,
+        fps=fps,
+        progress=lambda msg: console.print(msg, markup=False),
+        command=" ".join(["vlm", *sys.argv[1:]]),
+    )
+    console.print_json(json.dumps(report.summary))
+    write_report(report, json_path)
 
 
 @bench_app.command("tracking")

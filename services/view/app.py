@@ -203,6 +203,8 @@ def _server(hub: LiveHub, settings: ViewSettings) -> Any:
         log_level="warning",
         access_log=False,
         ws="websockets-sansio",
+        # Viewers' sockets stay open forever: do not wait for them on SIGTERM / Ctrl-C.
+        timeout_graceful_shutdown=3,
     )
     return uvicorn.Server(config)
 

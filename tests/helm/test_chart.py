@@ -73,7 +73,11 @@ def test_full_values_render_everything() -> None:
     for kind in ("RayService", "RayJob", "CronJob", "Kafka", "KafkaNodePool", "KafkaTopic", "PrometheusRule"):
         assert kind in kinds
     docs = render(FULL_VALUES)
-    ingest = [d for d in docs if d["kind"] == "Deployment"]
+    ingest = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"
+    ]
     assert sorted(d["metadata"]["name"] for d in ingest) == [
         "vlm-vlm-stream-ingest-entrance",
         "vlm-vlm-stream-ingest-warehouse",
@@ -84,6 +88,21 @@ def test_full_values_render_everything() -> None:
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1" and gpu["image"].endswith("-cuda")
     topics = sorted(d["spec"]["topicName"] for d in docs if d["kind"] == "KafkaTopic")
     assert topics == sorted(Topics().model_dump().values())
+
+
+def test_the_view_is_optional_and_reads_its_token_from_a_secret() -> None:
+    assert not [d for d in render() if d["metadata"]["name"].endswith("-view")]
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(FULL_VALUES)}
+    view = docs[("Deployment", "vlm-vlm-stream-view")]["spec"]["template"]["spec"]["containers"][0]
+    assert view["args"][:3] == ["view", "--host", "0.0.0.0"]
+    token = next(e for e in view["env"] if e["name"] == "VLM_VIEW_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "vlm-view-token", "key": "token"}
+    pipeline = yaml.safe_load(docs[("ConfigMap", "vlm-vlm-stream-view")]["data"]["pipeline.yaml"])
+    service = yaml.safe_load(docs[("RayService", "vlm-vlm-stream")]["spec"]["serveConfigV2"])
+    assert pipeline == service  # the view draws the zones and lines the pipeline counts
+    assert docs[("Service", "vlm-vlm-stream-view")]["spec"]["ports"][0]["targetPort"] == "http"
+    result = helm("template", "vlm", str(CHART), "--set", "view.enabled=true")
+    assert result.returncode != 0 and "view.tokenSecret is required" in result.stderr
 
 
 def test_core_objects_pass_kubernetes_validate(rendered: list[dict[str, Any]]) -> None:
