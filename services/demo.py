@@ -223,6 +223,21 @@ def pipeline_args(settings: LocalSettings, registry: ModelRegistry) -> tuple[dic
     return args, served, [t for t in Task if t.value not in served]
 
 
+def _start_view(settings: LocalSettings, console: Console) -> Any:
+    """The live web view beside the terminal table; the demo goes on without it if its
+    port is taken."""
+    from services.view import ViewServer, ViewSettings, hub_from_config
+
+    view_settings = ViewSettings(host=settings.host, port=settings.view_port)
+    try:
+        view = ViewServer(hub_from_config(None, settings.bootstrap_servers), view_settings).start()
+    except Exception as exc:
+        console.print(f"[yellow]the live view could not start ({exc}); set VLM_VIEW_PORT to a free port[/]")
+        return None
+    console.print(f"[bold]live view: {view_settings.url}[/] (frames with their results drawn, events)")
+    return view
+
+
 class DemoTrainer(threading.Thread):
     """Trains the missing demo models one after another on one Ray Train worker, while the
     stream runs, and adds each to the running pipeline once it is registered."""
@@ -305,6 +320,7 @@ def run_demo(
     cameras = demo_cameras(fps)
     if len(cameras) == 1:
         console.print("[yellow]OpenCV's sample vtest.avi is missing (Debian opencv-doc): synthetic camera only[/]")
+    view = _start_view(settings, console)
     runner = IngestRunner(cameras, settings.bootstrap_servers, Topics().frames)
     live_stats = LiveStats(settings.bootstrap_servers, Topics().results, Topics().events)
     live_stats.start()
@@ -341,6 +357,8 @@ def run_demo(
         if trainer is not None and trainer.is_alive():
             console.print("[yellow]stopped while training; the next `vlm demo` trains again[/]")
         runner.stop()
+        if view is not None:
+            view.stop()
         live_stats.join(5)
         deploy.delete(APP_NAME)
         if stop_stack and started:
