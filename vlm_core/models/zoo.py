@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,23 +193,80 @@ def load_initial_weights(model: nn.Module, arch: Architecture, path: str) -> int
     return copied
 
 
-def _build_pretrained(arch: Architecture, spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
+def pretrained_weights(arch: Architecture) -> Any:
+    """torchvision's default weights enum of ``arch`` (it carries the categories and file)."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(arch.torchvision_name or arch.name).DEFAULT
+    try:
+        return torchvision.models.get_model_weights(arch.torchvision_name or arch.name).DEFAULT
+    except (ValueError, KeyError):
+        raise WeightsError(f"torchvision has no pretrained weights for {arch.name}") from None
+
+
+def cached_weights_file(arch: Architecture) -> Path:
+    """Where torch's hub cache keeps ``arch``'s pretrained weights, under torchvision's file
+    name (``$TORCH_HOME/hub/checkpoints/<name>``): the file an offline machine needs."""
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pretrained_weights(arch).url).path).name
+
+
+def pretrained_available(arch_name: str) -> bool:
+    """Whether ``weights: pretrained`` of ``arch_name`` loads without a download."""
+    try:
+        return cached_weights_file(get_architecture(arch_name)).is_file()
+    except (ConfigError, WeightsError):
+        return False
+
+
+def _build_pretrained(arch: Architecture, spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
+    """torchvision's pretrained model: from the hub cache when the file is there (loaded
+    weights-only, like every other weights file), else downloaded by torchvision."""
+    import torchvision
+
+    weights = pretrained_weights(arch)
     categories = tuple(weights.meta["categories"])
     if arch.implicit_background:
         categories = categories[1:]
-    try:
-        model = torchvision.models.get_model(arch.torchvision_name or arch.name, weights=weights)
-    except Exception as exc:
-        raise WeightsError(
-            f"torchvision's pretrained weights for {arch.name} are not cached and cannot be downloaded: {exc}",
-            hint="put the file in the torch hub cache, or give a local weights path",
-        ) from None
     if spec.class_names and tuple(spec.class_names) != categories:
         raise ConfigError(f"class_names given for {arch.name} differ from its pretrained categories")
+    cached = cached_weights_file(arch)
+    name = arch.torchvision_name or arch.name
+    if cached.is_file():
+        state = dict(load_state_dict(cached))
+        model = torchvision.models.get_model(name, weights=None, **_pretrained_shape(name, weights, state))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(
+                f"{cached} does not fit {arch.name}: {str(exc).splitlines()[0]}",
+                hint="delete it; it is not torchvision's file for this architecture",
+            ) from None
+        return model, categories
+    try:
+        model = torchvision.models.get_model(name, weights=weights)
+    except Exception as exc:
+        raise WeightsError(
+            f"torchvision's pretrained weights for {arch.name} are not in the torch hub cache and cannot be "
+            f"downloaded here ({type(exc).__name__})",
+            hint=f"place {weights.url} at {cached}, or give a local weights path",
+        ) from None
     return model, categories
+
+
+def _pretrained_shape(name: str, weights: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The builder arguments that give the pretrained weights' shapes, without loading them."""
+    import inspect
+
+    import torchvision
+
+    accepted = set(inspect.signature(torchvision.models.get_model_builder(name)).parameters)
+    kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+    if "weights_backbone" in accepted:
+        kwargs["weights_backbone"] = None
+    if "aux_loss" in accepted:
+        kwargs["aux_loss"] = any(key.startswith("aux_classifier.") for key in state)
+    return kwargs
 
 
 def default_device() -> torch.device:
