@@ -49,6 +49,17 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers 200: a service's health check."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def _stat_fields(pid: int | str) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...)."""
     try:
@@ -366,13 +377,7 @@ class PrometheusService(LocalService):
         ]
 
     def healthy(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.settings.prometheus_url}/-/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"{self.settings.prometheus_url}/-/ready")
 
 
 def render_prometheus_config(settings: LocalSettings, path: Path) -> None:
@@ -506,13 +511,7 @@ class LabelStudioService(LocalService):
         ]
 
     def healthy(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"{self.url}/health")
 
 
 SERVICE_TYPES: tuple[type[LocalService], ...] = (KafkaService, RayService, PrometheusService, LabelStudioService)
