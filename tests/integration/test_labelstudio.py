@@ -36,9 +36,15 @@ FRAMES = 12
 
 
 @pytest.fixture(scope="module")
-def studio(settings: LocalSettings) -> StudioAccess:
+def studio(settings: LocalSettings) -> Iterator[StudioAccess]:
+    from services.localstack import LocalStack
+
+    service = LocalStack(settings).services["labelstudio"]
+    started = not service.status().running
     _ensure_running("labelstudio", settings)
-    return StudioAccess.resolve(None, None, settings)
+    yield StudioAccess.resolve(None, None, settings)
+    if started:  # a few hundred MB the later tests can use
+        service.stop()
 
 
 @pytest.fixture(scope="module")
