@@ -47,7 +47,7 @@ def push_labels(
                 image_bytes=path.read_bytes() if path and encoding else None,
                 encoding=encoding or Encoding.PNG,
             ).to_kafka()
-            yield record.key, record.value, record.headers
+            yield record.fields()
             if on_progress:
                 on_progress(i + 1, total)
 

@@ -250,7 +250,8 @@ class StudioSync:
         report = SyncReport(project_id=self.project())
         existing = self.tasks(report.project_id)
         self.import_new(report, existing)
-        self.publish(report, self.tasks(report.project_id))
+        # Tasks imported just now have no annotations yet: one listing serves both steps.
+        self.publish(report, existing)
         return report
 
     def import_new(self, report: SyncReport, existing: list[dict[str, Any]]) -> None:
@@ -314,13 +315,8 @@ class StudioSync:
             if sample.key in sources:
                 report.relabels += 1
             outgoing.append(sample)
-        send_acknowledged(self.bootstrap, self.topics.labels, (self._record(s) for s in outgoing))
+        send_acknowledged(self.bootstrap, self.topics.labels, (s.to_kafka().fields() for s in outgoing))
         report.labels_published = len(outgoing)
-
-    @staticmethod
-    def _record(sample: LabeledSample) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
-        record = sample.to_kafka()
-        return record.key, record.value, record.headers
 
     def follow(self, interval_s: float, on_report: Callable[[SyncReport], None], stop: Callable[[], bool]) -> None:
         """Sync every ``interval_s`` until ``stop()``: the long-running poller."""

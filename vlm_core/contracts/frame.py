@@ -75,6 +75,10 @@ class KafkaRecord:
     value: bytes
     headers: KafkaHeaders
 
+    def fields(self) -> tuple[bytes, bytes, KafkaHeaders]:
+        """(key, value, headers), as a producer's send takes them."""
+        return self.key, self.value, self.headers
+
 
 @dataclass(frozen=True)
 class Frame:
