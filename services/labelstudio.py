@@ -19,7 +19,7 @@ from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.labels import LabeledSample, check_dataset_name
 from vlm_core.contracts.task import Task
 from vlm_core.contracts.to_label import ToLabel, ToLabelError
-from vlm_core.errors import ConfigError, FrameError, InfrastructureError, LabelError
+from vlm_core.errors import ConfigError, FrameError, InfrastructureError, LabelError, VlmError
 
 IMPORT_CHUNK = 50
 
@@ -343,3 +343,62 @@ def class_names_for(task: Task, model: str | None, samples: Sequence[ToLabel], s
     except RegistryError as exc:
         raise ConfigError(f"classes of {named}: {exc}", hint="pass --model NAME[@VERSION] or --classes A,B,C") from None
     return list(version.class_names)
+
+
+@dataclass
+class AnnotateReport:
+    annotated: int = 0
+    #: Tasks whose frame carries no ground truth (a real camera's), or whose truth has no
+    #: single class (classification): left for a person.
+    without_truth: int = 0
+    #: Tasks whose frame has left Kafka or is not the frame named.
+    frames_missing: int = 0
+    #: Annotations made, by the domain of the frame (``FrameTruth.domain``).
+    by_domain: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, other: AnnotateReport) -> None:
+        self.annotated += other.annotated
+        self.without_truth += other.without_truth
+        self.frames_missing += other.frames_missing
+        for domain, count in other.by_domain.items():
+            self.by_domain[domain] += count
+
+
+class TruthAnnotator:
+    """Stands in for a person: annotates every task of a project that has no annotation from
+    the ground truth its frame carries (``vlm-truth``, synthetic cameras only), through Label
+    Studio's HTTP API as the labelling page does. The loop uses it; no real labelling team
+    would."""
+
+    def __init__(self, client: StudioClient, *, bootstrap: str, task: Task) -> None:
+        self.client, self.bootstrap, self.task = client, bootstrap, task
+
+    def annotate(self, project_id: int, tasks: list[dict[str, Any]] | None = None) -> AnnotateReport:
+        report = AnnotateReport()
+        listed = self.client.tasks(project_id) if tasks is None else tasks
+        todo = [t for t in listed if ls.completed(int(t["id"]), t.get("annotations") or []) is None]
+        refs: dict[int, FrameRef] = {}
+        for task in todo:
+            try:
+                refs[int(task["id"])] = FrameRef.parse(str(task["data"].get("frame", "")))
+            except VlmError:  # a task the sync did not make: no frame to look up
+                report.without_truth += 1
+        frames = fetch_frames(self.bootstrap, refs.values())
+        for task in todo:
+            ref = refs.get(int(task["id"]))
+            if ref is None:
+                continue
+            frame = frames[ref]
+            if isinstance(frame, str):
+                report.frames_missing += 1
+                continue
+            result = (
+                None if frame.truth is None else ls.truth_annotation(frame.truth, self.task, frame.width, frame.height)
+            )
+            if frame.truth is None or result is None:
+                report.without_truth += 1
+                continue
+            self.client.create_annotation(int(task["id"]), result)
+            report.annotated += 1
+            report.by_domain[frame.truth.domain] += 1
+        return report

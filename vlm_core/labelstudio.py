@@ -20,6 +20,7 @@ from vlm_core.contracts.frame import Encoding
 from vlm_core.contracts.labels import LabeledObject, LabeledSample
 from vlm_core.contracts.task import Task
 from vlm_core.contracts.to_label import ToLabel
+from vlm_core.contracts.truth import FrameTruth
 from vlm_core.errors import ConfigError, LabelError
 
 FROM_NAME = "label"
@@ -83,41 +84,49 @@ def prediction(sample: ToLabel, task: Task, *, min_score: float = 0.0) -> dict[s
     model = sample.models.get(task.value, "unknown")
     results: list[dict[str, Any]] = []
     if task is Task.DETECTION:
-        for det in output.get("detections", []):
-            if det["score"] < min_score:
-                continue
-            x1, y1, x2, y2 = det["box"]
-            results.append(
-                {
-                    "from_name": FROM_NAME,
-                    "to_name": TO_NAME,
-                    "type": "rectanglelabels",
-                    "original_width": width,
-                    "original_height": height,
-                    "value": {
-                        "x": 100 * x1 / width,
-                        "y": 100 * y1 / height,
-                        "width": 100 * (x2 - x1) / width,
-                        "height": 100 * (y2 - y1) / height,
-                        "rotation": 0,
-                        "rectanglelabels": [det["label"]],
-                    },
-                    "score": det["score"],
-                }
-            )
-    else:
-        top = output.get("top_k", [])[:1]
         results.extend(
-            {
-                "from_name": FROM_NAME,
-                "to_name": TO_NAME,
-                "type": "choices",
-                "value": {"choices": [c["label"]]},
-                "score": c["score"],
-            }
-            for c in top
+            {**rectangle(det["box"], det["label"], width, height), "score": det["score"]}
+            for det in output.get("detections", [])
+            if det["score"] >= min_score
         )
+    else:
+        results.extend({**choice(c["label"]), "score": c["score"]} for c in output.get("top_k", [])[:1])
     return {"model_version": model, "score": sample.scores.get(task.value, 0.0), "result": results}
+
+
+def rectangle(box: Sequence[float], label: str, width: int, height: int) -> dict[str, Any]:
+    """A box ``[x1, y1, x2, y2]`` in pixels as a Label Studio region (percent of the image)."""
+    x1, y1, x2, y2 = box
+    return {
+        "from_name": FROM_NAME,
+        "to_name": TO_NAME,
+        "type": "rectanglelabels",
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": 100 * x1 / width,
+            "y": 100 * y1 / height,
+            "width": 100 * (x2 - x1) / width,
+            "height": 100 * (y2 - y1) / height,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+
+
+def choice(label: str) -> dict[str, Any]:
+    return {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}
+
+
+def truth_annotation(truth: FrameTruth, task: Task, width: int, height: int) -> list[dict[str, Any]] | None:
+    """What a perfect labeller draws on a frame whose truth is known (the loop's oracle):
+    every true box; for classification the one object's class (None when the frame holds
+    other than one object, which has no single class)."""
+    if task is Task.DETECTION:
+        return [rectangle(o.box, o.label, width, height) for o in truth.objects]
+    if len(truth.objects) != 1:
+        return None
+    return [choice(truth.objects[0].label)]
 
 
 def task_data(sample: ToLabel, image: bytes, encoding: Encoding) -> dict[str, Any]:

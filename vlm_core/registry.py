@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +93,42 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class GateCheck:
+    """One evaluation set of the gate, scored for both versions on the same samples: the
+    candidate passes when it scores at least production's plus ``min_delta`` (a negative
+    ``min_delta`` is the loss tolerated on a domain that must not get worse)."""
+
+    domain: str
+    metric: str
+    candidate: float
+    production: float | None
+    min_delta: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.production is None or self.candidate >= self.production + self.min_delta
+
+    def describe(self) -> str:
+        if self.production is None:
+            return f"{self.domain}: {self.metric} {self.candidate:.4f}"
+        sign = ">=" if self.passed else "<"
+        return (
+            f"{self.domain}: {self.metric} {self.candidate:.4f} {sign} production {self.production:.4f} "
+            f"{self.min_delta:+.4f}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "metric": self.metric,
+            "candidate": self.candidate,
+            "production": self.production,
+            "min_delta": self.min_delta,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
     promoted: bool
     candidate: ModelVersion
@@ -100,6 +136,7 @@ class PromotionDecision:
     candidate_score: float | None
     production_score: float | None
     reason: str
+    checks: tuple[GateCheck, ...] = ()
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -224,9 +261,11 @@ class ModelRegistry:
         production_score: float | None = None,
         margin: float = 0.0,
         force: bool = False,
+        checks: Sequence[GateCheck] = (),
     ) -> PromotionDecision:
         """The promotion gate: the candidate serves only if its primary metric, on the
-        production model's evaluation set, is at least production's plus ``margin``.
+        production model's evaluation set, is at least production's plus ``margin``; with
+        ``checks`` (one per evaluation domain), only if it passes every one of them.
 
         Without explicit scores the stored metrics of both versions are compared.
         A refused candidate stays a candidate with the reason recorded.
@@ -244,6 +283,9 @@ class ModelRegistry:
         if production is None or force:
             reason = "forced" if force and production is not None else "no production version yet"
             promoted = True
+        elif checks:
+            promoted = all(check.passed for check in checks)
+            reason = "; ".join(check.describe() for check in checks)
         elif cand is None or prod is None:
             promoted, reason = False, f"{metric} is missing for {candidate.ref} or {production.ref}"
         elif cand >= prod + margin:
@@ -259,7 +301,7 @@ class ModelRegistry:
             _write_json(self.root / name / "production.json", {"version": candidate.version, "history": history})
         else:
             candidate = self._set_status(candidate, ModelStatus.CANDIDATE, f"refused: {reason}")
-        return PromotionDecision(promoted, candidate, production, cand, prod, reason)
+        return PromotionDecision(promoted, candidate, production, cand, prod, reason, tuple(checks))
 
     def rollback(self, name: str) -> ModelVersion:
         """Serve the previous production version again."""

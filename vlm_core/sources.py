@@ -2,7 +2,9 @@
 
 URIs: a video file path (or ``file://``), ``rtsp://…``, ``http(s)://…`` (MJPEG),
 ``device:N`` (webcam N) and ``synthetic://?seed=S&width=W&height=H&items=N`` (moving
-Fashion-MNIST scene).
+Fashion-MNIST scene). A synthetic camera knows the truth of every frame it renders
+(:meth:`Source.truth`); ``style=`` picks how its scenes look, ``drift=STYLE&drift_after=N``
+changes the look after N frames and ``turnover=K`` brings in a new item every K frames.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from vlm_core.contracts.truth import FrameTruth, TruthObject
 from vlm_core.errors import ConfigError, SourceError
 
 
@@ -31,7 +34,10 @@ class SourceFailure(str, enum.Enum):
     BAD_CONFIG = "bad_config"
 
 
-_SYNTHETIC_INT_PARAMS = ("seed", "width", "height", "items", "min_items")
+_SYNTHETIC_INT_PARAMS = ("seed", "width", "height", "items", "min_items", "drift_after", "turnover")
+#: Parameters naming a :class:`vlm_core.datasets.scenes.SceneStyle`.
+_SYNTHETIC_STYLES = ("style", "drift")
+SCENE_STYLE_NAMES = ("base", "negative", "small", "clutter")
 #: 0/1 switches of :class:`vlm_core.datasets.scenes.SceneMotion`: items that cross and
 #: occlude each other, that leave the frame and come back, that stop, speed up and turn.
 _SYNTHETIC_FLAGS = ("crossings", "exits", "maneuvers")
@@ -39,13 +45,20 @@ _SYNTHETIC_FLAGS = ("crossings", "exits", "maneuvers")
 
 def _synthetic_params(uri: str) -> dict[str, str]:
     params = {k: v[-1] for k, v in parse_qs(urlparse(uri).query, keep_blank_values=True).items()}
-    unknown = sorted(set(params) - {*_SYNTHETIC_INT_PARAMS, *_SYNTHETIC_FLAGS, "fps"})
+    known = (*_SYNTHETIC_INT_PARAMS, *_SYNTHETIC_FLAGS, *_SYNTHETIC_STYLES, "fps")
+    unknown = sorted(set(params) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown synthetic source parameter(s) {', '.join(unknown)} in {uri!r}",
-            hint=f"use {', '.join((*_SYNTHETIC_INT_PARAMS, *_SYNTHETIC_FLAGS, 'fps'))}",
+            f"unknown synthetic source parameter(s) {', '.join(unknown)} in {uri!r}", hint=f"use {', '.join(known)}"
         )
     for name, value in params.items():
+        if name in _SYNTHETIC_STYLES:
+            if value not in SCENE_STYLE_NAMES:
+                raise ConfigError(
+                    f"synthetic source parameter {name}={value!r} in {uri!r} is not a scene style",
+                    hint=f"use one of {', '.join(SCENE_STYLE_NAMES)}",
+                )
+            continue
         if name in _SYNTHETIC_FLAGS:
             if value not in ("0", "1"):
                 raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} must be 0 or 1")
@@ -55,7 +68,7 @@ def _synthetic_params(uri: str) -> dict[str, str]:
         except ValueError:
             kind = "a number" if name == "fps" else "an integer"
             raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} is not {kind}") from None
-        if number < 0 or (number == 0 and name != "seed"):
+        if number < 0 or (number == 0 and name not in ("seed", "drift_after", "turnover")):
             raise ConfigError(f"synthetic source parameter {name}={value!r} in {uri!r} must be positive")
     return params
 
@@ -117,6 +130,16 @@ class Source:
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
 
+    def truth(self) -> FrameTruth | None:
+        """The ground truth of the frame :meth:`read` returned last; None for real cameras."""
+        return None
+
+    @property
+    def on_demand(self) -> bool:
+        """Whether a frame is made when asked for (a file, a generator), so the reader paces
+        it, rather than delivered at the camera's own rate."""
+        return not self.spec.live
+
     def close(self) -> None: ...
 
     @property
@@ -177,7 +200,7 @@ class SyntheticSource(Source):
         self._video: Any = None  # a SceneVideo while open
 
     def open(self) -> None:
-        from vlm_core.datasets.scenes import SceneConfig, SceneMotion, SceneVideo
+        from vlm_core.datasets.scenes import SceneConfig, SceneMotion, SceneStyle, SceneVideo
 
         p = self.spec.params  # validated by SourceSpec.parse
         try:
@@ -186,6 +209,7 @@ class SyntheticSource(Source):
                 height=int(p.get("height", 240)),
                 min_items=int(p.get("min_items", p.get("items", 2))),
                 max_items=int(p.get("items", 4)),
+                style=SceneStyle(p.get("style", "base")),
             )
         except ValueError as exc:
             raise ConfigError(f"bad synthetic source parameters in {self.spec.uri!r}: {exc}") from None
@@ -193,15 +217,35 @@ class SyntheticSource(Source):
             bounce=p.get("exits", "0") == "0",
             crossings=p.get("crossings", "0") == "1",
             maneuvers=p.get("maneuvers", "0") == "1",
+            turnover=int(p.get("turnover", 0)),
         )
-        self._video = SceneVideo(config, seed=int(p.get("seed", 0)), motion=motion)
+        drift = SceneStyle(p["drift"]) if "drift" in p else None
+        self._video = SceneVideo(
+            config, seed=int(p.get("seed", 0)), motion=motion, drift=drift, drift_after=int(p.get("drift_after", 0))
+        )
 
     @property
     def native_fps(self) -> float | None:
         return float(self.spec.params.get("fps", 15))
 
+    @property
+    def on_demand(self) -> bool:
+        return True
+
     def read(self) -> np.ndarray | None:
         return self._video.next().image if self._video is not None else None
+
+    def truth(self) -> FrameTruth | None:
+        from vlm_core.datasets.scenes import MIN_LABELED_VISIBILITY, SCENE_CLASSES
+
+        if self._video is None or self._video.t == 0:
+            return None
+        objects = tuple(
+            TruthObject(item.box, SCENE_CLASSES[item.label])
+            for item in self._video.truth
+            if item.visibility >= MIN_LABELED_VISIBILITY
+        )
+        return FrameTruth(self._video.frame_style.value, objects)
 
 
 def probe_file(spec: SourceSpec) -> None:

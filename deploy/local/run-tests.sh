@@ -33,7 +33,7 @@ trap cleanup EXIT
 vlm local up || exit 1
 
 echo "== pytest"
-python -m pytest -ra -q "${PYTEST_ARGS[@]:-tests}"
+python -m pytest -ra -q --durations=25 "${PYTEST_ARGS[@]:-tests}"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; rc=1; fi
 exit $rc

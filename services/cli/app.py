@@ -591,11 +591,19 @@ def train(
     ] = False,
     promote: Annotated[bool, typer.Option("--promote", help="Evaluate, gate and promote in one go.")] = False,
     margin: Annotated[float, typer.Option(help="Gate margin on the primary metric.")] = 0.0,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --promote, gate on this domain instead (repeatable): NAME:DELTA=URI. Both versions are "
+            "scored on the URI's held-out samples; the candidate needs production's score + DELTA on every one, "
+            "e.g. --gate 'new:+0.05=scenes://?style=negative' --gate 'old:-0.05=scenes://'."
+        ),
+    ] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
     from services.localstack import LocalStack
-    from services.trainer.job import TrainRequest, run_training
+    from services.trainer.job import GateDomain, TrainRequest, run_training
     from services.trainer.progress import TrainingProgress, progress_bar
 
     task_enum = _task(task, arch)
@@ -619,9 +627,11 @@ def train(
         shuffle_labels=shuffle_labels,
         promote=promote,
         margin=margin,
+        gates=tuple(GateDomain.parse(g) for g in gate or ()),
         eval_limit=eval_limit,
     ).resolved()
     dataset = request.load_data()  # bad data fails here, before any cluster starts
+    request.check_gates()
     console.print(
         f"training {request.name}: {request.arch} on {data}, {request.workers} workers, {request.epochs} epochs, "
         f"batch {request.batch_size}/worker"
@@ -848,6 +858,64 @@ def demo(
     from services.demo import run_demo
 
     run_demo(_settings(), console=console, duration_s=duration, fps=fps, stop_stack=not keep_stack, train_missing=train)
+
+
+@app.command("loop")
+def loop_command(
+    drift: Annotated[
+        str,
+        typer.Option(
+            help="How the drifting camera's scenes change: small (items at 40%, the measured run), clutter or negative."
+        ),
+    ] = "small",
+    fps: Annotated[float | None, typer.Option(min=0.5, help="Frames per second per camera.")] = None,
+    before: Annotated[float | None, typer.Option("--before", min=5, help="Seconds of stream before the drift.")] = None,
+    labels: Annotated[int | None, typer.Option(min=1, help="Oracle labels of drifted frames to fine-tune on.")] = None,
+    after: Annotated[float | None, typer.Option("--after", min=5, help="Seconds scored after the swap.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Fine-tuning epochs.")] = None,
+    registry: Annotated[
+        Path | None,
+        typer.Option(help="Registry to use; one holding loop-detector skips its training (default: a fresh one)."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    keep_stack: Annotated[
+        bool, typer.Option("--keep-stack", help="Leave Kafka, Ray and Label Studio running.")
+    ] = False,
+) -> None:
+    """The closed loop, measured: drift, live accuracy, Label Studio labels, fine-tune, gate, hot swap.
+
+    Unset options take the defaults of the run measured in the README."""
+    from dataclasses import replace
+
+    from services.localstack import LocalStack
+    from services.loop import ClosedLoop, LoopSettings, write_report
+    from vlm_core.datasets.scenes import SceneStyle
+
+    try:
+        style = SceneStyle(drift)
+    except ValueError:
+        raise VlmError(f"unknown drift {drift!r}", hint="use small, clutter or negative") from None
+    if style is SceneStyle.BASE:
+        raise VlmError("--drift base is no drift", hint="use small, clutter or negative")
+    given = {"fps": fps, "before_s": before, "labels": labels, "after_s": after, "finetune_epochs": epochs}
+    loop = replace(LoopSettings(drift=style, registry=registry), **{k: v for k, v in given.items() if v is not None})
+    settings = _settings()
+    stack = LocalStack(settings)
+    already = {s.name for s in stack.status() if s.running}
+    closed = ClosedLoop(settings, loop, say=lambda line: console.print(line, highlight=False))
+    try:
+        report = closed.run(view_port=settings.view_port)
+    finally:
+        started = [n for n in ("kafka", "ray", "labelstudio") if n not in already]
+        if started and not keep_stack:
+            stack.down(started)
+    for line in report.lines():
+        console.print(line, highlight=False)
+    if json_out is not None:
+        write_report(report, json_out)
+        console.print(f"report: {json_out}")
+    if report.frames_without_result:
+        raise VlmError(f"{report.frames_without_result} frames got no result")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from services import kafka_io
 from services.ingest import metrics
 from vlm_core.contracts.frame import Encoding, Frame, validate_camera_id
+from vlm_core.contracts.truth import FrameTruth
 from vlm_core.errors import ConfigError, VlmError
 from vlm_core.metrics import metric_label
 from vlm_core.sources import Source, SourceFailure, SourceSpec, failure_of, open_source, probe_file
@@ -119,18 +120,21 @@ class CameraWorker(threading.Thread):
         labels = {"camera_id": self.label}
         period = 1.0 / cfg.fps if cfg.fps else 0.0
         native = source.native_fps
-        # Files play at their own rate (sampled down to fps); live sources are paced by the camera.
+        # Files play at their own rate (sampled down to fps); a generator renders a frame only
+        # when one is due; a live camera delivers at its own rate and is sampled down by time.
         file_step = max(1, round(native / cfg.fps)) if (native and cfg.fps and not source.spec.live) else 1
         index = 0
         next_due = time.monotonic()
         while not self.stop_event.is_set() and not self._done():
+            if source.on_demand and file_step == 1:
+                self._wait_until(next_due)
             image = source.read()
             if image is None:
                 return True
             index += 1
             metrics.FRAMES_READ.labels(**labels).inc()
             self.stats.read += 1
-            if source.spec.live:
+            if not source.on_demand:
                 now = time.monotonic()
                 if now < next_due:
                     continue
@@ -138,14 +142,17 @@ class CameraWorker(threading.Thread):
             elif (index - 1) % file_step:
                 continue
             else:
-                delay = next_due - time.monotonic()
-                if delay > 0:
-                    self.stop_event.wait(delay)
+                self._wait_until(next_due)
                 next_due = max(next_due + period, time.monotonic() - period)
-            self._emit(image)
+            self._emit(image, source.truth())
         return False
 
-    def _emit(self, image: np.ndarray) -> None:
+    def _wait_until(self, due: float) -> None:
+        delay = due - time.monotonic()
+        if delay > 0:
+            self.stop_event.wait(delay)
+
+    def _emit(self, image: np.ndarray, truth: FrameTruth | None = None) -> None:
         cfg = self.config
         labels = {"camera_id": self.label}
         start = time.perf_counter()
@@ -153,8 +160,14 @@ class CameraWorker(threading.Thread):
             if cfg.max_width and image.shape[1] > cfg.max_width:
                 scale = cfg.max_width / image.shape[1]
                 image = cv2.resize(image, (cfg.max_width, round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+                truth = truth.scaled(scale) if truth is not None else None
             frame = Frame.from_image(
-                image, camera_id=cfg.camera_id, seq=self.seq, encoding=cfg.encoding, jpeg_quality=cfg.jpeg_quality
+                image,
+                camera_id=cfg.camera_id,
+                seq=self.seq,
+                encoding=cfg.encoding,
+                jpeg_quality=cfg.jpeg_quality,
+                truth=truth,
             )
         except Exception as exc:
             metrics.FRAMES_FAILED.labels(camera_id=self.label, reason="encode").inc()

@@ -31,6 +31,29 @@ VALIDATION_LIMIT = 2000
 
 
 @dataclass(frozen=True)
+class GateDomain:
+    """``--gate NAME:DELTA=URI``: an evaluation set the candidate and production are both
+    scored on; the candidate must reach production's score plus DELTA on it (+0.02: better by
+    two points; -0.05: at most five points worse)."""
+
+    name: str
+    min_delta: float
+    data: str
+
+    @classmethod
+    def parse(cls, text: str) -> GateDomain:
+        head, sep, data = text.partition("=")
+        name, colon, delta = head.partition(":")
+        hint = "use NAME:DELTA=URI, e.g. drifted:+0.05=scenes://?style=negative&n=200"
+        if not sep or not colon or not name or not data:
+            raise ConfigError(f"bad --gate {text!r}", hint=hint)
+        try:
+            return cls(name, float(delta), data)
+        except ValueError:
+            raise ConfigError(f"bad --gate {text!r}: {delta!r} is not a number", hint=hint) from None
+
+
+@dataclass(frozen=True)
 class TrainRequest:
     task: Task
     data: str
@@ -51,6 +74,8 @@ class TrainRequest:
     shuffle_labels: bool = False
     promote: bool = False
     margin: float = 0.0
+    #: With ``promote``: gate on these domains instead of the held-out split alone.
+    gates: tuple[GateDomain, ...] = ()
     eval_limit: int | None = None
     torch_threads: int = 1
 
@@ -58,6 +83,8 @@ class TrainRequest:
         """Fill every unset option with the task's default."""
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.gates and not self.promote:
+            raise ConfigError("--gate decides a promotion", hint="add --promote, or leave out --gate")
         profile = get_profile(self.task)
         if self.crop_size is not None and not profile.trains_on_crops:
             raise ConfigError(f"--crop-size does not apply to {self.task.value} training")
@@ -73,6 +100,13 @@ class TrainRequest:
             name=self.name or default_model_name(self.task, self.data),
             init=self.init if self.init != "auto" else default_init(arch),
         )
+
+    def check_gates(self) -> None:
+        """Open every gate domain's data now, so that a typo fails before training does."""
+        from vlm_core.training.data import load_training_data
+
+        for domain in self.gates:
+            load_training_data(domain.data, self.task, seed=self.seed)
 
     def load_data(self) -> Any:
         from vlm_core.training.data import load_training_data
@@ -334,6 +368,31 @@ def run_training(
     return _finish(request, data, result.checkpoint, registry_dir, started, train_s, on_progress)
 
 
+def _gate_check(
+    domain: GateDomain,
+    request: TrainRequest,
+    class_names: tuple[str, ...],
+    candidate: Any,
+    incumbent: Any,
+    on_progress: Callable[[dict[str, Any]], None],
+) -> Any:
+    """Score the candidate and production on the domain's held-out samples: a GateCheck."""
+    from vlm_core.registry import GateCheck
+    from vlm_core.training.data import load_training_data
+    from vlm_core.training.evaluate import evaluate
+
+    data = load_training_data(domain.data, request.task, seed=request.seed)
+    if tuple(data.class_names) != tuple(class_names):
+        raise ConfigError(
+            f"--gate {domain.name}: {domain.data} has other classes than the training data",
+            hint="gate on data labelled with the same classes",
+        )
+    on_progress({"event": "evaluate", "text": f"gate {domain.name}: scoring both versions on {domain.data}"})
+    cand = evaluate(candidate, data.test, limit=request.eval_limit).primary
+    prod = evaluate(incumbent, data.test, limit=request.eval_limit).primary if incumbent is not None else None
+    return GateCheck(domain.name, get_profile(request.task).primary_metric, cand, prod, domain.min_delta)
+
+
 def _finish(
     request: TrainRequest,
     data: Any,
@@ -402,16 +461,22 @@ def _finish(
     decision = None
     if request.promote:
         production_score = None
+        incumbent = None
         if production is not None:
             on_progress({"event": "evaluate", "text": f"evaluating production {production.ref} on the same samples"})
             incumbent = build_predictor(production.spec(registry.root, **evaluation_overrides(request.task)))
             production_score = evaluate(incumbent, data.test, limit=request.eval_limit).primary
+        checks = [
+            _gate_check(domain, request, data.class_names, predictor, incumbent, on_progress)
+            for domain in request.gates
+        ]
         decision = registry.promote(
             version.name,
             version.version,
             candidate_score=evaluation.primary,
             production_score=production_score,
             margin=request.margin,
+            checks=checks,
         )
         version = decision.candidate
     directory = registry.version_dir(version)

@@ -168,6 +168,7 @@ def build_view_app(hub: LiveHub, settings: ViewSettings) -> Any:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        hub.state()  # brings the per-camera gauges (live accuracy) up to date
         return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/ws")

@@ -56,6 +56,13 @@ class ViewMetrics:
         self.bytes_waiting = Gauge(
             "vlm_view_join_bytes", "Image bytes of frames waiting for their result", registry=self.registry
         )
+        self.accuracy = Gauge(
+            "vlm_view_live_accuracy",
+            "Accuracy over a camera's last 100 frames against the ground truth its frames carry "
+            "(mAP@.5 for detection, top-1 accuracy for classification)",
+            ["camera_id", "task", "metric"],
+            registry=self.registry,
+        )
         self.read_errors = Counter(
             "vlm_view_records_invalid", "Records the view could not parse, by topic", ["topic"], registry=self.registry
         )
@@ -172,10 +179,19 @@ class LiveHub:
         now = time.monotonic()
         with self._lock:
             cameras = {
-                camera: {**stats.summary(now), **regions(self.routing.policy_for(camera))}
+                camera: {
+                    **stats.summary(now),
+                    **regions(self.routing.policy_for(camera)),
+                    "accuracy": {task: r.to_json() for task, r in self.join.accuracy_of(camera).items()},
+                }
                 for camera, stats in self.join.stats.items()
             }
             counts = self.join.counts()
+        for camera, doc in cameras.items():
+            for task, reading in doc["accuracy"].items():
+                self.metrics.accuracy.labels(camera_id=camera, task=task, metric=reading["metric"]).set(
+                    reading["value"]
+                )
         return {
             "cameras": cameras,
             "viewers": len(self.viewers),

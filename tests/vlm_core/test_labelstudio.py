@@ -92,3 +92,19 @@ def test_cancelled_annotations_do_not_count_and_unknown_classes_are_refused() ->
         )
     with pytest.raises(LabelError, match="data URI"):
         ls.image_from_data_uri("https://example.invalid/x.jpg")
+
+
+def test_the_truth_annotation_is_what_the_sync_reads_back_as_the_true_boxes() -> None:
+    from vlm_core.contracts.truth import FrameTruth, TruthObject
+
+    truth = FrameTruth("clutter", (TruthObject((32.0, 48.0, 128.0, 144.0), "Bag"), TruthObject((0, 0, 5, 9), "Bag")))
+    result = ls.truth_annotation(truth, Task.DETECTION, 320, 240)
+    assert result is not None
+    done = ls.completed(11, [{"id": 4, "updated_at": "t", "result": result}])
+    assert done is not None
+    data = ls.task_data(sample(), b"\xff\xd8jpeg", Encoding.JPEG)
+    labeled = ls.labeled_sample(done, data, project_id=3, dataset="d", task=Task.DETECTION, class_names=CLASSES)
+    assert [o.box for o in labeled.objects] == [pytest.approx(o.box) for o in truth.objects]
+    one = FrameTruth("base", truth.objects[:1])
+    assert ls.truth_annotation(one, Task.CLASSIFICATION, 320, 240) == [ls.choice("Bag")]
+    assert ls.truth_annotation(truth, Task.CLASSIFICATION, 320, 240) is None  # two objects: no single class

@@ -109,3 +109,20 @@ def test_models_cli(registry: ModelRegistry) -> None:
     assert '"status": "production"' in vlm("show", "cls").stdout
     missing = vlm("promote", "cls")
     assert missing.returncode == 2 and "promote needs a version" in missing.stderr
+
+
+def test_gate_checks_on_several_domains_must_all_pass(registry: ModelRegistry) -> None:
+    from vlm_core.registry import GateCheck
+
+    register_classifier(registry, 0.8)
+    registry.promote("cls", 1)
+    register_classifier(registry, 0.8, parent=1)
+    forgets = [GateCheck("new", "accuracy", 0.9, 0.5, 0.0), GateCheck("old", "accuracy", 0.7, 0.8, -0.05)]
+    refused = registry.promote("cls", 2, checks=forgets)
+    assert not refused.promoted and registry.production("cls").version == 1  # type: ignore[union-attr]
+    assert "old: accuracy 0.7000 < production 0.8000 -0.0500" in refused.reason
+    assert [c.passed for c in refused.checks] == [True, False]
+    holds = [GateCheck("new", "accuracy", 0.9, 0.5, 0.0), GateCheck("old", "accuracy", 0.76, 0.8, -0.05)]
+    promoted = registry.promote("cls", 2, checks=holds)
+    assert promoted.promoted and registry.production("cls").version == 2  # type: ignore[union-attr]
+    assert registry.get("cls", 2).status_reason.startswith("new: accuracy 0.9000 >= production 0.5000")

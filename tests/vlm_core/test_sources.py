@@ -49,3 +49,28 @@ def test_file_source_reads_sample_video() -> None:
     frame = src.read()
     src.close()
     assert frame is not None and frame.shape == (576, 768, 3)
+
+
+def test_a_synthetic_camera_knows_each_frame_s_truth_and_drifts_when_told() -> None:
+    source = open_source("synthetic://?seed=2&items=3&min_items=3&drift=clutter&drift_after=3")
+    source.open()
+    assert source.on_demand and source.truth() is None  # nothing rendered yet
+    domains = []
+    for _ in range(5):
+        image = source.read()
+        truth = source.truth()
+        assert image is not None and truth is not None
+        domains.append(truth.domain)
+        height, width = image.shape[:2]
+        assert all(0 <= o.box[0] < o.box[2] <= width and 0 <= o.box[1] < o.box[3] <= height for o in truth.objects)
+        assert truth.objects and all(isinstance(o.label, str) for o in truth.objects)
+    assert domains == ["base", "base", "base", "clutter", "clutter"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["synthetic://?drift=sepia", "synthetic://?style=", "synthetic://?drift_after=-1", "synthetic://?turnover=x"],
+)
+def test_bad_drift_parameters_are_config_errors(uri: str) -> None:
+    with pytest.raises(ConfigError):
+        SourceSpec.parse(uri)

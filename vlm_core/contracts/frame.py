@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vlm_core.contracts.truth import TRUTH_HEADER, FrameTruth
 from vlm_core.errors import (
     FrameDecodeError,
     FrameDimensionMismatchError,
@@ -89,6 +90,8 @@ class Frame:
     height: int
     encoding: Encoding
     data: bytes = field(repr=False)
+    #: Ground truth from a synthetic camera (the optional ``vlm-truth`` header).
+    truth: FrameTruth | None = field(default=None, repr=False, compare=False)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -101,6 +104,7 @@ class Frame:
         capture_ts_ms: int | None = None,
         encoding: Encoding = Encoding.JPEG,
         jpeg_quality: int = 85,
+        truth: FrameTruth | None = None,
     ) -> Frame:
         """Encode a BGR ``uint8`` image into a frame."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -114,6 +118,7 @@ class Frame:
             height=height,
             encoding=encoding,
             data=encode_image(image, encoding, jpeg_quality=jpeg_quality),
+            truth=truth,
         )
 
     # -- wire format ------------------------------------------------------------------
@@ -127,6 +132,8 @@ class Frame:
             (Header.HEIGHT.value, str(self.height).encode()),
             (Header.ENCODING.value, self.encoding.value.encode()),
         ]
+        if self.truth is not None:
+            headers.append(self.truth.to_header())
         return KafkaRecord(key=self.camera_id.encode(), value=self.data, headers=headers)
 
     @classmethod
@@ -173,7 +180,9 @@ class Frame:
             raise FrameTooLargeError(f"frame is {len(data)} bytes, limit is {limits.max_bytes}")
         if width * height > limits.max_pixels:
             raise FrameTooLargeError(f"frame is {width}x{height} pixels, limit is {limits.max_pixels}")
-        return cls(camera_id, seq, capture_ts_ms, width, height, encoding, data)
+        raw_truth = table.get(TRUTH_HEADER)
+        truth = FrameTruth.from_header(raw_truth) if raw_truth is not None else None
+        return cls(camera_id, seq, capture_ts_ms, width, height, encoding, data, truth)
 
     # -- pixels -----------------------------------------------------------------------
     def decode(self, *, limits: FrameLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -7,6 +7,7 @@ it into a moving ``synthetic://`` camera. Everything is deterministic given the 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -21,6 +22,23 @@ SCENE_SEGMENTATION_CLASSES = ("background", *FASHION_MNIST_CLASSES)
 _ITEM_THRESHOLD = 30
 
 
+class SceneStyle(str, enum.Enum):
+    """How scenes look. ``base`` is what the shipped models are trained on; the others are
+    domain shifts that none of them has seen, for measuring a model under drift and the
+    loop that repairs it (``style=`` of ``scenes://``, ``drift=`` of ``synthetic://``)."""
+
+    BASE = "base"
+    #: Items drawn as photographic negatives: the complementary colour, shading inverted.
+    NEGATIVE = "negative"
+    #: Items at 40% of their size: the camera moved back or zoomed out.
+    SMALL = "small"
+    #: Backgrounds crowded with item-sized, high-contrast shapes and lines.
+    CLUTTER = "clutter"
+
+
+SMALL_ITEM_SCALE = 0.4
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     width: int = 320
@@ -33,6 +51,14 @@ class SceneConfig:
     #: Scenes as a moving camera sees them: items may overlap (the later one in front) and
     #: be cut by the frame's edge. Without it items never touch and are wholly inside.
     crowded: bool = False
+    style: SceneStyle = SceneStyle.BASE
+
+    def item_size_range(self) -> tuple[int, int]:
+        """The smallest and largest item side, in pixels, in this style."""
+        low, high = self.min_item_size, min(self.max_item_size, self.width, self.height)
+        if self.style is SceneStyle.SMALL:
+            return max(8, round(low * SMALL_ITEM_SCALE)), max(8, round(high * SMALL_ITEM_SCALE))
+        return low, high
 
 
 @dataclass
@@ -62,7 +88,7 @@ class SceneGenerator:
     def scene(self, index: int) -> Sample:
         """Scene number ``index``; the same (seed, index) always gives the same scene."""
         rng = np.random.default_rng([self.seed, index])
-        background = make_background(rng, self.config.width, self.config.height)
+        background = make_background(rng, self.config.width, self.config.height, self.config.style)
         items = self._place_items(rng)
         sample = render(background, items, source=f"scene:{self.seed}:{index}")
         return _without_hidden(sample) if self.config.crowded else sample
@@ -79,7 +105,7 @@ class SceneGenerator:
         hsv = np.array([[[hue, int(rng.integers(60, 256)), int(rng.integers(140, 256))]]], np.uint8)
         color = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
         item = _Item(index, int(self.data.labels[index]), size, color, x, y)  # type: ignore[arg-type]
-        _prepare_sprite(item, self.data.images[index])
+        _prepare_sprite(item, self.data.images[index], self.config.style)
         return item
 
     def _place_items(self, rng: np.random.Generator, *, crowded: bool | None = None) -> list[_Item]:
@@ -87,9 +113,10 @@ class SceneGenerator:
         crowded = cfg.crowded if crowded is None else crowded
         count = int(rng.integers(cfg.min_items, cfg.max_items + 1))
         items: list[_Item] = []
+        low, high = cfg.item_size_range()
         for _ in range(count):
             for _attempt in range(30):
-                size = int(rng.integers(cfg.min_item_size, min(cfg.max_item_size, cfg.width, cfg.height) + 1))
+                size = int(rng.integers(low, high + 1))
                 if crowded:  # up to 60% of an item outside the frame, any overlap allowed
                     margin = int(0.6 * size)
                     x = float(rng.integers(-margin, cfg.width - size + margin + 1))
@@ -126,6 +153,9 @@ class SceneMotion:
     line_hysteresis_px: float = 3.0
     min_speed: float = 1.0
     max_speed: float = 4.0
+    #: Every this many frames one item (the oldest) is replaced by a new one where it
+    #: stands: a camera that sees a stream of different objects. 0: the same items always.
+    turnover: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,9 +180,16 @@ class SceneVideo:
         seed: int = 0,
         data: FashionMnist | None = None,
         motion: SceneMotion | None = None,
+        drift: SceneStyle | None = None,
+        drift_after: int = 0,
     ) -> None:
+        """``drift``: from frame ``drift_after`` on, the scene takes that style (a new
+        background; the same items, restyled), as if the camera had moved to a new place."""
         self.generator = SceneGenerator(config, seed=seed, data=data)
         self.motion = motion or SceneMotion()
+        self.drift = drift
+        self.drift_after = drift_after
+        self.frame_style = self.generator.config.style
         cfg = self.generator.config
         rng = np.random.default_rng([seed, 7919])
         self.background = make_background(rng, cfg.width, cfg.height)
@@ -194,7 +231,32 @@ class SceneVideo:
             b.x, b.y = float(cfg.width - b.size), row + offset
             b.vx, b.vy = -speed * float(rng.uniform(0.7, 1.0)), float(rng.uniform(-0.3, 0.3))
 
+    @property
+    def style(self) -> SceneStyle:
+        """The style of the frame :meth:`next` returns next."""
+        if self.drift is not None and self.t >= self.drift_after:
+            return self.drift
+        return self.generator.config.style
+
+    def _restyle(self, style: SceneStyle) -> None:
+        cfg = replace(self.generator.config, style=style)
+        self.generator.config = cfg
+        rng = np.random.default_rng([self.generator.seed, 15485863])
+        self.background = make_background(rng, cfg.width, cfg.height, style)
+        low, high = cfg.item_size_range()
+        for item in self.items:
+            if style is SceneStyle.SMALL:  # keep the centre, shrink into the new range
+                size = min(max(round(item.size * SMALL_ITEM_SCALE), low), high)
+                item.x += (item.size - size) / 2
+                item.y += (item.size - size) / 2
+                item.size = size
+            _prepare_sprite(item, self.generator.data.images[item.index], style)
+
     def next(self) -> Sample:
+        if self.style is not self.generator.config.style:
+            self._restyle(self.style)
+        #: The style of the frame just returned.
+        self.frame_style = self.style
         sample = render(self.background, self.items, source=f"synthetic:{self.t}")
         columns = (sample.box_ids, sample.box_labels, sample.boxes, sample.box_visibility)
         self.truth = tuple(
@@ -205,7 +267,19 @@ class SceneVideo:
         for item in self.items:
             self._move(item)
         self.t += 1
+        if self.motion.turnover and self.t % self.motion.turnover == 0 and self.items:
+            self._replace_oldest()
         return sample
+
+    def _replace_oldest(self) -> None:
+        oldest = min(range(len(self.items)), key=lambda i: self.items[i].item_id)
+        old = self.items[oldest]
+        low, high = self.generator.config.item_size_range()
+        size = int(self._rng.integers(low, high + 1))
+        new = self.generator._new_item(self._rng, size, old.x, old.y)
+        new.vx, new.vy = old.vx, old.vy
+        new.item_id = max(item.item_id for item in self.items) + 1
+        self.items[oldest] = new
 
     def _move(self, item: _Item) -> None:
         cfg, motion = self.generator.config, self.motion
@@ -272,20 +346,25 @@ class SceneVideo:
                 self.line_crossings["in" if side > 0 else "out"] += 1
 
 
-def make_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """One of several background styles: gradient, noise texture, stripes, blobs."""
-    style = int(rng.integers(4))
+def make_background(
+    rng: np.random.Generator, width: int, height: int, style: SceneStyle = SceneStyle.BASE
+) -> np.ndarray:
+    """One of several background styles: gradient, noise texture, stripes, blobs; or, in
+    the clutter style, shapes and lines of an item's size and contrast."""
+    if style is SceneStyle.CLUTTER:
+        return _clutter_background(rng, width, height)
+    kind = int(rng.integers(4))
     c1 = rng.integers(0, 200, size=3).astype(np.float32)
     c2 = rng.integers(0, 200, size=3).astype(np.float32)
-    if style == 0:
+    if kind == 0:
         t = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
         img = c1 * (1 - t) + c2 * t
         img = np.broadcast_to(img, (height, width, 3))
-    elif style == 1:
+    elif kind == 1:
         noise = rng.random((height // 8 + 1, width // 8 + 1, 1), dtype=np.float32)
         noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)[..., None]  # type: ignore[assignment]
         img = c1 * (1 - noise) + c2 * noise
-    elif style == 2:
+    elif kind == 2:
         period = int(rng.integers(12, 48))
         stripes = ((np.arange(width) // period) % 2).astype(np.float32)[None, :, None]
         img = np.broadcast_to(c1 * (1 - stripes) + c2 * stripes, (height, width, 3))
@@ -296,6 +375,24 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
             cv2.circle(img, center, int(rng.integers(10, 60)), rng.integers(0, 200, 3).tolist(), -1)
     grain = rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
     return np.clip(np.asarray(img, np.float32) + grain, 0, 255).astype(np.uint8)
+
+
+def _clutter_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    img = np.full((height, width, 3), rng.integers(20, 120, size=3), np.uint8)
+    for _ in range(int(rng.integers(25, 40))):
+        color = rng.integers(60, 256, 3).tolist()
+        x, y = int(rng.integers(width)), int(rng.integers(height))
+        size = int(rng.integers(10, 50))
+        shape = int(rng.integers(3))
+        if shape == 0:
+            cv2.rectangle(img, (x, y), (x + size, y + int(rng.integers(5, 50))), color, -1)
+        elif shape == 1:
+            cv2.ellipse(img, (x, y), (size, int(rng.integers(4, 30))), float(rng.uniform(0, 180)), 0, 360, color, -1)
+        else:
+            end = (x + int(rng.integers(-80, 80)), y + int(rng.integers(-80, 80)))
+            cv2.line(img, (x, y), end, color, int(rng.integers(2, 7)))
+    grain = rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
+    return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
 
 
 def render(background: np.ndarray, items: list[_Item], *, source: str) -> Sample:
@@ -362,11 +459,12 @@ def _without_hidden(sample: Sample) -> Sample:
     )
 
 
-def _prepare_sprite(item: _Item, gray28: np.ndarray) -> None:
+def _prepare_sprite(item: _Item, gray28: np.ndarray, style: SceneStyle = SceneStyle.BASE) -> None:
     big = cv2.resize(gray28, (item.size, item.size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     alpha = np.clip((big - _ITEM_THRESHOLD) / 60.0, 0, 1)
     shade = (big / 255.0)[..., None]
-    item.sprite = np.clip(np.array(item.color, np.float32) * (0.35 + 0.65 * shade), 0, 255)
+    sprite = np.clip(np.array(item.color, np.float32) * (0.35 + 0.65 * shade), 0, 255)
+    item.sprite = 255.0 - sprite if style is SceneStyle.NEGATIVE else sprite
     item.alpha = alpha
 
 

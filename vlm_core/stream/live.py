@@ -17,6 +17,7 @@ import numpy as np
 from vlm_core.contracts.frame import Encoding, Frame, encode_image
 from vlm_core.contracts.result import Result
 from vlm_core.pipeline import CameraPolicy, CameraRouting, Point, Units
+from vlm_core.stream.accuracy import SCORED_TASKS, AccuracyReading, LiveAccuracy
 
 MIME_TYPES = {Encoding.JPEG: "image/jpeg", Encoding.PNG: "image/png"}
 
@@ -96,6 +97,8 @@ class FrameJoin:
         self._bytes = 0
         self.stats: OrderedDict[str, CameraStats] = OrderedDict()
         self._joined = self._frames_unmatched = self._results_unmatched = 0
+        #: Per scored task, the live accuracy of cameras whose frames carry ground truth.
+        self.accuracy = {task: LiveAccuracy(task, max_cameras=max_cameras, clock=clock) for task in SCORED_TASKS}
 
     @property
     def bytes_waiting(self) -> int:
@@ -104,6 +107,11 @@ class FrameJoin:
     @property
     def frames_waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
+
+    def accuracy_of(self, camera_id: str) -> dict[str, AccuracyReading]:
+        """The camera's live accuracy by task name; empty when its frames carry no truth."""
+        readings = {task.value: live.reading(camera_id) for task, live in self.accuracy.items()}
+        return {task: reading for task, reading in readings.items() if reading is not None}
 
     def counts(self) -> JoinCounts:
         return JoinCounts(self._joined, self._frames_unmatched, self._results_unmatched)
@@ -145,6 +153,9 @@ class FrameJoin:
             self._waiting.pop(result.camera_id, None)
         self._joined += 1
         self.camera(result.camera_id).add(self.clock(), result)
+        if frame.truth is not None:
+            for accuracy in self.accuracy.values():
+                accuracy.add(result, frame.truth)
         image, mime = browser_image(frame)
         masks = segmentation_overlay(result) if self.render_masks else None
         return LiveFrame(frame.camera_id, frame.seq, frame.capture_ts_ms, image, mime, result, masks)

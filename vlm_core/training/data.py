@@ -43,6 +43,7 @@ from vlm_core.datasets import (
     load_fashion_mnist,
 )
 from vlm_core.datasets.fashion_mnist import fashion_mnist_dir
+from vlm_core.datasets.scenes import SceneStyle
 from vlm_core.datasets.snapshot import SnapshotDataset
 from vlm_core.errors import DatasetError
 from vlm_core.models.weights import sha256_file
@@ -280,6 +281,15 @@ class _Scenes:
         return self.generator.scene(index)
 
 
+def _scene_style(name: str, uri: str) -> SceneStyle:
+    try:
+        return SceneStyle(name)
+    except ValueError:
+        raise DatasetError(
+            f"style={name!r} in {uri} is not a scene style", hint=f"use one of {', '.join(s.value for s in SceneStyle)}"
+        ) from None
+
+
 def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> TrainingData:
     query = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
     try:
@@ -291,6 +301,7 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
             max_items=int(query.pop("items", 4)),
             max_item_size=int(query.pop("max_size", SceneConfig.max_item_size)),
             crowded=query.pop("crowded", "0") == "1",
+            style=_scene_style(query.pop("style", "base"), uri),
         )
     except ValueError as exc:
         raise DatasetError(f"bad number in {uri}: {exc}") from None
@@ -300,7 +311,7 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
             hint=f"give max_size of at least {config.min_item_size}",
         )
     if query:
-        known = "n, seed, width, height, items, max_size, crowded"
+        known = "n, seed, width, height, items, max_size, crowded, style"
         raise DatasetError(f"unknown scenes:// options {sorted(query)}", hint=f"known: {known}")
     train_gen = SceneGenerator(config, seed=scene_seed)
     test_gen = SceneGenerator(SceneConfig(**{**config.__dict__, "split": "test"}), seed=scene_seed + 1)
@@ -314,8 +325,17 @@ def _scenes(uri: str, task: Task, validation_fraction: float, seed: int) -> Trai
         _Scenes(train_gen, count),
         Subset(_Scenes(test_gen, count + n_val), range(count, count + n_val)),
         _Scenes(test_gen, max(n_val, 200)),
-        _hash_text(f"scenes:{digest}:{json.dumps(config.__dict__, sort_keys=True)}:{scene_seed}:{count}"),
+        _hash_text(f"scenes:{digest}:{json.dumps(_hashed_config(config), sort_keys=True)}:{scene_seed}:{count}"),
     )
+
+
+def _hashed_config(config: SceneConfig) -> dict[str, object]:
+    """The config's fields, leaving out the style where it is the base one (so hashes made
+    before styles existed hold)."""
+    fields = dict(config.__dict__)
+    if config.style is SceneStyle.BASE:
+        del fields["style"]
+    return fields
 
 
 def _with_shuffled_labels(data: TrainingData, seed: int) -> TrainingData:

@@ -157,7 +157,8 @@ async function pollState() {
       regions[id] = {zones: s.zones, lines: s.lines};
       const cam = camera(id);
       cam.stats.textContent = `${s.fps.toFixed(1)} fps · latency p50 ${fmt(s.latency_p50_ms, " ms")} p99 ${fmt(s.latency_p99_ms, " ms")} · without result ${s.unmatched}`;
-      cam.models.textContent = Object.entries(s.models).map(([t, m]) => `${t}: ${m}`).join(" · ");
+      const accuracy = Object.entries(s.accuracy || {}).map(([t, a]) => `${t} ${a.metric === "map50" ? "mAP@.5" : a.metric} ${a.value.toFixed(2)} (${a.frames} frames, ${a.domains.join("/")})`);
+      cam.models.textContent = [...Object.entries(s.models).map(([t, m]) => `${t}: ${m}`), ...accuracy].join(" · ");
     }
     const status = document.getElementById("status");
     status.textContent = state.error ? `reader error: ${state.error}` : `${Object.keys(state.cameras).length} cameras · ${state.viewers} viewers`;

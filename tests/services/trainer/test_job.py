@@ -37,3 +37,21 @@ def test_init_options() -> None:
         init_weights("pretrained")
     with pytest.raises(ConfigError, match="--workers"):
         TrainRequest(Task.CLASSIFICATION, "fashion-mnist", workers=0).resolved()
+
+
+def test_gate_domains_parse_and_need_a_promotion() -> None:
+    from services.trainer.job import GateDomain
+
+    domain = GateDomain.parse("drifted:+0.05=scenes://?style=clutter&n=20")
+    assert domain == GateDomain("drifted", 0.05, "scenes://?style=clutter&n=20")
+    assert GateDomain.parse("old:-0.05=scenes://").min_delta == -0.05
+    for bad in ("drifted", "drifted=scenes://", ":0.1=scenes://", "d:x=scenes://", "d:0.1="):
+        with pytest.raises(ConfigError):
+            GateDomain.parse(bad)
+    with pytest.raises(ConfigError, match="--gate decides a promotion"):
+        TrainRequest(Task.DETECTION, "scenes://?n=10", gates=(domain,)).resolved()
+    from vlm_core.errors import DatasetError
+
+    request = TrainRequest(Task.DETECTION, "scenes://?n=10", gates=(GateDomain("d", 0, "scenes://?style=odd"),))
+    with pytest.raises(DatasetError, match="not a scene style"):
+        request.check_gates()

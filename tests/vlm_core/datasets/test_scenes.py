@@ -73,3 +73,48 @@ def test_video_ground_truth_follows_identities_out_of_the_frame_and_back() -> No
     for _ in range(300):
         again.next()
     assert again.truth == video.truth and again.line_crossings == video.line_crossings
+
+
+def test_a_drifting_video_changes_style_at_its_frame_and_keeps_its_items() -> None:
+    from vlm_core.datasets.scenes import SceneStyle
+
+    config = SceneConfig(min_items=3, max_items=3)
+    plain = SceneVideo(config, seed=5)
+    for style in (SceneStyle.SMALL, SceneStyle.NEGATIVE, SceneStyle.CLUTTER):
+        video = SceneVideo(config, seed=5, drift=style, drift_after=4)
+        reference = SceneVideo(config, seed=5)
+        for t in range(6):
+            frame, same = video.next(), reference.next()
+            assert video.frame_style is (SceneStyle.BASE if t < 4 else style)
+            assert np.array_equal(frame.image, same.image) == (t < 4)
+            assert sorted(frame.box_labels.tolist()) == sorted(same.box_labels.tolist())  # the same items
+        if style is SceneStyle.SMALL:
+            areas = (frame.boxes[:, 2] - frame.boxes[:, 0]) * (frame.boxes[:, 3] - frame.boxes[:, 1])
+            plain_boxes = same.boxes
+            plain_areas = (plain_boxes[:, 2] - plain_boxes[:, 0]) * (plain_boxes[:, 3] - plain_boxes[:, 1])
+            assert areas.sum() < 0.3 * plain_areas.sum()
+    assert plain.frame_style is SceneStyle.BASE
+
+
+def test_a_scene_style_applies_to_generated_scenes() -> None:
+    from vlm_core.datasets.scenes import SceneStyle
+
+    base = SceneGenerator(SceneConfig(), seed=3).scene(0)
+    negative = SceneGenerator(SceneConfig(style=SceneStyle.NEGATIVE), seed=3).scene(0)
+    assert np.array_equal(base.boxes, negative.boxes) and not np.array_equal(base.image, negative.image)
+    small = SceneGenerator(SceneConfig(style=SceneStyle.SMALL), seed=3)
+    sides = np.concatenate(
+        [np.maximum(*(lambda b: (b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]))(small.scene(i).boxes)) for i in range(10)]
+    )
+    assert sides.max() <= round(SceneConfig.max_item_size * 0.4)
+
+
+def test_turnover_brings_in_new_items() -> None:
+    from vlm_core.datasets.scenes import SceneMotion
+
+    video = SceneVideo(SceneConfig(min_items=3, max_items=3), seed=1, motion=SceneMotion(turnover=5))
+    ids = set()
+    for _ in range(31):
+        video.next()
+        ids.update(t.item_id for t in video.truth)
+    assert len(video.items) == 3 and len(ids) >= 8  # 3 at first, one more every 5 frames
