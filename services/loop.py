@@ -34,7 +34,6 @@ from vlm_core.registry import ModelRegistry
 from vlm_core.stream.accuracy import AccuracyReading, LiveAccuracy, PhaseAccuracy
 
 APP_NAME = "vlm-loop"
-MODEL_NAME = "loop-detector"
 BASE_CAMERA = "steady"
 DRIFT_CAMERA = "drifting"
 #: Frames the monitor keeps waiting for their result (or results for their frame).
@@ -60,7 +59,7 @@ class LoopSettings:
     #: The production model, trained first where the registry has none.
     production_data: str = "scenes://?n=400"
     production_epochs: int = 4
-    finetune_epochs: int = 6
+    finetune_epochs: int = 5
     finetune_lr: float | None = None
     workers: int = 1
     #: Gate: better on the drifted domain by at least this, no worse on the old one by more
@@ -69,16 +68,18 @@ class LoopSettings:
     old_tolerance: float = 0.05
     gate_scenes: int = 200
     #: Active learning: a frame whose best box scores below this is sampled.
-    score_threshold: float = 0.6
-    max_per_minute: int = 120
+    score_threshold: float = 0.5
+    max_per_minute: int = 90
     #: Serving: boxes below this score are not reported (mAP needs the low ones too).
     serve_score_threshold: float = 0.1
     items: int = 4
     #: A new item enters every this many frames, so the cameras see many objects.
     turnover: int = 30
     sync_interval_s: float = 3.0
-    #: The registry; default: a fresh one for the run.
+    #: The registry; default: a fresh one for the run. The loop serves, fine-tunes and
+    #: promotes ``model_name`` in it, training it first where it has no production version.
     registry: Path | None = None
+    model_name: str = "loop-detector"
     timeout_s: float = 3600.0
 
     def cameras(self) -> dict[str, str]:
@@ -286,6 +287,16 @@ class TruthMonitor(threading.Thread):
         self.join(10)
 
 
+def _live_line(monitor: TruthMonitor) -> str:
+    """The cameras' live mAP@.5 over their last frames, with the domains and models scored."""
+    parts = []
+    for camera in (BASE_CAMERA, DRIFT_CAMERA):
+        r = monitor.reading(camera)
+        if r is not None:
+            parts.append(f"{camera} {r.value:.3f} ({'/'.join(r.domains)}, {'/'.join(r.models)})")
+    return "live mAP@.5: " + (", ".join(parts) or "no results yet")
+
+
 def _model_of(result: Result) -> str:
     model = result.detection.model if result.detection is not None else None
     return "" if model is None else f"{model.name}@{model.version}"
@@ -302,7 +313,7 @@ def pipeline_args(
         Task.DETECTION,
         {
             "spec": {"task": "detection", "arch": arch, "score_threshold": loop.serve_score_threshold},
-            "registry_name": MODEL_NAME,
+            "registry_name": loop.model_name,
             # The replica follows the registry: a promotion reaches it within a second.
             "registry_poll_s": 1.0,
             "deployment": {"num_cpus": 0.5, "max_batch_size": 8, "torch_threads": 1},
@@ -388,7 +399,7 @@ class ClosedLoop:
     def _production(self) -> Any:
         from services.trainer.job import TrainRequest, run_training
 
-        production = self.registry.production(MODEL_NAME)
+        production = self.registry.production(self.loop.model_name)
         if production is not None:
             self.say(f"production model: {production.ref} (from {self.registry.root})")
             return production
@@ -400,7 +411,7 @@ class ClosedLoop:
             data=self.loop.production_data,
             epochs=self.loop.production_epochs,
             workers=self.loop.workers,
-            name=MODEL_NAME,
+            name=self.loop.model_name,
             promote=True,
         ).resolved()
         outcome = run_training(
@@ -479,11 +490,10 @@ class ClosedLoop:
             published += report.labels_published
             annotated.add(oracle.annotate(report.project_id))
             drifted = sum(p.frames for p in monitor.phase_table() if p.camera_id == DRIFT_CAMERA and p.domain == drift)
-            live = {c: monitor.reading(c) for c in (BASE_CAMERA, DRIFT_CAMERA)}
             self.say(
-                "live mAP@.5 "
-                + ", ".join(f"{c} {r.value:.3f} ({'/'.join(r.domains)})" for c, r in live.items() if r is not None)
-                + f"; labels {published} published, {annotated.by_domain.get(drift, 0)} drifted of {self.loop.labels}"
+                f"{_live_line(monitor)}; labels published {published}, annotated "
+                f"{', '.join(f'{d} {n}' for d, n in sorted(annotated.by_domain.items())) or 'none'} "
+                f"(fine-tuning at {self.loop.labels} {drift})"
             )
             if annotated.by_domain.get(drift, 0) >= self.loop.labels and drifted >= drift_frames_needed:
                 break
@@ -515,7 +525,7 @@ class ClosedLoop:
             epochs=self.loop.finetune_epochs,
             lr=self.loop.finetune_lr,
             workers=self.loop.workers,
-            name=MODEL_NAME,
+            name=self.loop.model_name,
             promote=True,
             gates=(
                 GateDomain(self.loop.drift.value, self.loop.new_min_gain, new_domain),
@@ -548,8 +558,7 @@ class ClosedLoop:
         end = time.monotonic() + self.loop.after_s
         while time.monotonic() < end:
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
-            live = {c: monitor.reading(c) for c in (BASE_CAMERA, DRIFT_CAMERA)}
-            self.say("live mAP@.5 " + ", ".join(f"{c} {r.value:.3f}" for c, r in live.items() if r is not None))
+            self.say(_live_line(monitor))
 
     def _drain(self, monitor: TruthMonitor, timeout_s: float = 180.0) -> None:
         """Wait until every frame sent has its result (or the timeout): what is left is lost."""

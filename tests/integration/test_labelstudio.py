@@ -176,3 +176,50 @@ def test_a_frame_gone_from_kafka_is_counted_not_fatal(
     assert report.frames_expired == 2
     assert report.tasks_created == len(samples)
     assert "2 sampled frames expired" in report.describe()
+
+
+def test_the_closed_loop_runs_every_stage_and_loses_no_frame(
+    studio: StudioAccess, settings: LocalSettings, ray_address: str, tmp_path: Path
+) -> None:
+    """The plumbing of `vlm loop` in minutes: drift, live scoring, sampling, Label Studio
+    tasks annotated by the oracle, labels, a fine-tune, the two-domain gate, the hot swap. The
+    gate is opened wide so that the swap always happens; the measured run is in the README."""
+    import shutil
+
+    from services.loop import DRIFT_CAMERA, ClosedLoop, LoopSettings
+
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(detector_registry(ray_address), registry_dir)  # the loop adds versions
+    loop = LoopSettings(
+        fps=3,
+        before_s=8,
+        labels=6,
+        min_drift_s=6,
+        after_s=8,
+        finetune_epochs=1,
+        gate_scenes=10,
+        new_min_gain=-1.0,
+        old_tolerance=1.0,
+        max_per_minute=40,
+        registry=registry_dir,
+        model_name=DETECTOR_NAME,
+        timeout_s=600,
+    )
+    lines: list[str] = []
+    report = ClosedLoop(settings, loop, say=lines.append).run(view_port=None)
+    drift = loop.drift.value
+    assert report.frames_sent > 0 and report.frames_without_result == 0, lines[-5:]
+    assert report.duplicate_results == 0
+    assert report.labels_by_domain.get(drift, 0) >= loop.labels
+    # Every annotation the oracle made went through Label Studio to the labels topic and into the snapshot.
+    assert report.labels_used == sum(report.labels_by_domain.values())
+    assert report.studio_tasks >= report.labels_used
+    assert [check["domain"] for check in report.gate] == [drift, "base"]
+    assert all(check["production"] is not None for check in report.gate)
+    assert report.promoted and report.candidate == f"{DETECTOR_NAME}@2"
+    assert report.swap_s is not None
+    assert None not in (report.before_drift, report.after_drift, report.after_swap, report.old_after_swap)
+    served = {(p.camera_id, p.domain, p.model) for p in report.phases}
+    assert (DRIFT_CAMERA, drift, f"{DETECTOR_NAME}@2") in served
+    candidate = ModelRegistry(registry_dir).get(DETECTOR_NAME, 2)
+    assert candidate.parent == 1 and candidate.status.value == "production"

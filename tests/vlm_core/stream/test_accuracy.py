@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_core.contracts.result import ClassScore, Classification, Detection, Detections, ModelRef, Result
+from vlm_core.contracts.result import Classification, ClassScore, Detection, Detections, ModelRef, Result
 from vlm_core.contracts.task import Task
 from vlm_core.contracts.truth import FrameTruth, TruthObject
 from vlm_core.stream.accuracy import LiveAccuracy, PhaseAccuracy, score, scored
