@@ -33,6 +33,7 @@ from vlm_core.contracts.result import Result
 from vlm_core.contracts.task import Task
 from vlm_core.registry import ModelRegistry
 from vlm_core.sources import sample_video_path
+from vlm_core.stream.processor import NOT_ROUTED
 
 APP_NAME = "vlm"
 DEMO_REGISTRY_NAMES = {Task.DETECTION: "scenes-detector", Task.SEGMENTATION: "scenes-segmenter"}
@@ -48,6 +49,64 @@ QUICK_TRAINING: dict[Task, dict[str, Any]] = {
         "crop_size": 160,
     },
 }
+
+
+#: The real-video camera and the models it gets where torchvision's COCO weights load (in
+#: torch's hub cache, or downloaded on an online machine): people, cars and bicycles named
+#: as such. The scenes models know only Fashion-MNIST items; on a street they see clothes.
+REAL_VIDEO_CAMERA = "vtest"
+COCO_APP_NAME = "vlm-coco"
+COCO_MODELS = {Task.DETECTION: "ssdlite320_mobilenet_v3_large", Task.SEGMENTATION: "lraspp_mobilenet_v3_large"}
+#: Seconds to wait for download.pytorch.org before taking the machine as offline.
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+def fetch_coco_weights(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> list[str]:
+    """Bring the COCO weights into torch's hub cache where a download works. Returns the
+    files still missing (empty: every COCO model loads), each with the reason."""
+    import socket
+
+    import torch
+
+    from vlm_core.models.zoo import cached_weights_file, get_architecture, pretrained_weights
+
+    missing = []
+    for arch_name in COCO_MODELS.values():
+        arch = get_architecture(arch_name)
+        target = cached_weights_file(arch)
+        if target.is_file():
+            continue
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)
+        try:
+            torch.hub.load_state_dict_from_url(pretrained_weights(arch).url, progress=False, weights_only=True)
+        except Exception as exc:  # offline, a proxy, a full disk: the demo goes on without COCO
+            missing.append(f"{target} ({type(exc).__name__})")
+        finally:
+            socket.setdefaulttimeout(previous)
+    return missing
+
+
+def coco_pipeline_args(scenes_args: dict[str, Any]) -> dict[str, Any]:
+    """A second Serve application on the same topics: COCO-pretrained detection and
+    segmentation for the real-video camera only, in its own consumer group. Every other
+    camera is not routed there (and this camera is not routed to the scenes application)."""
+    import copy
+
+    args = copy.deepcopy(scenes_args)
+    args["models"] = {
+        task.value: {
+            "spec": {"task": task.value, "arch": arch, "weights": "pretrained", "name": f"{arch}-coco", "version": "1"},
+            "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
+        }
+        for task, arch in COCO_MODELS.items()
+    }
+    args["processor"] = {**args.get("processor", {}), "group_id": f"{args['processor']['group_id']}-coco"}
+    camera = {**args["cameras"]["default"], "tasks": [t.value for t in COCO_MODELS]}
+    args["cameras"] = {"default": {"tasks": []}, "overrides": {REAL_VIDEO_CAMERA: camera}}
+    # Its classes are COCO's, not the labelling projects' (those are the scenes models').
+    args["active_learning"] = {"enabled": False}
+    return args
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
@@ -193,15 +252,18 @@ def _drops_by_camera(counters: list[m.CounterSample]) -> dict[str, float]:
     """Dropped frames per camera label (``metric_label`` of the camera id)."""
     drops: dict[str, float] = defaultdict(float)
     for sample in counters:
-        if sample.name == m.FRAMES_DROPPED.name:
+        if sample.name == m.FRAMES_DROPPED.name and sample.tags.get("reason") != NOT_ROUTED:
             drops[sample.tags.get("camera_id", "")] += sample.value
     return drops
 
 
-def pipeline_args(settings: LocalSettings, registry: ModelRegistry) -> tuple[dict[str, Any], list[str], list[Task]]:
+def pipeline_args(
+    settings: LocalSettings, registry: ModelRegistry, *, coco: bool = False
+) -> tuple[dict[str, Any], list[str], list[Task]]:
     """The Serve pipeline's arguments for the demo: ``deploy/serve/pipeline.yaml`` plus the
-    registry's production detector and segmenter where they exist. Returns the arguments,
-    the tasks served and the tasks that have no trained model yet."""
+    registry's production detector and segmenter where they exist. With ``coco`` the
+    real-video camera is left to :func:`coco_pipeline_args`. Returns the arguments, the tasks
+    served and the tasks that have no trained model yet."""
     from services.inference import deploy
 
     _name, args = deploy.load_args(None, None)
@@ -220,7 +282,25 @@ def pipeline_args(settings: LocalSettings, registry: ModelRegistry) -> tuple[dic
     # A live view: frames the models cannot reach within 2 s are dropped (and counted in
     # the table) instead of building a backlog; two cores run three models here.
     args["cameras"]["default"].update({"drop_policy": "drop_stale", "max_age_ms": 2000})
+    if coco:
+        args["cameras"].setdefault("overrides", {})[REAL_VIDEO_CAMERA] = {"tasks": []}
     return args, served, [t for t in Task if t.value not in served]
+
+
+def serving_notes(served: list[str], coco_missing: list[str] | None, real_video: bool) -> list[str]:
+    """What the demo serves on which camera, and why: one line each."""
+    scenes = ", ".join(served)
+    if not real_video:
+        return [f"synthetic-0: {scenes} (ImageNet classifier; scenes detector and segmenter from the registry)"]
+    if coco_missing is None or not coco_missing:
+        coco = " + ".join(f"{t.value} {arch} (COCO)" for t, arch in COCO_MODELS.items())
+        return [f"{REAL_VIDEO_CAMERA}: {coco}", f"synthetic-0: {scenes} (the scenes models)"]
+    return [
+        f"{REAL_VIDEO_CAMERA} and synthetic-0: {scenes} (the scenes models). torchvision's COCO weights are not "
+        f"in torch's cache and could not be downloaded: {'; '.join(coco_missing)}. On {REAL_VIDEO_CAMERA}, a real "
+        "street, the scenes models see Fashion-MNIST clothes where there are people; put the files there (or run "
+        "online) and the demo serves COCO detection and segmentation on it."
+    ]
 
 
 def _start_view(settings: LocalSettings, console: Console) -> Any:
@@ -242,9 +322,11 @@ class DemoTrainer(threading.Thread):
     """Trains the missing demo models one after another on one Ray Train worker, while the
     stream runs, and adds each to the running pipeline once it is registered."""
 
-    def __init__(self, tasks: list[Task], settings: LocalSettings, registry: ModelRegistry, bar: Progress) -> None:
+    def __init__(
+        self, tasks: list[Task], settings: LocalSettings, registry: ModelRegistry, bar: Progress, *, coco: bool
+    ) -> None:
         super().__init__(name="demo-trainer", daemon=True)
-        self.tasks, self.settings, self.registry, self.bar = tasks, settings, registry, bar
+        self.tasks, self.settings, self.registry, self.bar, self.coco = tasks, settings, registry, bar, coco
 
     def run(self) -> None:
         from services.inference import deploy
@@ -272,7 +354,7 @@ class DemoTrainer(threading.Thread):
                 )
                 figures = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items() if k != "train_s")
                 report.print(f"[green]trained {outcome.version.ref} in {outcome.train_s:.0f}s ({figures})[/]")
-                args, served, _missing = pipeline_args(self.settings, self.registry)
+                args, served, _missing = pipeline_args(self.settings, self.registry, coco=self.coco)
                 deploy.deploy(args, app_name=APP_NAME)
                 report.print(f"[green]now serving {', '.join(served)}[/]")
             except Exception as exc:  # the stream goes on with what it serves
@@ -299,7 +381,16 @@ def run_demo(
         create_default_topics(settings.bootstrap_servers)
     started = [name for name in ("kafka", "ray", "prometheus") if name not in already]
     registry = ModelRegistry(settings.registry_dir)
-    args, served, missing = pipeline_args(settings, registry)
+    cameras = demo_cameras(fps)
+    real_video = any(c.camera_id == REAL_VIDEO_CAMERA for c in cameras)
+    coco_missing = None
+    if real_video:
+        with console.status("looking for torchvision's COCO weights for the real-video camera..."):
+            coco_missing = fetch_coco_weights()
+    coco = real_video and not coco_missing
+    args, served, missing = pipeline_args(settings, registry, coco=coco)
+    for line in serving_notes(served, coco_missing, real_video):
+        console.print(f"serving {line}", highlight=False)
     trainer: DemoTrainer | None = None
     if missing and train_missing:
         console.print(
@@ -314,11 +405,12 @@ def run_demo(
     deploy.connect(settings.ray_address)
     with console.status(f"deploying the Serve pipeline ({', '.join(served)})..."):
         deploy.deploy(args, app_name=APP_NAME)
+        if coco:
+            deploy.deploy(coco_pipeline_args(args), app_name=COCO_APP_NAME)
     from services.ingest.metrics import serve_metrics
 
     serve_metrics(settings.ingest_metrics_port, settings.host)
-    cameras = demo_cameras(fps)
-    if len(cameras) == 1:
+    if not real_video:
         console.print("[yellow]OpenCV's sample vtest.avi is missing (Debian opencv-doc): synthetic camera only[/]")
     view = _start_view(settings, console)
     runner = IngestRunner(cameras, settings.bootstrap_servers, Topics().frames)
@@ -327,7 +419,7 @@ def run_demo(
     runner.start()
     bar = progress_bar(console=console)
     if missing and train_missing:
-        trainer = DemoTrainer(missing, settings, registry, bar)
+        trainer = DemoTrainer(missing, settings, registry, bar, coco=coco)
         trainer.start()
     console.print(
         f"metrics: Prometheus {settings.prometheus_url}  (query ray_vlm_frames_processed_total), "
@@ -361,6 +453,8 @@ def run_demo(
             view.stop()
         live_stats.join(5)
         deploy.delete(APP_NAME)
+        if coco:
+            deploy.delete(COCO_APP_NAME)
         if stop_stack and started:
             stack.down(started)
     console.print("results per camera: " + ", ".join(f"{c}={n}" for c, n in sorted(live_stats.count.items())))

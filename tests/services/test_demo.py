@@ -86,3 +86,44 @@ def test_event_counts_tally_crossings_and_zones_and_take_snapshots() -> None:
     }
     counts.add(event(EventType.COUNTS, counts=snapshot))
     assert counts.describe() == "middle: in 3 out 2; right: 0 now, 5 entered"
+
+
+def test_the_real_video_camera_gets_coco_models_where_their_weights_load(
+    tmp_path: Path,
+    torch_home: Path,  # noqa: F811 - the fixture, imported below
+) -> None:
+    from services.demo import (
+        COCO_MODELS,
+        REAL_VIDEO_CAMERA,
+        coco_pipeline_args,
+        fetch_coco_weights,
+        serving_notes,
+    )
+    from vlm_core.pipeline import PipelineConfig
+    from vlm_core.tasks import build_predictor
+
+    missing = fetch_coco_weights(timeout_s=0.5)  # offline here: nothing downloads
+    assert len(missing) == 2 and all(str(torch_home) in m for m in missing)
+    notes = serving_notes(["classification", "detection"], missing, real_video=True)
+    assert len(notes) == 1 and "could not be downloaded" in notes[0] and missing[0] in notes[0]
+
+    for arch in COCO_MODELS.values():
+        place_weights(arch)
+    assert fetch_coco_weights(timeout_s=0.5) == []
+    settings = LocalSettings(registry_dir=tmp_path / "models")
+    scenes, served, _missing = pipeline_args(settings, ModelRegistry(settings.registry_dir), coco=True)
+    coco = coco_pipeline_args(scenes)
+    scenes_config, coco_config = PipelineConfig.model_validate(scenes), PipelineConfig.model_validate(coco)
+    assert scenes_config.cameras.policy_for(REAL_VIDEO_CAMERA).tasks == ()
+    assert Task.CLASSIFICATION in scenes_config.cameras.policy_for("synthetic-0").tasks
+    assert coco_config.cameras.policy_for(REAL_VIDEO_CAMERA).tasks == (Task.DETECTION, Task.SEGMENTATION)
+    assert coco_config.cameras.policy_for("synthetic-0").tasks == ()
+    assert coco_config.processor.group_id != scenes_config.processor.group_id  # both read every frame
+    assert coco_config.topics == scenes_config.topics and not coco_config.active_learning.enabled
+    for task, model in coco_config.models.items():
+        predictor = build_predictor(model.model_spec(), device="cpu")  # from the cache, offline
+        assert "person" in predictor.class_names, task
+    assert serving_notes(served, [], real_video=True)[0].startswith(f"{REAL_VIDEO_CAMERA}: detection")
+
+
+from tests.vlm_core.models.test_coco_weights import place_weights, torch_home  # noqa: E402, F401

@@ -201,6 +201,16 @@ def test_camera_routing_selects_tasks() -> None:
     assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 1
 
 
+def test_a_camera_routed_to_no_task_is_left_to_another_pipeline() -> None:
+    routing = CameraRouting(overrides={"theirs": CameraPolicy(tasks=())})
+    records = [frame_record(0, "ours"), frame_record(1, "theirs")]
+    processor, consumer, producer, _model = make(records, routing=routing)
+    run_until_idle(processor, consumer)
+    assert [r.camera_id for r in producer.results()] == ["ours"]
+    assert processor.metrics.total(m.FRAMES_DROPPED, reason="not_routed") == 1
+    assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 0
+
+
 def test_a_frame_the_model_always_fails_on_is_dead_lettered_alone_and_the_stream_goes_on() -> None:
     # offsets 4..7 form the second batch; frame 5 crashes the model every time
     records = [frame_record(i) for i in range(12)]

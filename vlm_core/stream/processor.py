@@ -115,6 +115,10 @@ class _Failure:
     error: BatchFailedError
 
 
+#: The drop reason of frames from cameras this pipeline routes to no task.
+NOT_ROUTED = "not_routed"
+
+
 class StreamProcessor:
     def __init__(
         self,
@@ -420,7 +424,9 @@ class StreamProcessor:
             return None
         tasks = tuple(t for t in policy.tasks if t in self.models)
         if not tasks:
-            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason="no_model")
+            # A camera routed to no task is another pipeline's (several may share a topic).
+            reason = NOT_ROUTED if not policy.tasks else "no_model"
+            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason=reason)
             return None
         image = frame.decode(limits=self.limits)
         return _Item(frame, image, rec, tasks, now_ms, 0.0)
