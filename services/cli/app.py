@@ -359,6 +359,27 @@ def bench_view(
     write_report(report, json_path)
 
 
+@bench_app.command("transport")
+def bench_transport(
+    frames: Annotated[int, typer.Option(min=10, help="Frames per run.")] = 300,
+    frame_size: Annotated[str, typer.Option("--frame-size", help="WIDTHxHEIGHT of the frames.")] = "640x480",
+    runs: Annotated[int, typer.Option(min=1, help="Runs (report medians and ranges).")] = 3,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """What the view's server spends per frame: WebSocket (JPEG + JSON) against MJPEG (draw and re-encode)."""
+    from services.bench_transport import run_transport_bench, write_report
+
+    try:
+        width, height = (int(v) for v in frame_size.lower().split("x"))
+    except ValueError:
+        raise VlmError(f"bad --frame-size {frame_size!r}", hint="use WIDTHxHEIGHT, e.g. 1280x720") from None
+    report = run_transport_bench(
+        frames=frames, width=width, height=height, runs=runs, command=" ".join(["vlm", *sys.argv[1:]])
+    )
+    console.print_json(json.dumps(report.summary))
+    write_report(report, json_path)
+
+
 @bench_app.command("tracking")
 def bench_tracking(
     sequences: Annotated[int, typer.Option(min=1, help="Synthetic sequences (one camera each).")] = 10,

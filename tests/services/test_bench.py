@@ -58,3 +58,27 @@ def test_tracker_overrides_are_checked_like_a_pipeline_config() -> None:
         tracking_overrides(["high_score=2"])
     with pytest.raises(ConfigError, match="--tracker colour"):
         tracking_overrides(["colour=red"])
+
+
+def test_the_transport_bench_times_both_ways_on_real_payloads() -> None:
+    import json as json_module
+    import struct
+
+    import cv2
+    import numpy as np
+
+    from services.bench_transport import _frames, mjpeg_part, run_transport_bench, websocket_message
+
+    frame, result = _frames(1, 160, 120)[0]
+    message = websocket_message(frame, result)
+    (length,) = struct.unpack(">I", message[:4])
+    header = json_module.loads(message[4 : 4 + length])
+    assert header["seq"] == 0 and message[4 + length :] == frame.data  # the camera's own JPEG, untouched
+    assert header["result"]["tasks"]["detection"]["detections"]
+    part = mjpeg_part(frame, result)
+    drawn = cv2.imdecode(np.frombuffer(part[part.index(b"\r\n\r\n") + 4 :], np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).max() > 100  # boxes drawn
+    report = run_transport_bench(frames=10, width=160, height=120, runs=2)
+    assert len(report.runs) == 2 and set(report.summary) == {"websocket", "mjpeg", "mjpeg_over_websocket_cpu"}
+    assert all(report.summary[t]["bytes_per_frame"] > 1000 for t in ("websocket", "mjpeg"))
