@@ -59,8 +59,13 @@ class LoopSettings:
     #: The production model, trained first where the registry has none.
     production_data: str = "scenes://?n=400"
     production_epochs: int = 4
-    finetune_epochs: int = 5
+    finetune_epochs: int = 4
     finetune_lr: float | None = None
+    #: The fine-tune rehearses this many scenes of the production model's own training data.
+    replay_samples: int = 200
+    #: Ray Train workers: the production model trains alone on the machine, the fine-tune
+    #: beside the running stream.
+    production_workers: int = 2
     workers: int = 1
     #: Gate: better on the drifted domain by at least this, no worse on the old one by more
     #: than ``old_tolerance``; both scored on ``gate_scenes`` held-out scenes.
@@ -74,7 +79,7 @@ class LoopSettings:
     serve_score_threshold: float = 0.1
     items: int = 4
     #: A new item enters every this many frames, so the cameras see many objects.
-    turnover: int = 30
+    turnover: int = 10
     sync_interval_s: float = 3.0
     #: The registry; default: a fresh one for the run. The loop serves, fine-tunes and
     #: promotes ``model_name`` in it, training it first where it has no production version.
@@ -410,7 +415,7 @@ class ClosedLoop:
             task=Task.DETECTION,
             data=self.loop.production_data,
             epochs=self.loop.production_epochs,
-            workers=self.loop.workers,
+            workers=self.loop.production_workers,
             name=self.loop.model_name,
             promote=True,
         ).resolved()
@@ -527,6 +532,8 @@ class ClosedLoop:
             workers=self.loop.workers,
             name=self.loop.model_name,
             promote=True,
+            replay=self.loop.production_data,
+            replay_samples=self.loop.replay_samples,
             gates=(
                 GateDomain(self.loop.drift.value, self.loop.new_min_gain, new_domain),
                 GateDomain("base", -self.loop.old_tolerance, old_domain),

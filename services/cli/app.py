@@ -620,6 +620,14 @@ def train(
             "e.g. --gate 'new:+0.05=scenes://?style=negative' --gate 'old:-0.05=scenes://'."
         ),
     ] = None,
+    replay: Annotated[
+        str | None,
+        typer.Option(
+            help="Also train on the first --replay-samples training samples of this data (same URIs as --data): "
+            "a fine-tune on new labels that rehearses what the model knew."
+        ),
+    ] = None,
+    replay_samples: Annotated[int, typer.Option("--replay-samples", min=1)] = 500,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
@@ -649,6 +657,8 @@ def train(
         promote=promote,
         margin=margin,
         gates=tuple(GateDomain.parse(g) for g in gate or ()),
+        replay=replay,
+        replay_samples=replay_samples,
         eval_limit=eval_limit,
     ).resolved()
     dataset = request.load_data()  # bad data fails here, before any cluster starts
@@ -923,7 +933,7 @@ def loop_command(
     settings = _settings()
     stack = LocalStack(settings)
     already = {s.name for s in stack.status() if s.running}
-    closed = ClosedLoop(settings, loop, say=lambda line: console.print(line, highlight=False))
+    closed = ClosedLoop(settings, loop, say=lambda line: console.print(line, highlight=False, soft_wrap=True))
     try:
         report = closed.run(view_port=settings.view_port)
     finally:

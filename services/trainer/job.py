@@ -76,6 +76,10 @@ class TrainRequest:
     margin: float = 0.0
     #: With ``promote``: gate on these domains instead of the held-out split alone.
     gates: tuple[GateDomain, ...] = ()
+    #: Rehearsal: the first ``replay_samples`` training samples of this data are added to
+    #: the training split, so that a fine-tune on new labels keeps what the model knew.
+    replay: str | None = None
+    replay_samples: int = 500
     eval_limit: int | None = None
     torch_threads: int = 1
 
@@ -109,15 +113,18 @@ class TrainRequest:
             load_training_data(domain.data, self.task, seed=self.seed)
 
     def load_data(self) -> Any:
-        from vlm_core.training.data import load_training_data
+        from vlm_core.training.data import load_training_data, with_replay
 
-        return load_training_data(
+        data = load_training_data(
             self.data,
             self.task,
             validation_fraction=self.validation_fraction,
             seed=self.seed,
             shuffle_labels=self.shuffle_labels,
         )
+        if self.replay is None:
+            return data
+        return with_replay(data, load_training_data(self.replay, self.task, seed=self.seed), self.replay_samples)
 
 
 def default_model_name(task: Task, data: str) -> str:

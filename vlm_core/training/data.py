@@ -87,6 +87,25 @@ class FashionMnistSamples:
         return Sample(np.repeat(gray[:, :, None], 3, axis=2), label=int(self.data.labels[index]))
 
 
+class Concat:
+    """The samples of several sources, one after the other."""
+
+    def __init__(self, *sources: SampleSource) -> None:
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return sum(len(source) for source in self.sources)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        for source in self.sources:
+            if 0 <= index < len(source):
+                return source[index]
+            index -= len(source)
+        raise IndexError("sample index out of range")
+
+
 @dataclass
 class TrainingData:
     """A dataset ready for training: train / validation / held-out splits of Samples."""
@@ -336,6 +355,19 @@ def _hashed_config(config: SceneConfig) -> dict[str, object]:
     if config.style is SceneStyle.BASE:
         del fields["style"]
     return fields
+
+
+def with_replay(data: TrainingData, replay: TrainingData, samples: int) -> TrainingData:
+    """``data`` with the first ``samples`` training samples of ``replay`` added to its train
+    split: fine-tuning on new labels rehearses what the model knew (its validation and
+    held-out splits stay ``data``'s own)."""
+    if tuple(replay.class_names) != tuple(data.class_names):
+        raise DatasetError(
+            f"replay data {replay.uri} has other classes than {data.uri}", hint="replay data of the same classes"
+        )
+    rehearsed = Subset(replay.train, range(min(samples, len(replay.train))))
+    digest = _hash_text(f"{data.content_hash}+replay:{replay.content_hash}:{len(rehearsed)}")
+    return replace(data, train=Concat(data.train, rehearsed), content_hash=digest)
 
 
 def _with_shuffled_labels(data: TrainingData, seed: int) -> TrainingData:

@@ -93,3 +93,20 @@ def test_scenes_max_size_bounds_the_items() -> None:
     for i in range(20):
         boxes = np.asarray(data.train[i].boxes).reshape(-1, 4)
         assert (boxes[:, 2:] - boxes[:, :2]).max() <= 60
+
+
+def test_replay_adds_the_first_samples_of_the_old_data_to_the_train_split_only() -> None:
+    from vlm_core.training.data import with_replay
+
+    new = load_training_data("scenes://?n=20&style=small", Task.DETECTION)
+    old = load_training_data("scenes://?n=50", Task.DETECTION)
+    mixed = with_replay(new, old, 30)
+    assert len(mixed.train) == len(new.train) + 30
+    assert np.array_equal(mixed.train[len(new.train)].image, old.train[0].image)
+    assert np.array_equal(mixed.train[-1].image, old.train[29].image)
+    assert mixed.test is new.test and mixed.validation is new.validation
+    assert mixed.content_hash not in (new.content_hash, old.content_hash)
+    with pytest.raises(IndexError):
+        mixed.train[len(mixed.train)]
+    with pytest.raises(DatasetError, match="other classes"):
+        with_replay(new, load_training_data("scenes://?n=20", Task.SEGMENTATION), 5)
