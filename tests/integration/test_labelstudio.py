@@ -197,6 +197,7 @@ def test_the_closed_loop_runs_every_stage_and_loses_no_frame(
         min_drift_s=6,
         after_s=8,
         finetune_epochs=1,
+        replay_samples=10,
         gate_scenes=10,
         new_min_gain=-1.0,
         old_tolerance=1.0,
