@@ -294,9 +294,13 @@ def serving_notes(served: list[str], coco_missing: list[str] | None, real_video:
         return [f"synthetic-0: {scenes} (ImageNet classifier; scenes detector and segmenter from the registry)"]
     if coco_missing is None or not coco_missing:
         coco = " + ".join(f"{t.value} {arch} (COCO)" for t, arch in COCO_MODELS.items())
-        return [f"{REAL_VIDEO_CAMERA}: {coco}", f"synthetic-0: {scenes} (the scenes models)"]
+        return [
+            f"{REAL_VIDEO_CAMERA}: {coco}",
+            f"synthetic-0: {scenes} (the ImageNet classifier and the registry's scenes models)",
+        ]
     return [
-        f"{REAL_VIDEO_CAMERA} and synthetic-0: {scenes} (the scenes models). torchvision's COCO weights are not "
+        f"{REAL_VIDEO_CAMERA} and synthetic-0: {scenes} (the ImageNet classifier and the registry's scenes "
+        "models). torchvision's COCO weights are not "
         f"in torch's cache and could not be downloaded: {'; '.join(coco_missing)}. On {REAL_VIDEO_CAMERA}, a real "
         "street, the scenes models see Fashion-MNIST clothes where there are people; put the files there (or run "
         "online) and the demo serves COCO detection and segmentation on it."
