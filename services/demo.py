@@ -51,62 +51,46 @@ QUICK_TRAINING: dict[Task, dict[str, Any]] = {
 }
 
 
-#: The real-video camera and the models it gets where torchvision's COCO weights load (in
-#: torch's hub cache, or downloaded on an online machine): people, cars and bicycles named
-#: as such. The scenes models know only Fashion-MNIST items; on a street they see clothes.
+#: The real-video camera, and the optional application of ``deploy/serve/pipeline.yaml``
+#: that serves it COCO-pretrained models where torchvision's weights load (in torch's hub
+#: cache, or downloaded on an online machine): people, cars and bicycles named as such. The
+#: scenes models know only Fashion-MNIST items; on a street they see clothes.
 REAL_VIDEO_CAMERA = "vtest"
 COCO_APP_NAME = "vlm-coco"
-COCO_MODELS = {Task.DETECTION: "ssdlite320_mobilenet_v3_large", Task.SEGMENTATION: "lraspp_mobilenet_v3_large"}
-#: Seconds to wait for download.pytorch.org before taking the machine as offline.
-DOWNLOAD_TIMEOUT_S = 10.0
 
 
-def fetch_coco_weights(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> list[str]:
-    """Bring the COCO weights into torch's hub cache where a download works. Returns the
-    files still missing (empty: every COCO model loads), each with the reason."""
-    import socket
+def _shipped_applications(coco: bool) -> dict[str, dict[str, Any]]:
+    from services.inference import deploy
+    from vlm_core.pipeline import load_serve_config, serve_applications, without_applications
 
-    import torch
-
-    from vlm_core.models.zoo import cached_weights_file, get_architecture, pretrained_weights
-
-    missing = []
-    for arch_name in COCO_MODELS.values():
-        arch = get_architecture(arch_name)
-        target = cached_weights_file(arch)
-        if target.is_file():
-            continue
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout_s)
-        try:
-            torch.hub.load_state_dict_from_url(pretrained_weights(arch).url, progress=False, weights_only=True)
-        except Exception as exc:  # offline, a proxy, a full disk: the demo goes on without COCO
-            missing.append(f"{target} ({type(exc).__name__})")
-        finally:
-            socket.setdefaulttimeout(previous)
-    return missing
+    apps = serve_applications(load_serve_config(deploy.DEFAULT_CONFIG))
+    return apps if coco else without_applications(apps, {COCO_APP_NAME})
 
 
-def coco_pipeline_args(scenes_args: dict[str, Any]) -> dict[str, Any]:
-    """A second Serve application on the same topics: COCO-pretrained detection and
-    segmentation for the real-video camera only, in its own consumer group. Every other
-    camera is not routed there (and this camera is not routed to the scenes application)."""
-    import copy
-
-    args = copy.deepcopy(scenes_args)
-    args["models"] = {
-        task.value: {
-            "spec": {"task": task.value, "arch": arch, "weights": "pretrained", "name": f"{arch}-coco", "version": "1"},
-            "deployment": {"num_cpus": 0.5, "max_batch_size": 16},
-        }
-        for task, arch in COCO_MODELS.items()
-    }
-    args["processor"] = {**args.get("processor", {}), "group_id": f"{args['processor']['group_id']}-coco"}
-    camera = {**args["cameras"]["default"], "tasks": [t.value for t in COCO_MODELS]}
-    args["cameras"] = {"default": {"tasks": []}, "overrides": {REAL_VIDEO_CAMERA: camera}}
-    # Its classes are COCO's, not the labelling projects' (those are the scenes models').
-    args["active_learning"] = {"enabled": False}
+def coco_pipeline_args(settings: LocalSettings) -> dict[str, Any]:
+    """The shipped optional application: COCO detection and segmentation for the
+    real-video camera only, in its own consumer group on the same topics."""
+    args = _shipped_applications(coco=True)[COCO_APP_NAME]
+    args["bootstrap"] = settings.bootstrap_servers
     return args
+
+
+def coco_models() -> dict[Task, str]:
+    """The COCO application's architecture per task."""
+    from vlm_core.pipeline import PipelineConfig
+
+    config = PipelineConfig.parse(_shipped_applications(coco=True)[COCO_APP_NAME], source=COCO_APP_NAME)
+    return {task: model.model_spec().arch for task, model in config.models.items()}
+
+
+def fetch_coco_weights(timeout_s: float | None = None) -> list[str]:
+    """Bring the COCO application's weights into torch's hub cache where a download works.
+    Returns the files still missing (empty: every COCO model loads), each with the reason."""
+    from services.inference.weights import DOWNLOAD_TIMEOUT_S, unavailable_weights
+    from vlm_core.pipeline import PipelineConfig
+
+    config = PipelineConfig.parse(_shipped_applications(coco=True)[COCO_APP_NAME], source=COCO_APP_NAME)
+    return unavailable_weights(config, download_timeout_s=timeout_s or DOWNLOAD_TIMEOUT_S)
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
@@ -264,9 +248,7 @@ def pipeline_args(
     registry's production detector and segmenter where they exist. With ``coco`` the
     real-video camera is left to :func:`coco_pipeline_args`. Returns the arguments, the tasks
     served and the tasks that have no trained model yet."""
-    from services.inference import deploy
-
-    _name, args = deploy.load_args(None, None)
+    args = _shipped_applications(coco)[APP_NAME]
     args["bootstrap"] = settings.bootstrap_servers
     for task, name in DEMO_REGISTRY_NAMES.items():
         production = None if task.value in args["models"] else registry.production(name)
@@ -282,8 +264,6 @@ def pipeline_args(
     # A live view: frames the models cannot reach within 2 s are dropped (and counted in
     # the table) instead of building a backlog; two cores run three models here.
     args["cameras"]["default"].update({"drop_policy": "drop_stale", "max_age_ms": 2000})
-    if coco:
-        args["cameras"].setdefault("overrides", {})[REAL_VIDEO_CAMERA] = {"tasks": []}
     return args, served, [t for t in Task if t.value not in served]
 
 
@@ -293,7 +273,7 @@ def serving_notes(served: list[str], coco_missing: list[str] | None, real_video:
     if not real_video:
         return [f"synthetic-0: {scenes} (ImageNet classifier; scenes detector and segmenter from the registry)"]
     if coco_missing is None or not coco_missing:
-        coco = " + ".join(f"{t.value} {arch} (COCO)" for t, arch in COCO_MODELS.items())
+        coco = " + ".join(f"{t.value} {arch} (COCO)" for t, arch in coco_models().items())
         return [
             f"{REAL_VIDEO_CAMERA}: {coco}",
             f"synthetic-0: {scenes} (the ImageNet classifier and the registry's scenes models)",
@@ -410,7 +390,7 @@ def run_demo(
     with console.status(f"deploying the Serve pipeline ({', '.join(served)})..."):
         deploy.deploy(args, app_name=APP_NAME)
         if coco:
-            deploy.deploy(coco_pipeline_args(args), app_name=COCO_APP_NAME)
+            deploy.deploy(coco_pipeline_args(settings), app_name=COCO_APP_NAME)
     from services.ingest.metrics import serve_metrics
 
     serve_metrics(settings.ingest_metrics_port, settings.host)

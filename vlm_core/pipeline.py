@@ -5,6 +5,7 @@ The same args drive ``vlm serve`` and Ray's own ``serve run`` / ``serve deploy``
 
 from __future__ import annotations
 
+import copy
 import enum
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ class DropPolicy(str, enum.Enum):
     PROCESS_ALL = "process_all"
     #: Frames older than ``max_age_ms`` when dequeued are dropped (and counted).
     DROP_STALE = "drop_stale"
+
+
+class Delivery(str, enum.Enum):
+    #: Offsets are committed after the broker acknowledged the batch's outputs: a failure
+    #: between the two repeats outputs (readers de-duplicate by camera and seq).
+    AT_LEAST_ONCE = "at_least_once"
+    #: Each batch's outputs and its offsets are one Kafka transaction: readers that read
+    #: ``read_committed`` (every reader the project ships) see each output once.
+    EXACTLY_ONCE = "exactly_once"
 
 
 class _Strict(BaseModel):
@@ -162,12 +172,25 @@ class AnalyticsSettings(_Strict):
 
 class CameraPolicy(_Strict):
     tasks: tuple[Task, ...] = (Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION)
+    #: Another application of the same Serve config serves this camera: this one routes it
+    #: to no task. Where that application is not deployed (an optional one whose weights
+    #: are missing), `vlm serve` drops this override, so the camera gets the default policy.
+    served_by: str | None = Field(default=None, min_length=1)
     drop_policy: DropPolicy = DropPolicy.PROCESS_ALL
     max_age_ms: int = Field(default=2000, ge=1)
     #: Track objects across this camera's frames (needs the detection task).
     tracking: TrackingSettings | None = None
     #: Zones and lines over the tracks (needs tracking): events on ``topics.events``.
     analytics: AnalyticsSettings = AnalyticsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served_elsewhere(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("served_by") is not None:
+            if data.get("tasks"):
+                raise ValueError("a camera with 'served_by' gets no tasks here: remove 'tasks' or 'served_by'")
+            return {**data, "tasks": ()}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> CameraPolicy:
@@ -230,6 +253,10 @@ class ModelConfig(_Strict):
 class ProcessorSettings(_Strict):
     replicas: int = Field(default=1, ge=1)
     group_id: str = "vlm-stream-processor"
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+    #: Exactly once: the broker aborts a transaction left open this long (a replica that
+    #: died mid-batch); until then ``read_committed`` readers wait at it.
+    transaction_timeout_ms: int = Field(default=20_000, ge=1_000, le=900_000)
     batch_size: int = Field(default=8, ge=1, le=1024)
     poll_timeout_ms: int = Field(default=100, ge=1)
     max_inflight_batches: int = Field(default=2, ge=1, le=16)
@@ -275,6 +302,10 @@ class PipelineConfig(_Strict):
     active_learning: ActiveLearningSettings = ActiveLearningSettings()
     #: Model registry root (default: LocalSettings.registry_dir).
     registry_dir: str | None = None
+    #: Deployed only where its models' weights load without training (torchvision's
+    #: pretrained weights in torch's cache, or downloadable): `vlm serve`, `vlm demo` and
+    #: the Helm chart skip it otherwise and say why. Ray's own `serve run` deploys it always.
+    optional: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -320,8 +351,45 @@ def pipeline_args(serve_config: dict[str, Any], app_name: str | None = None) -> 
     """(application name, builder args) of the vlm application in a Serve config."""
     for app in serve_config["applications"]:
         if app_name is None or app.get("name") == app_name:
-            return app.get("name", "vlm"), dict(app.get("args") or {})
+            return app.get("name", "vlm"), copy.deepcopy(dict(app.get("args") or {}))
     raise ConfigError(f"no application named {app_name!r} in the Serve config")
+
+
+def serve_applications(serve_config: dict[str, Any], *, source: str = "the Serve config") -> dict[str, dict[str, Any]]:
+    """Every application's builder args by name, in file order. A camera ``served_by`` an
+    application that the file does not hold is a mistake, named here."""
+    apps = {app.get("name", "vlm"): copy.deepcopy(dict(app.get("args") or {})) for app in serve_config["applications"]}
+    for name, args in apps.items():
+        for camera, policy in _overrides(args).items():
+            owner = policy.get("served_by") if isinstance(policy, dict) else None
+            if owner is not None and (owner not in apps or owner == name):
+                raise ConfigError(
+                    f"{source}: application {name!r}: cameras.overrides.{camera}.served_by names {owner!r}, "
+                    f"which is not another application of the file ({', '.join(apps)})",
+                    hint="name an application of the same Serve config, or remove the override",
+                )
+    return apps
+
+
+def without_applications(apps: dict[str, dict[str, Any]], skipped: set[str]) -> dict[str, dict[str, Any]]:
+    """``apps`` less ``skipped``; the cameras those served go back to the default policy of
+    the applications that remain."""
+    kept: dict[str, dict[str, Any]] = {}
+    for name, args in apps.items():
+        if name in skipped:
+            continue
+        args = copy.deepcopy(args)
+        overrides = _overrides(args)
+        for camera in [c for c, p in overrides.items() if isinstance(p, dict) and p.get("served_by") in skipped]:
+            del overrides[camera]
+        kept[name] = args
+    return kept
+
+
+def _overrides(args: dict[str, Any]) -> dict[str, Any]:
+    cameras = args.get("cameras")
+    overrides = cameras.get("overrides") if isinstance(cameras, dict) else None
+    return overrides if isinstance(overrides, dict) else {}
 
 
 def model_pipeline_args(

@@ -167,29 +167,47 @@ def ingest(
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option(help="Serve config file (default deploy/serve/pipeline.yaml).")] = None,
-    app_name: Annotated[str | None, typer.Option("--app", help="Application in the config (default: first).")] = None,
+    app_name: Annotated[
+        str | None, typer.Option("--app", help="Only this application of the config (default: every one).")
+    ] = None,
     bootstrap: BootstrapOpt = None,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Ray cluster (default: local stack).")
     ] = None,
-    down: Annotated[bool, typer.Option("--down", help="Delete the application instead.")] = False,
+    down: Annotated[bool, typer.Option("--down", help="Delete the applications instead.")] = False,
 ) -> None:
-    """Deploy the Serve pipeline (StreamProcessor + model deployments) to Ray."""
+    """Deploy the Serve pipeline (StreamProcessor + model deployments) to Ray. An optional
+    application whose weights this machine lacks is skipped, with the reason."""
     from services.inference import deploy as d
 
     settings = _settings()
-    name, pipeline = d.load_config(config, app_name, bootstrap=bootstrap or None)
+    served = d.plan(config, app_name)
     d.connect(ray_address or settings.ray_address)
     if down:
-        d.delete(name)
-        console.print(f"deleted Serve application {name!r}")
+        for name in served.applications:
+            d.delete(name)
+            console.print(f"deleted Serve application {name!r}", markup=False)
         return
-    if bootstrap is None and pipeline.bootstrap == LocalSettings().bootstrap_servers:
-        # the shipped default means "the local stack"
-        pipeline = pipeline.model_copy(update={"bootstrap": settings.bootstrap_servers})
-    with console.status(f"deploying Serve application {name!r} (models load and warm up first)..."):
-        d.deploy(pipeline, app_name=name)
-    console.print(f"Serve application {name!r} is RUNNING; frames from {pipeline.bootstrap}", markup=False)
+    with console.status("checking that the models' weights are here..."):
+        served = served.without_unavailable()
+    for name, reason in served.skipped.items():
+        cameras = ", ".join(served.skipped_cameras.get(name, [])) or "none"
+        console.print(
+            f"skipped optional application {name!r}: {reason}. Its cameras ({cameras}) go to the other "
+            "applications' default models.",
+            markup=False,
+            highlight=False,
+        )
+    for name, pipeline in served.configs(bootstrap=bootstrap).items():
+        if bootstrap is None and pipeline.bootstrap == LocalSettings().bootstrap_servers:
+            # the shipped default means "the local stack"
+            pipeline = pipeline.model_copy(update={"bootstrap": settings.bootstrap_servers})
+        models = ", ".join(f"{t.value} {m.model_spec().name}" for t, m in pipeline.models.items())
+        with console.status(f"deploying Serve application {name!r} (models load and warm up first)..."):
+            d.deploy(pipeline, app_name=name)
+        console.print(
+            f"Serve application {name!r} is RUNNING ({models}); frames from {pipeline.bootstrap}", markup=False
+        )
 
 
 @app.command()

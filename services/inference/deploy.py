@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.resources import resource
 from vlm_core.config import ray_environment
-from vlm_core.errors import InfrastructureError
-from vlm_core.pipeline import PipelineConfig, load_serve_config, pipeline_args
+from vlm_core.errors import ConfigError, InfrastructureError, WeightsError
+from vlm_core.pipeline import (
+    PipelineConfig,
+    load_serve_config,
+    pipeline_args,
+    serve_applications,
+    without_applications,
+)
 
 if TYPE_CHECKING:
     from services.inference.processor import ProcessorStats
@@ -70,6 +77,60 @@ def load_config(config_path: Path | None, app_name: str | None = None, **overrid
     name, args = load_args(config_path, app_name)
     args.update({k: v for k, v in overrides.items() if v is not None})
     return name, PipelineConfig.parse(args, source=str(config_path or DEFAULT_CONFIG))
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What a Serve config deploys: its applications' args by name (file order, validated),
+    and the optional ones skipped with the reason."""
+
+    applications: dict[str, dict[str, Any]]
+    #: The one application asked for by name, if any: it is never skipped.
+    selected: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: Per skipped application, the cameras it would have served (they go to the others).
+    skipped_cameras: dict[str, list[str]] = field(default_factory=dict)
+
+    def configs(self, **overrides: Any) -> dict[str, PipelineConfig]:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return {name: PipelineConfig.parse({**args, **given}, source=name) for name, args in self.applications.items()}
+
+    def without_unavailable(self, *, download_timeout_s: float | None = None) -> ServePlan:
+        """This plan less the optional applications whose weights this machine cannot have.
+        The application asked for by name is never skipped: its missing weights are the error."""
+        from services.inference.weights import DOWNLOAD_TIMEOUT_S, unavailable_weights
+
+        skipped: dict[str, str] = {}
+        cameras: dict[str, list[str]] = {}
+        for name, config in self.configs().items():
+            if not config.optional:
+                continue
+            missing = unavailable_weights(config, download_timeout_s=download_timeout_s or DOWNLOAD_TIMEOUT_S)
+            if not missing:
+                continue
+            reason = f"its weights are not in torch's cache and could not be downloaded: {'; '.join(missing)}"
+            if name == self.selected:
+                raise WeightsError(f"application {name!r}: {reason}", hint="put the files there, or run online")
+            skipped[name] = reason
+            cameras[name] = sorted(c for c, p in config.cameras.overrides.items() if p.tasks)
+        kept = without_applications(self.applications, set(skipped))
+        return ServePlan(kept, self.selected, {**self.skipped, **skipped}, {**self.skipped_cameras, **cameras})
+
+
+def plan(config_path: Path | None = None, app_name: str | None = None) -> ServePlan:
+    """Every application of a Serve config (or only ``app_name``), validated; the cameras
+    that a left-out application serves go back to the others' default policy."""
+    source = str(config_path or DEFAULT_CONFIG)
+    apps = serve_applications(load_serve_config(config_path or DEFAULT_CONFIG), source=source)
+    if app_name is not None:
+        if app_name not in apps:
+            raise ConfigError(
+                f"{source} has no application named {app_name!r}", hint=f"choose one of: {', '.join(apps)}"
+            )
+        apps = without_applications(apps, set(apps) - {app_name})
+    for name, args in apps.items():
+        PipelineConfig.parse(args, source=f"{source} ({name})")
+    return ServePlan(apps, app_name)
 
 
 def deploy(config: PipelineConfig | dict[str, Any], *, app_name: str = "vlm", wait_s: float = 300.0) -> None:

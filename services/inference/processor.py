@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from services.inference.ray_metrics import RayMetricsSink
-from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer
+from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer, KafkaTransactions
 from services.kafka_io.state import KafkaTrackStateStore
 from vlm_core import metrics as m
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
-from vlm_core.pipeline import PipelineConfig
+from vlm_core.pipeline import Delivery, PipelineConfig
 from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 
 log = logging.getLogger("ray.serve")
@@ -100,8 +100,13 @@ class StreamProcessorReplica:
         cfg = self.config
         while not self.stop_event.is_set():
             consumer = producer = None
+            exactly_once = cfg.processor.delivery is Delivery.EXACTLY_ONCE
             try:
-                producer = KafkaResultProducer(cfg.bootstrap)
+                producer = KafkaResultProducer(
+                    cfg.bootstrap,
+                    transactional_id=self.transactional_id() if exactly_once else None,
+                    transaction_timeout_ms=cfg.processor.transaction_timeout_ms,
+                )
                 tracking = state_store = None
                 if cfg.cameras.tracked:
                     tracking = TrackingStage(cfg.cameras, metrics=self.metrics)
@@ -120,6 +125,7 @@ class StreamProcessorReplica:
                     metrics=self.metrics,
                     tracking=tracking,
                     state_store=state_store,
+                    transactions=KafkaTransactions(producer, consumer) if exactly_once else None,
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)
@@ -139,6 +145,18 @@ class StreamProcessorReplica:
                             client.close()
                         except Exception:
                             log.exception("closing Kafka client failed")
+
+    def transactional_id(self) -> str:
+        """Stable per replica slot: Serve gives a replacement replica the rank of the one it
+        replaces, so the new producer fences the dead one's and its open transaction is
+        aborted at once instead of after ``transaction_timeout_ms``."""
+        from ray import serve
+
+        context = serve.get_replica_context()
+        rank = getattr(context, "rank", None)
+        slot = getattr(rank, "rank", None)
+        suffix = str(slot) if isinstance(slot, int) else context.replica_id.unique_id
+        return f"{self.config.processor.group_id}.{context.app_name}.{suffix}"
 
     def _drain(self) -> None:
         if self.processor is not None:

@@ -177,9 +177,18 @@ class _Ack:
 
 
 class KafkaResultProducer:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(
+        self, bootstrap: str, *, transactional_id: str | None = None, transaction_timeout_ms: int = 20_000
+    ) -> None:
         # Idempotence keeps per-partition order through retries with several requests in flight.
-        self.producer: KafkaProducer = kafka_io.producer(bootstrap, enable_idempotence=True, linger_ms=2)
+        options: dict[str, Any] = {"enable_idempotence": True, "linger_ms": 2}
+        if transactional_id is not None:
+            options.update(transactional_id=transactional_id, transaction_timeout_ms=transaction_timeout_ms)
+        self.producer: KafkaProducer = kafka_io.producer(bootstrap, **options)
+        if transactional_id is not None:
+            # Fences an earlier producer of this id (a replica that died) and completes or
+            # aborts what it left open, so read_committed readers move on at once.
+            self.producer.init_transactions()
 
     def send(
         self,
@@ -194,3 +203,32 @@ class KafkaResultProducer:
     def close(self) -> None:
         self.producer.flush(30)
         self.producer.close(30)
+
+
+class KafkaTransactions:
+    """The processor's :class:`~vlm_core.stream.ports.Transactions` over a transactional
+    producer and the frames consumer: offsets go into the transaction with the consumer's
+    group metadata (KIP-447), so a member that lost its partitions cannot commit."""
+
+    def __init__(self, producer: KafkaResultProducer, consumer: KafkaFrameConsumer) -> None:
+        self.producer = producer.producer
+        self.consumer = consumer
+        self._open = False
+
+    def begin(self) -> None:
+        if not self._open:
+            self.producer.begin_transaction()
+            self._open = True
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.begin()
+        kafka_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        if kafka_offsets:
+            self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.consumer.group_metadata())
+        self.producer.commit_transaction()
+        self._open = False
+
+    def abort(self) -> None:
+        if self._open:
+            self._open = False
+            self.producer.abort_transaction()

@@ -105,6 +105,19 @@ def test_the_view_is_optional_and_reads_its_token_from_a_secret() -> None:
     assert result.returncode != 0 and "view.tokenSecret is required" in result.stderr
 
 
+def test_optional_applications_can_be_left_out_and_their_cameras_go_back(tmp_path: Path) -> None:
+    values = tmp_path / "no-optional.yaml"
+    values.write_text("serve:\n  optionalApplications: false\n")
+    service = next(d for d in render(values) if d["kind"] == "RayService")
+    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert [a["name"] for a in apps] == ["vlm"]
+    overrides = apps[0]["args"]["cameras"]["overrides"]
+    assert "vtest" not in overrides and "synthetic-0" in overrides
+    default = next(d for d in render() if d["kind"] == "RayService")
+    names = [a["name"] for a in yaml.safe_load(default["spec"]["serveConfigV2"])["applications"]]
+    assert names == ["vlm", "vlm-coco"]
+
+
 def test_core_objects_pass_kubernetes_validate(rendered: list[dict[str, Any]]) -> None:
     import kubernetes_validate
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 from services.demo import DEMO_REGISTRY_NAMES, QUICK_TRAINING, pipeline_args
 from services.trainer.job import TrainRequest
+from tests.vlm_core.models.test_coco_weights import place_weights
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.datasets import SCENE_CLASSES
@@ -90,11 +91,11 @@ def test_event_counts_tally_crossings_and_zones_and_take_snapshots() -> None:
 
 def test_the_real_video_camera_gets_coco_models_where_their_weights_load(
     tmp_path: Path,
-    torch_home: Path,  # noqa: F811 - the fixture, imported below
+    torch_home: Path,
 ) -> None:
     from services.demo import (
-        COCO_MODELS,
         REAL_VIDEO_CAMERA,
+        coco_models,
         coco_pipeline_args,
         fetch_coco_weights,
         serving_notes,
@@ -107,12 +108,18 @@ def test_the_real_video_camera_gets_coco_models_where_their_weights_load(
     notes = serving_notes(["classification", "detection"], missing, real_video=True)
     assert len(notes) == 1 and "could not be downloaded" in notes[0] and missing[0] in notes[0]
 
-    for arch in COCO_MODELS.values():
+    assert coco_models() == {
+        Task.DETECTION: "ssdlite320_mobilenet_v3_large",
+        Task.SEGMENTATION: "lraspp_mobilenet_v3_large",
+    }
+    scenes, _served, _missing = pipeline_args(LocalSettings(registry_dir=tmp_path / "models"), ModelRegistry(tmp_path))
+    assert REAL_VIDEO_CAMERA not in scenes["cameras"]["overrides"]  # without COCO it gets the scenes models
+    for arch in coco_models().values():
         place_weights(arch)
     assert fetch_coco_weights(timeout_s=0.5) == []
     settings = LocalSettings(registry_dir=tmp_path / "models")
     scenes, served, _missing = pipeline_args(settings, ModelRegistry(settings.registry_dir), coco=True)
-    coco = coco_pipeline_args(scenes)
+    coco = coco_pipeline_args(settings)
     scenes_config, coco_config = PipelineConfig.model_validate(scenes), PipelineConfig.model_validate(coco)
     assert scenes_config.cameras.policy_for(REAL_VIDEO_CAMERA).tasks == ()
     assert Task.CLASSIFICATION in scenes_config.cameras.policy_for("synthetic-0").tasks
@@ -124,6 +131,3 @@ def test_the_real_video_camera_gets_coco_models_where_their_weights_load(
         predictor = build_predictor(model.model_spec(), device="cpu")  # from the cache, offline
         assert "person" in predictor.class_names, task
     assert serving_notes(served, [], real_video=True)[0].startswith(f"{REAL_VIDEO_CAMERA}: detection")
-
-
-from tests.vlm_core.models.test_coco_weights import place_weights, torch_home  # noqa: E402, F401

@@ -6,7 +6,14 @@ import pytest
 
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
-from vlm_core.pipeline import DropPolicy, PipelineConfig, load_serve_config, pipeline_args
+from vlm_core.pipeline import (
+    DropPolicy,
+    PipelineConfig,
+    load_serve_config,
+    pipeline_args,
+    serve_applications,
+    without_applications,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = {"task": "classification", "arch": "mobilenet_v3_small", "class_names": ["a", "b"]}
@@ -18,6 +25,35 @@ def test_shipped_pipeline_yaml_is_valid() -> None:
     assert name == "vlm"
     assert Task.CLASSIFICATION in config.models
     assert config.cameras.policy_for("any").drop_policy is DropPolicy.PROCESS_ALL
+
+
+def test_shipped_config_serves_the_real_video_camera_from_an_optional_coco_application() -> None:
+    apps = serve_applications(load_serve_config(REPO / "deploy" / "serve" / "pipeline.yaml"))
+    configs = {name: PipelineConfig.parse(args) for name, args in apps.items()}
+    assert list(configs) == ["vlm", "vlm-coco"]
+    main, coco = configs["vlm"], configs["vlm-coco"]
+    assert not main.optional and coco.optional
+    assert main.cameras.policy_for("vtest").tasks == () and main.cameras.policy_for("vtest").served_by == "vlm-coco"
+    assert coco.cameras.policy_for("vtest").tasks == (Task.DETECTION, Task.SEGMENTATION)
+    assert coco.cameras.policy_for("synthetic-0").tasks == ()
+    assert {m.model_spec().weights for m in coco.models.values()} == {"pretrained"}
+    assert coco.processor.group_id != main.processor.group_id  # each reads every frame
+    # Without the COCO application, the camera goes back to the main one's default models.
+    alone = PipelineConfig.parse(without_applications(apps, {"vlm-coco"})["vlm"])
+    assert alone.cameras.policy_for("vtest") == alone.cameras.default
+    assert "vtest" in apps["vlm"]["cameras"]["overrides"]  # the input is not changed
+
+
+def test_served_by_names_another_application_and_takes_no_tasks() -> None:
+    cameras = {"overrides": {"door": {"served_by": "other", "tasks": ["detection"]}}}
+    with pytest.raises(ConfigError, match="gets no tasks here"):
+        PipelineConfig.parse({"models": {"classification": {"spec": SPEC}}, "cameras": cameras})
+    app = {"name": "one", "args": {"cameras": {"overrides": {"door": {"served_by": "nobody"}}}}}
+    with pytest.raises(ConfigError, match="served_by names 'nobody', which is not another application"):
+        serve_applications({"applications": [app]})
+    app["args"]["cameras"]["overrides"]["door"]["served_by"] = "one"
+    with pytest.raises(ConfigError, match="not another application"):
+        serve_applications({"applications": [app]})
 
 
 def test_routing_overrides() -> None:

@@ -59,6 +59,24 @@ class Producer(Protocol):
     ) -> Pending: ...
 
 
+class Transactions(Protocol):
+    """Exactly-once delivery (Kafka's consume-transform-produce transactions): every send
+    made between ``begin`` and ``commit`` becomes visible to ``read_committed`` readers
+    together with the consumer offsets given to ``commit``, or, after ``abort``, not at all.
+    The producer behind the sinks and the state store is the transaction's."""
+
+    def begin(self) -> None:
+        """Open a transaction; a no-op while one is open."""
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Add the consumer's ``offsets`` to the open transaction (opening one if needed)
+        and commit it, through the consumer's group metadata so a fenced member fails."""
+
+    def abort(self) -> None:
+        """Abort the open transaction, if any. Raises when the producer is fenced or
+        broken: it must then be recreated."""
+
+
 @dataclass(frozen=True)
 class StateRecord:
     """One camera's tracker state, as written to or read from the state topic. Its

@@ -1,5 +1,5 @@
 """StreamProcessor: frames topic -> models -> tracking stage -> sinks (results, events,
-dead letters, to-label), at least once.
+dead letters, to-label), at least once or exactly once.
 
 Pure logic over small ports (:mod:`vlm_core.stream.ports`) and sinks
 (:mod:`vlm_core.stream.sinks`), so it is testable without Kafka or Ray; ``services``
@@ -17,6 +17,12 @@ With a :class:`~vlm_core.stream.tracks.TrackingStage`, tracked cameras' results 
 track ids and events in that in-order step, each batch's changed tracker states are
 written to the state store beside its results (their acknowledgements gate the commit as
 well), and every new partition assignment loads the assigned cameras' states first.
+
+With :class:`~vlm_core.stream.ports.Transactions` (exactly once), each batch's sends (its
+dead letters, results, to-label samples, events and tracker states) and its offsets are
+one transaction: a batch is committed before the next one's outputs are sent (the models
+still work on the next batch meanwhile), and any failure, a failed send future included,
+aborts the transaction and rewinds to the committed offsets.
 """
 
 from __future__ import annotations
@@ -37,8 +43,16 @@ from vlm_core.contracts.frame import DEFAULT_LIMITS, Frame, FrameLimits
 from vlm_core.contracts.result import Result, TaskOutput
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError
-from vlm_core.pipeline import CameraRouting, DropPolicy, ProcessorSettings
-from vlm_core.stream.ports import FrameConsumer, ModelClient, Pending, Record, StateStore, TopicPartition
+from vlm_core.pipeline import CameraRouting, Delivery, DropPolicy, ProcessorSettings
+from vlm_core.stream.ports import (
+    FrameConsumer,
+    ModelClient,
+    Pending,
+    Record,
+    StateStore,
+    TopicPartition,
+    Transactions,
+)
 from vlm_core.stream.sinks import Processed, Rejected, Sinks, sink_name
 from vlm_core.stream.tracks import TrackingStage
 
@@ -95,6 +109,9 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     items: list[_Item] = field(default_factory=list)
     requests: dict[Task, tuple[list[int], Pending, float]] = field(default_factory=dict)
+    #: Records refused at admission: dead-lettered when the batch's outputs are sent, so
+    #: that under exactly once they are in the batch's transaction.
+    rejected: list[Rejected] = field(default_factory=list)
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
 
 
@@ -137,6 +154,7 @@ class StreamProcessor:
         max_batch_retries: int = 3,
         tracking: TrackingStage | None = None,
         state_store: StateStore | None = None,
+        transactions: Transactions | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -176,6 +194,9 @@ class StreamProcessor:
             tracking.min_replay_window = max(tracking.min_replay_window, (max_inflight + 2) * batch_size)
         #: The consumer's assignment generation whose cameras' states are loaded.
         self._state_generation: int | None = None
+        #: Exactly once: the transaction that holds the batch being sent.
+        self.transactions = transactions
+        self._in_transaction = False
 
     @classmethod
     def from_settings(
@@ -189,8 +210,14 @@ class StreamProcessor:
         metrics: m.MetricsSink | None = None,
         tracking: TrackingStage | None = None,
         state_store: StateStore | None = None,
+        transactions: Transactions | None = None,
     ) -> StreamProcessor:
-        """A processor configured by the pipeline config's ``processor`` block."""
+        """A processor configured by the pipeline config's ``processor`` block; exactly once
+        where it asks for it (then ``transactions`` is required)."""
+        if settings.delivery is Delivery.EXACTLY_ONCE and transactions is None:
+            raise ValueError("delivery exactly_once needs transactions (a transactional producer)")
+        if settings.delivery is Delivery.AT_LEAST_ONCE and transactions is not None:
+            raise ValueError("transactions were given, but the delivery is at_least_once")
         return cls(
             consumer,
             models,
@@ -206,7 +233,12 @@ class StreamProcessor:
             max_batch_retries=settings.max_batch_retries,
             tracking=tracking,
             state_store=state_store,
+            transactions=transactions,
         )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.transactions is not None
 
     # -- main loop --------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -244,6 +276,8 @@ class StreamProcessor:
                     self._inflight.append(self._submit(records))
                 while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
                     self._producing.append(self._produce(self._inflight.popleft()))
+                    if self.exactly_once:  # one transaction at a time: this batch's
+                        self._commit(self._producing.popleft())
                 while self._producing and (len(self._producing) > 1 or not records):
                     self._commit(self._producing.popleft(), wait=False)
             except BatchFailedError:
@@ -306,7 +340,14 @@ class StreamProcessor:
         log.warning("%s (failure %d in a row); rewinding to the last committed offsets", exc, self._failures)
         self._inflight.clear()
         self._producing.clear()
-        self._forget_unsent_dead_letters()
+        if self.transactions is not None:
+            # Nothing of the batch is visible: its dead letters are sent again on retry. A
+            # producer that cannot abort (fenced, broken) raises: the caller recreates it.
+            self._dead_letters.clear()
+            self._in_transaction = False
+            self.transactions.abort()
+        else:
+            self._forget_unsent_dead_letters()
         if self._failures >= self.max_batch_retries and exc.offsets:
             if not all(self._isolate_until.get(tp, -1) >= end for tp, end in exc.offsets.items()):
                 log.error(
@@ -344,6 +385,7 @@ class StreamProcessor:
         side = _Batch(offsets=_end_offsets(records))
         for failure in failures:
             self._dead_letter(side, failure.record, failure.error.reason or INTERNAL_ERROR, str(failure.error))
+        self._send_dead_letters(side)
         for producing in done:
             self._count_processed(producing)
         self._commit(_Producing(side.offsets, side.side_sends, []), wait=True)
@@ -432,7 +474,8 @@ class StreamProcessor:
         return _Item(frame, image, rec, tasks, now_ms, 0.0)
 
     def _produce(self, batch: _Batch) -> _Producing:
-        """Wait for the batch's model outputs, assemble its results and send them."""
+        """Wait for the batch's model outputs, assemble its results and send them, with the
+        batch's dead letters."""
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
         for task, (indices, request, sent_at) in batch.requests.items():
@@ -450,6 +493,7 @@ class StreamProcessor:
                 tags = {"task": task.value, "model": ref.name, "version": ref.version}
                 self._record(m.MODEL_LATENCY, elapsed, **tags)
                 self._record(m.MODEL_BATCH_SIZE, len(indices), **tags)
+        self._send_dead_letters(batch)
         sends: list[tuple[_Item, Result, list[Pending]]] = []
         for i, item in enumerate(batch.items):
             try:
@@ -464,14 +508,17 @@ class StreamProcessor:
                 self._dead_letter(batch, item.record, INTERNAL_ERROR, f"result: {describe_error(exc)}")
                 continue
             pending: list[Pending] = []
+            self._begin()
             for sink in self.sinks.results:
                 try:
                     pending.extend(sink(processed))
                 except Exception as exc:
                     raise BatchFailedError(f"{sink_name(sink)} sink", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
             sends.append((item, result, pending))
+        self._send_dead_letters(batch)  # those whose result could not be made
         if self.tracking is not None and self.state_store is not None:
             for record in self.tracking.checkpoint():
+                self._begin()
                 try:
                     batch.side_sends.append(self.state_store.write(record))
                 except Exception as exc:
@@ -510,11 +557,16 @@ class StreamProcessor:
         would idle the models); drains on revoke and shutdown do.
         """
         self._await_acks(producing)
-        self._count_processed(producing)
         try:
-            self.consumer.commit(producing.offsets, wait=wait)
+            if self.transactions is not None:
+                self._begin()  # a batch of dropped frames still commits its offsets
+                self.transactions.commit(producing.offsets)
+                self._in_transaction = False
+            else:
+                self.consumer.commit(producing.offsets, wait=wait)
         except Exception as exc:
             raise BatchFailedError("commit", exc, producing.offsets, reason=None) from exc
+        self._count_processed(producing)
         self._failures = 0
         for source in [s for s in self._dead_letters if s[2] < producing.offsets.get((s[0], s[1]), -1)]:
             del self._dead_letters[source]
@@ -542,20 +594,34 @@ class StreamProcessor:
         )
 
     def _dead_letter(self, batch: _Batch, rec: Record, reason: str, message: str) -> None:
-        """Send a record to the dead-letter topic once: a retried batch does not send its
-        bad records again while this processor lives (``vlm-dlq-source`` is their key)."""
-        source = _source(rec)
-        if source in self._dead_letters:
-            return
-        try:
-            pending = list(self.sinks.dead_letters(Rejected(rec, reason, message)))
-        except Exception as exc:
-            raise BatchFailedError("dead-letter produce", exc, batch.offsets, reason=None) from exc
-        batch.side_sends.extend(pending)
-        if len(self._dead_letters) >= _MAX_REMEMBERED_DEAD_LETTERS:
-            del self._dead_letters[next(iter(self._dead_letters))]
-        self._dead_letters[source] = pending
-        self._record(m.FRAMES_DEAD_LETTERED, reason=reason)
+        """Refuse a record: it goes to the dead-letter topic with the batch's outputs."""
+        batch.rejected.append(Rejected(rec, reason, message))
+
+    def _send_dead_letters(self, batch: _Batch) -> None:
+        """Send the batch's refused records to the dead-letter topic, each once: a retried
+        batch does not send its bad records again while this processor lives, unless their
+        transaction was aborted (``vlm-dlq-source`` is their key)."""
+        rejected, batch.rejected = batch.rejected, []
+        for rejection in rejected:
+            source = _source(rejection.record)
+            if source in self._dead_letters:
+                continue
+            self._begin()
+            try:
+                pending = list(self.sinks.dead_letters(rejection))
+            except Exception as exc:
+                raise BatchFailedError("dead-letter produce", exc, batch.offsets, reason=None) from exc
+            batch.side_sends.extend(pending)
+            if len(self._dead_letters) >= _MAX_REMEMBERED_DEAD_LETTERS:
+                del self._dead_letters[next(iter(self._dead_letters))]
+            self._dead_letters[source] = pending
+            self._record(m.FRAMES_DEAD_LETTERED, reason=rejection.reason)
+
+    def _begin(self) -> None:
+        """Exactly once: open the transaction the next sends belong to."""
+        if self.transactions is not None and not self._in_transaction:
+            self.transactions.begin()
+            self._in_transaction = True
 
     def _report_lag(self) -> None:
         try:

@@ -107,10 +107,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The Serve config with the chart's Kafka and registry filled in. */}}
 {{- define "vlm.serveConfig" -}}
 {{- $config := deepCopy .Values.serve.config -}}
+{{- $skipped := list -}}
+{{- $apps := list -}}
 {{- range $app := $config.applications -}}
+{{- if and $app.args.optional (not $.Values.serve.optionalApplications) -}}
+{{- $skipped = append $skipped $app.name -}}
+{{- else -}}
+{{- $apps = append $apps $app -}}
+{{- end -}}
+{{- end -}}
+{{- range $app := $apps -}}
 {{- $_ := set $app.args "bootstrap" (include "vlm.kafkaBootstrap" $) -}}
 {{- $_ := set $app.args "registry_dir" (printf "%s/models" $.Values.registry.mountPath) -}}
+{{- /* cameras served by a left-out application go back to this one's default policy */ -}}
+{{- $overrides := dict -}}
+{{- if $app.args.cameras -}}{{- $overrides = $app.args.cameras.overrides | default dict -}}{{- end -}}
+{{- $orphans := list -}}
+{{- range $camera, $policy := $overrides -}}
+{{- if and (kindIs "map" $policy) (has ($policy.served_by | default "") $skipped) -}}
+{{- $orphans = append $orphans $camera -}}
 {{- end -}}
+{{- end -}}
+{{- range $camera := $orphans -}}
+{{- $_ := unset $overrides $camera -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $config "applications" $apps -}}
 {{- toYaml $config -}}
 {{- end -}}
 

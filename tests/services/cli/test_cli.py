@@ -43,6 +43,7 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["events", "--type", "teleported"], "unknown event type teleported"),
         (["bench", "tracking", "--model", "no-such-detector"], "no production 'no-such-detector'"),
         (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
+        (["serve", "--app", "nope"], "has no application named 'nope'"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:

@@ -16,17 +16,6 @@ from vlm_core.models.zoo import build_model, cached_weights_file, get_architectu
 ARCHS = [("ssdlite320_mobilenet_v3_large", Task.DETECTION), ("lraspp_mobilenet_v3_large", Task.SEGMENTATION)]
 
 
-@pytest.fixture
-def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-
-    def no_network(*_args: object, **_kwargs: object) -> None:
-        raise OSError("no network in this test")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "hub"
-
-
 def place_weights(arch: str) -> dict[str, torch.Tensor]:
     """A state dict of the pretrained model's shape (random values), where torch's cache keeps it."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
