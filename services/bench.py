@@ -27,7 +27,7 @@ from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
-from vlm_core.pipeline import model_pipeline_args
+from vlm_core.pipeline import Delivery, model_pipeline_args
 from vlm_core.tasks import get_profile
 
 # The model (``serving_arch``) and the frames per batch (``bench_batch_size``) come from
@@ -60,6 +60,7 @@ class BenchReport:
     weights: str = "random init (throughput only)"
     #: The cameras were tracked (with a line and a zone) in the pipeline run.
     tracking: bool = False
+    delivery: str = Delivery.AT_LEAST_ONCE.value
     #: Detection only: mean boxes per result, and of them those with a track id (the
     #: tracker's work in the tracked run).
     detections_per_frame: float | None = None
@@ -110,10 +111,14 @@ def run_pipeline_bench(
     latency_seconds: float = 10.0,
     inflight: int = 2,
     tracking: bool = False,
+    delivery: Delivery = Delivery.AT_LEAST_ONCE,
+    raw_fps: float | None = None,
     settings: LocalSettings,
     progress: Any = print,
     command: str = "",
 ) -> tuple[BenchReport, list[float]]:
+    """One raw-vs-pipeline run. ``raw_fps`` given: the raw loop is not run again (a bench
+    that compares pipelines against each other measures it once)."""
     from services import kafka_io
     from services.inference import deploy
     from services.ingest.worker import CameraConfig, IngestRunner
@@ -125,11 +130,12 @@ def run_pipeline_bench(
         raise ConfigError("--tracking needs --task detection: tracks are made of detections")
     spec = bench_spec(task, arch)
     batch_size = batch_size or get_profile(task).defaults.bench_batch_size
-    progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
-    images = synthetic_frames(min(frames, 400), width, height)
-    images = (images * (frames // len(images) + 1))[:frames]
-    raw_fps = measure_raw(spec, images, batch_size)
-    progress(f"raw: {raw_fps:.1f} fps")
+    if raw_fps is None:
+        progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
+        images = synthetic_frames(min(frames, 400), width, height)
+        images = (images * (frames // len(images) + 1))[:frames]
+        raw_fps = measure_raw(spec, images, batch_size)
+        progress(f"raw: {raw_fps:.1f} fps")
 
     LocalStack(settings).up(["kafka", "ray"])
     tag = uuid.uuid4().hex[:8]
@@ -159,6 +165,7 @@ def run_pipeline_bench(
             "poll_timeout_ms": 20,
             "max_inflight_batches": inflight,
             "num_cpus": 0.25,
+            "delivery": delivery.value,
         },
         cameras=cameras_config,
     )
@@ -190,7 +197,7 @@ def run_pipeline_bench(
     runner.stop()
     progress(f"ingest: {ingest_fps:.1f} fps")
     deploy.connect(settings.ray_address)
-    progress("pipeline: deploying; the processor drains the frames topic into results...")
+    progress(f"pipeline ({delivery.value}): deploying; the processor drains the frames topic into results...")
     deploy.deploy(args, app_name=app)
     try:
         results = _collect(settings.bootstrap_servers, topics.results, per_camera * 2)
@@ -262,6 +269,7 @@ def run_pipeline_bench(
         latency_rate_fps=round(rate, 1),
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         tracking=tracking,
+        delivery=delivery.value,
         detections_per_frame=detections_per_frame,
         tracked_per_frame=tracked_per_frame,
         command=command,

@@ -45,6 +45,10 @@ class LocalSettings(BaseModel, frozen=True):
     kafka_controller_port: int = 29093
     kafka_version: str = "4.1.1"
     kafka_heap: str = "512m"
+    #: 1, or 3 for a cluster in a box: three KRaft nodes (broker and controller each),
+    #: replication factor 3, ``min.insync.replicas=2``. Node N>1 listens on the ports of
+    #: node 1 plus 100*(N-1).
+    kafka_brokers: int = Field(default=1, ge=1, le=5)
     ray_port: int = 26379
     ray_metrics_port: int = 28080
     ray_num_cpus: int = 2
@@ -64,13 +68,38 @@ class LocalSettings(BaseModel, frozen=True):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LocalSettings:
+        """From ``VLM_*`` variables; the broker count a stack was started with (``vlm local
+        up --brokers N``, kept in its state dir) applies where ``VLM_KAFKA_BROKERS`` is unset."""
         env = os.environ if environ is None else environ
         values = {name: env[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in env}
-        return cls.model_validate(values)
+        settings = cls.model_validate(values)
+        if "kafka_brokers" not in values and (recorded := settings.recorded_brokers()) is not None:
+            settings = settings.model_copy(update={"kafka_brokers": recorded})
+        return settings
+
+    @property
+    def brokers_file(self) -> Path:
+        return self.state_dir / "kafka-brokers"
+
+    def recorded_brokers(self) -> int | None:
+        """How many Kafka nodes this state dir's stack was formatted with, if it was."""
+        try:
+            return int(self.brokers_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of Kafka node ``node`` (1-based)."""
+        return self.kafka_port + 100 * (node - 1), self.kafka_controller_port + 100 * (node - 1)
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return ",".join(f"{self.host}:{self.kafka_node_ports(n)[0]}" for n in range(1, self.kafka_brokers + 1))
+
+    @property
+    def kafka_replication(self) -> int:
+        """The replication factor of topics the project creates on this stack."""
+        return min(3, self.kafka_brokers)
 
     @property
     def ray_address(self) -> str:

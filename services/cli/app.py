@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vlm_core.buffering import BufferPolicy
 from vlm_core.config import LocalSettings, Topics, ray_environment
 from vlm_core.errors import VlmError
 
@@ -64,11 +65,24 @@ def local_up(
     services: Annotated[
         list[str] | None, typer.Argument(help="kafka, ray, prometheus, labelstudio (default: all but labelstudio)")
     ] = None,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            "--brokers",
+            min=1,
+            max=5,
+            help="Kafka nodes: 3 is a cluster in a box (replication 3, min.insync.replicas 2). "
+            "Kept in the state dir for later commands.",
+        ),
+    ] = None,
 ) -> None:
     """Start the local services (idempotent) and create the topics."""
     from services.localstack import LocalStack, create_default_topics
 
-    stack = LocalStack(_settings())
+    settings = _settings()
+    if brokers is not None:
+        settings = settings.model_copy(update={"kafka_brokers": brokers})
+    stack = LocalStack(settings)
     with console.status("starting local services (the first start downloads Kafka's jars)..."):
         statuses = stack.up(services)
         if any(s.name == "kafka" and s.running for s in statuses):
@@ -109,6 +123,17 @@ def ingest(
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100)] = 85,
     loop: Annotated[bool, typer.Option(help="Loop video files forever.")] = False,
     max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop each camera after N frames.")] = None,
+    buffer_frames: Annotated[
+        int, typer.Option("--buffer-frames", min=1, help="Frames kept per camera while the broker is away.")
+    ] = 512,
+    buffer_policy: Annotated[
+        BufferPolicy,
+        typer.Option(
+            "--buffer-policy",
+            help="A full buffer: block the camera, or drop_oldest (counted); auto blocks files and "
+            "synthetic scenes and drops for live cameras.",
+        ),
+    ] = BufferPolicy.AUTO,
     topic: Annotated[str, typer.Option(help="Frames topic.")] = Topics().frames,
     bootstrap: BootstrapOpt = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus endpoint port.")] = None,
@@ -127,7 +152,19 @@ def ingest(
     if sources is not None:
         cameras = load_cameras(sources)
     elif source and camera_id:
-        cameras = [CameraConfig(camera_id, source, fps, max_width, jpeg_quality, loop=loop, max_frames=max_frames)]
+        cameras = [
+            CameraConfig(
+                camera_id,
+                source,
+                fps,
+                max_width,
+                jpeg_quality,
+                loop=loop,
+                max_frames=max_frames,
+                buffer_frames=buffer_frames,
+                buffer_policy=buffer_policy,
+            )
+        ]
     else:
         raise VlmError("give --source and --camera-id, or --sources FILE.yaml", hint="see `vlm ingest --help`")
     IngestRunner.check(cameras)  # a camera that can never work fails before anything starts
@@ -148,6 +185,9 @@ def ingest(
     try:
         while not runner.all_finished():
             time.sleep(1.0)
+        if runner.buffered():
+            console.print(f"waiting for {runner.buffered()} buffered frames to reach Kafka (Ctrl-C drops them)")
+            runner.wait()
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
@@ -155,7 +195,8 @@ def ingest(
     for w in runner.workers:
         s = w.stats
         console.print(
-            f"{w.config.camera_id}: read {s.read}, sent {s.sent}, failed {s.failed}, reconnects {s.reconnects}",
+            f"{w.config.camera_id}: read {s.read}, sent {s.sent}, dropped {s.dropped}, failed {s.failed}, "
+            f"sends retried {s.retried}, reconnects {s.reconnects}",
             markup=False,
         )
     stopped = [w for w in runner.workers if w.stats.permanent_error]
@@ -348,6 +389,91 @@ def bench_pipeline(
         console.print(f"wrote {json_out} and {png}")
     if report.frames_lost:
         raise VlmError(f"{report.frames_lost} frames lost")
+
+
+@bench_app.command("delivery")
+def bench_delivery(
+    task: Annotated[str, typer.Option(help="classification, detection or segmentation.")] = "classification",
+    model: Annotated[str | None, typer.Option(help="Architecture (default: the task's default model).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames through each pipeline run.")] = 1000,
+    runs: Annotated[int, typer.Option(help="Pairs of runs (at least once, exactly once); medians over them.")] = 3,
+    latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """What exactly once costs: throughput and latency of the same pipeline under both
+    delivery modes, alternating, median of the runs with the spread."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from services.bench_delivery import run_delivery_bench, write_report
+
+    task_enum = _task(task, model)
+    report = run_delivery_bench(
+        task_enum,
+        model,
+        frames,
+        runs=runs,
+        latency_seconds=latency_seconds,
+        settings=_settings(),
+        progress=lambda msg: console.print(msg, markup=False),
+        command=" ".join(["vlm", *sys.argv[1:]]),
+    )
+    console.print_json(
+        json.dumps({"summary": report.summary, "exactly_once_ratio": report.exactly_once_ratio, "lost": report.lost})
+    )
+    write_report(report, json_path)
+    if any(report.lost.values()):
+        raise VlmError(f"frames lost: {report.lost}")
+
+
+@app.command()
+def chaos(
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="broker_kill, processor_kill, model_kill, broker_outage, rolling_restart, serve_redeploy "
+            "(repeatable; default: every one this stack can run).",
+        ),
+    ] = None,
+    delivery: Annotated[
+        list[str] | None, typer.Option("--delivery", help="at_least_once, exactly_once (repeatable; default both).")
+    ] = None,
+    per_camera: Annotated[int, typer.Option("--frames-per-camera", min=50, help="Frames of each of 2 cameras.")] = 400,
+    fps: Annotated[float, typer.Option(help="Frames per second of each camera.")] = 20.0,
+    outage_s: Annotated[float, typer.Option("--outage-seconds", help="broker_outage: seconds down.")] = 20.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table here.")] = None,
+) -> None:
+    """Inject faults mid-stream into the running local stack, under each delivery mode, and
+    count what was lost, what was seen twice and how long the stream stood."""
+    from services.chaos import ChaosSettings, Fault, run_matrix, write_report
+    from vlm_core.pipeline import Delivery
+
+    settings = _settings()
+    try:
+        runnable = [f for f in Fault if f is not Fault.RAY_NODE_LOSS and f.needs_brokers <= settings.kafka_brokers]
+        faults = [Fault(f) for f in fault] if fault else runnable
+        deliveries = [Delivery(d) for d in delivery] if delivery else list(Delivery)
+    except ValueError as exc:
+        raise VlmError(str(exc), hint="see `vlm chaos --help` for the names") from None
+    report = run_matrix(
+        faults,
+        deliveries,
+        settings=settings,
+        options=ChaosSettings(per_camera=per_camera, fps=fps, outage_s=outage_s),
+        progress=lambda msg: console.print(msg, markup=False),
+        command=" ".join(["vlm", *sys.argv[1:]]),
+    )
+    table = Table(title=f"vlm chaos ({settings.kafka_brokers} broker(s))")
+    for column in ("fault", "delivery", "frames", "missing", "duplicates", "recovery s", "manual action"):
+        table.add_column(column, justify="right")
+    for o in report.outcomes:
+        table.add_row(
+            o.fault, o.delivery, str(o.frames), str(o.missing), str(o.duplicates), f"{o.recovery_s:.1f}", "no"
+        )
+    console.print(table)
+    write_report(report, json_path)
+    failed = [f"{o.fault}/{o.delivery}" for o in report.outcomes if not o.ok]
+    if failed:
+        raise VlmError(f"faults that lost frames or doubled them under exactly once: {', '.join(failed)}")
 
 
 @bench_app.command("view")

@@ -4,6 +4,8 @@ replicas."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 
 from vlm_core.models.spec import PRETRAINED
@@ -33,7 +35,9 @@ def unavailable_weights(config: PipelineConfig, *, download_timeout_s: float = D
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(download_timeout_s)
         try:
-            torch.hub.load_state_dict_from_url(pretrained_weights(arch).url, progress=False, weights_only=True)
+            # torch announces every download attempt; the caller says what came of it.
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.hub.load_state_dict_from_url(pretrained_weights(arch).url, progress=False, weights_only=True)
         except Exception as exc:  # offline, a proxy, a full disk: the caller skips the application
             missing.append(f"{target} ({type(exc).__name__})")
         finally:

@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from services.ingest.worker import CameraConfig
+from vlm_core.buffering import BufferPolicy
 from vlm_core.contracts.frame import Encoding
 from vlm_core.errors import ConfigError, first_error
 
@@ -22,12 +23,17 @@ class CameraEntry(BaseModel, extra="forbid"):
     encoding: Encoding | None = None
     loop: bool = False
     max_frames: int | None = Field(default=None, ge=1)
+    buffer_frames: int | None = Field(default=None, ge=1, le=1_000_000)
+    buffer_policy: BufferPolicy | None = None
 
 
 class SourcesFile(BaseModel, extra="forbid"):
     fps: float = Field(default=10.0, ge=0)
     max_width: int = Field(default=640, ge=16)
     jpeg_quality: int = Field(default=85, ge=1, le=100)
+    #: Frames each camera keeps while the broker is away, and what a full buffer does.
+    buffer_frames: int = Field(default=512, ge=1, le=1_000_000)
+    buffer_policy: BufferPolicy = BufferPolicy.AUTO
     cameras: list[CameraEntry] = Field(min_length=1)
 
 
@@ -53,6 +59,8 @@ def load_cameras(path: Path) -> list[CameraConfig]:
             encoding=c.encoding or Encoding.JPEG,
             loop=c.loop,
             max_frames=c.max_frames,
+            buffer_frames=c.buffer_frames or parsed.buffer_frames,
+            buffer_policy=c.buffer_policy or parsed.buffer_policy,
         )
         for c in parsed.cameras
     ]

@@ -13,7 +13,10 @@ FRAMES_SENT = Counter(
     "vlm_ingest_frames_sent", "Frames acknowledged by the Kafka broker", ["camera_id"], registry=REGISTRY
 )
 FRAMES_FAILED = Counter(
-    "vlm_ingest_frames_failed", "Frames lost before Kafka, by reason", ["camera_id", "reason"], registry=REGISTRY
+    "vlm_ingest_frames_failed",
+    "Frames that never reached Kafka, by reason (encode, buffer_full, shutdown)",
+    ["camera_id", "reason"],
+    registry=REGISTRY,
 )
 SOURCE_RECONNECTS = Counter(
     "vlm_ingest_source_reconnects", "Times a camera source was reopened", ["camera_id"], registry=REGISTRY
@@ -31,6 +34,12 @@ CAMERA_DOWN_REASON = Gauge(
     registry=REGISTRY,
 )
 DOWN_REASONS = tuple(f.value for f in SourceFailure)
+BUFFERED = Gauge(
+    "vlm_ingest_buffered_frames",
+    "Frames waiting in the camera's buffer for the broker",
+    ["camera_id"],
+    registry=REGISTRY,
+)
 PRODUCE_ERRORS = Counter("vlm_ingest_produce_errors", "Kafka produce errors", ["camera_id"], registry=REGISTRY)
 ENCODE_SECONDS = Histogram(
     "vlm_ingest_encode_seconds",

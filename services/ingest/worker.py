@@ -13,6 +13,7 @@ import numpy as np
 
 from services import kafka_io
 from services.ingest import metrics
+from vlm_core.buffering import BufferPolicy, FrameBuffer
 from vlm_core.contracts.frame import Encoding, Frame, validate_camera_id
 from vlm_core.contracts.truth import FrameTruth
 from vlm_core.errors import ConfigError, VlmError
@@ -39,6 +40,10 @@ class CameraConfig:
     max_frames: int | None = None
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
+    #: Frames kept for the broker while it is away (beyond those Kafka's client holds).
+    buffer_frames: int = 512
+    #: What a full buffer does: block the camera, or drop its oldest frame (counted).
+    buffer_policy: BufferPolicy = BufferPolicy.AUTO
 
 
 @dataclass
@@ -47,6 +52,10 @@ class CameraStats:
     sent: int = 0
     failed: int = 0
     reconnects: int = 0
+    #: Frames dropped from a full buffer (``drop_oldest``) or left in it at shutdown.
+    dropped: int = 0
+    #: Sends that failed and were put back in the buffer to be sent again.
+    retried: int = 0
     last_error: str = ""
     #: Set when the camera stopped on an error that retrying cannot mend.
     permanent_error: str = ""
@@ -181,6 +190,9 @@ class CameraWorker(threading.Thread):
                 if error is None:
                     self.stats.sent += 1
                     metrics.FRAMES_SENT.labels(**labels).inc()
+                elif isinstance(error, FrameDropped):
+                    self.stats.dropped += 1
+                    metrics.FRAMES_FAILED.labels(camera_id=self.label, reason=error.reason).inc()
                 else:
                     self.stats.failed += 1
                     self.stats.last_error = str(error)
@@ -197,15 +209,62 @@ class CameraWorker(threading.Thread):
         log.warning("camera %s: %s", self.config.camera_id, message)
 
 
+class FrameDropped(Exception):
+    """A frame that never reached Kafka on purpose: its buffer was full (``drop_oldest``),
+    or it was still waiting when ingest stopped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"frame dropped: {reason}")
+        self.reason = reason
+
+
+@dataclass
+class _Outbound:
+    """One camera's frames on their way to Kafka."""
+
+    worker: CameraWorker
+    buffer: FrameBuffer[tuple[Frame, Callable[[BaseException | None], None]]]
+
+
 class IngestRunner:
-    """Runs one worker per camera and a shared Kafka producer."""
+    """Runs one worker per camera and one sender for all of them, over an idempotent Kafka
+    producer. While the broker is away, each camera's frames wait in its bounded buffer
+    (policy per camera: ``block`` or ``drop_oldest``, every drop counted); a send that fails
+    goes back to the front of its buffer and is tried again, so a broker restart loses
+    nothing and needs no restart of ingest."""
+
+    #: Frames handed to Kafka's client and not yet acknowledged, all cameras together.
+    MAX_IN_FLIGHT = 128
+    #: Pause after a failed send before the next one (the broker is likely away).
+    RETRY_PAUSE_S = 0.5
 
     def __init__(self, cameras: list[CameraConfig], bootstrap: str, topic: str) -> None:
         self.check(cameras)
         self.topic = topic
-        self.producer = kafka_io.producer(bootstrap)
+        # Idempotent, so the client's own retries never write a frame twice; short blocking
+        # and reconnect waits, so a broker that comes back is used within seconds.
+        self.producer = kafka_io.producer(
+            bootstrap,
+            enable_idempotence=True,
+            max_block_ms=5000,
+            delivery_timeout_ms=30000,
+            request_timeout_ms=10000,
+            reconnect_backoff_max_ms=2000,
+        )
         self.stop_event = threading.Event()
-        self.workers = [CameraWorker(c, self._send, self.stop_event) for c in cameras]
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self._retry_at = 0.0
+        self.outbound: list[_Outbound] = []
+        for camera in cameras:
+            worker = CameraWorker(camera, self._sink(len(self.outbound)), self.stop_event)
+            live = SourceSpec.parse(camera.source).live
+            self.outbound.append(
+                _Outbound(worker, FrameBuffer(camera.buffer_frames, camera.buffer_policy.resolved(live)))
+            )
+        self.workers = [o.worker for o in self.outbound]
+        self.sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
+        self._next = 0
 
     @staticmethod
     def check(cameras: list[CameraConfig]) -> None:
@@ -221,35 +280,143 @@ class IngestRunner:
                 raise ConfigError(str(exc), hint="camera ids are 1-128 printable characters") from None
             if camera.fps is not None and camera.fps < 0:
                 raise ConfigError(f"camera {camera.camera_id!r}: fps {camera.fps} is negative", hint=FPS_HINT)
+            if camera.buffer_frames < 1:
+                raise ConfigError(
+                    f"camera {camera.camera_id!r}: buffer_frames {camera.buffer_frames} must be at least 1"
+                )
             # A typo in a URI or a file that is not a video fails now, not in a reconnect loop.
             try:
                 probe_file(SourceSpec.parse(camera.source))
             except VlmError as exc:
                 raise ConfigError(f"camera {camera.camera_id!r}: {exc}", hint=exc.hint or None) from None
 
-    def _send(self, frame: Frame, done: Callable[[BaseException | None], None]) -> None:
-        future = kafka_io.send_frame(self.producer, self.topic, frame)
-        future.add_callback(lambda _meta: done(None))
-        future.add_errback(done)
+    # -- cameras -> buffers ------------------------------------------------------------------
+    def _sink(self, index: int) -> FrameSink:
+        def enqueue(frame: Frame, done: Callable[[BaseException | None], None]) -> None:
+            outbound = self.outbound[index]
+            with self.cond:
+                while (
+                    outbound.buffer.full
+                    and outbound.buffer.policy is BufferPolicy.BLOCK
+                    and not self.stop_event.is_set()
+                ):
+                    self.cond.wait(0.5)
+                dropped = outbound.buffer.put((frame, done))
+                self._gauge(outbound)
+                self.cond.notify_all()
+            if dropped is not None:
+                dropped[1](FrameDropped("buffer_full"))
 
+        return enqueue
+
+    def _gauge(self, outbound: _Outbound) -> None:
+        metrics.BUFFERED.labels(camera_id=outbound.worker.label).set(len(outbound.buffer))
+
+    # -- buffers -> Kafka --------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while True:
+            with self.cond:
+                item = self._take()
+                while item is None:
+                    if self.stop_event.is_set() and self._drained():
+                        return
+                    self.cond.wait(0.2)
+                    item = self._take()
+                outbound, (frame, done) = item
+                self.in_flight += 1
+            try:
+                future = kafka_io.send_frame(self.producer, self.topic, frame)
+            except Exception as exc:  # no metadata within max_block_ms: the broker is away
+                self._failed(outbound, frame, done, exc)
+                continue
+            future.add_callback(lambda _meta, done=done: self._acked(done))
+            future.add_errback(lambda exc, o=outbound, f=frame, d=done: self._failed(o, f, d, exc))
+
+    def _take(self) -> tuple[_Outbound, tuple[Frame, Callable[[BaseException | None], None]]] | None:
+        """The next frame to send, round robin over the cameras (lock held)."""
+        if self.in_flight >= self.MAX_IN_FLIGHT or time.monotonic() < self._retry_at:
+            return None
+        for step in range(len(self.outbound)):
+            outbound = self.outbound[(self._next + step) % len(self.outbound)]
+            entry = outbound.buffer.take()
+            if entry is not None:
+                self._next = (self._next + step + 1) % len(self.outbound)
+                self._gauge(outbound)
+                self.cond.notify_all()  # room for a blocked camera
+                return outbound, entry
+        return None
+
+    def _drained(self) -> bool:
+        return self.in_flight == 0 and not any(len(o.buffer) for o in self.outbound)
+
+    def _acked(self, done: Callable[[BaseException | None], None]) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
+        done(None)
+
+    def _failed(
+        self, outbound: _Outbound, frame: Frame, done: Callable[[BaseException | None], None], exc: BaseException
+    ) -> None:
+        """A send that failed goes back to the front of its camera's buffer."""
+        with self.cond:
+            self.in_flight -= 1
+            dropped = outbound.buffer.requeue((frame, done))
+            self._retry_at = time.monotonic() + self.RETRY_PAUSE_S
+            self._gauge(outbound)
+            self.cond.notify_all()
+        worker = outbound.worker
+        with worker.stats.lock:
+            worker.stats.retried += 1
+            worker.stats.last_error = f"send failed, will retry: {exc}"
+        metrics.PRODUCE_ERRORS.labels(camera_id=worker.label).inc()
+        if dropped is not None:
+            done(FrameDropped("buffer_full"))
+
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.sender.start()
         for worker in self.workers:
             worker.start()
 
     def all_finished(self) -> bool:
         return all(w.stats.finished for w in self.workers)
 
+    def buffered(self) -> int:
+        with self.cond:
+            return self.in_flight + sum(len(o.buffer) for o in self.outbound)
+
     def wait(self, timeout: float | None = None) -> bool:
+        """Until every camera is done and every frame it read is acknowledged (or dropped)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self.workers:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             worker.join(remaining)
+        with self.cond:
+            while not self._drained():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self.cond.wait(0.2 if remaining is None else min(0.2, remaining))
         self.producer.flush()
-        return self.all_finished()
+        return self.all_finished() and self._drained()
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Stop the cameras, give the buffered frames ``drain_s`` to reach Kafka, and count
+        what is left as dropped at shutdown."""
         self.stop_event.set()
         for worker in self.workers:
             worker.join(5)
+        self.sender.join(drain_s)
+        left: list[Callable[[BaseException | None], None]] = []
+        with self.cond:
+            for outbound in self.outbound:
+                while (entry := outbound.buffer.take()) is not None:
+                    left.append(entry[1])
+                self._gauge(outbound)
+        for done in left:
+            done(FrameDropped("shutdown"))
+        if left:
+            log.warning("ingest stopped with %d frames not yet in Kafka (counted as dropped)", len(left))
         self.producer.flush(10)
         self.producer.close(10)

@@ -83,11 +83,19 @@ def admin(bootstrap: str) -> KafkaAdminClient:
     return _connect(KafkaAdminClient, bootstrap, request_timeout_ms=10000)
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
+def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec], *, replication: int | None = None) -> None:
+    """Create the topics that do not exist. ``replication`` default: one replica per broker
+    of a cluster of up to three (3 on the cluster in a box, whose min.insync.replicas is 2)."""
     client = admin(bootstrap)
     try:
         existing = set(client.list_topics())
-        new = [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs()) for t in topics if t.name not in existing]
+        if replication is None:
+            replication = min(3, len(client.describe_cluster().get("brokers", [])) or 1)
+        new = [
+            NewTopic(t.name, t.partitions, replication, topic_configs=t.configs())
+            for t in topics
+            if t.name not in existing
+        ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 client.create_topics(new)

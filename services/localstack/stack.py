@@ -143,12 +143,15 @@ class LocalService:
         state = "running" if self.healthy() else "unhealthy"
         return ServiceStatus(self.name, state, pid, self.address, self.log_file)
 
-    def start(self) -> ServiceStatus:
+    def start(self, *, wait: bool = True) -> ServiceStatus:
+        """Start it (idempotent). ``wait=False`` returns once the process runs: the nodes of
+        a Kafka cluster only become healthy together, once a quorum of them is up."""
         missing = self.installed()
         if missing:
             raise InfrastructureError(f"{self.name} cannot start: {missing}")
         if self.pid() is not None:
-            self._wait_healthy()
+            if wait:
+                self._wait_healthy()
             return self.status()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
@@ -166,8 +169,13 @@ class LocalService:
                 preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, niceness)) if niceness else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
-        self._wait_healthy(proc)
+        self._starting = proc
+        if wait:
+            self.wait_healthy()
         return self.status()
+
+    def wait_healthy(self) -> None:
+        self._wait_healthy(getattr(self, "_starting", None))
 
     def stop(self) -> bool:
         """Stop by PID: SIGTERM, then SIGKILL to its process group. True if it was running."""
@@ -204,12 +212,21 @@ class LocalService:
 
 
 class KafkaService(LocalService):
+    """One Kafka node (broker and controller in KRaft). Node 1 is ``kafka``; a cluster in a
+    box (``kafka_brokers: 3``) adds ``kafka-2`` and ``kafka-3``, all formatted with one
+    cluster id and a static controller quorum."""
+
     name = "kafka"
     niceness = 10
 
+    def __init__(self, settings: LocalSettings, node: int = 1) -> None:
+        self.node = node
+        self.name = "kafka" if node == 1 else f"kafka-{node}"
+        super().__init__(settings)
+
     @property
     def address(self) -> str:
-        return self.settings.bootstrap_servers
+        return f"{self.settings.host}:{self.settings.kafka_node_ports(self.node)[0]}"
 
     @property
     def libs_dir(self) -> Path:
@@ -252,26 +269,49 @@ class KafkaService(LocalService):
         marker.touch()
         return self.libs_dir
 
+    def _quorum(self) -> str:
+        settings = self.settings
+        if settings.kafka_brokers == 1:
+            return f"controller.quorum.bootstrap.servers={settings.host}:{settings.kafka_controller_port}"
+        voters = ",".join(
+            f"{n}@{settings.host}:{settings.kafka_node_ports(n)[1]}" for n in range(1, settings.kafka_brokers + 1)
+        )
+        return f"controller.quorum.voters={voters}"
+
+    def _cluster_id(self) -> str:
+        """One id for every node of the stack, made once."""
+        path = self.settings.state_dir / "kafka-cluster-id"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_kafka_cluster_id())
+        return path.read_text().strip()
+
     def prepare(self) -> None:
         self.ensure_jars()
         data_dir = self.dir / "data"
+        port, controller_port = self.settings.kafka_node_ports(self.node)
+        replication = self.settings.kafka_replication
         template = resource("kafka/server.properties.template").read_text()
         props = string.Template(template).substitute(
-            kafka_port=self.settings.kafka_port,
-            controller_port=self.settings.kafka_controller_port,
+            node_id=self.node,
+            quorum=self._quorum(),
+            kafka_port=port,
+            controller_port=controller_port,
             data_dir=data_dir,
+            replication=replication,
+            min_isr=2 if replication >= 3 else 1,
         )
         (self.dir / "server.properties").write_text(props)
         if not (data_dir / "meta.properties").is_file():
-            cluster_id = _kafka_cluster_id()
+            standalone = ["--standalone"] if self.settings.kafka_brokers == 1 else []
             proc = subprocess.run(
                 [
                     *self._java(),
                     "kafka.tools.StorageTool",
                     "format",
-                    "--standalone",
+                    *standalone,
                     "-t",
-                    cluster_id,
+                    self._cluster_id(),
                     "-c",
                     str(self.dir / "server.properties"),
                 ],
@@ -296,7 +336,7 @@ class KafkaService(LocalService):
         return [*self._java(), "kafka.Kafka", str(self.dir / "server.properties")]
 
     def healthy(self) -> bool:
-        if not port_open(self.settings.host, self.settings.kafka_port):
+        if not port_open(self.settings.host, self.settings.kafka_node_ports(self.node)[0]):
             return False
         try:
             from kafka import KafkaAdminClient
@@ -520,28 +560,69 @@ SERVICE_TYPES: tuple[type[LocalService], ...] = (KafkaService, RayService, Prome
 class LocalStack:
     def __init__(self, settings: LocalSettings | None = None) -> None:
         self.settings = settings or LocalSettings.from_env()
-        self.services = {cls.name: cls(self.settings) for cls in SERVICE_TYPES}
+        self.services: dict[str, LocalService] = {}
+        for cls in SERVICE_TYPES:
+            if cls is KafkaService:
+                for node in range(1, self.settings.kafka_brokers + 1):
+                    broker = KafkaService(self.settings, node)
+                    self.services[broker.name] = broker
+            else:
+                self.services[cls.name] = cls(self.settings)
+
+    @property
+    def brokers(self) -> list[KafkaService]:
+        return [s for s in self.services.values() if isinstance(s, KafkaService)]
 
     def select(self, names: list[str] | None, *, optional: bool = False) -> list[LocalService]:
-        """The named services; none named: every service, the optional ones only if ``optional``."""
+        """The named services ("kafka" names every node of the cluster); none named: every
+        service, the optional ones only if ``optional``."""
         if not names:
             return [s for s in self.services.values() if optional or not s.optional]
         unknown = [n for n in names if n not in self.services]
         if unknown:
             raise InfrastructureError(f"unknown service(s) {unknown}", hint=f"choose from {', '.join(self.services)}")
-        return [self.services[n] for n in names]
+        chosen: list[LocalService] = []
+        for name in names:
+            for service in self.brokers if name == "kafka" else [self.services[name]]:
+                if service not in chosen:
+                    chosen.append(service)
+        return chosen
 
     def up(
         self, names: list[str] | None = None, *, required: tuple[str, ...] = ("kafka", "ray")
     ) -> list[ServiceStatus]:
-        statuses = []
+        services = []
         for service in self.select(names):
             missing = service.installed()
             if missing and service.name not in required and not names:
-                statuses.append(service.status())
                 continue
-            statuses.append(service.start())
-        return statuses
+            services.append(service)
+        # Every Kafka node first: none is healthy before a quorum of controllers runs.
+        brokers = [s for s in services if isinstance(s, KafkaService)]
+        if brokers:
+            self._record_brokers()
+        for broker in brokers:
+            broker.start(wait=False)
+        for broker in brokers:
+            broker.wait_healthy()
+        for service in services:
+            if not isinstance(service, KafkaService):
+                service.start()
+        return [s.status() for s in self.select(names)]
+
+    def _record_brokers(self) -> None:
+        """A state dir holds one shape of cluster: its Kafka storage is formatted for it."""
+        recorded = self.settings.recorded_brokers()
+        wanted = self.settings.kafka_brokers
+        formatted = (self.settings.state_dir / "kafka" / "data" / "meta.properties").is_file()
+        if formatted and (recorded or 1) != wanted:
+            raise InfrastructureError(
+                f"{self.settings.state_dir} holds a {recorded or 1}-broker Kafka; it cannot start as {wanted}",
+                hint=f"`vlm local down`, then delete {self.settings.state_dir}/kafka* (its topics are lost), or "
+                "set VLM_STATE_DIR to another directory",
+            )
+        self.settings.brokers_file.parent.mkdir(parents=True, exist_ok=True)
+        self.settings.brokers_file.write_text(f"{wanted}\n")
 
     def down(self, names: list[str] | None = None) -> list[ServiceStatus]:
         for service in reversed(self.select(names, optional=True)):
@@ -570,7 +651,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
+def create_default_topics(bootstrap: str, partitions: int = 4, replication: int | None = None) -> None:
     from services.kafka_io import TopicSpec, ensure_topics
 
     topics = Topics()
@@ -586,4 +667,5 @@ def create_default_topics(bootstrap: str, partitions: int = 4) -> None:
             # co-partitioned with the frames: a partition's new owner reads its cameras' states
             TopicSpec(topics.tracks_state, partitions, compact=True),
         ],
+        replication=replication,
     )

@@ -1,0 +1,383 @@
+"""Faults injected mid-stream into the real stack, and what they cost: ``vlm chaos`` and the
+``faults`` tests run the same scenarios.
+
+A scenario deploys a private pipeline (a small classifier) on fresh topics, streams a known
+set of (camera, seq) through the real ingest workers at a fixed rate, injects one fault once
+results flow, and reads every result back as a ``read_committed`` reader. It reports the
+frames that never got a result, the results seen twice, the time to recovery (the longest
+pause between results around the fault) and whether anyone had to act: a scenario that
+does more than inject its fault (and restart what the fault names) fails instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm_core.buffering import BufferPolicy
+from vlm_core.config import LocalSettings
+from vlm_core.contracts.task import Task
+from vlm_core.errors import ConfigError, InfrastructureError
+from vlm_core.pipeline import Delivery, model_pipeline_args
+
+#: A small classifier: the faults are about delivery, not about the model's speed.
+CHAOS_MODEL = {
+    "spec": {
+        "task": "classification",
+        "arch": "mobilenet_v3_small",
+        "class_names": ["a", "b", "c"],
+        "input_size": 64,
+        "name": "chaos-classifier",
+        "version": "1",
+    },
+    "deployment": {"num_cpus": 0.25, "max_ongoing_requests": 8, "max_batch_size": 16},
+}
+
+
+class Fault(str, enum.Enum):
+    #: SIGKILL of the broker that leads the frames partitions, then a restart.
+    BROKER_KILL = "broker_kill"
+    #: SIGKILL of the processor replica's process (Serve starts another).
+    PROCESSOR_KILL = "processor_kill"
+    #: SIGKILL of a model replica's process.
+    MODEL_KILL = "model_kill"
+    #: The second Ray node is lost; its model replicas are rescheduled.
+    RAY_NODE_LOSS = "ray_node_loss"
+    #: Every broker down for 20 s while ingest runs, then back.
+    BROKER_OUTAGE = "broker_outage"
+    #: Each broker stopped and started again in turn.
+    ROLLING_RESTART = "rolling_restart"
+    #: The Serve application redeployed with a changed config.
+    SERVE_REDEPLOY = "serve_redeploy"
+
+    @property
+    def needs_brokers(self) -> int:
+        return 3 if self in (Fault.BROKER_KILL, Fault.ROLLING_RESTART) else 1
+
+
+@dataclass
+class FaultOutcome:
+    fault: str
+    delivery: str
+    frames: int
+    results: int
+    missing: int
+    duplicates: int
+    recovery_s: float
+    manual_action: bool
+    brokers: int
+    detail: str = ""
+    ingest: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """What the fault suite requires: nothing lost, nobody acting, and under exactly
+        once nothing seen twice."""
+        return (
+            self.missing == 0
+            and not self.manual_action
+            and (self.duplicates == 0 or self.delivery == Delivery.AT_LEAST_ONCE.value)
+        )
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    cameras: int = 2
+    per_camera: int = 400
+    fps: float = 20.0
+    #: Results produced before the fault is injected.
+    results_before_fault: int = 150
+    outage_s: float = 20.0
+    #: How long the results may take to be complete after ingest finished.
+    settle_timeout_s: float = 240.0
+
+
+class _ResultReader(threading.Thread):
+    """Follows the results topic (``read_committed``) from its beginning."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(name="chaos-results", daemon=True)
+        self.bootstrap, self.topic = bootstrap, topic
+        self.keys: list[tuple[str, int]] = []
+        self.arrivals: list[float] = []
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        from services.kafka_io import topic_reader
+
+        reader, _partitions = topic_reader(self.bootstrap, self.topic, from_beginning=True)
+        try:
+            while not self.stop_event.is_set():
+                for records in reader.poll(timeout_ms=200).values():
+                    now = time.monotonic()
+                    with self.lock:
+                        for rec in records:
+                            doc = json.loads(rec.value)
+                            self.keys.append((doc["camera_id"], int(doc["seq"])))
+                            self.arrivals.append(now)
+        finally:
+            reader.close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.keys)
+
+
+def run_fault(
+    fault: Fault,
+    delivery: Delivery,
+    *,
+    settings: LocalSettings,
+    options: ChaosSettings = ChaosSettings(),
+    progress: Callable[[str], None] = print,
+) -> FaultOutcome:
+    """One fault under one delivery mode against the running local stack."""
+    from services import kafka_io
+    from services.inference import deploy
+    from services.ingest.worker import CameraConfig, IngestRunner
+    from services.localstack import LocalStack
+
+    stack = LocalStack(settings)
+    if settings.kafka_brokers < fault.needs_brokers:
+        raise ConfigError(
+            f"{fault.value} needs a {fault.needs_brokers}-broker cluster; this stack has {settings.kafka_brokers}",
+            hint="start one with `vlm local up --brokers 3` (its own VLM_STATE_DIR)",
+        )
+    if fault is Fault.RAY_NODE_LOSS:
+        raise ConfigError("ray_node_loss needs a second Ray node, which the local stack does not start yet")
+    bootstrap = settings.bootstrap_servers
+    tag = uuid.uuid4().hex[:8]
+    topics = kafka_io.private_topics(f"chaos.{tag}")
+    names = kafka_io.ensure_pipeline_topics(bootstrap, topics)
+    app = f"chaos-{tag}"
+    args = model_pipeline_args(
+        bootstrap,
+        topics,
+        Task.CLASSIFICATION,
+        CHAOS_MODEL,
+        processor={
+            "group_id": f"chaos-{tag}",
+            "batch_size": 8,
+            "poll_timeout_ms": 50,
+            "num_cpus": 0.25,
+            "delivery": delivery.value,
+        },
+    )
+    cameras = [f"chaos-cam-{i}" for i in range(options.cameras)]
+    expected = {(c, s) for c in cameras for s in range(options.per_camera)}
+    deploy.connect(settings.ray_address)
+    progress(f"{fault.value} / {delivery.value}: deploying {app} on {bootstrap}")
+    deploy.deploy(args, app_name=app, wait_s=240)
+    reader = _ResultReader(bootstrap, topics.results)
+    reader.start()
+    runner = IngestRunner(
+        [
+            CameraConfig(
+                camera,
+                f"synthetic://?seed={i}&width=96&height=64",
+                fps=options.fps,
+                max_width=None,
+                max_frames=options.per_camera,
+                buffer_frames=4 * options.per_camera,
+                buffer_policy=BufferPolicy.BLOCK,
+            )
+            for i, camera in enumerate(cameras)
+        ],
+        bootstrap,
+        topics.frames,
+    )
+    runner.start()
+    injected_at = time.monotonic()
+    detail = ""
+    try:
+        deadline = time.monotonic() + 120
+        while reader.count() < options.results_before_fault:
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"no results from {app} before the fault ({reader.count()})")
+            time.sleep(0.2)
+        progress(f"  {reader.count()} results; injecting {fault.value}")
+        injected_at = time.monotonic()
+        detail = _inject(fault, stack, app, args, options, progress)
+        if not runner.wait(timeout=options.settle_timeout_s):
+            detail += f"; ingest still held {runner.buffered()} frames"
+        deadline = time.monotonic() + options.settle_timeout_s
+        while len(set(reader.keys) & expected) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2.0)  # a surplus (duplicates) arrives too
+    finally:
+        runner.stop()
+        reader.stop_event.set()
+        reader.join(10)
+        try:
+            deploy.delete(app)
+        finally:
+            kafka_io.delete_topics(bootstrap, names)
+    seen = Counter(reader.keys)
+    outcome = FaultOutcome(
+        fault=fault.value,
+        delivery=delivery.value,
+        frames=len(expected),
+        results=sum(seen.values()),
+        missing=len(expected - set(seen)),
+        duplicates=sum(n - 1 for n in seen.values() if n > 1),
+        recovery_s=round(_longest_pause(reader.arrivals, injected_at), 2),
+        manual_action=False,
+        brokers=settings.kafka_brokers,
+        detail=detail,
+        ingest={
+            "sent": sum(w.stats.sent for w in runner.workers),
+            "dropped": sum(w.stats.dropped for w in runner.workers),
+            "retried": sum(w.stats.retried for w in runner.workers),
+        },
+    )
+    progress(
+        f"  {fault.value} / {delivery.value}: missing {outcome.missing}, duplicates {outcome.duplicates}, "
+        f"recovery {outcome.recovery_s:.1f}s ({detail})"
+    )
+    return outcome
+
+
+def _longest_pause(arrivals: list[float], since: float) -> float:
+    """The longest gap between results from the fault on: how long the stream stood."""
+    times = [since, *sorted(t for t in arrivals if t >= since)]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+# -- the faults --------------------------------------------------------------------------------
+def _inject(
+    fault: Fault,
+    stack: Any,
+    app: str,
+    args: dict[str, Any],
+    options: ChaosSettings,
+    progress: Callable[[str], None],
+) -> str:
+    if fault is Fault.PROCESSOR_KILL:
+        from services.inference.deploy import processor_stats
+
+        pid = processor_stats(app).pid
+        os.kill(pid, signal.SIGKILL)
+        return f"processor pid {pid} killed"
+    if fault is Fault.MODEL_KILL:
+        pid = _replica_pid(app, Task.CLASSIFICATION)
+        os.kill(pid, signal.SIGKILL)
+        return f"model replica pid {pid} killed"
+    if fault is Fault.SERVE_REDEPLOY:
+        from services.inference import deploy
+
+        # A changed processor config: Serve replaces the processor replica, whose partitions
+        # are revoked (drained and committed) and taken over by the new one.
+        changed = {
+            **args,
+            "processor": {**args["processor"], "poll_timeout_ms": args["processor"]["poll_timeout_ms"] + 1},
+        }
+        deploy.deploy(changed, app_name=app, wait_s=240)
+        return "redeployed with processor.poll_timeout_ms changed"
+    if fault is Fault.BROKER_KILL:
+        broker = _leader_of_frames(stack, app)
+        _kill(broker)
+        time.sleep(10)
+        _restart(broker)
+        return f"{broker.name} (leader of the frames partitions) killed, restarted after 10 s"
+    if fault is Fault.BROKER_OUTAGE:
+        for broker in stack.brokers:
+            _kill(broker)
+        time.sleep(options.outage_s)
+        for broker in stack.brokers:
+            broker.stop()  # the PID files of the dead processes
+            broker.start(wait=False)
+        for broker in stack.brokers:
+            broker.wait_healthy()
+        return f"every broker down {options.outage_s:.0f} s"
+    if fault is Fault.ROLLING_RESTART:
+        for broker in stack.brokers:
+            progress(f"  restarting {broker.name}")
+            broker.stop()
+            broker.start()
+            time.sleep(5)  # its partitions catch up before the next one goes
+        return f"{len(stack.brokers)} brokers restarted in turn"
+    raise ConfigError(f"no injector for {fault.value}")
+
+
+def _kill(broker: Any) -> None:
+    pid = broker.pid()
+    if pid is None:
+        raise InfrastructureError(f"{broker.name} is not running")
+    os.kill(pid, signal.SIGKILL)
+
+
+def _restart(broker: Any) -> None:
+    broker.stop()  # removes the dead process's PID file
+    broker.start()
+
+
+def _leader_of_frames(stack: Any, app: str) -> Any:
+    """The broker leading most partitions of the app's frames topic."""
+    from services import kafka_io
+
+    client = kafka_io.admin(stack.settings.bootstrap_servers)
+    try:
+        frames = f"chaos.{app.removeprefix('chaos-')}.frames"
+        (topic,) = client.describe_topics([frames])
+        leaders = Counter(p["leader"] for p in topic["partitions"])
+    finally:
+        client.close()
+    node = leaders.most_common(1)[0][0]
+    return stack.services["kafka" if node == 1 else f"kafka-{node}"]
+
+
+def _replica_pid(app: str, task: Task) -> int:
+    from ray.util.state import list_actors
+
+    from vlm_core.tasks import get_profile
+
+    name = get_profile(task).deployment_name
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000):
+        actor_name = actor.name or ""
+        if actor_name.startswith("SERVE_REPLICA::") and f"{app}#{name}#" in actor_name and actor.pid:
+            return int(actor.pid)
+    raise InfrastructureError(f"no live replica of {name} in {app}")
+
+
+# -- the matrix --------------------------------------------------------------------------------
+@dataclass
+class ChaosReport:
+    outcomes: list[FaultOutcome]
+    command: str = ""
+
+    def table(self) -> list[dict[str, Any]]:
+        return [asdict(o) for o in self.outcomes]
+
+
+def run_matrix(
+    faults: list[Fault],
+    deliveries: list[Delivery],
+    *,
+    settings: LocalSettings,
+    options: ChaosSettings = ChaosSettings(),
+    progress: Callable[[str], None] = print,
+    command: str = "",
+) -> ChaosReport:
+    outcomes = []
+    for fault in faults:
+        for delivery in deliveries:
+            outcomes.append(run_fault(fault, delivery, settings=settings, options=options, progress=progress))
+    return ChaosReport(outcomes, command)
+
+
+def write_report(report: ChaosReport, path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"command": report.command, "outcomes": report.table()}, indent=2) + "\n")

@@ -1,0 +1,60 @@
+"""The fault suite: each fault injected mid-stream into the real stack under exactly once
+(0 lost, 0 seen twice by a read_committed reader, nobody acting). Processor kills run in
+test_pipeline.py under both modes; the full matrix with at least once is `vlm chaos`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.chaos import ChaosSettings, Fault, FaultOutcome, run_fault
+from services.localstack import LocalStack
+from vlm_core.config import LocalSettings
+from vlm_core.pipeline import Delivery
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+OPTIONS = ChaosSettings(per_camera=300, results_before_fault=120)
+
+
+def check(outcome: FaultOutcome) -> None:
+    print(outcome)
+    assert outcome.missing == 0, f"{outcome.missing} frames without a result: {outcome}"
+    assert outcome.duplicates == 0, f"{outcome.duplicates} results seen twice: {outcome}"
+    assert outcome.ingest["dropped"] == 0 and outcome.ingest["sent"] == outcome.frames, outcome
+
+
+@pytest.mark.parametrize("fault", [Fault.MODEL_KILL, Fault.BROKER_OUTAGE, Fault.SERVE_REDEPLOY])
+def test_exactly_once_through_a_fault_on_one_broker(
+    fault: Fault, settings: LocalSettings, kafka_bootstrap: str, ray_address: str
+) -> None:
+    check(run_fault(fault, Delivery.EXACTLY_ONCE, settings=settings, options=OPTIONS))
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    settings: LocalSettings, ray_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalSettings]:
+    """A three-broker KRaft cluster of its own (ports of the test stack + 1000), sharing
+    the test stack's Ray; stopped by PID at the end."""
+    three = settings.model_copy(
+        update={
+            "kafka_brokers": 3,
+            "kafka_port": settings.kafka_port + 1000,
+            "kafka_controller_port": settings.kafka_controller_port + 1000,
+            "state_dir": Path(tmp_path_factory.mktemp("cluster")),
+        }
+    )
+    stack = LocalStack(three)
+    try:
+        stack.up(["kafka"])
+        yield three
+    finally:
+        stack.down(["kafka"])
+
+
+@pytest.mark.parametrize("fault", [Fault.BROKER_KILL, Fault.ROLLING_RESTART])
+def test_exactly_once_through_a_broker_fault_on_three_brokers(fault: Fault, cluster: LocalSettings) -> None:
+    check(run_fault(fault, Delivery.EXACTLY_ONCE, settings=cluster, options=OPTIONS))
