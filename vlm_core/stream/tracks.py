@@ -356,7 +356,7 @@ class TrackingStage:
             except StateReadError as exc:
                 log.warning("tracker state of camera %r: %s; starting it fresh", record.camera_id, exc)
                 self._restart(record.camera_id, record.partition, exc.reason)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 log.warning("tracker state of camera %r is invalid (%r); starting it fresh", record.camera_id, exc)
                 self._restart(record.camera_id, record.partition, RestartReason.INVALID)
         return loaded

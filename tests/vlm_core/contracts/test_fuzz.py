@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.vlm_core.contracts.test_event import crossing
 from tests.vlm_core.contracts.test_result import full_result
 from vlm_core.contracts.event import Event, EventError
-from vlm_core.contracts.frame import Frame, FrameLimits, Header
+from vlm_core.contracts.frame import Encoding, Frame, FrameLimits, Header
 from vlm_core.contracts.labels import LabeledSample, LabelHeader
 from vlm_core.contracts.result import Result
 from vlm_core.contracts.task import Task
@@ -49,7 +49,9 @@ def _image() -> np.ndarray:
 
 
 VALID_FRAME = Frame.from_image(_image(), camera_id="cam-1", seq=7, capture_ts_ms=NOW_MS - 10).to_kafka()
-PNG_FRAME = Frame.from_image(_image(), camera_id="cam-1", seq=7, capture_ts_ms=NOW_MS - 10, encoding="png").to_kafka()
+PNG_FRAME = Frame.from_image(
+    _image(), camera_id="cam-1", seq=7, capture_ts_ms=NOW_MS - 10, encoding=Encoding.PNG
+).to_kafka()
 
 
 def mutated(data: bytes) -> st.SearchStrategy[bytes]:
@@ -273,6 +275,7 @@ STATE_HEADER = VALID_STATE[: VALID_STATE.index(zlib.compress(json.dumps(STATE_DO
     | mutated(VALID_STATE)
     | mutated_document(STATE_DOC).map(lambda d: STATE_HEADER + zlib.compress(json.dumps(d).encode(), 1))
 )
+@example(value=STATE_HEADER + zlib.compress(json.dumps({**STATE_DOC, "labels": None}).encode(), 1))  # found here
 def test_any_tracker_state_record_loads_or_starts_its_camera_fresh(value: bytes) -> None:
     from tests.vlm_core.stream.test_tracks import ROUTING
 
