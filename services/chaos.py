@@ -339,16 +339,13 @@ def _leader_of_frames(stack: Any, app: str) -> Any:
 
 
 def _replica_pid(app: str, task: Task) -> int:
-    from ray.util.state import list_actors
+    """The process of a replica of the app's model deployment (its ``info`` says)."""
+    from ray import serve
 
     from vlm_core.tasks import get_profile
 
-    name = get_profile(task).deployment_name
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000):
-        actor_name = actor.name or ""
-        if actor_name.startswith("SERVE_REPLICA::") and f"{app}#{name}#" in actor_name and actor.pid:
-            return int(actor.pid)
-    raise InfrastructureError(f"no live replica of {name} in {app}")
+    handle = serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app)
+    return int(handle.info.remote().result(timeout_s=30)["pid"])
 
 
 # -- the matrix --------------------------------------------------------------------------------

@@ -237,19 +237,24 @@ class IngestRunner:
     MAX_IN_FLIGHT = 128
     #: Pause after a failed send before the next one (the broker is likely away).
     RETRY_PAUSE_S = 0.5
+    #: The longest broker outage ingest rides out without losing a frame in flight.
+    DELIVERY_TIMEOUT_MS = 600_000
 
     def __init__(self, cameras: list[CameraConfig], bootstrap: str, topic: str) -> None:
         self.check(cameras)
         self.topic = topic
-        # Idempotent, so the client's own retries never write a frame twice; short blocking
-        # and reconnect waits, so a broker that comes back is used within seconds.
+        # Idempotent, so the client's own retries never write a frame twice. A batch waits
+        # for the broker up to DELIVERY_TIMEOUT_MS: kafka-python 3.0 cannot recover an
+        # idempotent producer whose batches expired (its in-flight sends never complete),
+        # so an outage must end before that; short blocking and reconnect waits use a broker
+        # that comes back within seconds.
         self.producer = kafka_io.producer(
             bootstrap,
             enable_idempotence=True,
+            retries=2**31 - 1,
             max_block_ms=5000,
-            delivery_timeout_ms=30000,
+            delivery_timeout_ms=self.DELIVERY_TIMEOUT_MS,
             request_timeout_ms=10000,
-            reconnect_backoff_max_ms=2000,
         )
         self.stop_event = threading.Event()
         self.cond = threading.Condition()
@@ -398,8 +403,9 @@ class IngestRunner:
                 if remaining is not None and remaining <= 0:
                     break
                 self.cond.wait(0.2 if remaining is None else min(0.2, remaining))
-        self.producer.flush()
-        return self.all_finished() and self._drained()
+            # Drained means every frame's send was acknowledged (or dropped, counted): no
+            # flush, which kafka-python can leave waiting on a batch across a broker restart.
+            return self.all_finished() and self._drained()
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Stop the cameras, give the buffered frames ``drain_s`` to reach Kafka, and count

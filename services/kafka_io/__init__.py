@@ -51,6 +51,8 @@ def security_options(environ: Mapping[str, str] | None = None) -> dict[str, str]
 
 def _connect(factory: Callable[..., _T], bootstrap: str, **config: Any) -> _T:
     config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+    # A broker that restarts is reconnected within seconds (kafka-python waits up to 30 s).
+    config.setdefault("reconnect_backoff_max_ms", 2000)
     config = {**security_options(), **config}
     try:
         return factory(bootstrap_servers=bootstrap, **config)
