@@ -331,7 +331,7 @@ def _leader_of_frames(stack: Any, app: str) -> Any:
     try:
         frames = f"chaos.{app.removeprefix('chaos-')}.frames"
         (topic,) = client.describe_topics([frames])
-        leaders = Counter(p["leader"] for p in topic["partitions"])
+        leaders = Counter(p.get("leader_id", p.get("leader")) for p in topic["partitions"])
     finally:
         client.close()
     node = leaders.most_common(1)[0][0]

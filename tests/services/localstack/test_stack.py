@@ -1,6 +1,9 @@
 import base64
 import uuid
+from pathlib import Path
 from unittest import mock
+
+import pytest
 
 from services.localstack import stack as local
 
@@ -15,3 +18,40 @@ def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
     assert cluster_id == base64.urlsafe_b64encode(plain.bytes).decode().rstrip("=")
     assert all(not local._kafka_cluster_id().startswith("-") for _ in range(500))
     assert len(cluster_id) == 22
+
+
+def test_a_three_broker_stack_has_three_nodes_on_their_own_ports(tmp_path: Path) -> None:
+    from services.localstack import LocalStack
+    from vlm_core.config import LocalSettings
+
+    settings = LocalSettings(state_dir=tmp_path, kafka_port=40092, kafka_controller_port=40093, kafka_brokers=3)
+    stack = LocalStack(settings)
+    assert [b.name for b in stack.brokers] == ["kafka", "kafka-2", "kafka-3"]
+    assert [s.name for s in stack.select(["kafka"])] == ["kafka", "kafka-2", "kafka-3"]
+    assert [s.name for s in stack.select(["kafka-2", "ray"])] == ["kafka-2", "ray"]
+    assert settings.bootstrap_servers == "127.0.0.1:40092,127.0.0.1:40192,127.0.0.1:40292"
+    assert settings.kafka_node_ports(3) == (40292, 40293) and settings.kafka_replication == 3
+    assert stack.brokers[1]._quorum() == (
+        "controller.quorum.voters=1@127.0.0.1:40093,2@127.0.0.1:40193,3@127.0.0.1:40293"
+    )
+    assert (
+        LocalStack(settings.model_copy(update={"kafka_brokers": 1}))
+        .brokers[0]
+        ._quorum()
+        .startswith("controller.quorum.bootstrap.servers=")
+    )
+
+
+def test_a_state_dir_keeps_its_broker_count_and_refuses_another(tmp_path: Path) -> None:
+    from services.localstack import LocalStack
+    from vlm_core.config import LocalSettings
+    from vlm_core.errors import InfrastructureError
+
+    three = LocalSettings(state_dir=tmp_path, kafka_brokers=3)
+    LocalStack(three)._record_brokers()
+    assert LocalSettings.from_env({"VLM_STATE_DIR": str(tmp_path)}).kafka_brokers == 3  # later commands
+    assert LocalSettings.from_env({"VLM_STATE_DIR": str(tmp_path), "VLM_KAFKA_BROKERS": "1"}).kafka_brokers == 1
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("formatted")
+    with pytest.raises(InfrastructureError, match="holds a 3-broker Kafka; it cannot start as 1"):
+        LocalStack(three.model_copy(update={"kafka_brokers": 1}))._record_brokers()
