@@ -201,6 +201,7 @@ def run_fault(
     runner.start()
     injected_at = time.monotonic()
     detail = ""
+    healed = False
     try:
         deadline = time.monotonic() + 120
         while reader.count() < options.results_before_fault:
@@ -216,6 +217,7 @@ def run_fault(
         while len(set(reader.keys) & expected) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2.0)  # a surplus (duplicates) arrives too
+        healed = deploy.app_status(app) == "RUNNING"
     finally:
         runner.stop()
         reader.stop_event.set()
@@ -225,15 +227,19 @@ def run_fault(
         finally:
             kafka_io.delete_topics(bootstrap, names)
     seen = Counter(reader.keys)
+    missing = len(expected - set(seen))
     outcome = FaultOutcome(
         fault=fault.value,
         delivery=delivery.value,
         frames=len(expected),
         results=sum(seen.values()),
-        missing=len(expected - set(seen)),
+        missing=missing,
         duplicates=sum(n - 1 for n in seen.values() if n > 1),
         recovery_s=round(_longest_pause(reader.arrivals, injected_at), 2),
-        manual_action=False,
+        # Nobody acted during the run; had the stream not healed by itself (frames still
+        # without a result after the settle time, or the application not RUNNING), someone
+        # would have to.
+        manual_action=bool(missing) or not healed,
         brokers=settings.kafka_brokers,
         detail=detail,
         ingest={

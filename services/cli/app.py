@@ -467,7 +467,13 @@ def chaos(
         table.add_column(column, justify="right")
     for o in report.outcomes:
         table.add_row(
-            o.fault, o.delivery, str(o.frames), str(o.missing), str(o.duplicates), f"{o.recovery_s:.1f}", "no"
+            o.fault,
+            o.delivery,
+            str(o.frames),
+            str(o.missing),
+            str(o.duplicates),
+            f"{o.recovery_s:.1f}",
+            "yes" if o.manual_action else "no",
         )
     console.print(table)
     write_report(report, json_path)

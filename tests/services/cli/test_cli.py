@@ -44,6 +44,8 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["bench", "tracking", "--model", "no-such-detector"], "no production 'no-such-detector'"),
         (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
+        (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
+        (["chaos", "--fault", "broker_kill"], "broker_kill needs a 3-broker cluster"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:
