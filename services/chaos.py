@@ -179,7 +179,12 @@ def run_fault(
     expected = {(c, s) for c in cameras for s in range(options.per_camera)}
     deploy.connect(settings.ray_address)
     progress(f"{fault.value} / {delivery.value}: deploying {app} on {bootstrap}")
-    deploy.deploy(args, app_name=app, wait_s=240)
+    try:
+        deploy.deploy(args, app_name=app, wait_s=240)
+    except BaseException:
+        deploy.delete(app)
+        kafka_io.delete_topics(bootstrap, names)
+        raise
     reader = _ResultReader(bootstrap, topics.results)
     reader.start()
     runner = IngestRunner(
