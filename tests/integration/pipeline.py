@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from services import kafka_io
+from services.chaos import CHAOS_MODEL
 from services.inference import deploy
 from vlm_core.config import Topics
 from vlm_core.contracts.frame import Frame
@@ -20,17 +21,8 @@ from vlm_core.contracts.result import Result
 from vlm_core.contracts.task import Task
 from vlm_core.pipeline import model_pipeline_args
 
-FAST_CLASSIFIER = {
-    "spec": {
-        "task": "classification",
-        "arch": "mobilenet_v3_small",
-        "class_names": ["a", "b", "c"],
-        "input_size": 64,
-        "name": "test-classifier",
-        "version": "1",
-    },
-    "deployment": {"num_cpus": 0.25, "max_ongoing_requests": 8, "max_batch_size": 16},
-}
+#: The fault scenarios' small classifier, under the name the tests look for.
+FAST_CLASSIFIER = {**CHAOS_MODEL, "spec": {**CHAOS_MODEL["spec"], "name": "test-classifier"}}
 
 
 @dataclass
