@@ -116,7 +116,7 @@ def test_a_second_processor_takes_half_the_cameras_and_they_keep_their_ids(
     from ray import serve
 
     from services.inference.processor import model_client
-    from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer
+    from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer, KafkaTransactions
     from services.kafka_io.state import KafkaTrackStateStore
     from vlm_core.pipeline import PipelineConfig
     from vlm_core.stream import StreamProcessor, TrackingStage, kafka_sinks
@@ -131,7 +131,8 @@ def test_a_second_processor_takes_half_the_cameras_and_they_keep_their_ids(
         # The same group, topics and cameras as the running replica's.
         config = PipelineConfig.parse(tracked_args(bootstrap, topics, registry, group))
         handle = serve.get_deployment_handle("Detector", app_name=app).options(method_name="predict")
-        producer = KafkaResultProducer(bootstrap)
+        # Exactly once, as the replica runs: a transactional producer of its own id.
+        producer = KafkaResultProducer(bootstrap, transactional_id=f"{group}.second")
         second: StreamProcessor | None = None
         consumer = KafkaFrameConsumer(bootstrap, topics.frames, config.processor.group_id, on_revoke=lambda: drain())
 
@@ -147,6 +148,7 @@ def test_a_second_processor_takes_half_the_cameras_and_they_keep_their_ids(
             config.processor,
             tracking=TrackingStage(config.cameras),
             state_store=KafkaTrackStateStore(bootstrap, topics.tracks_state, topics.frames, producer),
+            transactions=KafkaTransactions(producer, consumer),
         )
         stop = threading.Event()
         runner = threading.Thread(target=second.run, args=(stop.is_set,), daemon=True)
