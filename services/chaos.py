@@ -222,7 +222,7 @@ def run_fault(
         while len(set(reader.keys) & expected) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2.0)  # a surplus (duplicates) arrives too
-        healed = deploy.app_status(app) == "RUNNING"
+        healed = _running_within(app, HEAL_TIMEOUT_S)
     finally:
         runner.stop()
         reader.stop_event.set()
@@ -258,6 +258,22 @@ def run_fault(
         f"recovery {outcome.recovery_s:.1f}s ({detail})"
     )
     return outcome
+
+
+#: Serve replaces a replica that crash-looped through the fault on its own: the application
+#: is given this long to be RUNNING again before someone would have to act.
+HEAL_TIMEOUT_S = 90.0
+
+
+def _running_within(app: str, timeout_s: float) -> bool:
+    from services.inference import deploy
+
+    deadline = time.monotonic() + timeout_s
+    while deploy.app_status(app) != "RUNNING":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
+    return True
 
 
 def _longest_pause(arrivals: list[float], since: float) -> float:
