@@ -49,6 +49,9 @@ class LocalSettings(BaseModel, frozen=True):
     #: replication factor 3, ``min.insync.replicas=2``. Node N>1 listens on the ports of
     #: node 1 plus 100*(N-1).
     kafka_brokers: int = Field(default=1, ge=1, le=5)
+    #: SASL/SCRAM-SHA-512 over TLS with an ACL per principal (``vlm local up --secure``).
+    #: A state dir's Kafka is formatted with it or without; that choice is kept there.
+    kafka_secure: bool = False
     ray_port: int = 26379
     ray_metrics_port: int = 28080
     ray_num_cpus: int = 2
@@ -75,7 +78,14 @@ class LocalSettings(BaseModel, frozen=True):
         settings = cls.model_validate(values)
         if "kafka_brokers" not in values and (recorded := settings.recorded_brokers()) is not None:
             settings = settings.model_copy(update={"kafka_brokers": recorded})
+        if "kafka_secure" not in values and settings.kafka_security_dir.is_dir():
+            settings = settings.model_copy(update={"kafka_secure": True})
         return settings
+
+    @property
+    def kafka_security_dir(self) -> Path:
+        """Certificates and SCRAM credentials of a secure stack, one ``<principal>.env`` each."""
+        return self.state_dir / "kafka-security"
 
     @property
     def brokers_file(self) -> Path:

@@ -41,7 +41,11 @@ BootstrapOpt = Annotated[
 
 
 def _settings() -> LocalSettings:
-    return LocalSettings.from_env()
+    from services.localstack.security import use_operator_credentials
+
+    settings = LocalSettings.from_env()
+    use_operator_credentials(settings)
+    return settings
 
 
 def _status_table(statuses: list) -> Table:  # type: ignore[type-arg]
@@ -75,19 +79,42 @@ def local_up(
             "Kept in the state dir for later commands.",
         ),
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Kafka with SASL/SCRAM-SHA-512 over TLS and an ACL per principal (ingest, processor, trainer, "
+            "labeler; admin for you). Kept in the state dir for later commands.",
+        ),
+    ] = False,
 ) -> None:
     """Start the local services (idempotent) and create the topics."""
     from services.localstack import LocalStack, create_default_topics
+    from services.localstack.security import use_operator_credentials
 
     settings = _settings()
     if brokers is not None:
         settings = settings.model_copy(update={"kafka_brokers": brokers})
+    if secure:
+        settings = settings.model_copy(update={"kafka_secure": True})
     stack = LocalStack(settings)
     with console.status("starting local services (the first start downloads Kafka's jars)..."):
         statuses = stack.up(services)
         if any(s.name == "kafka" and s.running for s in statuses):
+            use_operator_credentials(settings)
             create_default_topics(stack.settings.bootstrap_servers)
+            if settings.kafka_secure:
+                from services.kafka_io.acls import apply_grants, pipeline_grants
+                from vlm_core.pipeline import ProcessorSettings
+
+                apply_grants(settings.bootstrap_servers, pipeline_grants(Topics(), ProcessorSettings().group_id))
     console.print(_status_table(statuses))
+    if settings.kafka_secure:
+        console.print(
+            f"Kafka speaks SASL_SSL; commands act as admin. To act as a principal: "
+            f"set -a; . {settings.kafka_security_dir}/<ingest|processor|trainer|labeler>.env; set +a",
+            markup=False,
+        )
 
 
 @local_app.command("down")
@@ -198,6 +225,11 @@ def ingest(
             f"{w.config.camera_id}: read {s.read}, sent {s.sent}, dropped {s.dropped}, failed {s.failed}, "
             f"sends retried {s.retried}, reconnects {s.reconnects}",
             markup=False,
+        )
+    if runner.refused is not None:
+        raise VlmError(
+            f"Kafka refused the frames on {topic}: {runner.refused}",
+            hint="this principal (VLM_KAFKA_SASL_USERNAME) needs WRITE on that topic; see `vlm local up --secure`",
         )
     stopped = [w for w in runner.workers if w.stats.permanent_error]
     if stopped:

@@ -7,6 +7,8 @@ into the builder's parameter type only when the annotation is the class itself.
 call :func:`build_app` with the ``args`` block, and so does ``vlm serve``.
 """
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -14,6 +16,7 @@ from ray.serve import Application
 
 from services.inference.model_server import ModelServer
 from services.inference.processor import StreamProcessorReplica
+from services.kafka_io import SECURITY_ENV
 from vlm_core.config import LocalSettings
 from vlm_core.pipeline import DeploymentSettings, PipelineConfig
 from vlm_core.registry import RegistryFollow
@@ -55,6 +58,14 @@ def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
     return options
 
 
+def kafka_credentials(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The processor's Kafka credentials are those of whoever builds the application
+    (``vlm serve`` with a principal's ``VLM_KAFKA_*``, or a cluster whose pods carry them):
+    they travel in its replicas' runtime_env, and only there; the models never see Kafka."""
+    credentials = {name: environ[name] for name in SECURITY_ENV if environ.get(name)}
+    return {"runtime_env": {"env_vars": credentials}} if credentials else {}
+
+
 def build_app(config: PipelineConfig) -> Application:
     """The typed application builder: ``serve run``/``serve deploy`` validate the config
     file's ``args`` into a PipelineConfig (Serve does that for a pydantic-typed builder),
@@ -74,7 +85,7 @@ def build_app(config: PipelineConfig) -> Application:
         name=PROCESSOR_NAME,
         num_replicas=config.processor.replicas,
         max_ongoing_requests=4,
-        ray_actor_options={"num_cpus": config.processor.num_cpus},
+        ray_actor_options={"num_cpus": config.processor.num_cpus, **kafka_credentials()},
         health_check_period_s=5,
         graceful_shutdown_timeout_s=60,
     )

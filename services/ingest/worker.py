@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from kafka.errors import AuthorizationError
 
 from services import kafka_io
 from services.ingest import metrics
@@ -259,6 +260,8 @@ class IngestRunner:
         self.stop_event = threading.Event()
         self.cond = threading.Condition()
         self.in_flight = 0
+        #: Set when the broker refused a frame (an authorization error): ingest stopped.
+        self.refused: BaseException | None = None
         self._retry_at = 0.0
         self.outbound: list[_Outbound] = []
         for camera in cameras:
@@ -363,7 +366,19 @@ class IngestRunner:
     def _failed(
         self, outbound: _Outbound, frame: Frame, done: Callable[[BaseException | None], None], exc: BaseException
     ) -> None:
-        """A send that failed goes back to the front of its camera's buffer."""
+        """A send that failed goes back to the front of its camera's buffer; one the broker
+        refused (this principal may not write the topic) stops ingest instead: retrying
+        cannot mend it, and the CLI reports it."""
+        if isinstance(exc, AuthorizationError):
+            with self.cond:
+                self.in_flight -= 1
+                if self.refused is None:
+                    self.refused = exc
+                    log.error("Kafka refused a frame on %s, stopping ingest: %s", self.topic, exc)
+                self.stop_event.set()
+                self.cond.notify_all()
+            done(FrameDropped("refused"))
+            return
         with self.cond:
             self.in_flight -= 1
             dropped = outbound.buffer.requeue((frame, done))
@@ -420,8 +435,9 @@ class IngestRunner:
                 while (entry := outbound.buffer.take()) is not None:
                     left.append(entry[1])
                 self._gauge(outbound)
+        reason = "refused" if self.refused else "shutdown"
         for done in left:
-            done(FrameDropped("shutdown"))
+            done(FrameDropped(reason))
         if left:
             log.warning("ingest stopped with %d frames not yet in Kafka (counted as dropped)", len(left))
         self.producer.flush(10)

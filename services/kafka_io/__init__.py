@@ -6,15 +6,22 @@ Import this module only where Kafka is really used; the rest of vlm_core stays f
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+)
 
 from vlm_core.config import Topics
 from vlm_core.contracts.frame import Frame
@@ -49,17 +56,58 @@ def security_options(environ: Mapping[str, str] | None = None) -> dict[str, str]
     return options
 
 
+class _RefusalLog(logging.Handler):
+    """Keeps the first authentication or TLS failure kafka-python logs while it bootstraps:
+    it retries those until its deadline and then reports only a timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.refusal: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        refusals = (SaslAuthenticationFailedError, AuthorizationError, ssl.SSLError)
+        for arg in args:
+            if self.refusal is None and isinstance(arg, refusals):
+                self.refusal = arg
+
+
+@contextlib.contextmanager
+def _watch_refusals() -> Iterator[_RefusalLog]:
+    watcher, kafka_log = _RefusalLog(), logging.getLogger("kafka")
+    kafka_log.addHandler(watcher)
+    try:
+        yield watcher
+    finally:
+        kafka_log.removeHandler(watcher)
+
+
 def _connect(factory: Callable[..., _T], bootstrap: str, **config: Any) -> _T:
     config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
     # A broker that restarts is reconnected within seconds (kafka-python waits up to 30 s).
     config.setdefault("reconnect_backoff_max_ms", 2000)
     config = {**security_options(), **config}
-    try:
-        return factory(bootstrap_servers=bootstrap, **config)
-    except KafkaError as exc:
+    with _watch_refusals() as watcher:
+        try:
+            return factory(bootstrap_servers=bootstrap, **config)
+        except KafkaError as exc:
+            failure = exc
+    if isinstance(watcher.refusal, ssl.SSLError):
         raise InfrastructureError(
-            f"cannot reach Kafka at {bootstrap}: {exc}", hint="start it with `vlm local up` or pass --bootstrap"
-        ) from None
+            f"the TLS handshake with Kafka at {bootstrap} failed: {watcher.refusal}",
+            hint="VLM_KAFKA_SSL_CAFILE must name the CA that signed the broker's certificate",
+        )
+    if watcher.refusal is not None:
+        user = config.get("sasl_plain_username", "(no user)")
+        raise InfrastructureError(
+            f"Kafka at {bootstrap} refused user {user!r} ({config.get('sasl_mechanism', 'no SASL mechanism')}): "
+            f"{str(watcher.refusal).rsplit(': ', 1)[-1].strip()}",
+            hint="check VLM_KAFKA_SASL_USERNAME and VLM_KAFKA_SASL_PASSWORD (a local secure stack keeps them in "
+            "<state dir>/kafka-security/<principal>.env)",
+        )
+    raise InfrastructureError(
+        f"cannot reach Kafka at {bootstrap}: {failure}", hint="start it with `vlm local up` or pass --bootstrap"
+    )
 
 
 #: A compacted topic rolls a segment this often, so old states are compacted away soon.

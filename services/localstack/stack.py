@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from services.localstack.security import ADMIN, KafkaSecurity
 from services.resources import resource
 from vlm_core.config import LocalSettings, Topics, ray_environment
 from vlm_core.errors import InfrastructureError
@@ -286,17 +287,40 @@ class KafkaService(LocalService):
             path.write_text(_kafka_cluster_id())
         return path.read_text().strip()
 
+    @property
+    def security(self) -> KafkaSecurity | None:
+        return KafkaSecurity(self.settings.kafka_security_dir) if self.settings.kafka_secure else None
+
+    def client_options(self) -> dict[str, str]:
+        """kafka-python settings of the operator's (``admin``) client of this node."""
+        from services.kafka_io import security_options
+
+        return security_options(self.security.client_env(ADMIN)) if self.security else {}
+
+    def _listeners(self, port: int, controller_port: int) -> str:
+        if self.security:
+            return self.security.broker_properties(port, controller_port)
+        return "\n".join(
+            [
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+            ]
+        )
+
     def prepare(self) -> None:
         self.ensure_jars()
         data_dir = self.dir / "data"
         port, controller_port = self.settings.kafka_node_ports(self.node)
+        if self.security:
+            self.security.ensure()
         replication = self.settings.kafka_replication
         template = resource("kafka/server.properties.template").read_text()
         props = string.Template(template).substitute(
             node_id=self.node,
             quorum=self._quorum(),
-            kafka_port=port,
-            controller_port=controller_port,
+            listeners=self._listeners(port, controller_port),
             data_dir=data_dir,
             replication=replication,
             min_isr=2 if replication >= 3 else 1,
@@ -314,6 +338,7 @@ class KafkaService(LocalService):
                     self._cluster_id(),
                     "-c",
                     str(self.dir / "server.properties"),
+                    *(self.security.format_args() if self.security else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -341,7 +366,7 @@ class KafkaService(LocalService):
         try:
             from kafka import KafkaAdminClient
 
-            admin = KafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=3000, **self.client_options())
             try:
                 admin.list_topics()
             finally:
@@ -618,6 +643,14 @@ class LocalStack:
         if formatted and (recorded or 1) != wanted:
             raise InfrastructureError(
                 f"{self.settings.state_dir} holds a {recorded or 1}-broker Kafka; it cannot start as {wanted}",
+                hint=f"`vlm local down`, then delete {self.settings.state_dir}/kafka* (its topics are lost), or "
+                "set VLM_STATE_DIR to another directory",
+            )
+        secure = self.settings.kafka_security_dir.is_dir()
+        if formatted and secure != self.settings.kafka_secure:
+            raise InfrastructureError(
+                f"{self.settings.state_dir} holds a Kafka formatted {'with' if secure else 'without'} SASL/TLS; "
+                f"it cannot start {'with' if self.settings.kafka_secure else 'without'} it",
                 hint=f"`vlm local down`, then delete {self.settings.state_dir}/kafka* (its topics are lost), or "
                 "set VLM_STATE_DIR to another directory",
             )
