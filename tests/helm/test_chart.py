@@ -105,6 +105,45 @@ def test_the_view_is_optional_and_reads_its_token_from_a_secret() -> None:
     assert result.returncode != 0 and "view.tokenSecret is required" in result.stderr
 
 
+def test_each_component_logs_in_to_kafka_as_its_own_principal(tmp_path: Path) -> None:
+    values = tmp_path / "sasl.yaml"
+    values.write_text(
+        "kafka:\n  external:\n    securityProtocol: SASL_SSL\n"
+        "    sasl: {secretName: kafka-shared, secrets: {ingest: kafka-ingest, ray: kafka-processor}}\n"
+        "    tls: {secretName: kafka-ca}\n"
+        "view: {enabled: true, tokenSecret: vlm-view-token}\n"
+    )
+    users: dict[str, set[str]] = {}
+    for doc in render(values):
+        text = yaml.safe_dump(doc)
+        if "VLM_KAFKA_SASL_USERNAME" not in text:
+            continue
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        for container in _containers(doc):
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["VLM_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+            assert env["VLM_KAFKA_SSL_CAFILE"]["value"] == "/etc/vlm-stream/kafka-tls/ca.crt"
+            secret = env["VLM_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"]["name"]
+            assert env["VLM_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == secret
+            users.setdefault(component, set()).add(secret)
+    assert users["ingest"] == {"kafka-ingest"} and users["view"] == {"kafka-shared"}
+    assert {"kafka-processor"} == users["inference"]
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container of a rendered object, however deep its pod templates sit."""
+    found: list[dict[str, Any]] = []
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.extend(c for c in node.get("containers", []) if isinstance(c, dict))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def test_optional_applications_can_be_left_out_and_their_cameras_go_back(tmp_path: Path) -> None:
     values = tmp_path / "no-optional.yaml"
     values.write_text("serve:\n  optionalApplications: false\n")

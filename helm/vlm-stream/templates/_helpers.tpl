@@ -41,8 +41,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.registry.persistentVolumeClaim.existingClaim | default (printf "%s-registry" (include "vlm.fullname" .)) -}}
 {{- end -}}
 
-{{/* Environment every vlm-stream container gets: Kafka security from Secrets, registry. */}}
+{{/* Environment every vlm-stream container gets: Kafka security from Secrets, registry.
+Called with (dict "root" $ "component" "ingest|ray|view"): each component logs in as its own
+Kafka principal when kafka.external.sasl.secrets names a Secret for it. */}}
 {{- define "vlm.env" -}}
+{{- $component := .component -}}
+{{- $root := .root -}}
+{{- with .root -}}
 - name: HOME  # the root filesystem is read-only; caches go to the /tmp emptyDir
   value: /tmp
 - name: VLM_REGISTRY_DIR
@@ -56,16 +61,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if hasPrefix "SASL" .securityProtocol }}
 - name: VLM_KAFKA_SASL_MECHANISM
   value: {{ .sasl.mechanism | quote }}
+{{- $secret := (get (.sasl.secrets | default dict) $component) | default .sasl.secretName }}
 - name: VLM_KAFKA_SASL_USERNAME
   valueFrom:
-    secretKeyRef: {name: {{ required "kafka.external.sasl.secretName is required for SASL" .sasl.secretName }}, key: username}
+    secretKeyRef: {name: {{ required (printf "kafka.external.sasl.secretName (or sasl.secrets.%s) is required for SASL" $component) $secret }}, key: username}
 - name: VLM_KAFKA_SASL_PASSWORD
   valueFrom:
-    secretKeyRef: {name: {{ .sasl.secretName }}, key: password}
+    secretKeyRef: {name: {{ $secret }}, key: password}
 {{- end }}
-{{- if include "vlm.kafkaTls" $ }}
+{{- if include "vlm.kafkaTls" $root }}
 - name: VLM_KAFKA_SSL_CAFILE
   value: /etc/vlm-stream/kafka-tls/ca.crt
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -162,7 +169,7 @@ spec:
       image: {{ .image }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       {{- include "vlm.containerSecurity" . | nindent 6 }}
-      env: {{ include "vlm.env" $root | nindent 8 }}
+      env: {{ include "vlm.env" (dict "root" $root "component" "ray") | nindent 8 }}
       {{- $resources := deepCopy .resources }}
       {{- if .gpus }}
       {{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" (toString .gpus)) ($resources.limits | default dict)) }}
