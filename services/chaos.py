@@ -11,6 +11,7 @@ does more than inject its fault (and restart what the fault names) fails instead
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.localstack.stack import RayWorkerService, process_tree
 from vlm_core.buffering import BufferPolicy
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
@@ -43,6 +45,10 @@ CHAOS_MODEL = {
     },
     "deployment": {"num_cpus": 0.25, "max_ongoing_requests": 8, "max_batch_size": 16},
 }
+
+
+#: A Ray resource only the head node has.
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 class Fault(str, enum.Enum):
@@ -64,6 +70,13 @@ class Fault(str, enum.Enum):
     @property
     def needs_brokers(self) -> int:
         return 3 if self in (Fault.BROKER_KILL, Fault.ROLLING_RESTART) else 1
+
+    @property
+    def needs_ray_nodes(self) -> int:
+        return 2 if self is Fault.RAY_NODE_LOSS else 1
+
+    def runs_on(self, settings: LocalSettings) -> bool:
+        return self.needs_brokers <= settings.kafka_brokers and self.needs_ray_nodes <= settings.ray_nodes
 
 
 @dataclass
@@ -155,24 +168,34 @@ def run_fault(
             f"{fault.value} needs a {fault.needs_brokers}-broker cluster; this stack has {settings.kafka_brokers}",
             hint="start one with `vlm local up --brokers 3` (its own VLM_STATE_DIR)",
         )
-    if fault is Fault.RAY_NODE_LOSS:
-        raise ConfigError("ray_node_loss needs a second Ray node, which the local stack does not start yet")
+    if settings.ray_nodes < fault.needs_ray_nodes:
+        raise ConfigError(
+            f"{fault.value} needs a second Ray node; this stack has {settings.ray_nodes}",
+            hint="start one with `vlm local up --ray-nodes 2`",
+        )
     bootstrap = settings.bootstrap_servers
     tag = uuid.uuid4().hex[:8]
     topics = kafka_io.private_topics(f"chaos.{tag}")
     names = kafka_io.ensure_pipeline_topics(bootstrap, topics)
     app = f"chaos-{tag}"
+    model, placement = CHAOS_MODEL, {}
+    if fault is Fault.RAY_NODE_LOSS:
+        # Two model replicas, which Serve spreads over the two nodes; the processor stays on
+        # the head, so the node that goes takes a model replica and nothing else.
+        model = {**CHAOS_MODEL, "deployment": {**CHAOS_MODEL["deployment"], "min_replicas": 2, "max_replicas": 2}}
+        placement = {"ray_resources": {HEAD_RESOURCE: 0.001}}
     args = model_pipeline_args(
         bootstrap,
         topics,
         Task.CLASSIFICATION,
-        CHAOS_MODEL,
+        model,
         processor={
             "group_id": f"chaos-{tag}",
             "batch_size": 8,
             "poll_timeout_ms": 50,
             "num_cpus": 0.25,
             "delivery": delivery.value,
+            **placement,
         },
     )
     cameras = [f"chaos-cam-{i}" for i in range(options.cameras)]
@@ -231,6 +254,9 @@ def run_fault(
             deploy.delete(app)
         finally:
             kafka_io.delete_topics(bootstrap, names)
+            if fault is Fault.RAY_NODE_LOSS:  # the node comes back for the next scenario
+                stack.services[RayWorkerService.name].stop()
+                stack.services[RayWorkerService.name].start()
     seen = Counter(reader.keys)
     missing = len(expected - set(seen))
     outcome = FaultOutcome(
@@ -312,6 +338,16 @@ def _inject(
         }
         deploy.deploy(changed, app_name=app, wait_s=240)
         return "redeployed with processor.poll_timeout_ms changed"
+    if fault is Fault.RAY_NODE_LOSS:
+        node = stack.services[RayWorkerService.name]
+        pid = node.pid()
+        if pid is None:
+            raise InfrastructureError("the second Ray node is not running", hint="`vlm local up --ray-nodes 2`")
+        replicas = _model_replicas_on(pid, app)
+        for process in process_tree(pid):  # the raylet, its agents and every worker on it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process, signal.SIGKILL)
+        return f"{node.name} (pid {pid}, model replica pid(s) {replicas}) lost"
     if fault is Fault.BROKER_KILL:
         broker = _leader_of_frames(stack, app)
         _kill(broker)
@@ -363,6 +399,26 @@ def _leader_of_frames(stack: Any, app: str) -> Any:
         client.close()
     node = leaders.most_common(1)[0][0]
     return stack.services["kafka" if node == 1 else f"kafka-{node}"]
+
+
+def _model_replicas_on(node_pid: int, app: str, timeout_s: float = 60.0) -> list[int]:
+    """The app's model replicas running on the node started as ``node_pid`` (Ray titles a
+    replica's process ``ray::ServeReplica:<app>:<deployment>``)."""
+    from vlm_core.tasks import get_profile
+
+    title = f"ServeReplica:{app}:{get_profile(Task.CLASSIFICATION).deployment_name}".encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = []
+        for pid in process_tree(node_pid):
+            with contextlib.suppress(OSError):
+                if title in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise InfrastructureError(f"no model replica of {app} on the second Ray node after {timeout_s:.0f}s")
+        time.sleep(1.0)
 
 
 def _replica_pid(app: str, task: Task) -> int:

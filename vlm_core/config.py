@@ -55,6 +55,10 @@ class LocalSettings(BaseModel, frozen=True):
     ray_port: int = 26379
     ray_metrics_port: int = 28080
     ray_num_cpus: int = 2
+    #: 2 adds a second Ray node on this machine (``ray-2``, its ports those of the head plus
+    #: 10..19), so model replicas and the processor can sit on different nodes.
+    ray_nodes: int = Field(default=1, ge=1, le=2)
+    ray_worker_num_cpus: int = 1
     ray_object_store_bytes: int = 1_000_000_000
     prometheus_port: int = 29090
     ingest_metrics_port: int = 29100

@@ -229,6 +229,8 @@ class DeploymentSettings(_Strict):
     num_gpus: float | str = "auto"
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
     torch_threads: int = Field(default=1, ge=1)
+    #: Custom Ray resources each replica needs: places it on the nodes that offer them.
+    ray_resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ModelConfig(_Strict):
@@ -279,6 +281,8 @@ class ProcessorSettings(_Strict):
     max_loop_restarts: int = Field(default=5, ge=1)
     restart_window_s: float = Field(default=300.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
+    #: Custom Ray resources the processor replica needs (``node:__internal_head__``: the head).
+    ray_resources: dict[str, float] = Field(default_factory=dict)
     #: CPU niceness of the processor's threads. The model replicas set throughput; a
     #: niced processor yields a shared core to them and still gets every idle cycle.
     niceness: int = Field(default=10, ge=0, le=19)

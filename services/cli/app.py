@@ -79,6 +79,16 @@ def local_up(
             "Kept in the state dir for later commands.",
         ),
     ] = None,
+    ray_nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-nodes",
+            min=1,
+            max=2,
+            help="Ray nodes on this machine: 2 adds a second node (ray-2) for model replicas. Set VLM_RAY_NODES=2 "
+            "for later commands.",
+        ),
+    ] = None,
     secure: Annotated[
         bool,
         typer.Option(
@@ -97,6 +107,8 @@ def local_up(
         settings = settings.model_copy(update={"kafka_brokers": brokers})
     if secure:
         settings = settings.model_copy(update={"kafka_secure": True})
+    if ray_nodes is not None:
+        settings = settings.model_copy(update={"ray_nodes": ray_nodes})
     stack = LocalStack(settings)
     with console.status("starting local services (the first start downloads Kafka's jars)..."):
         statuses = stack.up(services)
@@ -462,8 +474,8 @@ def chaos(
         list[str] | None,
         typer.Option(
             "--fault",
-            help="broker_kill, processor_kill, model_kill, broker_outage, rolling_restart, serve_redeploy "
-            "(repeatable; default: every one this stack can run).",
+            help="broker_kill, processor_kill, model_kill, ray_node_loss, broker_outage, rolling_restart, "
+            "serve_redeploy (repeatable; default: every one this stack can run).",
         ),
     ] = None,
     delivery: Annotated[
@@ -481,7 +493,7 @@ def chaos(
 
     settings = _settings()
     try:
-        runnable = [f for f in Fault if f is not Fault.RAY_NODE_LOSS and f.needs_brokers <= settings.kafka_brokers]
+        runnable = [f for f in Fault if f.runs_on(settings)]
         faults = [Fault(f) for f in fault] if fault else runnable
         deliveries = [Delivery(d) for d in delivery] if delivery else list(Delivery)
     except ValueError as exc:
@@ -494,7 +506,7 @@ def chaos(
         progress=lambda msg: console.print(msg, markup=False),
         command=" ".join(["vlm", *sys.argv[1:]]),
     )
-    table = Table(title=f"vlm chaos ({settings.kafka_brokers} broker(s))")
+    table = Table(title=f"vlm chaos ({settings.kafka_brokers} broker(s), {settings.ray_nodes} Ray node(s))")
     for column in ("fault", "delivery", "frames", "missing", "duplicates", "recovery s", "manual action"):
         table.add_column(column, justify="right")
     for o in report.outcomes:

@@ -43,7 +43,11 @@ def _gpus(settings: DeploymentSettings) -> float:
 def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": settings.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": _gpus(settings)},
+        "ray_actor_options": {
+            "num_cpus": settings.num_cpus,
+            "num_gpus": _gpus(settings),
+            **({"resources": settings.ray_resources} if settings.ray_resources else {}),
+        },
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 30,
     }
@@ -85,7 +89,11 @@ def build_app(config: PipelineConfig) -> Application:
         name=PROCESSOR_NAME,
         num_replicas=config.processor.replicas,
         max_ongoing_requests=4,
-        ray_actor_options={"num_cpus": config.processor.num_cpus, **kafka_credentials()},
+        ray_actor_options={
+            "num_cpus": config.processor.num_cpus,
+            **({"resources": config.processor.ray_resources} if config.processor.ray_resources else {}),
+            **kafka_credentials(),
+        },
         health_check_period_s=5,
         graceful_shutdown_timeout_s=60,
     )

@@ -88,6 +88,21 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants, whatever session they made for themselves."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 class LocalService:
     name: str = ""
 
@@ -417,6 +432,49 @@ class RayService(LocalService):
         )
 
 
+class RayWorkerService(LocalService):
+    """A second Ray node on this machine joining the head (see ``ray_node``): its own raylet,
+    object store and worker processes, so losing it loses what ran there."""
+
+    name = "ray-2"
+    stop_timeout_s = 40.0
+
+    @property
+    def node_manager_port(self) -> int:
+        return self.settings.ray_port + 10
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.node_manager_port} (joins {self.settings.ray_address})"
+
+    def environment(self) -> dict[str, str]:
+        return {**ray_environment(), "RAY_worker_niceness": "0"}
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            sys.executable,
+            "-m",
+            "services.localstack.ray_node",
+            s.ray_address,
+            str(self.node_manager_port),
+            str(s.ray_worker_num_cpus),
+            str(min(s.ray_object_store_bytes, 300_000_000)),
+            str(self.ready_file),
+        ]
+
+    @property
+    def ready_file(self) -> Path:
+        return self.dir / "joined"
+
+    def healthy(self) -> bool:
+        """Joined: the node process wrote its PID once Ray accepted the node."""
+        try:
+            return int(self.ready_file.read_text()) == self.pid()
+        except (OSError, ValueError):
+            return False
+
+
 class PrometheusService(LocalService):
     name = "prometheus"
 
@@ -593,6 +651,11 @@ class LocalStack:
                     self.services[broker.name] = broker
             else:
                 self.services[cls.name] = cls(self.settings)
+            if cls is RayService:
+                # A second node that runs is stopped and shown even by a command not told of it.
+                node = RayWorkerService(self.settings)
+                if self.settings.ray_nodes > 1 or node.pid_file.is_file():
+                    self.services[node.name] = node
 
     @property
     def brokers(self) -> list[KafkaService]:
@@ -608,10 +671,18 @@ class LocalStack:
             raise InfrastructureError(f"unknown service(s) {unknown}", hint=f"choose from {', '.join(self.services)}")
         chosen: list[LocalService] = []
         for name in names:
-            for service in self.brokers if name == "kafka" else [self.services[name]]:
+            for service in self._named(name):
                 if service not in chosen:
                     chosen.append(service)
         return chosen
+
+    def _named(self, name: str) -> list[LocalService]:
+        """ "kafka" is every node of the cluster, "ray" the head and its second node."""
+        if name == "kafka":
+            return list(self.brokers)
+        if name == "ray":
+            return [s for n, s in self.services.items() if n in ("ray", RayWorkerService.name)]
+        return [self.services[name]]
 
     def up(
         self, names: list[str] | None = None, *, required: tuple[str, ...] = ("kafka", "ray")

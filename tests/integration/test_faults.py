@@ -11,6 +11,7 @@ import pytest
 
 from services.chaos import ChaosSettings, Fault, FaultOutcome, run_fault
 from services.localstack import LocalStack
+from services.localstack.stack import RayWorkerService
 from vlm_core.config import LocalSettings
 from vlm_core.pipeline import Delivery
 
@@ -32,6 +33,24 @@ def test_exactly_once_through_a_fault_on_one_broker(
     fault: Fault, settings: LocalSettings, kafka_bootstrap: str, ray_address: str
 ) -> None:
     check(run_fault(fault, Delivery.EXACTLY_ONCE, settings=settings, options=OPTIONS))
+
+
+@pytest.fixture(scope="module")
+def two_ray_nodes(settings: LocalSettings, ray_address: str) -> Iterator[LocalSettings]:
+    """The test stack's Ray head and a second node on this machine, stopped by PID at the end."""
+    two = settings.model_copy(update={"ray_nodes": 2})
+    node = RayWorkerService(two)
+    try:
+        node.start()
+        yield two
+    finally:
+        node.stop()
+
+
+def test_exactly_once_through_the_loss_of_a_ray_node(two_ray_nodes: LocalSettings, kafka_bootstrap: str) -> None:
+    outcome = run_fault(Fault.RAY_NODE_LOSS, Delivery.EXACTLY_ONCE, settings=two_ray_nodes, options=OPTIONS)
+    check(outcome)
+    assert "model replica pid(s)" in outcome.detail
 
 
 @pytest.fixture(scope="module")
