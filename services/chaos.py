@@ -128,20 +128,17 @@ class _ResultReader(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        from services.kafka_io import topic_reader
+        from services.kafka_io import follow_topic
 
-        reader, _partitions = topic_reader(self.bootstrap, self.topic, from_beginning=True)
-        try:
-            while not self.stop_event.is_set():
-                for records in reader.poll(timeout_ms=200).values():
-                    now = time.monotonic()
-                    with self.lock:
-                        for rec in records:
-                            doc = json.loads(rec.value)
-                            self.keys.append((doc["camera_id"], int(doc["seq"])))
-                            self.arrivals.append(now)
-        finally:
-            reader.close()
+        def on_records(records: list[Any]) -> None:
+            now = time.monotonic()
+            with self.lock:
+                for rec in records:
+                    doc = json.loads(rec.value)
+                    self.keys.append((doc["camera_id"], int(doc["seq"])))
+                    self.arrivals.append(now)
+
+        follow_topic(self.bootstrap, self.topic, on_records, self.stop_event, from_beginning=True, poll_ms=200)
 
     def count(self) -> int:
         with self.lock:

@@ -86,11 +86,10 @@ def coco_models() -> dict[Task, str]:
 def fetch_coco_weights(timeout_s: float | None = None) -> list[str]:
     """Bring the COCO application's weights into torch's hub cache where a download works.
     Returns the files still missing (empty: every COCO model loads), each with the reason."""
-    from services.inference.weights import DOWNLOAD_TIMEOUT_S, unavailable_weights
-    from vlm_core.pipeline import PipelineConfig
+    from services.inference import deploy
 
-    config = PipelineConfig.parse(_shipped_applications(coco=True)[COCO_APP_NAME], source=COCO_APP_NAME)
-    return unavailable_weights(config, download_timeout_s=timeout_s or DOWNLOAD_TIMEOUT_S)
+    serve_plan = deploy.plan().without_unavailable(download_timeout_s=timeout_s)
+    return serve_plan.missing_weights.get(COCO_APP_NAME, [])
 
 
 def demo_cameras(fps: float) -> list[CameraConfig]:
@@ -136,20 +135,17 @@ class LiveStats:
     def _follow(self, topic: str, parse: Callable[[bytes], Any], handle: Callable[[Any], None]) -> None:
         """Parse each new record of ``topic`` and hand it on, until stopped. A record that
         does not parse is somebody else's on the topic: not ours to show."""
-        from services.kafka_io import topic_reader
+        from services.kafka_io import follow_topic
 
-        reader, _partitions = topic_reader(self.bootstrap, topic, from_beginning=False)
-        try:
-            while not self.stop.is_set():
-                for records in reader.poll(timeout_ms=500).values():
-                    for rec in records:
-                        try:
-                            doc = parse(rec.value)
-                        except Exception:
-                            continue
-                        handle(doc)
-        finally:
-            reader.close()
+        def on_records(records: list[Any]) -> None:
+            for rec in records:
+                try:
+                    doc = parse(rec.value)
+                except Exception:
+                    continue
+                handle(doc)
+
+        follow_topic(self.bootstrap, topic, on_records, self.stop, from_beginning=False)
 
     def _run_events(self, topic: str) -> None:
         seen: set[str] = set()  # a frame processed again repeats its events

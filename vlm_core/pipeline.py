@@ -352,14 +352,6 @@ def load_serve_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def pipeline_args(serve_config: dict[str, Any], app_name: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(application name, builder args) of the vlm application in a Serve config."""
-    for app in serve_config["applications"]:
-        if app_name is None or app.get("name") == app_name:
-            return app.get("name", "vlm"), copy.deepcopy(dict(app.get("args") or {}))
-    raise ConfigError(f"no application named {app_name!r} in the Serve config")
-
-
 def serve_applications(serve_config: dict[str, Any], *, source: str = "the Serve config") -> dict[str, dict[str, Any]]:
     """Every application's builder args by name, in file order. A camera ``served_by`` an
     application that the file does not hold is a mistake, named here."""

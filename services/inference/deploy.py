@@ -15,7 +15,6 @@ from vlm_core.errors import ConfigError, InfrastructureError, WeightsError
 from vlm_core.pipeline import (
     PipelineConfig,
     load_serve_config,
-    pipeline_args,
     serve_applications,
     without_applications,
 )
@@ -66,19 +65,6 @@ def connect(address: str) -> None:
         ) from None
 
 
-def load_args(config_path: Path | None, app_name: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(application name, its builder args as written) from a Serve config file."""
-    return pipeline_args(load_serve_config(config_path or DEFAULT_CONFIG), app_name)
-
-
-def load_config(config_path: Path | None, app_name: str | None = None, **overrides: Any) -> tuple[str, PipelineConfig]:
-    """(application name, its PipelineConfig) from a Serve config file, parsed once; a
-    mistake names the file."""
-    name, args = load_args(config_path, app_name)
-    args.update({k: v for k, v in overrides.items() if v is not None})
-    return name, PipelineConfig.parse(args, source=str(config_path or DEFAULT_CONFIG))
-
-
 @dataclass(frozen=True)
 class ServePlan:
     """What a Serve config deploys: its applications' args by name (file order, validated),
@@ -90,6 +76,8 @@ class ServePlan:
     skipped: dict[str, str] = field(default_factory=dict)
     #: Per skipped application, the cameras it would have served (they go to the others).
     skipped_cameras: dict[str, list[str]] = field(default_factory=dict)
+    #: Per application skipped for its weights, the files missing, each with the reason.
+    missing_weights: dict[str, list[str]] = field(default_factory=dict)
 
     def configs(self, **overrides: Any) -> dict[str, PipelineConfig]:
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -102,6 +90,7 @@ class ServePlan:
 
         skipped: dict[str, str] = {}
         cameras: dict[str, list[str]] = {}
+        weights: dict[str, list[str]] = {}
         for name, config in self.configs().items():
             if not config.optional:
                 continue
@@ -112,9 +101,23 @@ class ServePlan:
             if name == self.selected:
                 raise WeightsError(f"application {name!r}: {reason}", hint="put the files there, or run online")
             skipped[name] = reason
+            weights[name] = missing
             cameras[name] = sorted(c for c, p in config.cameras.overrides.items() if p.tasks)
         kept = without_applications(self.applications, set(skipped))
-        return ServePlan(kept, self.selected, {**self.skipped, **skipped}, {**self.skipped_cameras, **cameras})
+        return ServePlan(
+            kept,
+            self.selected,
+            {**self.skipped, **skipped},
+            {**self.skipped_cameras, **cameras},
+            {**self.missing_weights, **weights},
+        )
+
+
+def load_config(config_path: Path | None, app_name: str | None = None, **overrides: Any) -> tuple[str, PipelineConfig]:
+    """(application name, its PipelineConfig): the one named, else the file's first."""
+    serve_plan = plan(config_path, app_name)
+    name = app_name or next(iter(serve_plan.applications))
+    return name, serve_plan.configs(**overrides)[name]
 
 
 def plan(config_path: Path | None = None, app_name: str | None = None) -> ServePlan:

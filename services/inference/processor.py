@@ -125,7 +125,11 @@ class StreamProcessorReplica:
                     metrics=self.metrics,
                     tracking=tracking,
                     state_store=state_store,
-                    transactions=KafkaTransactions(producer, consumer) if exactly_once else None,
+                    transactions=(
+                        KafkaTransactions(producer, consumer, timeout_s=cfg.processor.produce_timeout_s)
+                        if exactly_once
+                        else None
+                    ),
                 )
                 self.error = ""
                 self.processor.run(self.stop_event.is_set)

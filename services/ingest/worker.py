@@ -346,11 +346,13 @@ class IngestRunner:
             return None
         for step in range(len(self.outbound)):
             outbound = self.outbound[(self._next + step) % len(self.outbound)]
+            was_full = outbound.buffer.full
             entry = outbound.buffer.take()
             if entry is not None:
                 self._next = (self._next + step + 1) % len(self.outbound)
                 self._gauge(outbound)
-                self.cond.notify_all()  # room for a blocked camera
+                if was_full:
+                    self.cond.notify_all()  # room for a camera blocked on it
                 return outbound, entry
         return None
 

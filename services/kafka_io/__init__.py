@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -227,6 +228,26 @@ def topic_reader(bootstrap: str, topic: str, *, from_beginning: bool) -> tuple[K
     return reader, partitions
 
 
+def follow_topic(
+    bootstrap: str,
+    topic: str,
+    on_records: Callable[[list[Any]], None],
+    stop: threading.Event,
+    *,
+    from_beginning: bool,
+    poll_ms: int = 500,
+) -> None:
+    """Hand each poll's records of ``topic`` (every partition, ``read_committed``) to
+    ``on_records`` until ``stop`` is set: the loop of a reader thread."""
+    reader, _partitions = topic_reader(bootstrap, topic, from_beginning=from_beginning)
+    try:
+        while not stop.is_set():
+            for records in reader.poll(timeout_ms=poll_ms).values():
+                on_records(records)
+    finally:
+        reader.close()
+
+
 def read_records(bootstrap: str, topic: str, expected: int, *, timeout_s: float, linger_ms: int = 0) -> list[Any]:
     """Records of ``topic`` from the beginning, in per-partition order, until ``expected``
     arrived or ``timeout_s`` passed; then ``linger_ms`` more, so a surplus is seen too."""
@@ -276,6 +297,7 @@ __all__ = [
     "delete_topics",
     "ensure_pipeline_topics",
     "ensure_topics",
+    "follow_topic",
     "private_topics",
     "producer",
     "read_records",

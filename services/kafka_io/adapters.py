@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from kafka.structs import MemberState
 
@@ -210,9 +211,10 @@ class KafkaTransactions:
     producer and the frames consumer: offsets go into the transaction with the consumer's
     group metadata (KIP-447), so a member that lost its partitions cannot commit."""
 
-    def __init__(self, producer: KafkaResultProducer, consumer: KafkaFrameConsumer) -> None:
+    def __init__(self, producer: KafkaResultProducer, consumer: KafkaFrameConsumer, *, timeout_s: float = 30.0) -> None:
         self.producer = producer.producer
         self.consumer = consumer
+        self.timeout_ms = int(timeout_s * 1000)
         self._open = False
 
     def begin(self) -> None:
@@ -222,13 +224,24 @@ class KafkaTransactions:
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         self.begin()
+        manager = self.producer._transaction_manager
         kafka_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         if kafka_offsets:
-            self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.consumer.group_metadata())
-        self.producer.commit_transaction()
+            group = self.consumer.consumer.group_metadata()
+            self._await(manager.send_offsets_to_transaction(kafka_offsets, group), "adding the offsets")
+        self._await(manager.begin_commit(), "the commit")
         self._open = False
 
     def abort(self) -> None:
         if self._open:
             self._open = False
-            self.producer.abort_transaction()
+            self._await(self.producer._transaction_manager.begin_abort(), "the abort")
+
+    def _await(self, result: Any, what: str) -> None:
+        """What ``commit_transaction`` and friends do, with a deadline: kafka-python 3.0 waits
+        on their results with none, and a transaction coordinator that died with the request
+        (its broker SIGKILLed) left a processor waiting for good. Past the deadline the
+        batch fails: aborted, or the producer recreated, and the frames read again."""
+        self.producer._sender.wakeup()
+        if not result.wait(timeout_ms=self.timeout_ms):
+            raise KafkaTimeoutError(f"{what} of the transaction was not acknowledged within {self.timeout_ms} ms")

@@ -10,7 +10,6 @@ from vlm_core.pipeline import (
     DropPolicy,
     PipelineConfig,
     load_serve_config,
-    pipeline_args,
     serve_applications,
     without_applications,
 )
@@ -20,7 +19,8 @@ SPEC = {"task": "classification", "arch": "mobilenet_v3_small", "class_names": [
 
 
 def test_shipped_pipeline_yaml_is_valid() -> None:
-    name, args = pipeline_args(load_serve_config(REPO / "deploy" / "serve" / "pipeline.yaml"))
+    apps = serve_applications(load_serve_config(REPO / "deploy" / "serve" / "pipeline.yaml"))
+    name, args = next(iter(apps.items()))
     config = PipelineConfig.parse(args)
     assert name == "vlm"
     assert Task.CLASSIFICATION in config.models

@@ -12,7 +12,7 @@ from vlm_core.pipeline import PipelineConfig
 
 
 def test_serve_validates_the_shipped_config_args_into_a_pipeline_config() -> None:
-    _name, args = deploy.load_args(None)  # deploy/serve/pipeline.yaml, shipped as package data
+    args = deploy.plan().applications["vlm"]  # deploy/serve/pipeline.yaml, shipped as package data
     app = call_user_app_builder_with_args_if_necessary(build_app, args)
     assert isinstance(app, Application)
     assert build_app.__annotations__["config"] is PipelineConfig
@@ -21,7 +21,7 @@ def test_serve_validates_the_shipped_config_args_into_a_pipeline_config() -> Non
 def test_bad_args_fail_in_validation_not_in_a_replica() -> None:
     from pydantic import ValidationError
 
-    _name, args = deploy.load_args(None)
+    args = deploy.plan().applications["vlm"]
     args["processor"] = {**args.get("processor", {}), "batch_size": 0}
     with pytest.raises(ValidationError, match="batch_size"):
         call_user_app_builder_with_args_if_necessary(build_app, args)
