@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,7 @@ import numpy as np
 
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
+from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
 from vlm_core.pipeline import Delivery, model_pipeline_args
@@ -65,7 +68,33 @@ class BenchReport:
     #: tracker's work in the tracked run).
     detections_per_frame: float | None = None
     tracked_per_frame: float | None = None
+    cameras: int = 2
+    #: The paced stream's rate as a fraction of the measured pipeline rate.
+    latency_load: float = LATENCY_LOAD
+    #: CPU milliseconds per frame by process: ingest (its own stage), then during the
+    #: pipeline stage the broker(s), the processor replica, the model replica, the rest of
+    #: Ray (daemons, Serve's controller), and this process reading the results.
+    cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     command: str = ""
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, minimum and maximum of one figure over repeated runs."""
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+#: Camera resolutions ``--frame-size`` accepts.
+FRAME_SIZES = {"320x240": (320, 240), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    if text not in FRAME_SIZES:
+        raise ConfigError(f"--frame-size {text!r} is not offered", hint=f"choose one of {', '.join(FRAME_SIZES)}")
+    return FRAME_SIZES[text]
 
 
 def bench_spec(task: Task, arch: str | None) -> ModelSpec:
@@ -109,6 +138,8 @@ def run_pipeline_bench(
     width: int = 320,
     height: int = 240,
     latency_seconds: float = 10.0,
+    latency_load: float = LATENCY_LOAD,
+    cameras: int = 2,
     inflight: int = 2,
     tracking: bool = False,
     delivery: Delivery = Delivery.AT_LEAST_ONCE,
@@ -126,6 +157,10 @@ def run_pipeline_bench(
 
     if frames < 50:
         raise ConfigError("--frames must be at least 50 for a meaningful measurement")
+    if not 1 <= cameras <= frames // 10:
+        raise ConfigError(f"--cameras {cameras}: give 1 to {frames // 10} (at least 10 frames each)")
+    if not 0 < latency_load <= 1:
+        raise ConfigError(f"--latency-load {latency_load}: give a fraction of the pipeline rate in (0, 1]")
     if tracking and task is not Task.DETECTION:
         raise ConfigError("--tracking needs --task detection: tracks are made of detections")
     spec = bench_spec(task, arch)
@@ -170,12 +205,15 @@ def run_pipeline_bench(
         cameras=cameras_config,
     )
     app = f"bench-{tag}"
-    cameras = [f"bench-cam-{i}" for i in range(2)]
-    per_camera = frames // 2
+    camera_ids = [f"bench-cam-{i}" for i in range(cameras)]
+    per_camera = frames // cameras
+    total = per_camera * cameras
     # Stage 1, ingest: synthetic cameras through the real ingest workers into Kafka. It runs
     # before the processor starts so it does not share the two cores with the model; its
     # own rate is reported separately.
-    progress(f"ingest: {per_camera * 2} frames from 2 synthetic cameras into Kafka...")
+    progress(f"ingest: {total} frames from {cameras} synthetic cameras into Kafka...")
+    ingest_cpu = CpuMeter({"ingest": [os.getpid()]})
+    ingest_cpu.start()
     runner = IngestRunner(
         [
             CameraConfig(
@@ -185,7 +223,7 @@ def run_pipeline_bench(
                 max_width=None,
                 max_frames=per_camera,
             )
-            for i, c in enumerate(cameras)
+            for i, c in enumerate(camera_ids)
         ],
         settings.bootstrap_servers,
         topics.frames,
@@ -195,16 +233,20 @@ def run_pipeline_bench(
     runner.wait()
     ingest_fps = sum(w.stats.sent for w in runner.workers) / (time.perf_counter() - started)
     runner.stop()
+    cpu_ms = ingest_cpu.stop(total)
     progress(f"ingest: {ingest_fps:.1f} fps")
     deploy.connect(settings.ray_address)
     progress(f"pipeline ({delivery.value}): deploying; the processor drains the frames topic into results...")
     deploy.deploy(args, app_name=app)
     try:
-        results = _collect(settings.bootstrap_servers, topics.results, per_camera * 2)
+        pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
+        pipeline_cpu.start()
+        results = _collect(settings.bootstrap_servers, topics.results, total)
+        cpu_ms.update(pipeline_cpu.stop(total))
         stamps = sorted(r["processed_ts_ms"] for r in results)
         pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
         keys = [(r["camera_id"], r["seq"]) for r in results]
-        expected = {(c, s) for c in cameras for s in range(per_camera)}
+        expected = {(c, s) for c in camera_ids for s in range(per_camera)}
         lost = len(expected - set(keys))
         duplicates = len(keys) - len(set(keys))
         stats = deploy.processor_stats(app)
@@ -218,7 +260,7 @@ def run_pipeline_bench(
             f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
         )
 
-        rate = max(1.0, pipeline_fps * LATENCY_LOAD)
+        rate = max(1.0, pipeline_fps * latency_load)
         latencies: list[float] = []
         breakdown: dict[str, float] = {}
         if latency_seconds > 0:
@@ -238,7 +280,7 @@ def run_pipeline_bench(
                 topics.frames,
             )
             paced.start()
-            later = _collect(settings.bootstrap_servers, topics.results, per_camera * 2 + n)
+            later = _collect(settings.bootstrap_servers, topics.results, total + n)
             paced.stop()
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
             latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
@@ -255,7 +297,7 @@ def run_pipeline_bench(
     report = BenchReport(
         task=task.value,
         model=spec.arch,
-        frames=per_camera * 2,
+        frames=total,
         batch_size=batch_size,
         frame_size=f"{width}x{height}",
         raw_fps=round(raw_fps, 2),
@@ -272,9 +314,74 @@ def run_pipeline_bench(
         delivery=delivery.value,
         detections_per_frame=detections_per_frame,
         tracked_per_frame=tracked_per_frame,
+        cameras=cameras,
+        latency_load=latency_load,
+        cpu_ms_per_frame=cpu_ms,
         command=command,
     )
     return report, latencies
+
+
+def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[str, list[int]]:
+    """The processes whose CPU the pipeline stage spends, by role."""
+    from services.inference import deploy
+    from services.localstack import LocalStack
+    from services.localstack.stack import process_tree
+
+    stack = LocalStack(settings)
+    processor = deploy.processor_stats(app).pid
+    model = deploy.model_replica_pid(app, task)
+    head = stack.services["ray"].pid()
+    ray = [p for p in process_tree(head) if p not in (processor, model)] if head else []
+    return {
+        "broker": [pid for broker in stack.brokers if (pid := broker.pid()) is not None],
+        "processor": [processor],
+        "model replica": [model],
+        "ray (daemons, Serve controller)": ray,
+        "bench (results reader)": [os.getpid()],
+    }
+
+
+@dataclass
+class RepeatedBench:
+    """``--repeat N``: the raw loop and the pipeline alternately, N times each."""
+
+    runs: list[BenchReport]
+    #: Per figure (nested ones as ``latency_ms.p99``): median, min, max over the runs.
+    summary: dict[str, dict[str, float]]
+    command: str = ""
+
+
+def summarize(reports: list[BenchReport]) -> dict[str, dict[str, float]]:
+    figures: dict[str, list[float]] = {}
+    for report in reports:
+        for name, value in asdict(report).items():
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    if isinstance(inner, int | float):
+                        figures.setdefault(f"{name}.{key}", []).append(float(inner))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                figures.setdefault(name, []).append(float(value))
+    return {name: spread(values) for name, values in figures.items() if len(values) == len(reports)}
+
+
+def run_repeated(repeat: int, *args: Any, progress: Any = print, **kwargs: Any) -> tuple[RepeatedBench, list[float]]:
+    """``run_pipeline_bench`` ``repeat`` times, each run measuring the raw loop again right
+    before its pipeline, so the two alternate under the same conditions."""
+    if repeat < 1:
+        raise ConfigError(f"--repeat {repeat}: give at least 1 (3 or more for a median with a spread)")
+    reports: list[BenchReport] = []
+    latencies: list[float] = []
+    for run in range(repeat):
+        progress(f"run {run + 1}/{repeat}")
+        report, run_latencies = run_pipeline_bench(*args, progress=progress, **kwargs)
+        reports.append(report)
+        latencies.extend(run_latencies)
+        progress(
+            f"run {run + 1}/{repeat}: raw {report.raw_fps:.1f} fps, pipeline {report.pipeline_fps:.1f} fps, "
+            f"ratio {report.ratio:.2f}, p99 {report.latency_ms.get('p99', float('nan')):.0f} ms"
+        )
+    return RepeatedBench(reports, summarize(reports), kwargs.get("command", "")), latencies
 
 
 def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 600) -> list[dict[str, Any]]:
@@ -283,26 +390,30 @@ def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 600) 
     return [json.loads(r.value) for r in read_records(bootstrap, topic, expected, timeout_s=timeout_s)]
 
 
-def write_outputs(report: BenchReport, latencies: list[float], json_path: Path | None) -> Path | None:
+def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path | None) -> Path | None:
+    """The runs and their summary as JSON, and the pooled latency histogram beside it."""
     if json_path is None:
         return None
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    document = {"command": bench.command, "repeat": len(bench.runs), "summary": bench.summary}
+    json_path.write_text(json.dumps({**document, "runs": [asdict(r) for r in bench.runs]}, indent=2) + "\n")
     png = json_path.with_suffix(".png")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    report = bench.runs[0]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if latencies:
         ax.hist(latencies, bins=40, color="#3b7dd8")
-        for name, value in report.latency_ms.items():
+        for name in ("p50", "p95", "p99"):
+            value = float(np.percentile(latencies, int(name[1:])))
             ax.axvline(value, color="k", linestyle="--", linewidth=0.8)
             ax.text(value, ax.get_ylim()[1] * 0.9, name, rotation=90, fontsize=8)
     ax.set_xlabel("end-to-end latency (ms), capture to result produced")
     ax.set_ylabel("frames")
-    ax.set_title(f"{report.task} / {report.model} at {report.latency_rate_fps:.0f} fps")
+    ax.set_title(f"{report.task} / {report.model}, {report.frame_size}, {len(bench.runs)} runs pooled")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

@@ -11,13 +11,12 @@ figure, and the exactly-once / at-least-once ratio of each run's pair.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.bench import BenchReport, bench_spec, measure_raw, run_pipeline_bench, synthetic_frames
+from services.bench import BenchReport, bench_spec, measure_raw, run_pipeline_bench, spread, synthetic_frames
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
@@ -26,14 +25,6 @@ from vlm_core.tasks import get_profile
 
 #: Figures of a run compared between the modes (higher is better for fps, lower for ms).
 FIGURES = ("pipeline_fps", "p50_ms", "p99_ms")
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 @dataclass

@@ -321,7 +321,9 @@ def _inject(
         os.kill(pid, signal.SIGKILL)
         return f"processor pid {pid} killed"
     if fault is Fault.MODEL_KILL:
-        pid = _replica_pid(app, Task.CLASSIFICATION)
+        from services.inference.deploy import model_replica_pid
+
+        pid = model_replica_pid(app, Task.CLASSIFICATION)
         os.kill(pid, signal.SIGKILL)
         return f"model replica pid {pid} killed"
     if fault is Fault.SERVE_REDEPLOY:
@@ -416,16 +418,6 @@ def _model_replicas_on(node_pid: int, app: str, timeout_s: float = 60.0) -> list
         if time.monotonic() > deadline:
             raise InfrastructureError(f"no model replica of {app} on the second Ray node after {timeout_s:.0f}s")
         time.sleep(1.0)
-
-
-def _replica_pid(app: str, task: Task) -> int:
-    """The process of a replica of the app's model deployment (its ``info`` says)."""
-    from ray import serve
-
-    from vlm_core.tasks import get_profile
-
-    handle = serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app)
-    return int(handle.info.remote().result(timeout_s=30)["pid"])
 
 
 # -- the matrix --------------------------------------------------------------------------------

@@ -369,10 +369,20 @@ def bench_pipeline(
     task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
     model: Annotated[str | None, typer.Option(help="Architecture (default: the task's default model).")] = None,
     frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, help="Raw loop and pipeline alternately, N times each; medians.")
+    ] = 3,
+    frame_size: Annotated[
+        str, typer.Option("--frame-size", help="Camera resolution: 320x240, 1280x720 or 1920x1080.")
+    ] = "320x240",
+    cameras: Annotated[int, typer.Option("--cameras", min=1, help="Synthetic cameras sharing the frames.")] = 2,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Frames per batch (default: 16 classification, 8 others).")
     ] = None,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
+    latency_load: Annotated[
+        float, typer.Option("--latency-load", help="The paced stream's rate, a fraction of the pipeline's.")
+    ] = 0.5,
     inflight: Annotated[int, typer.Option("--inflight", min=1, max=16, help="Processor batches in flight.")] = 2,
     tracking: Annotated[
         bool,
@@ -380,59 +390,70 @@ def bench_pipeline(
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
-    """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka) in one run."""
+    """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
+    alternately: medians with the spread, CPU milliseconds per frame by process."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
-    from services.bench import run_pipeline_bench, write_outputs
+    from services.bench import parse_frame_size, run_repeated, write_outputs
 
     task_enum = _task(task, model)
+    width, height = parse_frame_size(frame_size)
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
-    report, latencies = run_pipeline_bench(
+    bench, latencies = run_repeated(
+        repeat,
         task_enum,
         model,
         frames,
         batch_size=batch_size,
+        width=width,
+        height=height,
+        cameras=cameras,
         latency_seconds=latency_seconds,
+        latency_load=latency_load,
         inflight=inflight,
         tracking=tracking,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,
     )
-    tracked = ", tracking" if report.tracking else ""
+    first = bench.runs[0]
+    tracked = ", tracking" if first.tracking else ""
     table = Table(
-        title=f"vlm bench pipeline: {report.task} / {report.model} ({report.frame_size}, batch {report.batch_size}"
-        f"{tracked})"
+        title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
+        f"batch {first.batch_size}{tracked}), median [min-max] of {len(bench.runs)}"
     )
-    for column in (
-        "raw fps",
-        "ingest fps",
-        "pipeline fps",
-        "ratio",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "mean batch",
-        "lost",
-        "dups",
-    ):
+    figures = {
+        "raw fps": "raw_fps",
+        "pipeline fps": "pipeline_fps",
+        "ratio": "ratio",
+        "ingest fps": "ingest_fps",
+        f"p50 ms @{latency_load:g}": "latency_ms.p50",
+        "p99 ms": "latency_ms.p99",
+        "mean batch": "mean_batch_size",
+    }
+    for column in (*figures, "lost", "dups"):
         table.add_column(column, justify="right")
-    lat = report.latency_ms
-    table.add_row(
-        f"{report.raw_fps:.1f}",
-        f"{report.ingest_fps:.1f}",
-        f"{report.pipeline_fps:.1f}",
-        f"{report.ratio:.2f}",
-        *(f"{lat.get(k, float('nan')):.0f}" for k in ("p50", "p95", "p99")),
-        f"{report.mean_batch_size:.1f}",
-        str(report.frames_lost),
-        str(report.duplicates),
-    )
+
+    def cell(key: str) -> str:
+        figure = bench.summary.get(key)
+        if figure is None:
+            return "-"
+        digits = 2 if key == "ratio" else 1 if figure["median"] < 100 else 0
+        return f"{figure['median']:.{digits}f} [{figure['min']:.{digits}f}-{figure['max']:.{digits}f}]"
+
+    lost = sum(r.frames_lost for r in bench.runs)
+    table.add_row(*(cell(k) for k in figures.values()), str(lost), str(sum(r.duplicates for r in bench.runs)))
     console.print(table)
-    png = write_outputs(report, latencies, json_out)
+    cpu = Table(title="CPU ms per frame by process (median [min-max])")
+    cpu.add_column("process")
+    cpu.add_column("CPU ms / frame", justify="right")
+    for name in first.cpu_ms_per_frame:
+        cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
+    console.print(cpu)
+    png = write_outputs(bench, latencies, json_out)
     if json_out:
         console.print(f"wrote {json_out} and {png}")
-    if report.frames_lost:
-        raise VlmError(f"{report.frames_lost} frames lost")
+    if lost:
+        raise VlmError(f"{lost} frames lost")
 
 
 @bench_app.command("delivery")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.resources import resource
 from vlm_core.config import ray_environment
+from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, InfrastructureError, WeightsError
 from vlm_core.pipeline import (
     PipelineConfig,
@@ -186,3 +187,13 @@ def processor_stats(app_name: str = "vlm") -> ProcessorStats:
 
     handle = serve.get_deployment_handle("StreamProcessor", app_name=app_name)
     return handle.stats.remote().result(timeout_s=30)
+
+
+def model_replica_pid(app_name: str, task: Task) -> int:
+    """The process of a replica of the app's model deployment for ``task`` (its ``info``)."""
+    from ray import serve
+
+    from vlm_core.tasks import get_profile
+
+    handle = serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app_name)
+    return int(handle.info.remote().result(timeout_s=30)["pid"])

@@ -82,3 +82,32 @@ def test_the_transport_bench_times_both_ways_on_real_payloads() -> None:
     report = run_transport_bench(frames=10, width=160, height=120, runs=2)
     assert len(report.runs) == 2 and set(report.summary) == {"websocket", "mjpeg", "mjpeg_over_websocket_cpu"}
     assert all(report.summary[t]["bytes_per_frame"] > 1000 for t in ("websocket", "mjpeg"))
+
+
+def test_repeated_runs_summarise_every_figure_as_median_and_spread() -> None:
+    from services.bench import BenchReport, summarize
+
+    def report(raw: float, pipe: float, p99: float, processor_ms: float) -> BenchReport:
+        return BenchReport(
+            "classification", "m", 1000, 16, "320x240", raw, 500.0, pipe, round(pipe / raw, 3), 0, 0, 16.0,
+            latency_ms={"p50": 40.0, "p99": p99}, cpu_ms_per_frame={"processor": processor_ms},
+        )  # fmt: skip
+
+    summary = summarize([report(300, 270, 90, 1.0), report(320, 300, 120, 3.0), report(310, 250, 100, 2.0)])
+    assert summary["raw_fps"] == {"median": 310.0, "min": 300.0, "max": 320.0}
+    assert summary["latency_ms.p99"] == {"median": 100.0, "min": 90.0, "max": 120.0}
+    assert summary["cpu_ms_per_frame.processor"]["median"] == 2.0
+    assert summary["ratio"]["min"] == round(250 / 310, 3)
+    assert "tracking" not in summary and "task" not in summary  # flags and names are not figures
+
+
+def test_frame_sizes_are_the_camera_resolutions_offered() -> None:
+    import pytest
+
+    from services.bench import parse_frame_size
+    from vlm_core.errors import ConfigError
+
+    assert parse_frame_size("1280x720") == (1280, 720)
+    with pytest.raises(ConfigError, match="is not offered") as failure:
+        parse_frame_size("640x480")
+    assert failure.value.hint == "choose one of 320x240, 1280x720, 1920x1080"
