@@ -432,12 +432,11 @@ class RayService(LocalService):
         )
 
 
-class RayWorkerService(LocalService):
+class RayWorkerService(RayService):
     """A second Ray node on this machine joining the head (see ``ray_node``): its own raylet,
     object store and worker processes, so losing it loses what ran there."""
 
     name = "ray-2"
-    stop_timeout_s = 40.0
 
     @property
     def node_manager_port(self) -> int:
@@ -446,9 +445,6 @@ class RayWorkerService(LocalService):
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.node_manager_port} (joins {self.settings.ray_address})"
-
-    def environment(self) -> dict[str, str]:
-        return {**ray_environment(), "RAY_worker_niceness": "0"}
 
     def command(self) -> list[str]:
         s = self.settings
