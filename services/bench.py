@@ -31,6 +31,7 @@ from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
 from vlm_core.pipeline import Delivery, model_pipeline_args
+from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
 
 # The model (``serving_arch``) and the frames per batch (``bench_batch_size``) come from
@@ -75,6 +76,13 @@ class BenchReport:
     #: pipeline stage the broker(s), the processor replica, the model replica, the rest of
     #: Ray (daemons, Serve's controller), and this process reading the results.
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: Milliseconds per frame by stage inside the processor (``processor.decode``) and the
+    #: model replica (``model.infer``) while the pipeline drained the frames topic: the
+    #: stage's own thread's CPU time, and its wall time (waits included).
+    stage_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    stage_wall_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: The processor replica's peak resident memory over the run.
+    processor_peak_rss_mb: float = 0.0
     command: str = ""
 
 
@@ -241,8 +249,11 @@ def run_pipeline_bench(
     try:
         pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
         pipeline_cpu.start()
+        produced_before, stages_before = _stage_snapshot(app, task)
         results = _collect(settings.bootstrap_servers, topics.results, total)
         cpu_ms.update(pipeline_cpu.stop(total))
+        produced_after, stages_after = _stage_snapshot(app, task)
+        by_stage = per_frame_ms(stages_before, stages_after, max(1, produced_after - produced_before))
         stamps = sorted(r["processed_ts_ms"] for r in results)
         pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
         keys = [(r["camera_id"], r["seq"]) for r in results]
@@ -317,9 +328,23 @@ def run_pipeline_bench(
         cameras=cameras,
         latency_load=latency_load,
         cpu_ms_per_frame=cpu_ms,
+        stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},
+        stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in by_stage.items()},
+        processor_peak_rss_mb=round(stats.peak_rss_mb, 1),
         command=command,
     )
     return report, latencies
+
+
+def _stage_snapshot(app: str, task: Task) -> tuple[int, dict[str, StageTotals]]:
+    """Results the processor produced so far, and the processor's and the model replica's
+    stage totals (``processor.<stage>``, ``model.<stage>``)."""
+    from services.inference import deploy
+
+    stats = deploy.processor_stats(app)
+    stages = {f"processor.{name}": totals for name, totals in stats.stages.items()}
+    stages.update({f"model.{name}": totals for name, totals in deploy.model_replica_stages(app, task).items()})
+    return stats.results_produced, stages
 
 
 def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[str, list[int]]:

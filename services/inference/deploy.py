@@ -22,6 +22,7 @@ from vlm_core.pipeline import (
 
 if TYPE_CHECKING:
     from services.inference.processor import ProcessorStats
+    from vlm_core.stream.profile import StageTotals
 
 DEFAULT_CONFIG = resource("serve/pipeline.yaml")
 
@@ -189,11 +190,20 @@ def processor_stats(app_name: str = "vlm") -> ProcessorStats:
     return handle.stats.remote().result(timeout_s=30)
 
 
-def model_replica_pid(app_name: str, task: Task) -> int:
-    """The process of a replica of the app's model deployment for ``task`` (its ``info``)."""
+def _model_handle(app_name: str, task: Task) -> Any:
     from ray import serve
 
     from vlm_core.tasks import get_profile
 
-    handle = serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app_name)
-    return int(handle.info.remote().result(timeout_s=30)["pid"])
+    return serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app_name)
+
+
+def model_replica_pid(app_name: str, task: Task) -> int:
+    """The process of a replica of the app's model deployment for ``task`` (its ``info``)."""
+    return int(_model_handle(app_name, task).info.remote().result(timeout_s=30)["pid"])
+
+
+def model_replica_stages(app_name: str, task: Task) -> dict[str, StageTotals]:
+    """Wall and CPU seconds by stage of a replica of the app's model deployment for ``task``."""
+    stages: dict[str, StageTotals] = _model_handle(app_name, task).stages.remote().result(timeout_s=30)
+    return stages

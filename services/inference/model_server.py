@@ -7,9 +7,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -21,9 +22,11 @@ from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
 from vlm_core.pipeline import DeploymentSettings
 from vlm_core.registry import RegistryFollow
+from vlm_core.stream.profile import StageProfile, StageTotals
 from vlm_core.tasks import build_predictor
 
 log = logging.getLogger("ray.serve")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class ModelServer:
         self.loads = 0
         self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
+        self.profile = StageProfile()
         self.predictor: Predictor = self._load(spec)
         self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(settings.max_batch_size)
@@ -145,7 +150,7 @@ class ModelServer:
         for group in groups.values():
             predictor = group[0].predictor
             batch = PreparedBatch.concat([r.batch for r in group])
-            flat = await loop.run_in_executor(self._infer_pool, predictor.infer, batch)
+            flat = await loop.run_in_executor(self._infer_pool, self._measured, "infer", predictor.infer, batch)
             start = 0
             for request in group:
                 outputs[id(request)] = flat[start : start + len(request.batch)]
@@ -157,8 +162,19 @@ class ModelServer:
         # ready when the model finishes the current one; the forward pass keeps the
         # deployment's torch thread budget on the inference thread.
         predictor = self.predictor
-        batch = await asyncio.get_running_loop().run_in_executor(self._prep_pool, predictor.preprocess, images)
+        batch = await asyncio.get_running_loop().run_in_executor(
+            self._prep_pool, self._measured, "preprocess", predictor.preprocess, images
+        )
         return await self.predict_many(_Prepared(predictor, batch))
+
+    def _measured(self, stage: str, function: Callable[[Any], _T], argument: Any) -> _T:
+        # Measured on the pool's own thread, so the CPU time is that stage's alone.
+        with self.profile.measure(stage):
+            return function(argument)
+
+    def stages(self) -> dict[str, StageTotals]:
+        """Wall and CPU seconds by stage since the replica started (the bench's stage table)."""
+        return self.profile.snapshot()
 
     def info(self) -> dict[str, Any]:
         spec = self.predictor.spec

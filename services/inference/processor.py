@@ -19,6 +19,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
 from vlm_core.pipeline import Delivery, PipelineConfig
 from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
+from vlm_core.stream.profile import StageProfile, StageTotals
 
 log = logging.getLogger("ray.serve")
 
@@ -60,6 +61,8 @@ class ProcessorStats:
     #: Cameras with tracker state in this replica, and the size of that state encoded.
     tracked_cameras: int = 0
     tracker_state_bytes: int = 0
+    #: Wall and CPU seconds by stage since the replica started (the bench's stage table).
+    stages: dict[str, StageTotals] = field(default_factory=dict)
 
 
 class StreamProcessorReplica:
@@ -86,6 +89,7 @@ class StreamProcessorReplica:
         self.metrics = RayMetricsSink()
         self.stop_event = threading.Event()
         self.processor: StreamProcessor | None = None
+        self.profile = StageProfile()
         self.error = ""
         self.started = time.time()
         settings = self.config.processor
@@ -123,6 +127,7 @@ class StreamProcessorReplica:
                     kafka_sinks(producer, cfg.topics, active_learning=cfg.active_learning, metrics=self.metrics),
                     cfg.processor,
                     metrics=self.metrics,
+                    profile=self.profile,
                     tracking=tracking,
                     state_store=state_store,
                     transactions=(
@@ -197,6 +202,7 @@ class StreamProcessorReplica:
             counters=self.metrics.counter_samples(),
             tracked_cameras=len(tracking.cameras) if tracking else 0,
             tracker_state_bytes=tracking.state_bytes() if tracking else 0,
+            stages=self.profile.snapshot(),
         )
 
     def _mean(self, metric: m.MetricDef) -> float:

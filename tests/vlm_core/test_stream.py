@@ -409,3 +409,16 @@ def test_restart_window_reports_a_crash_loop_and_forgets_old_restarts() -> None:
     assert window.crash_looping() and window.recent() == 3
     now["t"] += 61
     assert not window.crash_looping() and window.recent() == 0 and window.total == 3
+
+
+def test_the_stage_profile_counts_every_stage_of_every_frame_and_batch() -> None:
+    processor, consumer, _producer, _ = make([frame_record(i) for i in range(10)])
+    run_until_idle(processor, consumer)
+    stages = processor.profile.snapshot()
+    per_frame = {"parse", "route", "decode", "assemble", "serialise"}
+    assert {stage: stages[stage].calls for stage in per_frame} == dict.fromkeys(per_frame, 10)
+    assert stages["produce"].calls == 10 * len(processor.sinks.results)  # once per sink
+    per_batch = {"serve call", "model wait", "ack", "commit"}
+    assert {stage: stages[stage].calls for stage in per_batch} == dict.fromkeys(per_batch, 3)
+    assert stages["poll"].calls >= 3
+    assert all(t.wall_s >= 0 and t.cpu_s >= 0 for t in stages.values())

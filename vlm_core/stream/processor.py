@@ -53,6 +53,7 @@ from vlm_core.stream.ports import (
     TopicPartition,
     Transactions,
 )
+from vlm_core.stream.profile import StageProfile
 from vlm_core.stream.sinks import Processed, Rejected, Sinks, sink_name
 from vlm_core.stream.tracks import TrackingStage
 
@@ -155,6 +156,7 @@ class StreamProcessor:
         tracking: TrackingStage | None = None,
         state_store: StateStore | None = None,
         transactions: Transactions | None = None,
+        profile: StageProfile | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -165,6 +167,8 @@ class StreamProcessor:
         self.routing = routing
         self.sinks = sinks
         self.metrics = metrics or m.MetricsSink()
+        #: Wall and CPU seconds by stage (the bench reads it; a replica keeps one across restarts).
+        self.profile = profile or StageProfile()
         self.limits = limits
         self.batch_size = batch_size
         self.poll_timeout_ms = poll_timeout_ms
@@ -211,6 +215,7 @@ class StreamProcessor:
         tracking: TrackingStage | None = None,
         state_store: StateStore | None = None,
         transactions: Transactions | None = None,
+        profile: StageProfile | None = None,
     ) -> StreamProcessor:
         """A processor configured by the pipeline config's ``processor`` block; exactly once
         where it asks for it (then ``transactions`` is required)."""
@@ -234,6 +239,7 @@ class StreamProcessor:
             tracking=tracking,
             state_store=state_store,
             transactions=transactions,
+            profile=profile,
         )
 
     @property
@@ -261,7 +267,8 @@ class StreamProcessor:
         during a rebalance (kafka-python does, from its network thread), and the drain must
         not interleave with a step's stages.
         """
-        records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
+        with self.profile.measure("poll"):
+            records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
         with self._lock:
             return self._advance(records)
 
@@ -451,7 +458,8 @@ class StreamProcessor:
             indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
             if indices:
                 try:
-                    pending = client([batch.items[i].image for i in indices])
+                    with self.profile.measure("serve call"):
+                        pending = client([batch.items[i].image for i in indices])
                 except Exception as exc:
                     raise BatchFailedError(f"{task.value} request", exc, batch.offsets) from exc
                 batch.requests[task] = (indices, pending, time.perf_counter())
@@ -459,18 +467,21 @@ class StreamProcessor:
 
     def _admit(self, rec: Record, now_ms: int) -> _Item | None:
         """Validate and decode one record; None when it is dropped on purpose (counted)."""
-        frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
-        policy = self.routing.policy_for(frame.camera_id)
-        if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
-            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason="stale")
-            return None
-        tasks = tuple(t for t in policy.tasks if t in self.models)
-        if not tasks:
-            # A camera routed to no task is another pipeline's (several may share a topic).
-            reason = NOT_ROUTED if not policy.tasks else "no_model"
-            self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason=reason)
-            return None
-        image = frame.decode(limits=self.limits)
+        with self.profile.measure("parse"):
+            frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
+        with self.profile.measure("route"):
+            policy = self.routing.policy_for(frame.camera_id)
+            if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
+                self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason="stale")
+                return None
+            tasks = tuple(t for t in policy.tasks if t in self.models)
+            if not tasks:
+                # A camera routed to no task is another pipeline's (several may share a topic).
+                reason = NOT_ROUTED if not policy.tasks else "no_model"
+                self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason=reason)
+                return None
+        with self.profile.measure("decode"):
+            image = frame.decode(limits=self.limits)
         return _Item(frame, image, rec, tasks, now_ms, 0.0)
 
     def _produce(self, batch: _Batch) -> _Producing:
@@ -480,7 +491,8 @@ class StreamProcessor:
         model_ms: dict[Task, float] = {}
         for task, (indices, request, sent_at) in batch.requests.items():
             try:
-                task_outputs = request.result(timeout=self.model_timeout_s)
+                with self.profile.measure("model wait"):
+                    task_outputs = request.result(timeout=self.model_timeout_s)
                 if len(task_outputs) != len(indices):
                     raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
             except Exception as exc:
@@ -497,12 +509,16 @@ class StreamProcessor:
         sends: list[tuple[_Item, Result, list[Pending]]] = []
         for i, item in enumerate(batch.items):
             try:
-                result = self._assemble(item, {task: outs[i] for task, outs in outputs.items() if i in outs}, model_ms)
+                with self.profile.measure("assemble"):
+                    result = self._assemble(item, {t: outs[i] for t, outs in outputs.items() if i in outs}, model_ms)
                 events: tuple[Event, ...] = ()
                 if self.tracking is not None:
-                    ref = FrameRef(item.record.topic, item.record.partition, item.record.offset)
-                    result, events = self.tracking.apply(item.frame, ref, result)
-                processed = Processed(item.record, item.frame, result, result.to_bytes(), events)
+                    with self.profile.measure("track"):
+                        ref = FrameRef(item.record.topic, item.record.partition, item.record.offset)
+                        result, events = self.tracking.apply(item.frame, ref, result)
+                with self.profile.measure("serialise"):
+                    encoded = result.to_bytes()
+                processed = Processed(item.record, item.frame, result, encoded, events)
             except Exception as exc:  # this frame's outputs cannot make a result: it alone fails
                 log.exception("cannot assemble the result of record %s", _source(item.record))
                 self._dead_letter(batch, item.record, INTERNAL_ERROR, f"result: {describe_error(exc)}")
@@ -511,7 +527,8 @@ class StreamProcessor:
             self._begin()
             for sink in self.sinks.results:
                 try:
-                    pending.extend(sink(processed))
+                    with self.profile.measure("produce"):
+                        pending.extend(sink(processed))
                 except Exception as exc:
                     raise BatchFailedError(f"{sink_name(sink)} sink", exc, batch.offsets, reason=PRODUCE_ERROR) from exc
             sends.append((item, result, pending))
@@ -556,14 +573,17 @@ class StreamProcessor:
         The steady state does not wait for the commit itself (a broker round trip per batch
         would idle the models); drains on revoke and shutdown do.
         """
-        self._await_acks(producing)
+        with self.profile.measure("ack"):
+            self._await_acks(producing)
         try:
             if self.transactions is not None:
                 self._begin()  # a batch of dropped frames still commits its offsets
-                self.transactions.commit(producing.offsets)
+                with self.profile.measure("commit"):
+                    self.transactions.commit(producing.offsets)
                 self._in_transaction = False
             else:
-                self.consumer.commit(producing.offsets, wait=wait)
+                with self.profile.measure("commit"):
+                    self.consumer.commit(producing.offsets, wait=wait)
         except Exception as exc:
             raise BatchFailedError("commit", exc, producing.offsets, reason=None) from exc
         self._count_processed(producing)
