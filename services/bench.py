@@ -30,7 +30,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import ModelSpec
-from vlm_core.pipeline import Delivery, model_pipeline_args
+from vlm_core.pipeline import Delivery, ModelInput, model_pipeline_args
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
 
@@ -70,6 +70,8 @@ class BenchReport:
     detections_per_frame: float | None = None
     tracked_per_frame: float | None = None
     cameras: int = 2
+    #: What the processor sent the model replica: pixels or checked encoded frames.
+    model_input: str = ModelInput.DECODED.value
     #: The paced stream's rate as a fraction of the measured pipeline rate.
     latency_load: float = LATENCY_LOAD
     #: CPU milliseconds per frame by process: ingest (its own stage), then during the
@@ -151,6 +153,7 @@ def run_pipeline_bench(
     inflight: int = 2,
     tracking: bool = False,
     delivery: Delivery = Delivery.AT_LEAST_ONCE,
+    model_input: ModelInput = ModelInput.DECODED,
     raw_fps: float | None = None,
     settings: LocalSettings,
     progress: Any = print,
@@ -209,6 +212,7 @@ def run_pipeline_bench(
             "max_inflight_batches": inflight,
             "num_cpus": 0.25,
             "delivery": delivery.value,
+            "model_input": model_input.value,
         },
         cameras=cameras_config,
     )
@@ -326,6 +330,7 @@ def run_pipeline_bench(
         detections_per_frame=detections_per_frame,
         tracked_per_frame=tracked_per_frame,
         cameras=cameras,
+        model_input=model_input.value,
         latency_load=latency_load,
         cpu_ms_per_frame=cpu_ms,
         stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},

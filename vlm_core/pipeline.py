@@ -36,6 +36,18 @@ class Delivery(str, enum.Enum):
     EXACTLY_ONCE = "exactly_once"
 
 
+class ModelInput(str, enum.Enum):
+    #: The processor decodes each frame and sends its pixels to the model replicas: one
+    #: decode for all of a camera's tasks, and width x height x 3 bytes a frame through
+    #: Ray's object store (230 KB at 320x240, 2.8 MB at 1280x720).
+    DECODED = "decoded"
+    #: The processor checks each frame's structure (limits, JPEG segments, PNG header,
+    #: size against the headers) and sends its encoded bytes; each model replica decodes
+    #: on its pre-processing thread. A frame whose pixels the codec still refuses is
+    #: dead-lettered with its reason, as if the processor had decoded it.
+    ENCODED = "encoded"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -263,6 +275,8 @@ class ProcessorSettings(_Strict):
     batch_size: int = Field(default=8, ge=1, le=1024)
     poll_timeout_ms: int = Field(default=100, ge=1)
     max_inflight_batches: int = Field(default=2, ge=1, le=16)
+    #: What the processor sends the model replicas: pixels, or the checked encoded frame.
+    model_input: ModelInput = ModelInput.DECODED
     max_frame_bytes: int = Field(default=FrameLimits().max_bytes, ge=1)
     max_frame_pixels: int = Field(default=FrameLimits().max_pixels, ge=1)
     model_timeout_s: float = Field(default=60.0, gt=0)

@@ -388,15 +388,24 @@ def bench_pipeline(
         bool,
         typer.Option("--tracking/--no-tracking", help="Track the cameras (detection only), with a line and a zone."),
     ] = False,
+    model_input: Annotated[
+        str,
+        typer.Option("--model-input", help="What the processor sends the model replica: decoded or encoded frames."),
+    ] = "decoded",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
     alternately: medians with the spread, CPU milliseconds per frame by process."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
     from services.bench import parse_frame_size, run_repeated, write_outputs
+    from vlm_core.pipeline import ModelInput
 
     task_enum = _task(task, model)
     width, height = parse_frame_size(frame_size)
+    try:
+        model_input_enum = ModelInput(model_input)
+    except ValueError:
+        raise VlmError(f"--model-input {model_input!r} is not offered", hint="use decoded or encoded") from None
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
     bench, latencies = run_repeated(
         repeat,
@@ -411,6 +420,7 @@ def bench_pipeline(
         latency_load=latency_load,
         inflight=inflight,
         tracking=tracking,
+        model_input=model_input_enum,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,
@@ -429,6 +439,7 @@ def bench_pipeline(
         f"p50 ms @{latency_load:g}": "latency_ms.p50",
         "p99 ms": "latency_ms.p99",
         "mean batch": "mean_batch_size",
+        "processor MB": "processor_peak_rss_mb",
     }
     for column in (*figures, "lost", "dups"):
         table.add_column(column, justify="right")
@@ -449,6 +460,13 @@ def bench_pipeline(
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
+    stages = Table(title="ms per frame by stage, processor and model replica (median [min-max])")
+    stages.add_column("stage")
+    stages.add_column("CPU", justify="right")
+    stages.add_column("wall", justify="right")
+    for name in first.stage_cpu_ms_per_frame:
+        stages.add_row(name, cell(f"stage_cpu_ms_per_frame.{name}"), cell(f"stage_wall_ms_per_frame.{name}"))
+    console.print(stages)
     png = write_outputs(bench, latencies, json_out)
     if json_out:
         console.print(f"wrote {json_out} and {png}")

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from ray import serve
 from ray.util import metrics as ray_metrics
 
 from vlm_core import metrics as m
+from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import TaskOutput
 from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
@@ -157,15 +158,24 @@ class ModelServer:
                 start += len(request.batch)
         return [outputs[id(r)] for r in requests]
 
-    async def predict(self, images: list[np.ndarray]) -> list[TaskOutput]:
-        # Pre-processing runs on its own thread as requests arrive, so the next batch is
-        # ready when the model finishes the current one; the forward pass keeps the
-        # deployment's torch thread budget on the inference thread.
+    async def predict(self, inputs: Sequence[np.ndarray | Frame]) -> list[TaskOutput]:
+        """One batch of decoded images, or of frames the processor checked (its
+        ``model_input: encoded``), decoded here. A frame the codec refuses fails the
+        request with its FrameError, which the processor dead-letters with its reason."""
+        # Decoding and pre-processing run on their own thread as requests arrive, so the
+        # next batch is ready when the model finishes the current one; the forward pass
+        # keeps the deployment's torch thread budget on the inference thread.
         predictor = self.predictor
-        batch = await asyncio.get_running_loop().run_in_executor(
-            self._prep_pool, self._measured, "preprocess", predictor.preprocess, images
-        )
+        batch = await asyncio.get_running_loop().run_in_executor(self._prep_pool, self._prepare, predictor, inputs)
         return await self.predict_many(_Prepared(predictor, batch))
+
+    def _prepare(self, predictor: Predictor, inputs: Sequence[np.ndarray | Frame]) -> PreparedBatch:
+        if any(isinstance(x, Frame) for x in inputs):
+            with self.profile.measure("decode"):
+                images = [x.pixels() if isinstance(x, Frame) else x for x in inputs]
+        else:
+            images = list(inputs)  # type: ignore[arg-type]
+        return self._measured("preprocess", predictor.preprocess, images)
 
     def _measured(self, stage: str, function: Callable[[Any], _T], argument: Any) -> _T:
         # Measured on the pool's own thread, so the CPU time is that stage's alone.

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,10 @@ from services.inference.ray_metrics import RayMetricsSink
 from services.kafka_io.adapters import KafkaFrameConsumer, KafkaResultProducer, KafkaTransactions
 from services.kafka_io.state import KafkaTrackStateStore
 from vlm_core import metrics as m
+from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
+from vlm_core.errors import FrameError
 from vlm_core.pipeline import Delivery, PipelineConfig
 from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 from vlm_core.stream.profile import StageProfile, StageTotals
@@ -28,8 +31,8 @@ def model_client(handle: Any) -> ModelClient:
     """A model deployment's ``predict`` handle as the processor's ModelClient: one request
     per batch of frames."""
 
-    def send(images: list[np.ndarray]) -> _Response:
-        return _Response(handle.remote(images))
+    def send(inputs: Sequence[np.ndarray | Frame]) -> _Response:
+        return _Response(handle.remote(inputs))
 
     return send
 
@@ -39,7 +42,14 @@ class _Response:
         self.response = response
 
     def result(self, timeout: float | None = None) -> Any:
-        return self.response.result(timeout_s=timeout)
+        from ray.exceptions import RayTaskError
+
+        try:
+            return self.response.result(timeout_s=timeout)
+        except RayTaskError as exc:  # a frame the replica could not decode: its own error
+            if isinstance(exc.cause, FrameError):
+                raise exc.cause from None
+            raise
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from vlm_core.config import Topics
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Classification, ClassScore, ModelRef, Result
 from vlm_core.contracts.task import Task
-from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy
+from vlm_core.errors import FrameDecodeError
+from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy, ModelInput
 from vlm_core.stream import DLQ_REASON_HEADER, StreamProcessor, dlq_reason, kafka_sinks
 
 TOPICS = Topics(results="results", dlq="dlq", to_label="to_label")
@@ -110,6 +111,7 @@ def make(
     producer: FakeProducer | None = None,
     now_ms: int = 2_000,
     batch_size: int = 4,
+    model_input: ModelInput = ModelInput.DECODED,
 ):  # type: ignore[no-untyped-def]
     consumer = FakeConsumer(records)
     producer = producer or FakeProducer()
@@ -121,6 +123,7 @@ def make(
         kafka_sinks(producer, TOPICS),
         batch_size=batch_size,
         max_inflight=2,
+        model_input=model_input,
         clock_ms=lambda: now_ms,
     )
     return processor, consumer, producer, model
@@ -422,3 +425,47 @@ def test_the_stage_profile_counts_every_stage_of_every_frame_and_batch() -> None
     assert {stage: stages[stage].calls for stage in per_batch} == dict.fromkeys(per_batch, 3)
     assert stages["poll"].calls >= 3
     assert all(t.wall_s >= 0 and t.cpu_s >= 0 for t in stages.values())
+
+
+class DecodingModel(FakeModel):
+    """A replica serving ``model_input: encoded``: it gets checked frames and decodes them;
+    its codec refuses the frame of seq ``refuse``."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.inputs: list[type] = []
+
+    def __call__(self, frames: list[Frame]) -> Done:  # type: ignore[override]
+        self.inputs.extend(type(f) for f in frames)
+        if any(f.seq == self.refuse for f in frames):
+            return Done(error=FrameDecodeError("OpenCV could not decode the jpeg bytes"))
+        return super().__call__([f.pixels() for f in frames])
+
+
+def test_encoded_model_input_sends_checked_frames_and_dead_letters_what_the_replica_cannot_decode() -> None:
+    records = [frame_record(i) for i in range(12)]
+    model = DecodingModel(refuse=5)
+    processor, consumer, producer, _ = make(records, model=model, model_input=ModelInput.ENCODED)
+    run_until_idle(processor, consumer)
+    assert set(model.inputs) == {Frame}
+    assert consumer.committed == {("frames", 0): 12}
+    assert sorted({r.seq for r in producer.results()}) == [s for s in range(12) if s != 5]
+    dlq = [h for t, _k, _v, h in producer.sent if t == "dlq"]
+    assert [dlq_reason(h) for h in dlq] == [FrameDecodeError.reason]
+    # the frame's own fault: isolated at once, not retried as if a replica were down
+    assert processor.metrics.total(m.BATCH_FAILURES) == 1
+    assert processor.metrics.total(m.BATCHES_ISOLATED, stage="classification model") == 1
+    assert "check" in processor.profile.snapshot() and "decode" not in processor.profile.snapshot()
+
+
+def test_encoded_model_input_still_refuses_a_cut_off_frame_before_any_model_sees_it() -> None:
+    records = [frame_record(i) for i in range(4)]
+    cut = records[2]
+    records[2] = Rec(cut.topic, cut.partition, cut.offset, cut.key, cut.value[: len(cut.value) // 2], cut.headers)
+    model = DecodingModel(refuse=-1)
+    processor, consumer, producer, _ = make(records, model=model, model_input=ModelInput.ENCODED)
+    run_until_idle(processor, consumer)
+    assert model.calls == [3]
+    assert [dlq_reason(h) for t, _k, _v, h in producer.sent if t == "dlq"] == [FrameDecodeError.reason]
+    assert processor.metrics.total(m.BATCH_FAILURES) == 0

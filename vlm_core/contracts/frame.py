@@ -187,6 +187,14 @@ class Frame:
     # -- pixels -----------------------------------------------------------------------
     def decode(self, *, limits: FrameLimits = DEFAULT_LIMITS) -> np.ndarray:
         """Decode to an HxWx3 BGR ``uint8`` array, checking it against the headers."""
+        self.check(limits=limits)
+        return self.pixels()
+
+    def check(self, *, limits: FrameLimits = DEFAULT_LIMITS) -> None:
+        """Everything :meth:`decode` checks short of decoding the pixels: the limits, a raw
+        frame's length, an encoded frame's structure (magic number, JPEG segments up to the
+        end marker, PNG header) and its own size against the headers. A frame that passed
+        can be decoded later, elsewhere (:meth:`pixels` in a model replica)."""
         if len(self.data) > limits.max_bytes:
             raise FrameTooLargeError(f"frame is {len(self.data)} bytes, limit is {limits.max_bytes}")
         if self.width * self.height > limits.max_pixels:
@@ -197,11 +205,23 @@ class Frame:
                 raise FrameDimensionMismatchError(
                     f"raw frame has {len(self.data)} bytes, {self.width}x{self.height}x3 needs {expected}"
                 )
+            return
+        width, height = encoded_size(self.data, self.encoding)
+        if width * height > limits.max_pixels:  # a small file claiming gigapixels
+            raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {limits.max_pixels}")
+        if (width, height) != (self.width, self.height):
+            raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
+
+    def pixels(self) -> np.ndarray:
+        """The pixels of a frame that passed :meth:`check`, as an HxWx3 BGR ``uint8`` array.
+        Raises FrameDecodeError where the codec refuses bytes of a sound structure, and
+        FrameDimensionMismatchError where EXIF orientation turned the image."""
+        if self.encoding is Encoding.RAW:
             return np.frombuffer(self.data, dtype=np.uint8).reshape(self.height, self.width, 3)
-        image = decode_image(
-            self.data, self.encoding, max_pixels=limits.max_pixels, expected_size=(self.width, self.height)
-        )
-        height, width = image.shape[:2]  # EXIF orientation may still turn it
+        image = cv2.imdecode(np.frombuffer(self.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FrameDecodeError(f"OpenCV could not decode the {self.encoding.value} bytes")
+        height, width = image.shape[:2]
         if (width, height) != (self.width, self.height):
             raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
         return image

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vlm_core.contracts.frame import Frame
+
 TopicPartition = tuple[str, int]
 
 
@@ -97,5 +99,6 @@ class StateStore(Protocol):
     def write(self, record: StateRecord) -> Pending: ...
 
 
-#: Sends one batch of decoded frames to a model deployment; returns its pending outputs.
-ModelClient = Callable[[list[np.ndarray]], Pending]
+#: Sends one batch to a model deployment, as decoded images or as checked frames (the
+#: pipeline's ``processor.model_input``); returns its pending outputs.
+ModelClient = Callable[[Sequence[np.ndarray | Frame]], Pending]

@@ -43,7 +43,7 @@ from vlm_core.contracts.frame import DEFAULT_LIMITS, Frame, FrameLimits
 from vlm_core.contracts.result import Result, TaskOutput
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError
-from vlm_core.pipeline import CameraRouting, Delivery, DropPolicy, ProcessorSettings
+from vlm_core.pipeline import CameraRouting, Delivery, DropPolicy, ModelInput, ProcessorSettings
 from vlm_core.stream.ports import (
     FrameConsumer,
     ModelClient,
@@ -98,7 +98,8 @@ def describe_error(exc: BaseException) -> str:
 @dataclass
 class _Item:
     frame: Frame
-    image: np.ndarray
+    #: What the model replicas get: the decoded image, or the checked frame itself.
+    model_input: np.ndarray | Frame
     record: Record
     tasks: tuple[Task, ...]
     dequeued_ms: int
@@ -157,6 +158,7 @@ class StreamProcessor:
         state_store: StateStore | None = None,
         transactions: Transactions | None = None,
         profile: StageProfile | None = None,
+        model_input: ModelInput = ModelInput.DECODED,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -169,6 +171,7 @@ class StreamProcessor:
         self.metrics = metrics or m.MetricsSink()
         #: Wall and CPU seconds by stage (the bench reads it; a replica keeps one across restarts).
         self.profile = profile or StageProfile()
+        self.model_input = model_input
         self.limits = limits
         self.batch_size = batch_size
         self.poll_timeout_ms = poll_timeout_ms
@@ -240,6 +243,7 @@ class StreamProcessor:
             state_store=state_store,
             transactions=transactions,
             profile=profile,
+            model_input=settings.model_input,
         )
 
     @property
@@ -355,7 +359,9 @@ class StreamProcessor:
             self.transactions.abort()
         else:
             self._forget_unsent_dead_letters()
-        if self._failures >= self.max_batch_retries and exc.offsets:
+        # A frame a model replica could not decode fails the same way on every retry.
+        record_fault = isinstance(exc.cause, FrameError)
+        if (self._failures >= self.max_batch_retries or record_fault) and exc.offsets:
             if not all(self._isolate_until.get(tp, -1) >= end for tp, end in exc.offsets.items()):
                 log.error(
                     "a batch ending at %s failed %d times (%s); re-running it one frame at a time",
@@ -386,7 +392,8 @@ class StreamProcessor:
             # failed frame gets a second try now that another frame went through.
             failures = self._run_each([f.record for f in failures], done)
         stages = {f.error.stage for f in failures}
-        if len(failures) > 1 and not succeeded and len(stages) == 1:
+        own_faults = all(isinstance(f.error.cause, FrameError) for f in failures)
+        if len(failures) > 1 and not succeeded and len(stages) == 1 and not own_faults:
             first = failures[0].error
             raise BatchFailedError(first.stage, first.cause, _end_offsets(records), reason=None)
         side = _Batch(offsets=_end_offsets(records))
@@ -459,7 +466,7 @@ class StreamProcessor:
             if indices:
                 try:
                     with self.profile.measure("serve call"):
-                        pending = client([batch.items[i].image for i in indices])
+                        pending = client([batch.items[i].model_input for i in indices])
                 except Exception as exc:
                     raise BatchFailedError(f"{task.value} request", exc, batch.offsets) from exc
                 batch.requests[task] = (indices, pending, time.perf_counter())
@@ -480,6 +487,10 @@ class StreamProcessor:
                 reason = NOT_ROUTED if not policy.tasks else "no_model"
                 self.metrics.inc(m.FRAMES_DROPPED, camera_id=frame.camera_id, reason=reason)
                 return None
+        if self.model_input is ModelInput.ENCODED:
+            with self.profile.measure("check"):
+                frame.check(limits=self.limits)
+            return _Item(frame, frame, rec, tasks, now_ms, 0.0)
         with self.profile.measure("decode"):
             image = frame.decode(limits=self.limits)
         return _Item(frame, image, rec, tasks, now_ms, 0.0)
@@ -495,8 +506,9 @@ class StreamProcessor:
                     task_outputs = request.result(timeout=self.model_timeout_s)
                 if len(task_outputs) != len(indices):
                     raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
-            except Exception as exc:
-                raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=MODEL_ERROR) from exc
+            except Exception as exc:  # a frame a model replica could not decode fails with its own reason
+                reason = exc.reason if isinstance(exc, FrameError) else MODEL_ERROR
+                raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=reason) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
