@@ -27,7 +27,7 @@ import torch
 
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, VlmError
-from vlm_core.models.spec import ModelSpec
+from vlm_core.models.spec import ModelSpec, Optimization
 from vlm_core.models.weights import save_state_dict, sha256_file
 
 
@@ -59,6 +59,8 @@ class ModelVersion:
     status_reason: str = ""
     #: The square input side the model was trained at (classification, segmentation).
     input_size: int | None = None
+    #: Made by ``vlm optimize`` from ``parent`` with this method (None: trained).
+    optimization: Optimization | None = None
 
     @property
     def ref(self) -> str:
@@ -73,6 +75,7 @@ class ModelVersion:
             class_names=self.class_names,
             name=self.name,
             version=str(self.version),
+            optimization=self.optimization,
             **overrides,
         )
 
@@ -81,12 +84,15 @@ class ModelVersion:
         doc["task"] = self.task.value
         doc["status"] = self.status.value
         doc["class_names"] = list(self.class_names)
+        doc["optimization"] = self.optimization.value if self.optimization else None
         return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ModelVersion:
         values = dict(doc)
         values["task"] = Task(values["task"])
+        if values.get("optimization") is not None:
+            values["optimization"] = Optimization(values["optimization"])
         values["status"] = ModelStatus(values["status"])
         values["class_names"] = tuple(values["class_names"])
         return cls(**values)
@@ -212,6 +218,7 @@ class ModelRegistry:
         parent: int | None = None,
         input_size: int | None = None,
         artifacts: Mapping[str, Path] | None = None,
+        optimization: Optimization | None = None,
     ) -> ModelVersion:
         """Store a new candidate version. ``artifacts`` (name -> file) are copied next to
         the weights: training curves, confusion matrices."""
@@ -237,6 +244,7 @@ class ModelRegistry:
                 parent=parent,
                 created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 input_size=input_size,
+                optimization=optimization,
             )
             for artifact, source in (artifacts or {}).items():
                 shutil.copyfile(source, staging / artifact)

@@ -958,6 +958,78 @@ def eval_model(
         )
 
 
+@app.command("optimize")
+def optimize(
+    model: Annotated[str, typer.Option(help="NAME@VERSION (or NAME: its production version) to compress.")],
+    method: Annotated[str, typer.Option(help="fold-bn or int8 (static, FX graph mode, x86 kernels).")],
+    calibration: Annotated[
+        str,
+        typer.Option(
+            "--calibration",
+            help="Data URI as for vlm train: int8 calibrates on its held-out training split, and both "
+            "versions are scored on its test split.",
+        ),
+    ],
+    samples: Annotated[int, typer.Option("--calibration-samples", min=1, help="Calibration samples.")] = 256,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score on at most this many held-out samples.")] = None,
+    passes: Annotated[int, typer.Option("--timing-passes", min=1, help="Alternating timing passes.")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """A compressed registry version (parent: the source), with its accuracy against the
+    source on the same held-out data and its speed-up measured here. Promote it with
+    `vlm models promote`: the gate decides on accuracy, as for any candidate."""
+    import json
+
+    from vlm_core.models.spec import Optimization
+    from vlm_core.training.optimize import optimize_version
+
+    try:
+        method_enum = Optimization(method)
+    except ValueError:
+        raise VlmError(
+            f"--method {method!r} is not offered", hint=f"use one of {', '.join(o.value for o in Optimization)}"
+        ) from None
+    registry = _registry()
+    report = optimize_version(
+        registry,
+        model,
+        method_enum,
+        _resolve_data(calibration, registry.resolve(model).task),
+        calibration_samples=samples,
+        limit=limit,
+        timing_passes=passes,
+        progress=lambda message: console.print(f"[dim]{message}[/]"),
+    )
+    doc = report.to_json()
+    table = Table(
+        title=f"{report.version.ref}: {method_enum.value} of {report.source.ref} "
+        f"({report.eval_samples} held-out samples)"
+    )
+    for column in ("", doc["primary_metric"], "fps (median)", "fps per pass"):
+        table.add_column(column, justify="right")
+    primary = doc["primary_metric"]
+    table.add_row(
+        report.source.ref,
+        f"{report.source_metrics[primary]:.4f}",
+        f"{report.version.metrics['source_fps']:.1f}",
+        ", ".join(f"{f:.0f}" for f in report.source_fps),
+    )
+    table.add_row(
+        report.version.ref,
+        f"{report.metrics[primary]:.4f}",
+        f"{report.version.metrics['fps']:.1f}",
+        ", ".join(f"{f:.0f}" for f in report.fps),
+    )
+    console.print(table)
+    console.print(
+        f"speed-up {doc['speedup']:.2f}x, {primary} drop {doc['drop_points']:.2f} points; "
+        f"promote with `vlm models promote {report.version.ref}` (add --margin -0.005 to accept a 0.5 point loss)"
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 DatasetOpt = Annotated[str, typer.Option(help="Dataset name on the labels topic (letters, digits, . _ -).")]
 TaskOpt = Annotated[str, typer.Option(help="classification, detection or segmentation.")]
 LabelsTopicOpt = Annotated[str, typer.Option(help="Labels topic.")]

@@ -18,6 +18,7 @@ import torch
 
 from vlm_core.contracts.result import ModelRef, TaskOutput
 from vlm_core.contracts.task import Task
+from vlm_core.models.optimize import runs_on
 from vlm_core.models.spec import ModelSpec
 from vlm_core.models.zoo import build_model, default_device
 
@@ -61,7 +62,7 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec, device: torch.device | str | None = None) -> None:
         self.spec = spec
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = runs_on(spec.optimization, torch.device(device) if device is not None else default_device())
         model, class_names = build_model(spec)
         self.class_names = class_names
         self.input_size = spec.input_size or self.default_input_size

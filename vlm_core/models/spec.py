@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -11,6 +12,17 @@ from vlm_core.errors import ConfigError
 
 #: ``weights`` values that mean "torchvision's own pretrained weights for this arch".
 PRETRAINED = "pretrained"
+
+
+class Optimization(str, enum.Enum):
+    """How a version was made from its parent by ``vlm optimize`` (see
+    :mod:`vlm_core.models.optimize`); its weights file holds the transformed model's state."""
+
+    #: Batch norms folded into the convolutions before them: float, the same outputs.
+    FOLD_BN = "fold-bn"
+    #: Post-training static int8 quantization (PyTorch FX graph mode, x86 backend),
+    #: calibrated on held-out training data; runs on CPU.
+    INT8 = "int8"
 
 
 def imagenet_class_names() -> tuple[str, ...]:
@@ -49,6 +61,8 @@ class ModelSpec:
     max_detections: int = 100
     #: Optional ImageNet backbone weights file for architectures that accept one.
     backbone_weights: str | None = None
+    #: The compression the weights were made with (None: the architecture as trained).
+    optimization: Optimization | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):
@@ -57,6 +71,13 @@ class ModelSpec:
             except ValueError:
                 raise ConfigError(f"unknown task {self.task!r}; use one of {[t.value for t in Task]}") from None
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.optimization is not None and not isinstance(self.optimization, Optimization):
+            try:
+                object.__setattr__(self, "optimization", Optimization(self.optimization))
+            except ValueError:
+                raise ConfigError(
+                    f"unknown optimization {self.optimization!r}; use one of {[o.value for o in Optimization]}"
+                ) from None
         if not self.name:
             object.__setattr__(self, "name", self.arch)
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -73,6 +94,7 @@ class ModelSpec:
         doc = asdict(self)
         doc["task"] = self.task.value
         doc["class_names"] = list(self.class_names)
+        doc["optimization"] = self.optimization.value if self.optimization else None
         return doc
 
     @classmethod

@@ -88,6 +88,8 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    # Cloned: a quantization-prepared model shares observers between keys, and safetensors
+    # refuses tensors that share memory.
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(path)
     return sha256_file(path)

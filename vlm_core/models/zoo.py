@@ -149,6 +149,8 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
         raise ConfigError(f"model {spec.name!r} needs class_names (or weights='pretrained')")
     num_classes = len(spec.class_names) + (1 if arch.implicit_background else 0)
     model = arch.build(num_classes)
+    if spec.optimization is not None:
+        return _build_optimized(model, spec), spec.class_names
     if spec.weights:
         state = load_state_dict(spec.weights)
         try:
@@ -162,6 +164,26 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
     elif spec.backbone_weights:
         load_initial_weights(model, arch, spec.backbone_weights)
     return model, spec.class_names
+
+
+def _build_optimized(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """A ``vlm optimize`` version: the architecture restructured as its method stores it,
+    its state loaded, then finished (see :mod:`vlm_core.models.optimize`)."""
+    from vlm_core.models.optimize import finish, restructure
+
+    assert spec.optimization is not None
+    if not spec.weights:
+        raise ConfigError(f"model {spec.name!r} is {spec.optimization.value}-optimised but has no weights file")
+    side = spec.input_size or 224
+    restructured = restructure(model, spec.optimization, torch.zeros(1, 3, side, side), spec.arch)
+    try:
+        restructured.load_state_dict(load_state_dict(spec.weights), strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"weights {spec.weights} are not a {spec.optimization.value} {spec.arch}: {str(exc).splitlines()[0]}",
+            hint="an optimised version loads only with the method and architecture it was made with",
+        ) from None
+    return finish(restructured, spec.optimization)
 
 
 def load_initial_weights(model: nn.Module, arch: Architecture, path: str) -> int:

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REGISTRY_CLASSES, register_classifier
+from vlm_core.errors import ConfigError
+from vlm_core.models import ModelSpec, Task, build_model
+from vlm_core.models.optimize import compress
+from vlm_core.models.spec import Optimization
+from vlm_core.registry import ModelRegistry
+from vlm_core.tasks import build_predictor
+from vlm_core.training.optimize import optimize_version
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> str:
+    """An image folder of REGISTRY_CLASSES: each class its own colour, with noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(REGISTRY_CLASSES):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(24):
+            image = np.clip(rng.normal(60 + 70 * k, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"), image)
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("method", list(Optimization))
+def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was_measured(
+    tmp_path: Path, folder: str, method: Optimization
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    register_classifier(registry, 0.5)
+    report = optimize_version(
+        registry, "cls@1", method, folder, calibration_samples=16, timing_frames=16, timing_passes=2
+    )
+    version = report.version
+    assert (version.ref, version.parent, version.optimization) == ("cls@2", 1, method)
+    assert registry.get("cls", 2) == version  # stored as written
+    assert len(report.fps) == len(report.source_fps) == 2 and min(report.fps + report.source_fps) > 0
+    assert version.metrics["speedup"] == pytest.approx(version.metrics["fps"] / version.metrics["source_fps"])
+    assert version.metrics["accuracy"] == report.metrics["accuracy"]
+    assert version.metrics["source_accuracy"] == report.source_metrics["accuracy"]
+    assert report.eval_samples > 0 and report.calibration_samples > 0
+    doc = report.to_json()
+    assert doc["method"] == method.value and doc["drop_points"] == pytest.approx(
+        100 * (report.source_metrics["accuracy"] - report.metrics["accuracy"]), abs=1e-3
+    )
+    # The registry's version loads as a replica loads it, and gives the measured model's outputs.
+    images = [np.full((40, 40, 3), 30 * i, np.uint8) for i in range(4)]
+    served = build_predictor(version.spec(registry.root), device="cpu")
+    source = build_predictor(registry.get("cls", 1).spec(registry.root), device="cpu")
+    served_scores = [[c.score for c in o.top_k] for o in served.predict(images)]  # type: ignore[union-attr]
+    source_scores = [[c.score for c in o.top_k] for o in source.predict(images)]  # type: ignore[union-attr]
+    tolerance = 1e-4 if method is Optimization.FOLD_BN else 0.1  # folding keeps the function
+    assert np.allclose(served_scores, source_scores, atol=tolerance)
+
+
+def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_path: Path) -> None:
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=REGISTRY_CLASSES))
+    compressed = compress(model.eval(), Optimization.INT8, [torch.rand(4, 3, 64, 64) for _ in range(2)])
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register(
+        "cls",
+        task=Task.CLASSIFICATION,
+        arch="mobilenet_v3_small",
+        class_names=REGISTRY_CLASSES,
+        state_dict=compressed.state_dict(),
+        metrics={"accuracy": 0.5},
+        primary_metric="accuracy",
+        input_size=64,
+        optimization=Optimization.INT8,
+    )
+    predictor = build_predictor(version.spec(registry.root), device="meta")
+    assert predictor.device == torch.device("cpu")
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in predictor.model.modules())
+
+
+def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    register_classifier(registry, 0.5)
+    optimize_version(registry, "cls@1", Optimization.FOLD_BN, folder, calibration_samples=8, timing_frames=16)
+    with pytest.raises(ConfigError, match="already fold-bn-optimised"):
+        optimize_version(registry, "cls@2", Optimization.INT8, folder)
+    with pytest.raises(ConfigError, match="other classes"):
+        optimize_version(registry, "cls@1", Optimization.INT8, "fashion-mnist")
+    detector, _ = build_model(ModelSpec(Task.DETECTION, "ssdlite320_mobilenet_v3_large", class_names=("x",)))
+    with pytest.raises(ConfigError, match=r"torch\.fx can trace"):
+        compress(detector, Optimization.INT8, [torch.rand(1, 3, 64, 64)], "ssdlite320_mobilenet_v3_large")
+    with pytest.raises(ConfigError, match="unknown optimization"):
+        ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", optimization="int4")  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""Model compression, one :class:`~vlm_core.models.spec.Optimization` at a time.
+
+A compressed version is stored like any other: one safetensors state dict. What makes it
+loadable is that every method is a deterministic change of structure, applied to the
+architecture before its state is loaded (:func:`restructure`), then finished
+(:func:`finish`):
+
+- ``fold-bn``: torch.fx folds each batch norm into its convolution; the state is the
+  folded graph's.
+- ``int8``: FX graph mode prepares the model for x86 static quantization; the state holds
+  the float weights and every observer's calibrated range, so converting it after loading
+  gives the very model that was measured, with no calibration data at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from vlm_core.errors import ConfigError
+from vlm_core.models.spec import Optimization
+
+#: The quantized kernels' backend: x86 (FBGEMM and oneDNN), for the CPUs this runs on.
+QUANTIZED_ENGINE = "x86"
+
+
+@contextmanager
+def _quiet_fx_quantization() -> Iterator[None]:
+    # torch 2.14 still ships FX graph mode quantization but warns that it moves to torchao's
+    # PT2E API, which this project does not depend on yet; the kernels are the same.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"vlm_core\.models\.optimize")
+        warnings.filterwarnings("ignore", message=r".*(reduce_range|quantized tensor creation).*")
+        yield
+
+
+def restructure(model: nn.Module, method: Optimization, example: torch.Tensor, arch: str = "") -> nn.Module:
+    """``model`` (in eval mode, its weights loaded or not) in the structure whose state
+    ``method`` stores."""
+    model = model.eval()
+    try:
+        if method is Optimization.FOLD_BN:
+            from torch.fx.experimental.optimization import fuse
+
+            return fuse(model)
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        torch.backends.quantized.engine = QUANTIZED_ENGINE
+        with _quiet_fx_quantization():
+            return prepare_fx(model, get_default_qconfig_mapping(QUANTIZED_ENGINE), (example,))
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError, AssertionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{method.value} needs a model torch.fx can trace, and {arch or 'this architecture'} is not one: {first}",
+            hint="classification architectures trace; detectors with data-dependent control flow do not",
+        ) from None
+
+
+def finish(model: nn.Module, method: Optimization) -> nn.Module:
+    """The servable model from the restructured one (after its state was loaded)."""
+    if method is Optimization.INT8:
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        if not isinstance(model, torch.fx.GraphModule):
+            raise TypeError(f"int8 finishes a model prepared by restructure(), not a {type(model).__name__}")
+        torch.backends.quantized.engine = QUANTIZED_ENGINE
+        with _quiet_fx_quantization():
+            return convert_fx(model)
+    return model
+
+
+def compress(model: nn.Module, method: Optimization, calibration: Iterable[torch.Tensor], arch: str = "") -> nn.Module:
+    """Apply ``method`` to a trained float ``model`` (left as it is). Returns the
+    restructured model whose ``state_dict`` is what a registry version of ``method`` stores;
+    int8 runs ``calibration`` batches (model-ready inputs) through it first."""
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError(f"{method.value} needs calibration data, and none was given")
+    restructured = restructure(copy.deepcopy(model), method, first[:1], arch)
+    if method is Optimization.INT8:
+        with torch.no_grad():
+            restructured(first)
+            for batch in batches:
+                restructured(batch)
+    return restructured
+
+
+def runs_on(method: Optimization | None, device: torch.device) -> torch.device:
+    """The device a model of ``method`` can run on: int8 kernels are the CPU's."""
+    return torch.device("cpu") if method is Optimization.INT8 else device
