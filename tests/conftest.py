@@ -91,6 +91,21 @@ def register_classifier(
     )
 
 
+def write_colour_folder(root: Path, per_class: int = 24) -> str:
+    """An image folder of REGISTRY_CLASSES (each class its own grey level, with noise): data
+    for calibrating and scoring the registry's "cls" models."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(REGISTRY_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = np.clip(rng.normal(60 + 70 * k, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / name / f"{i}.png"), image)
+    return str(root)
+
+
 @pytest.fixture
 def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty torch hub cache, and no downloads: the offline machine of the weights tests."""

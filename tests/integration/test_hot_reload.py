@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REGISTRY_CLASSES, register_classifier
-from tests.integration.pipeline import PipelineTopics, produce_in_background, read_results, running_pipeline
+from tests.conftest import REGISTRY_CLASSES, register_classifier, write_colour_folder
+from tests.integration.pipeline import (
+    PipelineTopics,
+    produce_frames,
+    produce_in_background,
+    read_results,
+    running_pipeline,
+)
+from vlm_core.models.spec import Optimization
 from vlm_core.registry import ModelRegistry
+from vlm_core.training.optimize import optimize_version
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +69,31 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         while not after["last_error"] and time.monotonic() < deadline:
             time.sleep(0.5)
             after = classifier.info.remote().result(timeout_s=30)
+        # A compressed version swaps in like any other: int8 of v2, through the gate (its
+        # random weights score near chance, so the test accepts any accuracy loss).
+        int8 = optimize_version(
+            registry,
+            "cls@2",
+            Optimization.INT8,
+            write_colour_folder(tmp_path / "data"),
+            calibration_samples=16,
+            timing_frames=16,
+            timing_passes=1,
+        ).version
+        assert registry.promote("cls", int8.version, margin=-1.0).promoted
+        deadline = time.monotonic() + 30
+        swapped = classifier.info.remote().result(timeout_s=30)
+        while swapped["version"] != str(int8.version) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            swapped = classifier.info.remote().result(timeout_s=30)
+        produce_frames(bootstrap, topics.frames, ["int8"], 20)
+        later = read_results(bootstrap, topics.results, 2 * per_camera + 20, timeout_s=120)
         processor_after = processor_stats(app).actor_name
+    assert swapped["version"] == str(int8.version) and swapped["last_error"] == "", swapped
+    assert swapped["pid"] == before["pid"], "the int8 version must load in the same replica"
+    int8_results = [r for r in later if r.camera_id == "int8"]
+    assert sorted(r.seq for r in int8_results) == list(range(20))
+    assert {r.classification.model.version for r in int8_results if r.classification} == {str(int8.version)}
     assert before["version"] == "1" and after["version"] == "2"
     assert "do not fit" in after["last_error"]
     assert after["pid"] == before["pid"], "the model replica must not restart"

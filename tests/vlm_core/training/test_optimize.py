@@ -1,11 +1,10 @@
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REGISTRY_CLASSES, register_classifier
+from tests.conftest import REGISTRY_CLASSES, register_classifier, write_colour_folder
 from vlm_core.errors import ConfigError
 from vlm_core.models import ModelSpec, Task, build_model
 from vlm_core.models.optimize import compress
@@ -17,14 +16,7 @@ from vlm_core.training.optimize import optimize_version
 
 @pytest.fixture
 def folder(tmp_path: Path) -> str:
-    """An image folder of REGISTRY_CLASSES: each class its own colour, with noise."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(REGISTRY_CLASSES):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(24):
-            image = np.clip(rng.normal(60 + 70 * k, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"), image)
-    return str(tmp_path / "data")
+    return write_colour_folder(tmp_path / "data")
 
 
 @pytest.mark.parametrize("method", list(Optimization))
