@@ -6,10 +6,14 @@
    then Kafka -> StreamProcessor (decode, validate) -> model deployment -> results on
    Kafka, on fresh topics. Throughput is measured between the first and the last result
    produced (steady state, like the raw loop after warm-up).
-3. latency: a second stream, paced at a quarter of the measured pipeline rate, gives
-   end-to-end latency (capture to result produced) without a backlog. Its camera runs in
-   this process while the pipeline runs, so on two cores it takes CPU from the pipeline;
-   at half the rate the pipeline fell behind and the figures measured the backlog.
+3. latency: a second stream, paced at a fraction of the measured pipeline rate
+   (``--latency-load``, half by default on the command line), gives end-to-end latency
+   (capture to result produced) without a backlog. Its camera runs in this process while
+   the pipeline runs, so on two cores it takes CPU from the pipeline.
+
+Where the time goes: CPU milliseconds per frame of every process (``/proc/<pid>/stat``),
+and wall and CPU milliseconds per frame of each stage inside the processor and the model
+replica (their :class:`~vlm_core.stream.profile.StageProfile`), over the drain.
 """
 
 from __future__ import annotations

@@ -473,7 +473,8 @@ class StreamProcessor:
         return batch
 
     def _admit(self, rec: Record, now_ms: int) -> _Item | None:
-        """Validate and decode one record; None when it is dropped on purpose (counted)."""
+        """Validate one record, and decode it where the models take pixels; None when it is
+        dropped on purpose (counted)."""
         with self.profile.measure("parse"):
             frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
         with self.profile.measure("route"):
