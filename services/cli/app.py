@@ -448,7 +448,7 @@ def bench_pipeline(
         figure = bench.summary.get(key)
         if figure is None:
             return "-"
-        digits = 2 if key == "ratio" else 1 if figure["median"] < 100 else 0
+        digits = 2 if key == "ratio" or key.startswith("stage_") else 1 if figure["median"] < 100 else 0
         return f"{figure['median']:.{digits}f} [{figure['min']:.{digits}f}-{figure['max']:.{digits}f}]"
 
     lost = sum(r.frames_lost for r in bench.runs)
