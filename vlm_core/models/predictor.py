@@ -86,10 +86,18 @@ class Predictor:
         with torch.inference_mode():
             return self._infer(self._preprocess(images))
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
-        """The CPU half: resize, colour order, normalise. Thread-safe."""
+    def preprocess(self, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None) -> PreparedBatch:
+        """The CPU half: resize, colour order, normalise. Thread-safe. ``sizes`` are the
+        frames' own (height, width) where ``images`` were decoded smaller (see
+        :meth:`decode_short_side`): outputs are mapped back to them."""
         with torch.inference_mode():
-            return self._preprocess(images)
+            batch = self._preprocess(images)
+        return batch if sizes is None else PreparedBatch(batch.inputs, tuple(sizes))
+
+    def decode_short_side(self) -> int | None:
+        """The shorter side a frame may be decoded down to without losing what the
+        preprocessing keeps (it only shrinks from there); None: decode at full size."""
+        return None
 
     def infer(self, batch: PreparedBatch) -> list[TaskOutput]:
         """The model half: forward pass and post-processing to contract results."""

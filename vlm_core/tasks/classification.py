@@ -29,6 +29,10 @@ class ClassificationPredictor(Predictor):
     task = Task.CLASSIFICATION
     default_input_size = 224
 
+    def decode_short_side(self) -> int:
+        # resize_center_crop scales the shorter side to this, then crops.
+        return round((self.input_size or self.default_input_size) * 256 / 224)
+
     def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         size = self.input_size or self.default_input_size
         return PreparedBatch(self._to_batch([resize_center_crop(img, size) for img in images]), image_sizes(images))

@@ -47,6 +47,10 @@ class SegmentationPredictor(Predictor):
     task = Task.SEGMENTATION
     default_input_size = 320
 
+    def decode_short_side(self) -> int:
+        # Both sides are resized to the input size: the shorter may come down to it.
+        return self.input_size or self.default_input_size
+
     def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         size = self.input_size or self.default_input_size
         rgb = [

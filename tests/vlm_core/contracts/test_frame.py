@@ -13,6 +13,7 @@ from vlm_core.contracts.frame import (
     Header,
     decode_all,
     decode_batch,
+    jpeg_scale,
 )
 from vlm_core.errors import (
     FrameDecodeError,
@@ -323,3 +324,40 @@ print(reason, (after - before) / 1024)
     print(f"peak RSS rise rejecting the bomb: {float(rise_mb):.1f} MB")
     assert reason == "too_large"
     assert float(rise_mb) < 100
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_a_checked_jpeg_decodes_at_a_fraction_of_its_size(scale: int) -> None:
+    y, x = np.mgrid[0:121, 0:203]  # odd sides: libjpeg rounds the scaled size up
+    image = np.stack([x * 255 // 203, y * 255 // 121, (x + y) * 255 // 324], axis=-1).astype(np.uint8)
+    frame = roundtrip(Frame.from_image(image, camera_id="cam", seq=0))
+    frame.check()
+    pixels = frame.pixels(scale)
+    assert pixels.shape == (-(-121 // scale), -(-203 // scale), 3)
+    full = cv2.resize(frame.pixels(), (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(full.astype(int) - pixels).mean() < 8  # the same picture, smaller
+
+
+def test_scales_apply_to_jpeg_only_and_are_checked() -> None:
+    png = roundtrip(Frame.from_image(smooth_image(), camera_id="cam", seq=0, encoding=Encoding.PNG))
+    assert png.pixels(4).shape == (60, 80, 3)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        png.pixels(3)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "short_side", "scale"),
+    [
+        (1280, 720, 256, 2),
+        (1920, 1080, 256, 4),
+        (320, 240, 256, 1),
+        (3840, 2160, 256, 8),
+        (1280, 720, None, 1),
+        (1280, 720, 320, 2),
+        (640, 360, 320, 1),
+    ],
+)
+def test_the_jpeg_scale_keeps_the_shorter_side_the_model_needs(
+    width: int, height: int, short_side: int | None, scale: int
+) -> None:
+    assert jpeg_scale(width, height, short_side) == scale

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from vlm_core.contracts.result import Segmentation
 from vlm_core.models import ModelSpec, Task
 from vlm_core.tasks import build_predictor
 
@@ -23,3 +25,29 @@ def test_predict_is_infer_of_preprocess_and_prepared_batches_concatenate(task: T
     assert halves.sizes == ((120, 160), (200, 100), (90, 90))
     assert predictor.infer(halves) == whole
     assert predictor.infer(PreparedBatch((), ())) == []
+
+
+@pytest.mark.parametrize(
+    ("task", "arch"), [(Task.CLASSIFICATION, "mobilenet_v3_small"), (Task.SEGMENTATION, "lraspp_mobilenet_v3_large")]
+)
+def test_a_frame_decoded_smaller_keeps_its_own_size_in_the_outputs(task: Task, arch: str) -> None:
+    from vlm_core.contracts.frame import Frame, jpeg_scale
+
+    names = ("background", "a", "b") if task is Task.SEGMENTATION else ("a", "b")
+    predictor = build_predictor(ModelSpec(task, arch, class_names=names), device="cpu")
+    y, x = np.mgrid[0:720, 0:1280]
+    image = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    frame = Frame.from_image(image, camera_id="cam", seq=0)
+    scale = jpeg_scale(frame.width, frame.height, predictor.decode_short_side())
+    assert scale == 2
+    small = predictor.preprocess([frame.pixels(scale)], [(frame.height, frame.width)])
+    whole = predictor.preprocess([frame.pixels()])
+    assert small.sizes == whole.sizes == ((720, 1280),)
+    assert isinstance(small.inputs, torch.Tensor) and small.inputs.shape == whole.inputs.shape
+    if task is Task.SEGMENTATION:  # masks at the frame's own size, not the decoded one
+        logits = torch.zeros(1, 3, 40, 40)
+        logits[:, 1, :, :20] = 1.0  # class "a" on the left half
+        predictor.model = lambda _inputs: {"out": logits}  # type: ignore[assignment]
+        output = predictor.infer(small)[0]
+        assert isinstance(output, Segmentation)
+        assert {(c.mask.height, c.mask.width) for c in output.classes} == {(720, 1280)}
