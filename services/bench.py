@@ -137,10 +137,7 @@ def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> f
     cv2.setNumThreads(1)
     predictor = build_predictor(spec)
     predictor.warmup(batch_size, images[0].shape[:2])
-    start = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        predictor.predict(images[i : i + batch_size])
-    return len(images) / (time.perf_counter() - start)
+    return predictor.throughput(images, batch_size)
 
 
 def run_pipeline_bench(

@@ -7,10 +7,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -27,7 +27,6 @@ from vlm_core.stream.profile import StageProfile, StageTotals
 from vlm_core.tasks import build_predictor
 
 log = logging.getLogger("ray.serve")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ class ModelServer:
         for group in groups.values():
             predictor = group[0].predictor
             batch = PreparedBatch.concat([r.batch for r in group])
-            flat = await loop.run_in_executor(self._infer_pool, self._measured, "infer", predictor.infer, batch)
+            flat = await loop.run_in_executor(self._infer_pool, self._infer, predictor, batch)
             start = 0
             for request in group:
                 outputs[id(request)] = flat[start : start + len(request.batch)]
@@ -170,22 +169,23 @@ class ModelServer:
         return await self.predict_many(_Prepared(predictor, batch))
 
     def _prepare(self, predictor: Predictor, inputs: Sequence[np.ndarray | Frame]) -> PreparedBatch:
+        # Measured on the pools' own threads, so the CPU time is each stage's alone.
         frames = [x for x in inputs if isinstance(x, Frame)]
-        if not frames:
-            return self._measured("preprocess", predictor.preprocess, list(inputs))
-        # JPEGs decode in the DCT domain at the largest scale the preprocessing does not
-        # need: a 1280x720 frame for a 224 px classifier decodes at 1/2, a quarter the pixels.
-        short_side = predictor.decode_short_side()
-        with self.profile.measure("decode"):
-            images = [f.pixels(jpeg_scale(f.width, f.height, short_side)) for f in frames]
-        sizes = [(f.height, f.width) for f in frames]
+        images = [x for x in inputs if isinstance(x, np.ndarray)]
+        sizes = None
+        if frames:
+            # JPEGs decode in the DCT domain at the largest scale the preprocessing does not
+            # need: a 1280x720 frame for a 224 px classifier decodes at 1/2, a quarter the pixels.
+            short_side = predictor.decode_short_side()
+            with self.profile.measure("decode"):
+                images = [f.pixels(jpeg_scale(f.width, f.height, short_side)) for f in frames]
+            sizes = [(f.height, f.width) for f in frames]
         with self.profile.measure("preprocess"):
             return predictor.preprocess(images, sizes)
 
-    def _measured(self, stage: str, function: Callable[[Any], _T], argument: Any) -> _T:
-        # Measured on the pool's own thread, so the CPU time is that stage's alone.
-        with self.profile.measure(stage):
-            return function(argument)
+    def _infer(self, predictor: Predictor, batch: PreparedBatch) -> list[TaskOutput]:
+        with self.profile.measure("infer"):
+            return predictor.infer(batch)
 
     def stages(self) -> dict[str, StageTotals]:
         """Wall and CPU seconds by stage since the replica started (the bench's stage table)."""

@@ -206,11 +206,7 @@ class Frame:
                     f"raw frame has {len(self.data)} bytes, {self.width}x{self.height}x3 needs {expected}"
                 )
             return
-        width, height = encoded_size(self.data, self.encoding)
-        if width * height > limits.max_pixels:  # a small file claiming gigapixels
-            raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {limits.max_pixels}")
-        if (width, height) != (self.width, self.height):
-            raise FrameDimensionMismatchError(f"headers say {self.width}x{self.height}, image is {width}x{height}")
+        check_encoded(self.data, self.encoding, limits.max_pixels, (self.width, self.height))
 
     def pixels(self, scale: int = 1) -> np.ndarray:
         """The pixels of a frame that passed :meth:`check`, as an HxWx3 BGR ``uint8`` array.
@@ -226,9 +222,7 @@ class Frame:
             raise ValueError(f"scale must be one of {sorted(_REDUCED_FLAGS)}, got {scale}")
         if self.encoding is not Encoding.JPEG:
             scale = 1
-        image = cv2.imdecode(np.frombuffer(self.data, dtype=np.uint8), _REDUCED_FLAGS[scale])
-        if image is None:
-            raise FrameDecodeError(f"OpenCV could not decode the {self.encoding.value} bytes")
+        image = _imdecode(self.data, self.encoding, _REDUCED_FLAGS[scale])
         height, width = image.shape[:2]
         if (width, height) != (-(-self.width // scale), -(-self.height // scale)):
             raise FrameDimensionMismatchError(
@@ -361,6 +355,16 @@ def decode_image(
     claim gigapixels (a decompression bomb), so ``max_pixels`` applies to it, and so does
     ``expected_size`` (what the headers say). The walk to the JPEG's end marker also
     catches a cut-off frame, which libjpeg would pad with grey."""
+    check_encoded(data, encoding, max_pixels, expected_size)
+    return _imdecode(data, encoding, cv2.IMREAD_COLOR)
+
+
+def check_encoded(
+    data: bytes, encoding: Encoding, max_pixels: int, expected_size: tuple[int, int] | None = None
+) -> None:
+    """The encoded image's own size against the pixel limit (a small file can claim
+    gigapixels) and against ``expected_size`` (what the headers say), before any pixel is
+    decoded; the structure walk of :func:`encoded_size` included."""
     width, height = encoded_size(data, encoding)
     if width * height > max_pixels:
         raise FrameTooLargeError(f"encoded image is {width}x{height} pixels, limit is {max_pixels}")
@@ -368,7 +372,10 @@ def decode_image(
         raise FrameDimensionMismatchError(
             f"headers say {expected_size[0]}x{expected_size[1]}, image is {width}x{height}"
         )
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+
+
+def _imdecode(data: bytes, encoding: Encoding, flag: int) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None:
         raise FrameDecodeError(f"OpenCV could not decode the {encoding.value} bytes")
     return image

@@ -106,6 +106,13 @@ class Predictor:
         with torch.inference_mode():
             return self._infer(batch)
 
+    def throughput(self, images: Sequence[np.ndarray], batch_size: int) -> float:
+        """Frames per second of :meth:`predict` over ``images`` in batches (warm up first)."""
+        start = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            self.predict(images[i : i + batch_size])
+        return len(images) / (time.perf_counter() - start)
+
     def warmup(self, batch_size: int = 1, size: tuple[int, int] = (240, 320)) -> float:
         """Run one dummy batch so the first real batch is not slow; returns its seconds."""
         start = time.perf_counter()
