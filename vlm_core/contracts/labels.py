@@ -42,6 +42,7 @@ import numpy as np
 
 from vlm_core.contracts.frame import Encoding, KafkaHeaders, KafkaRecord, decode_image, encode_image, header_text
 from vlm_core.contracts.sample import MASK_IGNORE, Sample
+from vlm_core.contracts.schema import strict_json
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameError, LabelError
 
@@ -284,6 +285,6 @@ def _text(table: dict[str, bytes | None], header: LabelHeader) -> str:
 
 def _json(table: dict[str, bytes | None], header: LabelHeader) -> Any:
     try:
-        return json.loads(_text(table, header))
-    except json.JSONDecodeError as exc:
+        return strict_json(_text(table, header))
+    except ValueError as exc:
         raise LabelError(f"header {header.value!r} is not JSON: {exc}", reason="bad_annotation") from None

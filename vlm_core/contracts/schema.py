@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -31,11 +32,32 @@ def validate(doc: Any, name: str, error: type[VlmError]) -> None:
         raise error(f"{where}: {problem.message}")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and overflowing numbers.
+
+    Python's reader accepts them, but they are not JSON and the contracts' writers
+    (``allow_nan=False``) could not write them back, so a record that carries one is
+    refused at the door with a ``ValueError`` like any other malformed document.
+    """
+    return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+
+
 def json_object(data: bytes, error: type[VlmError], noun: str) -> dict[str, Any]:
     """A JSON document that must be an object, or ``error`` saying why it is not."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = strict_json(data)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise error(f"{noun} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise error(f"{noun} must be a JSON object")

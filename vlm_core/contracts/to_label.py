@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlm_core.contracts.dlq import FrameRef
-from vlm_core.contracts.schema import validate
+from vlm_core.contracts.schema import strict_json, validate
 from vlm_core.errors import VlmError
 
 TO_LABEL_SCHEMA = "vlm.to_label/v2"
@@ -59,7 +59,7 @@ class ToLabel:
     @classmethod
     def from_bytes(cls, data: bytes) -> ToLabel:
         try:
-            doc = json.loads(data)
+            doc = strict_json(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ToLabelError(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):

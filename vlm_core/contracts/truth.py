@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vlm_core.contracts.schema import strict_json
 from vlm_core.errors import FrameHeaderError
 
 TRUTH_HEADER = "vlm-truth"
@@ -46,7 +47,7 @@ class FrameTruth:
         if len(raw) > MAX_TRUTH_BYTES:
             raise FrameHeaderError(f"{TRUTH_HEADER} header is {len(raw)} bytes, limit {MAX_TRUTH_BYTES}")
         try:
-            doc = json.loads(raw)
+            doc = strict_json(raw)
             if doc.get("schema") != TRUTH_SCHEMA_VERSION:
                 raise FrameHeaderError(
                     f"{TRUTH_HEADER} schema {str(doc.get('schema'))[:40]!r} is not {TRUTH_SCHEMA_VERSION}"

@@ -41,6 +41,7 @@ from vlm_core.contracts.dlq import FrameRef
 from vlm_core.contracts.event import Event
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Detection, Detections, Result, TrackingInfo
+from vlm_core.contracts.schema import strict_json
 from vlm_core.pipeline import CameraPolicy, CameraRouting
 from vlm_core.stream.analytics import Occurrence, SceneAnalytics, TrackedObject
 from vlm_core.stream.ports import StateRecord
@@ -124,7 +125,7 @@ def decode_state(value: bytes) -> dict[str, Any]:
     if version != STATE_VERSION:
         raise StateReadError(RestartReason.VERSION, f"state version {version}; this build reads {STATE_VERSION}")
     try:
-        doc = json.loads(zlib.decompress(value[len(STATE_MAGIC) + 1 :]))
+        doc = strict_json(zlib.decompress(value[len(STATE_MAGIC) + 1 :]))
     except (zlib.error, ValueError) as exc:
         raise StateReadError(RestartReason.UNREADABLE, f"state body does not decode: {exc}") from None
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:

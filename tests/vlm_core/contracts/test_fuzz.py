@@ -202,6 +202,8 @@ EVENT_DOC = json.loads(crossing().to_bytes())
     | mutated_document(RESULT_DOC).map(lambda d: json.dumps(d).encode())
     | mutated(json.dumps(RESULT_DOC).encode())
 )
+@example(data=json.dumps(RESULT_DOC).replace('"score": 0.9', '"score": NaN').encode())  # found by CI
+@example(data=json.dumps(RESULT_DOC).replace('"score": 0.9', '"score": 1e999').encode())
 def test_results_raise_only_result_errors(data: bytes) -> None:
     try:
         result = Result.from_bytes(data)
@@ -216,6 +218,7 @@ def test_results_raise_only_result_errors(data: bytes) -> None:
     | mutated_document(EVENT_DOC).map(lambda d: json.dumps(d).encode())
     | mutated(json.dumps(EVENT_DOC).encode())
 )
+@example(data=json.dumps({**EVENT_DOC, "dwell_s": float("nan")}).encode())
 def test_events_raise_only_event_errors(data: bytes) -> None:
     try:
         event = Event.from_bytes(data)

@@ -166,3 +166,11 @@ def test_v1_documents_are_still_read_as_untracked() -> None:
     assert [d.track_id for d in back.detection.detections] == [None]
     with pytest.raises(ResultError, match=r"vlm\.result/v1"):
         Result.from_json({**doc, "tracking": None})  # v1 has no tracking section
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_result_with_a_non_finite_number_is_refused(number: str) -> None:
+    data = full_result().to_bytes().replace(b'"score":0.9', b'"score":' + number.encode(), 1)
+    assert data != full_result().to_bytes()
+    with pytest.raises(ResultError, match="not JSON"):
+        Result.from_bytes(data)
