@@ -64,19 +64,25 @@ class SegmentationPredictor(Predictor):
         logits = self.model(batch.inputs)["out"].float()
         ref = self.model_ref
         results: list[TaskOutput] = []
-        for (height, width), frame_logits in zip(batch.sizes, logits, strict=True):
-            up = F.interpolate(frame_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            label_map = up[0].argmax(0).to(torch.uint8).cpu().numpy()
+        # The class is picked at the model's resolution and the label map, not the logits,
+        # is scaled to the frame: upsampling C logit planes to 1280x720 before the argmax
+        # cost about 230 ms a frame on one core, for boundaries that move by at most one
+        # model pixel (measured in the README: mIoU either way).
+        label_maps = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        for (height, width), label_map in zip(batch.sizes, label_maps, strict=True):
+            if label_map.shape != (height, width):
+                label_map = cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)
             results.append(Segmentation(ref, self._class_masks(label_map)))
         return results
 
     def _class_masks(self, label_map: np.ndarray) -> tuple[ClassMask, ...]:
         total = label_map.size
-        ids, counts = np.unique(label_map, return_counts=True)
+        counts = np.bincount(label_map.ravel())
         masks = []
-        for class_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
+        for class_id in np.flatnonzero(counts).tolist():
             if class_id == 0:  # background
                 continue
+            count = int(counts[class_id])
             label = self.class_names[class_id] if class_id < len(self.class_names) else str(class_id)
             masks.append(ClassMask(class_id, label, count / total, RLE.encode(label_map == class_id)))
         return tuple(masks)
