@@ -10,7 +10,9 @@
 # Environment: VLM_GPU_BENCH_FRAMES (600), VLM_GPU_BENCH_REPEAT (3),
 # VLM_GPU_BENCH_FRAME_SIZE (1280x720), VLM_GPU_BENCH_TASKS ("classification detection
 # segmentation"), VLM_GPU_BENCH_ALLOW_CPU=1 to smoke-test the script where torch sees no
-# GPU. It installs only what `make test` installs (deploy/local/bootstrap.sh).
+# GPU, VLM_VENV to use a venv already made. It installs only what `make test` installs
+# (deploy/local/bootstrap.sh). Like `vlm bench`, it leaves the local stack running:
+# `vlm local down` stops it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -20,7 +22,7 @@ repeat="${VLM_GPU_BENCH_REPEAT:-3}"
 size="${VLM_GPU_BENCH_FRAME_SIZE:-1280x720}"
 tasks="${VLM_GPU_BENCH_TASKS:-classification detection segmentation}"
 
-venv="$(bash deploy/local/bootstrap.sh | tail -n 1)"
+venv="${VLM_VENV:-$(bash deploy/local/bootstrap.sh | tail -n 1)}"
 export PATH="$venv/bin:$PATH" RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$out"
 
@@ -45,7 +47,6 @@ with open(sys.argv[1], "w") as fh:
 print(f"device: {info['device']} (torch {info['torch']}, CUDA {info['cuda']})")
 PY
 
-trap 'vlm local down >/dev/null 2>&1 || true' EXIT
 reports=()
 for task in $tasks; do
   report="$out/$task-$size.json"

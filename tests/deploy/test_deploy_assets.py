@@ -73,3 +73,30 @@ def test_ray_cluster_launcher_config_is_valid_for_ray() -> None:
     validate_config(prepare_config(config))
     commands = " ".join(config["head_start_ray_commands"])
     assert "--metrics-export-port=8080" in commands, "Prometheus scrapes Ray's metrics port"
+
+
+def test_the_gpu_bench_refuses_in_one_line_where_torch_sees_no_gpu(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "VLM_VENV": sys.prefix, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("VLM_GPU_BENCH_ALLOW_CPU", None)
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "gpu" / "bench.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"deploy/gpu/bench.sh: torch {_torch_version()} sees no CUDA device; run it on a GPU machine "
+        "(VLM_GPU_BENCH_ALLOW_CPU=1 smoke-tests it on the CPU)"
+    ]
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
