@@ -64,15 +64,15 @@ class SegmentationPredictor(Predictor):
         logits = self.model(batch.inputs)["out"].float()
         ref = self.model_ref
         results: list[TaskOutput] = []
-        # The class is picked at the model's resolution and the label map, not the logits,
-        # is scaled to the frame: upsampling C logit planes to 1280x720 before the argmax
-        # cost about 230 ms a frame on one core, for boundaries that move by at most one
-        # model pixel (measured in the README: mIoU either way).
-        label_maps = logits.argmax(1).to(torch.uint8).cpu().numpy()
-        for (height, width), label_map in zip(batch.sizes, label_maps, strict=True):
-            if label_map.shape != (height, width):
-                label_map = cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)
-            results.append(Segmentation(ref, self._class_masks(label_map)))
+        # The logits are scaled to the frame with OpenCV, channels last: the same bilinear
+        # half-pixel sampling as F.interpolate(align_corners=False), about 4 times faster
+        # on one thread (11 classes to 1280x720: 36 ms against 162). Taking the argmax at
+        # the model's resolution and scaling the label map would be faster still, but it
+        # cost a point of mIoU (README).
+        for (height, width), frame_logits in zip(batch.sizes, logits.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+            if frame_logits.shape[:2] != (height, width):
+                frame_logits = _resize_channels(frame_logits, width, height)
+            results.append(Segmentation(ref, self._class_masks(frame_logits.argmax(2).astype(np.uint8))))
         return results
 
     def _class_masks(self, label_map: np.ndarray) -> tuple[ClassMask, ...]:
@@ -86,6 +86,15 @@ class SegmentationPredictor(Predictor):
             label = self.class_names[class_id] if class_id < len(self.class_names) else str(class_id)
             masks.append(ClassMask(class_id, label, count / total, RLE.encode(label_map == class_id)))
         return tuple(masks)
+
+
+def _resize_channels(planes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of an HxWxC float array (OpenCV takes at most 512 channels at once)."""
+    chunks = [
+        cv2.resize(np.ascontiguousarray(planes[..., i : i + 512]), (width, height), interpolation=cv2.INTER_LINEAR)
+        for i in range(0, planes.shape[2], 512)
+    ]
+    return np.concatenate([c[..., None] if c.ndim == 2 else c for c in chunks], axis=2)
 
 
 class SegmentationScorer(Scorer):

@@ -52,6 +52,6 @@ def test_a_frame_decoded_smaller_keeps_its_own_size_in_the_outputs(task: Task, a
         assert isinstance(output, Segmentation)
         assert {(c.mask.height, c.mask.width) for c in output.classes} == {(720, 1280)}
         (left,) = output.classes
-        assert left.label == "a" and left.pixel_fraction == 0.5
-        mask = left.mask.decode()
-        assert mask[:, :640].all() and not mask[:, 640:].any()
+        assert left.label == "a" and 0.5 <= left.pixel_fraction <= 0.5 + 32 / 1280
+        mask = left.mask.decode()  # the edge is bilinear: within one model pixel (32 px) of the middle
+        assert mask[:, :640].all() and not mask[:, 640 + 32 :].any()
