@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,34 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 
 
 def bench_spec(task: Task, arch: str | None) -> ModelSpec:
+    """The benched model, with fixed weights that the raw loop and the model replica both
+    load: two random initialisations differ in what they output, and a segmenter's or
+    detector's post-processing costs what its output holds (classes present, boxes)."""
     profile = get_profile(task)
     arch = arch or profile.defaults.serving_arch
     names = profile.bench_class_names(BENCH_CLASS_COUNT)
-    return ModelSpec(task, arch, class_names=names, name=f"bench-{arch}", version="1")
+    spec = ModelSpec(task, arch, class_names=names, name=f"bench-{arch}", version="1")
+    return replace(spec, weights=str(_bench_weights(spec)))
+
+
+def _bench_weights(spec: ModelSpec) -> Path:
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from vlm_core.models import build_model
+
+    path = Path(tempfile.gettempdir()) / "vlm-bench-weights" / f"{spec.arch}-{len(spec.class_names)}-seed0.safetensors"
+    if not path.is_file():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model, _ = build_model(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial))
+        partial.replace(path)  # atomic: a concurrent bench reads a whole file or none
+    return path
 
 
 def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:

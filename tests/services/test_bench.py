@@ -111,3 +111,18 @@ def test_frame_sizes_are_the_camera_resolutions_offered() -> None:
     with pytest.raises(ConfigError, match="is not offered") as failure:
         parse_frame_size("640x480")
     assert failure.value.hint == "choose one of 320x240, 1280x720, 1920x1080"
+
+
+def test_the_raw_loop_and_the_replica_bench_the_same_weights() -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from services.bench import bench_spec
+    from vlm_core.contracts.task import Task
+    from vlm_core.models import build_model
+
+    first, second = bench_spec(Task.SEGMENTATION, None), bench_spec(Task.SEGMENTATION, None)
+    assert first.weights and first.weights == second.weights
+    model, _ = build_model(first)  # what each side builds from the spec it is given
+    stored = load_file(first.weights)
+    assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
