@@ -42,8 +42,8 @@ DEMO_REGISTRY_NAMES = {Task.DETECTION: "scenes-detector", Task.SEGMENTATION: "sc
 QUICK_TRAINING: dict[Task, dict[str, Any]] = {
     Task.DETECTION: {"data": "scenes://?n=400", "epochs": 4},
     Task.SEGMENTATION: {
-        "data": "scenes://?n=3000",
-        "epochs": 9,
+        "data": "scenes://?n=1500",
+        "epochs": 10,
         "batch_size": 8,
         "input_size": 256,
         "crop_size": 160,

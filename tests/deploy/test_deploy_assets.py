@@ -79,6 +79,8 @@ def test_the_gpu_bench_refuses_in_one_line_where_torch_sees_no_gpu(tmp_path: Pat
     import os
     import sys
 
+    import torch
+
     env = {**os.environ, "VLM_VENV": sys.prefix, "CUDA_VISIBLE_DEVICES": ""}
     env.pop("VLM_GPU_BENCH_ALLOW_CPU", None)
     result = subprocess.run(
@@ -90,13 +92,7 @@ def test_the_gpu_bench_refuses_in_one_line_where_torch_sees_no_gpu(tmp_path: Pat
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"deploy/gpu/bench.sh: torch {_torch_version()} sees no CUDA device; run it on a GPU machine "
+        f"deploy/gpu/bench.sh: torch {torch.__version__} sees no CUDA device; run it on a GPU machine "
         "(VLM_GPU_BENCH_ALLOW_CPU=1 smoke-tests it on the CPU)"
     ]
     assert not list((tmp_path / "out").glob("*.json"))
-
-
-def _torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)
