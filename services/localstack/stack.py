@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -220,8 +221,8 @@ class LocalService:
                 return
             if proc is not None and proc.poll() is not None:
                 raise InfrastructureError(
-                    f"{self.name} exited with code {proc.returncode} while starting; last log lines:\n"
-                    + _tail(self.log_file)
+                    f"{self.name} exited with code {proc.returncode} while starting; from its log:\n"
+                    + _log_excerpt(self.log_file)
                 )
             time.sleep(0.5)
         raise InfrastructureError(f"{self.name} did not become healthy within {timeout_s:.0f}s; see {self.log_file}")
@@ -744,11 +745,18 @@ def _kafka_cluster_id() -> str:
             return cluster_id
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def _log_excerpt(path: Path, lines: int = 12, causes: int = 5) -> str:
+    """The first lines that name a failure (a broker logs a long orderly shutdown after the
+    cause, so its tail alone hides why), then the last lines."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    first = [line for line in text if _FAILURE.search(line)][:causes]
+    return "\n".join([*first, "...", *text[-lines:]] if first else text[-lines:])
+
+
+_FAILURE = re.compile(r"\b(ERROR|FATAL|Exception|Error:|Address already in use)")
 
 
 def create_default_topics(bootstrap: str, partitions: int = 4, replication: int | None = None) -> None:

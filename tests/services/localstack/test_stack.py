@@ -55,3 +55,16 @@ def test_a_state_dir_keeps_its_broker_count_and_refuses_another(tmp_path: Path) 
     (tmp_path / "kafka" / "data" / "meta.properties").write_text("formatted")
     with pytest.raises(InfrastructureError, match="holds a 3-broker Kafka; it cannot start as 1"):
         LocalStack(three.model_copy(update={"kafka_brokers": 1}))._record_brokers()
+
+
+def test_a_failed_start_names_the_cause_above_the_shutdown_that_follows(tmp_path: Path) -> None:
+    log = tmp_path / "kafka.log"
+    shutdown = [f"INFO [ThrottledChannelReaper-{i}]: Shutdown completed" for i in range(30)]
+    cause = "ERROR [KafkaRaftServer nodeId=1] Fatal error during broker startup. Address already in use"
+    log.write_text("\n".join(["INFO starting", cause, *shutdown]) + "\n")
+    excerpt = local._log_excerpt(log).splitlines()
+    assert excerpt[0] == cause
+    assert excerpt[-1] == shutdown[-1] and len(excerpt) == 1 + 1 + 12
+    log.write_text("INFO a\nINFO b\n")
+    assert local._log_excerpt(log) == "INFO a\nINFO b"
+    assert local._log_excerpt(tmp_path / "missing.log") == "(no log)"
