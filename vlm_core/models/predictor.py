@@ -138,10 +138,16 @@ def image_sizes(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:
     return tuple((int(img.shape[0]), int(img.shape[1])) for img in images)
 
 
-def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """ImageNet-style eval transform: shorter side to size*256/224, centre crop, BGR->RGB."""
+def crop_short_side(size: int, crop_fraction: float) -> int:
+    """The shorter side an image is resized to before its centre ``size`` crop."""
+    return max(size, round(size / crop_fraction))
+
+
+def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float) -> np.ndarray:
+    """The eval transform of classifiers: shorter side to ``size / crop_fraction`` (ImageNet's
+    256 for 224), centre crop, BGR->RGB."""
     height, width = image.shape[:2]
-    short = round(size * 256 / 224)
+    short = crop_short_side(size, crop_fraction)
     scale = short / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)

@@ -16,6 +16,8 @@ from vlm_core.errors import ConfigError, UnknownArchitectureError, WeightsError
 from vlm_core.models.spec import PRETRAINED, ModelSpec
 from vlm_core.models.weights import load_state_dict
 
+IMAGENET_CROP_FRACTION = 224 / 256
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -28,6 +30,9 @@ class Architecture:
     #: The network has one more output than class names: index 0 is the background
     #: (torchvision's detectors), so class ``k`` of the spec is output ``k + 1``.
     implicit_background: bool = False
+    #: Classification: the share of the resized image's shorter side that the centre crop
+    #: keeps (torchvision's ImageNet weights: 224 of 256). 1.0 keeps the whole image.
+    crop_fraction: float = IMAGENET_CROP_FRACTION
 
 
 def _tv(name: str, **kwargs: object) -> Callable[[int], nn.Module]:
@@ -53,6 +58,29 @@ _DETECTORS = (
     "fasterrcnn_mobilenet_v3_large_fpn",
 )
 _SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
+
+
+def _vgg6_bn(num_classes: int) -> nn.Module:
+    """Six 3x3 convolutions with batch norm in three stages (32, 64 and 128 channels), then
+    global average pooling: a VGG-style classifier for small whole images such as
+    Fashion-MNIST's. torchvision's ImageNet stems divide the input side by 4 at once, which
+    leaves a 32 px image 1 px wide at the last stage; this keeps 8 px there."""
+    from torchvision.ops import Conv2dNormActivation
+
+    def stage(inputs: int, outputs: int) -> list[nn.Module]:
+        return [Conv2dNormActivation(inputs, outputs, 3), Conv2dNormActivation(outputs, outputs, 3)]
+
+    return nn.Sequential(
+        *stage(3, 32),
+        nn.MaxPool2d(2),
+        *stage(32, 64),
+        nn.MaxPool2d(2),
+        *stage(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Dropout(0.2),
+        nn.Linear(128, num_classes),
+    )
 
 
 def _fasterrcnn_mobilenet_v2(num_classes: int) -> nn.Module:
@@ -105,6 +133,7 @@ def _registry() -> dict[str, Architecture]:
         archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name, True)
     for name in _SEGMENTERS:
         archs[name] = Architecture(name, Task.SEGMENTATION, _tv(name, weights_backbone=None), name)
+    archs["vgg6_bn"] = Architecture("vgg6_bn", Task.CLASSIFICATION, _vgg6_bn, crop_fraction=1.0)
     archs["fasterrcnn_mobilenet_v2"] = Architecture(
         "fasterrcnn_mobilenet_v2", Task.DETECTION, _fasterrcnn_mobilenet_v2, implicit_background=True
     )

@@ -9,7 +9,7 @@ ignore index. The rest of the code asks the profile (:func:`vlm_core.tasks.get_p
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from vlm_core.contracts.result import TaskOutput
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor
+from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class TaskProfile(abc.ABC):
     #: The output type of the result contract's ``tasks.<name>``.
     output_type: ClassVar[Any]
     defaults: ClassVar[TaskDefaults]
+    #: Training recipes of built-in datasets by scheme (``fashion-mnist``), used in place
+    #: of ``defaults`` for that data.
+    recipes: ClassVar[Mapping[str, TaskDefaults]] = {}
     #: Target value that the loss and the metrics skip (segmentation's 255), if any.
     ignore_index: ClassVar[int | None] = None
     #: Whether class index 0 is the background, part of the class list (segmentation).
@@ -96,8 +100,19 @@ class TaskProfile(abc.ABC):
         return ("background", *names) if self.background_in_classes else names
 
     # -- training -----------------------------------------------------------------------
+    def training_defaults(self, data: str) -> TaskDefaults:
+        """What a user who gives only ``--task`` and ``--data`` gets: the recipe of a
+        built-in dataset (``fashion-mnist``, ``scenes://?n=…``), else the task's defaults."""
+        return self.recipes.get(data.split(":", 1)[0], self.defaults)
+
     @abc.abstractmethod
-    def training_transform(self, input_size: int | None, train: bool, crop_size: int | None) -> Callable[..., Any]:
+    def training_transform(
+        self,
+        input_size: int | None,
+        train: bool,
+        crop_size: int | None,
+        crop_fraction: float = IMAGENET_CROP_FRACTION,
+    ) -> Callable[..., Any]:
         """The torchvision v2 transform of one training (or validation) item."""
 
     @abc.abstractmethod

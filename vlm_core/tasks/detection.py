@@ -18,6 +18,7 @@ from vlm_core.contracts.result import Detection, Detections, TaskOutput
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor, PreparedBatch, image_sizes
+from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
 from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
 
 #: The score a box needs to count in the per-epoch recall figure.
@@ -146,7 +147,13 @@ class DetectionProfile(TaskProfile):
     def evaluation_overrides(self) -> dict[str, Any]:
         return {"score_threshold": 0.05}  # mAP needs the low-score boxes too
 
-    def training_transform(self, input_size: int | None, train: bool, crop_size: int | None) -> Callable[..., Any]:
+    def training_transform(
+        self,
+        input_size: int | None,
+        train: bool,
+        crop_size: int | None,
+        crop_fraction: float = IMAGENET_CROP_FRACTION,
+    ) -> Callable[..., Any]:
         """For (Image, {"boxes", "labels"}): torchvision detectors resize and normalise
         internally, so only augment and scale here."""
         steps: list[v2.Transform] = []

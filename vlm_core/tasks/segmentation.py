@@ -18,6 +18,7 @@ from vlm_core.contracts.rle import RLE
 from vlm_core.contracts.sample import MASK_IGNORE, Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD, Predictor, PreparedBatch, image_sizes
+from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
 from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
 
 
@@ -128,7 +129,13 @@ class SegmentationProfile(TaskProfile):
     background_in_classes = True
     trains_on_crops = True
 
-    def training_transform(self, input_size: int | None, train: bool, crop_size: int | None) -> Callable[..., Any]:
+    def training_transform(
+        self,
+        input_size: int | None,
+        train: bool,
+        crop_size: int | None,
+        crop_fraction: float = IMAGENET_CROP_FRACTION,
+    ) -> Callable[..., Any]:
         """Resize to the Predictor's square input; in training, ``crop_size`` takes random
         crops of that: the items keep the scale the model sees when serving, at a fraction
         of the compute per sample."""

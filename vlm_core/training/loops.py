@@ -20,6 +20,7 @@ from torch import nn
 
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
+from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
 from vlm_core.tasks import TrainingOptions, get_profile
 
 
@@ -43,11 +44,17 @@ class TorchDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Samples -> model-ready tensors for one task."""
 
     def __init__(
-        self, samples: Any, task: Task, input_size: int | None, train: bool, crop_size: int | None = None
+        self,
+        samples: Any,
+        task: Task,
+        input_size: int | None,
+        train: bool,
+        crop_size: int | None = None,
+        crop_fraction: float = IMAGENET_CROP_FRACTION,
     ) -> None:
         self.samples = samples
         self.profile = get_profile(task)
-        self.transform = self.profile.training_transform(input_size, train, crop_size)
+        self.transform = self.profile.training_transform(input_size, train, crop_size, crop_fraction)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -25,7 +25,10 @@ def test_only_task_and_data_give_a_complete_request() -> None:
     assert request.arch == "fasterrcnn_mobilenet_v2" and request.init == IMAGENET_MOBILENET_V2
     assert request.epochs and request.batch_size and request.lr and request.name == "scenes-detector"
     classifier = TrainRequest(Task.CLASSIFICATION, "fashion-mnist").resolved()
-    assert classifier.arch == "mobilenet_v3_small" and classifier.init == "none" and classifier.input_size == 48
+    assert classifier.arch == "vgg6_bn" and classifier.init == "none" and classifier.input_size == 32
+    assert classifier.epochs == 12 and classifier.lr == 3e-3
+    folder = TrainRequest(Task.CLASSIFICATION, "/data/garments").resolved()
+    assert (folder.arch, folder.input_size, folder.epochs) == ("mobilenet_v3_small", 48, 10)
     explicit = TrainRequest(Task.CLASSIFICATION, "fashion-mnist", arch="resnet18", epochs=3, init="none").resolved()
     assert (explicit.arch, explicit.epochs, explicit.init) == ("resnet18", 3, "none")
 

@@ -212,3 +212,18 @@ def test_a_whole_checkpoint_of_the_same_model_is_fine_tuned_not_just_its_backbon
     other_classes = arch.build(7)  # a different head: only the backbone fits
     partial = load_initial_weights(other_classes, arch, str(path))
     assert 0 < partial < len(other_classes.state_dict())
+
+
+def test_the_small_image_classifier_keeps_the_whole_frame_and_its_resolution() -> None:
+    from vlm_core.models.predictor import resize_center_crop
+
+    arch = get_architecture("vgg6_bn")
+    assert arch.crop_fraction == 1.0 and get_architecture("resnet18").crop_fraction == 224 / 256
+    framed = np.zeros((28, 28, 3), np.uint8)
+    framed[0, :] = 255
+    assert resize_center_crop(framed, 32, arch.crop_fraction)[0].min() == 255
+    assert resize_center_crop(framed, 32, 224 / 256)[0].max() == 0
+    features = arch.build(10)[:-4]  # up to the global pooling
+    assert features(torch.zeros(1, 3, 32, 32)).shape == (1, 128, 8, 8)
+    spec = ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=names_for(Task.CLASSIFICATION), input_size=32)
+    assert build_predictor(spec, device="cpu").decode_short_side() == 32

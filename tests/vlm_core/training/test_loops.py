@@ -51,3 +51,16 @@ def test_transforms_normalise_like_the_predictor(train: bool) -> None:
     transform = get_profile(Task.DETECTION).training_transform(None, train, None)
     scaled, target = transform(image, {"boxes": boxes, "labels": torch.tensor([1])})
     assert scaled.dtype == torch.float32 and scaled.max() <= 1.0 and len(target["boxes"]) == 1
+
+
+def test_a_whole_image_crop_keeps_the_border_and_pads_for_its_random_shifts() -> None:
+    framed = np.zeros((28, 28, 3), np.uint8)
+    framed[:, :2] = 255  # a sleeve at the left edge
+    profile = get_profile(Task.CLASSIFICATION)
+    whole = profile.training_transform(32, False, None, crop_fraction=1.0)(framed)
+    imagenet = profile.training_transform(32, False, None)(framed)
+    assert whole.shape == imagenet.shape == (3, 32, 32)
+    assert whole[0, :, 0].min() > 0 and imagenet[0, :, 0].max() < whole[0, :, 0].min()
+    shifted = [profile.training_transform(32, True, None, crop_fraction=1.0)(framed) for _ in range(40)]
+    assert all(t.shape == (3, 32, 32) for t in shifted)
+    assert any(not torch.equal(t, whole) and not torch.equal(t, whole.flip(-1)) for t in shifted)
