@@ -14,7 +14,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.predictor import Predictor
 from vlm_core.models.spec import ModelSpec
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
+from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 from vlm_core.tasks.classification import ClassificationProfile
 from vlm_core.tasks.detection import DetectionProfile
 from vlm_core.tasks.segmentation import SegmentationProfile
@@ -54,6 +54,7 @@ __all__ = [
     "Scorer",
     "TaskDefaults",
     "TaskProfile",
+    "TrainingInput",
     "TrainingOptions",
     "build_predictor",
     "get_profile",

@@ -44,6 +44,18 @@ class TaskDefaults:
 
 
 @dataclass(frozen=True)
+class TrainingInput:
+    """How training shapes a model's input, as the Predictor will when serving."""
+
+    #: Square side; None where the model resizes internally (detection).
+    size: int | None = None
+    #: Segmentation: random crops of this side of the resized input.
+    crop_size: int | None = None
+    #: Classification: the centre crop's share of the shorter side (the architecture's).
+    crop_fraction: float = IMAGENET_CROP_FRACTION
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     """Loss settings shared by every task; each profile uses what applies to it."""
 
@@ -106,13 +118,7 @@ class TaskProfile(abc.ABC):
         return self.recipes.get(data.split(":", 1)[0], self.defaults)
 
     @abc.abstractmethod
-    def training_transform(
-        self,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> Callable[..., Any]:
+    def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
         """The torchvision v2 transform of one training (or validation) item."""
 
     @abc.abstractmethod

@@ -25,8 +25,8 @@ from vlm_core.models.predictor import (
     resize_center_crop,
 )
 from vlm_core.models.spec import ModelSpec
-from vlm_core.models.zoo import IMAGENET_CROP_FRACTION, get_architecture
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
+from vlm_core.models.zoo import get_architecture
+from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 
 class ClassificationPredictor(Predictor):
@@ -108,15 +108,9 @@ class ClassificationProfile(TaskProfile):
     }
     confusion_artifact = True
 
-    def training_transform(
-        self,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> Callable[..., Any]:
-        size = input_size or ClassificationPredictor.default_input_size
-        short = crop_short_side(size, crop_fraction)  # the Predictor's eval transform: resize, centre crop
+    def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
+        size = shape.size or ClassificationPredictor.default_input_size
+        short = crop_short_side(size, shape.crop_fraction)  # the Predictor's eval transform: resize, centre crop
         steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(short, antialias=True)]
         if train:
             # Random crops of the margin the eval crop drops; where it keeps the whole

@@ -18,8 +18,7 @@ from vlm_core.contracts.result import Detection, Detections, TaskOutput
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor, PreparedBatch, image_sizes
-from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
+from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 #: The score a box needs to count in the per-epoch recall figure.
 QUICK_VALIDATION_SCORE = 0.5
@@ -147,13 +146,7 @@ class DetectionProfile(TaskProfile):
     def evaluation_overrides(self) -> dict[str, Any]:
         return {"score_threshold": 0.05}  # mAP needs the low-score boxes too
 
-    def training_transform(
-        self,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> Callable[..., Any]:
+    def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
         """For (Image, {"boxes", "labels"}): torchvision detectors resize and normalise
         internally, so only augment and scale here."""
         steps: list[v2.Transform] = []

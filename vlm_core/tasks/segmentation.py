@@ -18,8 +18,7 @@ from vlm_core.contracts.rle import RLE
 from vlm_core.contracts.sample import MASK_IGNORE, Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD, Predictor, PreparedBatch, image_sizes
-from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingOptions
+from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 
 def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
@@ -129,21 +128,15 @@ class SegmentationProfile(TaskProfile):
     background_in_classes = True
     trains_on_crops = True
 
-    def training_transform(
-        self,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> Callable[..., Any]:
-        """Resize to the Predictor's square input; in training, ``crop_size`` takes random
+    def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
+        """Resize to the Predictor's square input; in training, ``shape.crop_size`` takes random
         crops of that: the items keep the scale the model sees when serving, at a fraction
         of the compute per sample."""
-        size = input_size or SegmentationPredictor.default_input_size
+        size = shape.size or SegmentationPredictor.default_input_size
         steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((size, size), antialias=True)]
         if train:
-            if crop_size and crop_size < size:
-                steps.append(v2.RandomCrop(crop_size))
+            if shape.crop_size and shape.crop_size < size:
+                steps.append(v2.RandomCrop(shape.crop_size))
             steps += [v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)]
         steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)]
         steps += [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

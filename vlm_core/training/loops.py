@@ -21,7 +21,7 @@ from torch import nn
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
-from vlm_core.tasks import TrainingOptions, get_profile
+from vlm_core.tasks import TrainingInput, TrainingOptions, get_profile
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TorchDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     ) -> None:
         self.samples = samples
         self.profile = get_profile(task)
-        self.transform = self.profile.training_transform(input_size, train, crop_size, crop_fraction)
+        self.transform = self.profile.training_transform(TrainingInput(input_size, crop_size, crop_fraction), train)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -20,8 +20,17 @@ from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor, PreparedBatch, image_sizes
 from vlm_core.models.spec import ModelSpec
-from vlm_core.models.zoo import IMAGENET_CROP_FRACTION, Architecture, register_architecture
-from vlm_core.tasks import Scorer, TaskDefaults, TaskProfile, TrainingOptions, build_predictor, get_profile, profiles
+from vlm_core.models.zoo import Architecture, register_architecture
+from vlm_core.tasks import (
+    Scorer,
+    TaskDefaults,
+    TaskProfile,
+    TrainingInput,
+    TrainingOptions,
+    build_predictor,
+    get_profile,
+    profiles,
+)
 
 
 def test_built_in_profiles_cover_every_task_once() -> None:
@@ -96,13 +105,7 @@ class BrightnessProfile(TaskProfile):
     output_type = Brightness
     defaults = TaskDefaults("tiny_brightness", "tiny_brightness", 1, 4, 1e-2, 16)
 
-    def training_transform(
-        self,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> Callable[..., Any]:
+    def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
         return lambda rgb: torch.from_numpy(rgb[:16, :16]).permute(2, 0, 1).float() / 255
 
     def training_item(self, sample: Sample, rgb: np.ndarray, transform: Callable[..., Any]) -> Any:

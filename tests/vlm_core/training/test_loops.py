@@ -4,7 +4,7 @@ import torch
 
 from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample
-from vlm_core.tasks import get_profile
+from vlm_core.tasks import TrainingInput, get_profile
 from vlm_core.training.loops import TorchDataset
 
 
@@ -42,13 +42,15 @@ def test_segmentation_mask_follows_resize_and_classification_shapes() -> None:
 def test_transforms_normalise_like_the_predictor(train: bool) -> None:
     from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 
-    white = get_profile(Task.CLASSIFICATION).training_transform(32, train, None)(np.full((40, 40, 3), 255, np.uint8))
+    white = get_profile(Task.CLASSIFICATION).training_transform(TrainingInput(32), train)(
+        np.full((40, 40, 3), 255, np.uint8)
+    )
     assert torch.allclose(white[:, 0, 0], (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD), atol=1e-5)
     from torchvision import tv_tensors
 
     image = tv_tensors.Image(torch.full((3, 4, 4), 255, dtype=torch.uint8))
     boxes = tv_tensors.BoundingBoxes([[0, 0, 2, 2]], format="XYXY", canvas_size=(4, 4))
-    transform = get_profile(Task.DETECTION).training_transform(None, train, None)
+    transform = get_profile(Task.DETECTION).training_transform(TrainingInput(), train)
     scaled, target = transform(image, {"boxes": boxes, "labels": torch.tensor([1])})
     assert scaled.dtype == torch.float32 and scaled.max() <= 1.0 and len(target["boxes"]) == 1
 
@@ -57,10 +59,10 @@ def test_a_whole_image_crop_keeps_the_border_and_pads_for_its_random_shifts() ->
     framed = np.zeros((28, 28, 3), np.uint8)
     framed[:, :2] = 255  # a sleeve at the left edge
     profile = get_profile(Task.CLASSIFICATION)
-    whole = profile.training_transform(32, False, None, crop_fraction=1.0)(framed)
-    imagenet = profile.training_transform(32, False, None)(framed)
+    whole = profile.training_transform(TrainingInput(32, crop_fraction=1.0), False)(framed)
+    imagenet = profile.training_transform(TrainingInput(32), False)(framed)
     assert whole.shape == imagenet.shape == (3, 32, 32)
     assert whole[0, :, 0].min() > 0 and imagenet[0, :, 0].max() < whole[0, :, 0].min()
-    shifted = [profile.training_transform(32, True, None, crop_fraction=1.0)(framed) for _ in range(40)]
+    shifted = [profile.training_transform(TrainingInput(32, crop_fraction=1.0), True)(framed) for _ in range(40)]
     assert all(t.shape == (3, 32, 32) for t in shifted)
     assert any(not torch.equal(t, whole) and not torch.equal(t, whole.flip(-1)) for t in shifted)
