@@ -7,7 +7,7 @@ import torch
 from tests.conftest import REGISTRY_CLASSES, register_classifier, write_colour_folder
 from vlm_core.errors import ConfigError
 from vlm_core.models import ModelSpec, Task, build_model
-from vlm_core.models.optimize import compress
+from vlm_core.models.optimize import compress, finish
 from vlm_core.models.spec import Optimization
 from vlm_core.registry import ModelRegistry
 from vlm_core.tasks import build_predictor
@@ -83,3 +83,17 @@ def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
         compress(detector, Optimization.INT8, [torch.rand(1, 3, 64, 64)], "ssdlite320_mobilenet_v3_large")
     with pytest.raises(ConfigError, match="unknown optimization"):
         ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", optimization="int4")  # type: ignore[arg-type]
+
+
+def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> None:
+    torch.manual_seed(0)
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=REGISTRY_CLASSES))
+    calibration = [torch.rand(8, 3, 32, 32) for _ in range(4)]
+    with torch.no_grad():
+        expected = model.eval()(calibration[0]).softmax(1)
+        served = finish(compress(model, Optimization.INT8, calibration), Optimization.INT8)
+        got = served(calibration[0]).softmax(1)
+    kinds = [type(m) for m in served.modules()]
+    assert torch.nn.Conv2d not in kinds and torch.nn.BatchNorm2d not in kinds
+    assert sum(kind.__module__.startswith("torch.ao.nn.intrinsic.quantized") for kind in kinds) == 6
+    assert torch.allclose(got, expected, atol=0.05)
