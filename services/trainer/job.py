@@ -162,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from vlm_core.models import ModelSpec, build_model
     from vlm_core.models.zoo import get_architecture
+    from vlm_core.tasks import TrainingInput
     from vlm_core.training.loops import TorchDataset, TrainSettings, collate, quick_validation, training_loss
 
     request = TrainRequest(**{**config["request"], "task": Task(config["request"]["task"])})
@@ -175,21 +176,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data = request.load_data()
     spec = ModelSpec(request.task, request.arch or "", class_names=data.class_names, **init_weights(request.init))
     model, _ = build_model(spec)
-    crop_fraction = get_architecture(spec.arch).crop_fraction
+    shape = TrainingInput(request.input_size, request.crop_size, get_architecture(spec.arch).crop_fraction)
     set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
     model = ray.train.torch.prepare_model(model)
     settings = TrainSettings(
         request.task, request.epochs or 1, request.batch_size or 1, request.lr or 1e-3, request.input_size
     )
     loader = torch.utils.data.DataLoader(
-        TorchDataset(
-            data.train,
-            request.task,
-            request.input_size,
-            train=True,
-            crop_size=request.crop_size,
-            crop_fraction=crop_fraction,
-        ),
+        TorchDataset(data.train, request.task, shape, train=True),
         batch_size=settings.batch_size,
         shuffle=True,
         drop_last=len(data.train) > settings.batch_size * context.get_world_size(),
@@ -203,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         val_samples = Subset(val_samples, range(VALIDATION_LIMIT))
     val_loader = torch.utils.data.DataLoader(
-        TorchDataset(val_samples, request.task, request.input_size, train=False, crop_fraction=crop_fraction),
+        TorchDataset(val_samples, request.task, shape, train=False),
         batch_size=settings.batch_size,
         collate_fn=collate(request.task),
     )

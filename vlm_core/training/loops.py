@@ -20,7 +20,6 @@ from torch import nn
 
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
-from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
 from vlm_core.tasks import TrainingInput, TrainingOptions, get_profile
 
 
@@ -43,18 +42,10 @@ def _rgb(sample: Sample) -> np.ndarray:
 class TorchDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Samples -> model-ready tensors for one task."""
 
-    def __init__(
-        self,
-        samples: Any,
-        task: Task,
-        input_size: int | None,
-        train: bool,
-        crop_size: int | None = None,
-        crop_fraction: float = IMAGENET_CROP_FRACTION,
-    ) -> None:
+    def __init__(self, samples: Any, task: Task, shape: TrainingInput, train: bool) -> None:
         self.samples = samples
         self.profile = get_profile(task)
-        self.transform = self.profile.training_transform(TrainingInput(input_size, crop_size, crop_fraction), train)
+        self.transform = self.profile.training_transform(shape, train)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -196,7 +196,7 @@ def test_a_fourth_task_registered_in_one_module_runs_through_the_whole_library(t
 
     # training: the generic loops take the profile's transform, batching, loss, validation
     samples = [Sample(image) for image in _frames(8)]
-    dataset = TorchDataset(samples, toy_task, None, train=True)
+    dataset = TorchDataset(samples, toy_task, TrainingInput(), train=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate(toy_task))
     model = TinyBrightnessNet(1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -17,7 +17,7 @@ def _frame() -> np.ndarray:
 def test_detection_flip_moves_boxes_with_pixels() -> None:
     torch.manual_seed(0)
     sample = Sample(_frame(), boxes=np.array([[5, 10, 25, 30]], np.float32), box_labels=np.array([3]))
-    dataset = TorchDataset([sample], Task.DETECTION, None, train=True)
+    dataset = TorchDataset([sample], Task.DETECTION, TrainingInput(), train=True)
     seen = set()
     for _ in range(20):
         image, target = dataset[0]
@@ -31,10 +31,10 @@ def test_detection_flip_moves_boxes_with_pixels() -> None:
 def test_segmentation_mask_follows_resize_and_classification_shapes() -> None:
     mask = np.zeros((60, 80), np.uint8)
     mask[10:30, 5:25] = 2
-    image, target = TorchDataset([Sample(_frame(), mask=mask)], Task.SEGMENTATION, 32, train=False)[0]
+    image, target = TorchDataset([Sample(_frame(), mask=mask)], Task.SEGMENTATION, TrainingInput(32), train=False)[0]
     assert image.shape == (3, 32, 32) and target.shape == (32, 32) and target.dtype == torch.int64
     assert set(target.unique().tolist()) == {0, 2}
-    tensor, label = TorchDataset([Sample(_frame(), label=7)], Task.CLASSIFICATION, 48, train=True)[0]
+    tensor, label = TorchDataset([Sample(_frame(), label=7)], Task.CLASSIFICATION, TrainingInput(48), train=True)[0]
     assert tensor.shape == (3, 48, 48) and label == 7
 
 
