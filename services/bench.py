@@ -126,19 +126,16 @@ def _bench_weights(spec: ModelSpec) -> Path:
     import tempfile
 
     import torch
-    from safetensors.torch import save_file
 
     from vlm_core.models import build_model
+    from vlm_core.models.weights import save_state_dict
 
     path = Path(tempfile.gettempdir()) / "vlm-bench-weights" / f"{spec.arch}-{len(spec.class_names)}-seed0.safetensors"
     if not path.is_file():
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model, _ = build_model(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial))
-        partial.replace(path)  # atomic: a concurrent bench reads a whole file or none
+        save_state_dict(model.state_dict(), path)  # atomic: a concurrent bench reads a whole file or none
     return path
 
 

@@ -745,6 +745,9 @@ def _kafka_cluster_id() -> str:
             return cluster_id
 
 
+_FAILURE = re.compile(r"\b(ERROR|FATAL|Exception|Error:|Address already in use)")
+
+
 def _log_excerpt(path: Path, lines: int = 12, causes: int = 5) -> str:
     """The first lines that name a failure (a broker logs a long orderly shutdown after the
     cause, so its tail alone hides why), then the last lines."""
@@ -754,9 +757,6 @@ def _log_excerpt(path: Path, lines: int = 12, causes: int = 5) -> str:
         return "(no log)"
     first = [line for line in text if _FAILURE.search(line)][:causes]
     return "\n".join([*first, "...", *text[-lines:]] if first else text[-lines:])
-
-
-_FAILURE = re.compile(r"\b(ERROR|FATAL|Exception|Error:|Address already in use)")
 
 
 def create_default_topics(bootstrap: str, partitions: int = 4, replication: int | None = None) -> None:

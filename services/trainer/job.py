@@ -160,8 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from vlm_core.models import ModelSpec, build_model
-    from vlm_core.models.zoo import get_architecture
+    from vlm_core.models import ModelSpec, build_model, get_architecture
     from vlm_core.tasks import TrainingInput
     from vlm_core.training.loops import TorchDataset, TrainSettings, collate, quick_validation, training_loss
 

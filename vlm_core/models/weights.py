@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,7 +88,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # writers of one path never share it
     # Cloned: a quantization-prepared model shares observers between keys, and safetensors
     # refuses tensors that share memory.
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
