@@ -162,7 +162,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from vlm_core.models import ModelSpec, build_model, get_architecture
     from vlm_core.tasks import TrainingInput
-    from vlm_core.training.loops import TorchDataset, TrainSettings, collate, quick_validation, training_loss
+    from vlm_core.training.data import Subset
+    from vlm_core.training.loops import TorchDataset, TrainSettings, collate, training_loss, validation_counts
 
     request = TrainRequest(**{**config["request"], "task": Task(config["request"]["task"])})
     torch.set_num_threads(request.torch_threads)
@@ -190,11 +191,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     moves_batches = get_profile(request.task).loader_moves_batches
     loader = ray.train.torch.prepare_data_loader(loader, move_to_device=moves_batches)
-    val_samples = data.validation
-    if len(val_samples) > VALIDATION_LIMIT:
-        from vlm_core.training.data import Subset
-
-        val_samples = Subset(val_samples, range(VALIDATION_LIMIT))
+    # Each worker validates every world-size-th sample and the counts are summed: the
+    # workers share the per-epoch validation instead of waiting for rank 0 to do it alone.
+    world = context.get_world_size()
+    val_samples = Subset(data.validation, range(rank, min(len(data.validation), VALIDATION_LIMIT), world))
     val_loader = torch.utils.data.DataLoader(
         TorchDataset(val_samples, request.task, shape, train=False),
         batch_size=settings.batch_size,
@@ -237,9 +237,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
         metrics["epoch_s"] = time.perf_counter() - started
-        if rank == 0:
-            val_batches = (_to_device(batch, device) for batch in val_loader)
-            metrics.update(quick_validation(_unwrap(model), request.task, val_batches))
+        val_batches = (_to_device(batch, device) for batch in val_loader)
+        counts = validation_counts(_unwrap(model), request.task, val_batches, len(data.class_names))
+        if world > 1:
+            counts = counts.to(device)
+            torch.distributed.all_reduce(counts)
+        metrics.update(get_profile(request.task).validation_metrics(counts.cpu()))
         history.append(metrics)
         with tempfile.TemporaryDirectory() as directory:
             saved = None

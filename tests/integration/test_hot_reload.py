@@ -16,7 +16,10 @@ from tests.integration.pipeline import (
     read_results,
     running_pipeline,
 )
+from vlm_core.models import ModelSpec, Task, build_model
+from vlm_core.models.optimize import compress
 from vlm_core.models.spec import Optimization
+from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry
 from vlm_core.training.optimize import optimize_version
 
@@ -108,3 +111,61 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         changes = [i for i in range(1, len(sequence)) if sequence[i] != sequence[i - 1]]
         assert sequence[0] == "1" and sequence[-1] == "2", camera
         assert len(changes) == 1, f"{camera}: version changed {len(changes)} times"
+
+
+def test_an_int8_detector_version_swaps_in_the_same_replica(pipeline_env: tuple[str, str], tmp_path: Path) -> None:
+    """The detector's int8 version (its backbone quantized, the rest float) loads through the
+    registry like any other and serves the next frames."""
+    import torch
+    from ray import serve
+
+    ray_address, bootstrap = pipeline_env
+    torch.manual_seed(0)
+    arch, classes = "fasterrcnn_mobilenet_v2", ("a", "b")
+    model, _ = build_model(ModelSpec(Task.DETECTION, arch, class_names=classes))
+    calibration = [[torch.rand(3, 120, 160) for _ in range(2)] for _ in range(2)]
+    parts = get_architecture(arch).traceable_parts
+    registry = ModelRegistry(tmp_path / "registry")
+    versions = {
+        method: registry.register(
+            "det",
+            task=Task.DETECTION,
+            arch=arch,
+            class_names=classes,
+            state_dict=(compress(model, method, calibration, parts) if method else model).state_dict(),
+            metrics={"map50": 0.5},
+            primary_metric="map50",
+            parent=1 if method else None,
+            optimization=method,
+        )
+        for method in (None, Optimization.INT8)
+    }
+    assert registry.promote("det", 1).promoted
+    topics = PipelineTopics.fresh()
+    detector = {
+        "spec": {"task": "detection", "arch": arch, "class_names": list(classes), "score_threshold": 0.0},
+        "registry_name": "det",
+        "registry_poll_s": 0.5,
+        "deployment": {"num_cpus": 0.25, "max_batch_size": 8},
+    }
+    with running_pipeline(
+        ray_address, bootstrap, topics, models={"detection": detector}, registry_dir=str(registry.root)
+    ) as app:
+        handle = serve.get_deployment_handle("Detector", app_name=app)
+        before = handle.info.remote().result(timeout_s=30)
+        produce_frames(bootstrap, topics.frames, ["float"], 8)
+        first = read_results(bootstrap, topics.results, 8, timeout_s=120)
+        assert registry.promote("det", versions[Optimization.INT8].version).promoted  # same map50: the gate passes
+        deadline = time.monotonic() + 60
+        swapped = handle.info.remote().result(timeout_s=30)
+        while swapped["version"] != "2" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            swapped = handle.info.remote().result(timeout_s=30)
+        produce_frames(bootstrap, topics.frames, ["int8"], 8)
+        later = read_results(bootstrap, topics.results, 16, timeout_s=120)
+    assert before["version"] == "1" and swapped["version"] == "2" and swapped["last_error"] == "", swapped
+    assert swapped["pid"] == before["pid"], "the int8 version must load in the same replica"
+    assert {r.detection.model.version for r in first if r.detection is not None} == {"1"}
+    int8 = [r for r in later if r.camera_id == "int8"]
+    assert sorted(r.seq for r in int8) == list(range(8))
+    assert [r.detection.model.version if r.detection else None for r in int8] == ["2"] * 8

@@ -10,14 +10,19 @@ architecture before its state is loaded (:func:`restructure`), then finished
 - ``int8``: FX graph mode prepares the model for x86 static quantization; the state holds
   the float weights and every observer's calibrated range, so converting it after loading
   gives the very model that was measured, with no calibration data at load time.
+
+Both transform the architecture's ``traceable_parts``: the whole network for classifiers
+and segmenters; a detector's backbone, whose input is captured by running the detector on
+an example image, while its heads, anchors, RoI pooling and NMS stay float.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,43 +45,68 @@ def _quiet_fx_quantization() -> Iterator[None]:
         yield
 
 
-def restructure(model: nn.Module, method: Optimization, example: torch.Tensor, arch: str = "") -> nn.Module:
+#: What a network's forward takes: an NCHW batch, or a list of CHW images (detectors).
+ModelInput = torch.Tensor | list[torch.Tensor]
+
+
+#: The whole network, as one traceable part.
+WHOLE: tuple[str, ...] = ("",)
+
+
+def restructure(
+    model: nn.Module, method: Optimization, example: ModelInput, parts: tuple[str, ...] = WHOLE, arch: str = ""
+) -> nn.Module:
     """``model`` (in eval mode, its weights loaded or not) in the structure whose state
-    ``method`` stores."""
+    ``method`` stores: each of ``parts`` (the architecture's ``traceable_parts``)
+    transformed. ``arch`` names the architecture in errors."""
     model = model.eval()
     try:
+        inputs = _part_inputs(model, parts, example)
         if method is Optimization.FOLD_BN:
             from torch.fx.experimental.optimization import fuse
 
-            return fuse(model)
+            for part in parts:
+                model = _replace(model, part, fuse(model.get_submodule(part)))
+            return model
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import prepare_fx
 
         torch.backends.quantized.engine = QUANTIZED_ENGINE
+        mapping = get_default_qconfig_mapping(QUANTIZED_ENGINE)
         with _quiet_fx_quantization():
-            return prepare_fx(model, get_default_qconfig_mapping(QUANTIZED_ENGINE), (example,))
+            for part, args in zip(parts, inputs, strict=True):
+                model = _replace(model, part, prepare_fx(model.get_submodule(part), mapping, args))
+        return model
     except (torch.fx.proxy.TraceError, TypeError, NotImplementedError, AssertionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"{method.value} needs a model torch.fx can trace, and {arch or 'this architecture'} is not one: {first}",
-            hint="classification architectures trace; detectors with data-dependent control flow do not",
+            hint="an architecture whose whole forward does not trace names the parts that do (traceable_parts)",
         ) from None
 
 
-def finish(model: nn.Module, method: Optimization) -> nn.Module:
+def finish(model: nn.Module, method: Optimization, parts: tuple[str, ...] = WHOLE) -> nn.Module:
     """The servable model from the restructured one (after its state was loaded)."""
     if method is Optimization.INT8:
         from torch.ao.quantization.quantize_fx import convert_fx
 
-        if not isinstance(model, torch.fx.GraphModule):
-            raise TypeError(f"int8 finishes a model prepared by restructure(), not a {type(model).__name__}")
         torch.backends.quantized.engine = QUANTIZED_ENGINE
-        with _quiet_fx_quantization():
-            return convert_fx(model)
+        for part in parts:
+            prepared = model.get_submodule(part)
+            if not isinstance(prepared, torch.fx.GraphModule):
+                raise TypeError(f"int8 finishes a model prepared by restructure(), not a {type(prepared).__name__}")
+            with _quiet_fx_quantization():
+                model = _replace(model, part, convert_fx(prepared))
     return model
 
 
-def compress(model: nn.Module, method: Optimization, calibration: Iterable[torch.Tensor], arch: str = "") -> nn.Module:
+def compress(
+    model: nn.Module,
+    method: Optimization,
+    calibration: Iterable[ModelInput],
+    parts: tuple[str, ...] = WHOLE,
+    arch: str = "",
+) -> nn.Module:
     """Apply ``method`` to a trained float ``model`` (left as it is). Returns the
     restructured model whose ``state_dict`` is what a registry version of ``method`` stores;
     int8 runs ``calibration`` batches (model-ready inputs) through it first."""
@@ -84,13 +114,44 @@ def compress(model: nn.Module, method: Optimization, calibration: Iterable[torch
     first = next(batches, None)
     if first is None:
         raise ConfigError(f"{method.value} needs calibration data, and none was given")
-    restructured = restructure(copy.deepcopy(model), method, first[:1], arch)
+    restructured = restructure(copy.deepcopy(model), method, first[:1], parts, arch)
     if method is Optimization.INT8:
         with torch.no_grad():
             restructured(first)
             for batch in batches:
                 restructured(batch)
     return restructured
+
+
+def _part_inputs(model: nn.Module, parts: tuple[str, ...], example: ModelInput) -> list[tuple[Any, ...]]:
+    """The positional arguments each part is called with when ``model`` runs ``example``."""
+    if parts == WHOLE:
+        return [(example,)]
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    def record(part: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(part, args)
+
+        return hook
+
+    handles = [model.get_submodule(part).register_forward_pre_hook(record(part)) for part in parts]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if missing := [part for part in parts if part not in seen]:
+        raise ConfigError(f"the model's forward never called its part(s) {', '.join(missing)} on an example image")
+    return [seen[part] for part in parts]
+
+
+def _replace(model: nn.Module, part: str, module: nn.Module) -> nn.Module:
+    if not part:
+        return module
+    model.set_submodule(part, module)
+    return model
 
 
 def runs_on(method: Optimization | None, device: torch.device) -> torch.device:

@@ -33,6 +33,18 @@ class Architecture:
     #: Classification: the share of the resized image's shorter side that the centre crop
     #: keeps (torchvision's ImageNet weights: 224 of 256). 1.0 keeps the whole image.
     crop_fraction: float = IMAGENET_CROP_FRACTION
+    #: The submodules that ``vlm optimize`` transforms with torch.fx ("" is the whole
+    #: network). A detector's forward has data-dependent control flow that torch.fx cannot
+    #: trace, so it names the traceable parts that hold most of its arithmetic (its
+    #: backbone); the rest (anchors, heads, RoI pooling, NMS) stays as it is.
+    traceable_parts: tuple[str, ...] = ("",)
+
+    def example_input(self, side: int) -> torch.Tensor | list[torch.Tensor]:
+        """What the network's forward takes, for one blank ``side`` x ``side`` image:
+        torchvision's detectors take a list of CHW images, the others an NCHW batch."""
+        if self.task is Task.DETECTION:
+            return [torch.zeros(3, side, side)]
+        return torch.zeros(1, 3, side, side)
 
 
 def _tv(name: str, **kwargs: object) -> Callable[[int], nn.Module]:
@@ -130,12 +142,18 @@ def _registry() -> dict[str, Architecture]:
     for name in _CLASSIFIERS:
         archs[name] = Architecture(name, Task.CLASSIFICATION, _tv(name), name)
     for name in _DETECTORS:
-        archs[name] = Architecture(name, Task.DETECTION, _tv(name, weights_backbone=None), name, True)
+        archs[name] = Architecture(
+            name, Task.DETECTION, _tv(name, weights_backbone=None), name, True, traceable_parts=("backbone",)
+        )
     for name in _SEGMENTERS:
         archs[name] = Architecture(name, Task.SEGMENTATION, _tv(name, weights_backbone=None), name)
     archs["vgg6_bn"] = Architecture("vgg6_bn", Task.CLASSIFICATION, _vgg6_bn, crop_fraction=1.0)
     archs["fasterrcnn_mobilenet_v2"] = Architecture(
-        "fasterrcnn_mobilenet_v2", Task.DETECTION, _fasterrcnn_mobilenet_v2, implicit_background=True
+        "fasterrcnn_mobilenet_v2",
+        Task.DETECTION,
+        _fasterrcnn_mobilenet_v2,
+        implicit_background=True,
+        traceable_parts=("backbone",),
     )
     archs["lraspp_mobilenet_v2"] = Architecture("lraspp_mobilenet_v2", Task.SEGMENTATION, _lraspp_mobilenet_v2)
     return archs
@@ -203,8 +221,9 @@ def _build_optimized(model: nn.Module, spec: ModelSpec) -> nn.Module:
     assert spec.optimization is not None
     if not spec.weights:
         raise ConfigError(f"model {spec.name!r} is {spec.optimization.value}-optimised but has no weights file")
-    side = spec.input_size or 224
-    restructured = restructure(model, spec.optimization, torch.zeros(1, 3, side, side), spec.arch)
+    arch = get_architecture(spec.arch)
+    example = arch.example_input(spec.input_size or 224)
+    restructured = restructure(model, spec.optimization, example, arch.traceable_parts, arch.name)
     try:
         restructured.load_state_dict(load_state_dict(spec.weights), strict=True)
     except RuntimeError as exc:
@@ -212,7 +231,7 @@ def _build_optimized(model: nn.Module, spec: ModelSpec) -> nn.Module:
             f"weights {spec.weights} are not a {spec.optimization.value} {spec.arch}: {str(exc).splitlines()[0]}",
             hint="an optimised version loads only with the method and architecture it was made with",
         ) from None
-    return finish(restructured, spec.optimization)
+    return finish(restructured, spec.optimization, arch.traceable_parts)
 
 
 def load_initial_weights(model: nn.Module, arch: Architecture, path: str) -> int:

@@ -133,9 +133,15 @@ class TaskProfile(abc.ABC):
     def loss(self, model: nn.Module, batch: Any, options: TrainingOptions) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-        """A per-epoch progress figure (``val_*``) on the validation split; the final
-        metrics come from :meth:`scorer`, through the serving Predictor."""
+    def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
+        """Sums over validation ``batches`` from which :meth:`validation_metrics` computes
+        the per-epoch figure. They add up across shards, so training workers each count a
+        share of the validation split and sum their counts. No batches: zeros."""
+
+    @abc.abstractmethod
+    def validation_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        """The per-epoch progress figure (``val_*``) from summed :meth:`validation_counts`;
+        the final metrics come from :meth:`scorer`, through the serving Predictor."""
 
     # -- evaluation ---------------------------------------------------------------------
     @abc.abstractmethod

@@ -129,11 +129,15 @@ class ClassificationProfile(TaskProfile):
         inputs, targets = batch
         return F.cross_entropy(model(inputs), targets, label_smoothing=options.label_smoothing)
 
-    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
         correct = total = 0
         for inputs, targets in batches:
             correct += int((model(inputs).argmax(1) == targets).sum())
             total += len(targets)
+        return torch.tensor([correct, total], dtype=torch.int64)
+
+    def validation_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        correct, total = counts.tolist()
         return {"val_accuracy": correct / max(1, total)}
 
     def scorer(self, class_count: int) -> Scorer:

@@ -175,13 +175,17 @@ class DetectionProfile(TaskProfile):
         losses = model(list(inputs), list(targets))
         return sum(losses.values())
 
-    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
         correct = total = 0
         for inputs, targets in batches:
             for out, target in zip(model(list(inputs)), targets, strict=True):
                 keep = out["scores"] >= QUICK_VALIDATION_SCORE
                 correct += _matched(out["boxes"][keep], out["labels"][keep], target["boxes"], target["labels"])
                 total += len(target["labels"])
+        return torch.tensor([correct, total], dtype=torch.int64)
+
+    def validation_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        correct, total = counts.tolist()
         return {"val_recall@0.5": correct / max(1, total)}
 
     def scorer(self, class_count: int) -> Scorer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -156,17 +157,15 @@ class SegmentationProfile(TaskProfile):
             loss = loss + 0.5 * F.cross_entropy(out["aux"], targets, ignore_index=MASK_IGNORE)
         return loss
 
-    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-        confusion = None
-        classes = 0
+    def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
+        confusion = torch.zeros(classes * classes, dtype=torch.int64)
         for inputs, targets in batches:
-            logits = model(inputs)["out"]
-            classes = int(logits.shape[1])
-            counts = confusion_counts(targets, logits.argmax(1), classes)
-            confusion = counts if confusion is None else confusion + counts
-        if confusion is None:
-            return {"val_miou": 0.0}
-        return {"val_miou": segmentation_metrics(confusion.reshape(classes, classes).cpu().numpy())["miou"]}
+            confusion += confusion_counts(targets, model(inputs)["out"].argmax(1), classes).cpu()
+        return confusion
+
+    def validation_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        classes = math.isqrt(counts.numel())
+        return {"val_miou": segmentation_metrics(counts.reshape(classes, classes).numpy())["miou"]}
 
     def scorer(self, class_count: int) -> Scorer:
         return SegmentationScorer(class_count)

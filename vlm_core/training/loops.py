@@ -64,11 +64,17 @@ def training_loss(model: nn.Module, task: Task, batch: Any, settings: TrainSetti
 
 
 @torch.inference_mode()
-def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any]) -> dict[str, float]:
-    """A per-epoch progress figure on the validation split (the final metrics come from
-    :mod:`vlm_core.training.evaluate`, through the serving Predictor)."""
+def validation_counts(model: nn.Module, task: Task, batches: Iterable[Any], classes: int) -> torch.Tensor:
+    """The task's summable validation counts over ``batches`` (a shard of the validation
+    split, when workers share it), in eval mode."""
     model.eval()
     try:
-        return get_profile(task).quick_validation(model, batches)
+        return get_profile(task).validation_counts(model, batches, classes)
     finally:
         model.train()
+
+
+def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any], classes: int) -> dict[str, float]:
+    """A per-epoch progress figure on the validation split, in one process (the final
+    metrics come from :mod:`vlm_core.training.evaluate`, through the serving Predictor)."""
+    return get_profile(task).validation_metrics(validation_counts(model, task, batches, classes))

@@ -21,9 +21,10 @@ import torch
 
 from vlm_core.errors import ConfigError
 from vlm_core.models import Predictor
-from vlm_core.models.optimize import compress
+from vlm_core.models.optimize import ModelInput, compress
 from vlm_core.models.spec import Optimization
 from vlm_core.models.weights import save_state_dict
+from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry, ModelVersion
 from vlm_core.tasks import build_predictor, get_profile
 from vlm_core.training.data import load_training_data
@@ -102,7 +103,8 @@ def optimize_version(
     count = min(calibration_samples, len(data.validation))
     progress(f"calibrating {method.value} on {count} held-out training samples of {data_uri}")
     calibration = _model_inputs(reference, [data.validation[i].image for i in range(count)], batch_size)
-    compressed = compress(reference.model, method, calibration, source.arch)
+    parts = get_architecture(source.arch).traceable_parts
+    compressed = compress(reference.model, method, calibration, parts, source.arch)
     with tempfile.TemporaryDirectory(prefix="vlm-optimize-") as tmp:
         weights = Path(tmp) / "model.safetensors"
         save_state_dict(compressed.state_dict(), weights)
@@ -148,12 +150,11 @@ def optimize_version(
     )
 
 
-def _model_inputs(predictor: Predictor, images: Sequence[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+def _model_inputs(predictor: Predictor, images: Sequence[np.ndarray], batch_size: int) -> Iterator[ModelInput]:
+    """Batches as the predictor's network takes them: a tensor, or a detector's image list."""
     for start in range(0, len(images), batch_size):
         inputs = predictor.preprocess(images[start : start + batch_size]).inputs
-        if not isinstance(inputs, torch.Tensor):
-            raise ConfigError(f"{predictor.spec.arch} takes a list of images; compression needs batched tensors")
-        yield inputs
+        yield inputs if isinstance(inputs, torch.Tensor) else list(inputs)
 
 
 def _alternating_fps(

@@ -115,9 +115,15 @@ class BrightnessProfile(TaskProfile):
         inputs, targets = batch
         return F.mse_loss(model(inputs), targets)
 
-    def quick_validation(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-        errors = [float((model(x) - y).abs().mean()) for x, y in batches]
-        return {"val_mae": float(np.mean(errors))}
+    def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
+        errors = torch.zeros(2, dtype=torch.float64)
+        for x, y in batches:
+            errors += torch.tensor([float((model(x) - y).abs().sum()), len(y)], dtype=torch.float64)
+        return errors
+
+    def validation_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        total, count = counts.tolist()
+        return {"val_mae": total / max(1.0, count)}
 
     def scorer(self, class_count: int) -> Scorer:
         return BrightnessScorer()
@@ -208,7 +214,7 @@ def test_a_fourth_task_registered_in_one_module_runs_through_the_whole_library(t
             training_loss(model, toy_task, batch, settings).backward()
             optimizer.step()
     assert float(training_loss(model, toy_task, next(iter(loader)), settings).detach()) < float(first.detach())
-    assert "val_mae" in quick_validation(model, toy_task, loader)
+    assert "val_mae" in quick_validation(model, toy_task, loader, classes=1)
 
     # evaluation scores it with the profile's scorer, and the gate reads its primary metric
     evaluation = evaluate(predictor, samples)

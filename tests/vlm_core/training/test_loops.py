@@ -1,11 +1,16 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import write_colour_folder
 from vlm_core.contracts.task import Task
 from vlm_core.datasets import Sample
+from vlm_core.models import ModelSpec, build_model, get_architecture
 from vlm_core.tasks import TrainingInput, get_profile
-from vlm_core.training.loops import TorchDataset
+from vlm_core.training.data import Subset, load_training_data
+from vlm_core.training.loops import TorchDataset, collate, validation_counts
 
 
 def _frame() -> np.ndarray:
@@ -66,3 +71,36 @@ def test_a_whole_image_crop_keeps_the_border_and_pads_for_its_random_shifts() ->
     shifted = [profile.training_transform(TrainingInput(32, crop_fraction=1.0), True)(framed) for _ in range(40)]
     assert all(t.shape == (3, 32, 32) for t in shifted)
     assert any(not torch.equal(t, whole) and not torch.equal(t, whole.flip(-1)) for t in shifted)
+
+
+@pytest.mark.parametrize(
+    ("task", "arch", "size"),
+    [
+        (Task.CLASSIFICATION, "vgg6_bn", 32),
+        (Task.DETECTION, "fasterrcnn_mobilenet_v2", None),
+        (Task.SEGMENTATION, "lraspp_mobilenet_v3_large", 96),
+    ],
+)
+def test_validation_counts_of_the_workers_shards_add_up_to_the_whole_splits(
+    tmp_path: Path, task: Task, arch: str, size: int | None
+) -> None:
+    """Training workers each validate every world-size-th sample and sum their counts: the
+    figure must be the one a single process gets on the whole split."""
+    uri = write_colour_folder(tmp_path, per_class=4) if task is Task.CLASSIFICATION else "scenes://?n=10&items=3"
+    data = load_training_data(uri, task)
+    torch.manual_seed(0)
+    model, _ = build_model(ModelSpec(task, arch, class_names=data.class_names))
+    shape = TrainingInput(size, None, get_architecture(arch).crop_fraction)
+    classes = len(data.class_names)
+
+    def counts(indices: range) -> torch.Tensor:
+        dataset = TorchDataset(Subset(data.train, indices), task, shape, train=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate(task))
+        return validation_counts(model, task, loader, classes)
+
+    whole = counts(range(len(data.train)))
+    shards = [counts(range(rank, len(data.train), 2)) for rank in range(2)]
+    assert int(whole.sum()) > 0 and torch.equal(shards[0] + shards[1], whole)
+    assert torch.equal(counts(range(0)), torch.zeros_like(whole))  # a worker with no share adds nothing
+    figure = get_profile(task).validation_metrics(whole)
+    assert len(figure) == 1 and next(iter(figure)).startswith("val_") and 0 <= next(iter(figure.values())) <= 1

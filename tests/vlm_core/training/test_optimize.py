@@ -9,6 +9,7 @@ from vlm_core.errors import ConfigError
 from vlm_core.models import ModelSpec, Task, build_model
 from vlm_core.models.optimize import compress, finish
 from vlm_core.models.spec import Optimization
+from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry
 from vlm_core.tasks import build_predictor
 from vlm_core.training.optimize import optimize_version
@@ -79,8 +80,9 @@ def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
     with pytest.raises(ConfigError, match="other classes"):
         optimize_version(registry, "cls@1", Optimization.INT8, "fashion-mnist")
     detector, _ = build_model(ModelSpec(Task.DETECTION, "ssdlite320_mobilenet_v3_large", class_names=("x",)))
-    with pytest.raises(ConfigError, match=r"torch\.fx can trace"):
-        compress(detector, Optimization.INT8, [torch.rand(1, 3, 64, 64)], "ssdlite320_mobilenet_v3_large")
+    with pytest.raises(ConfigError, match=r"torch\.fx can trace, and ssdlite320_mobilenet_v3_large is not one"):
+        # The whole detector, not its traceable parts: its forward branches on data.
+        compress(detector, Optimization.INT8, [[torch.rand(3, 64, 64)]], arch="ssdlite320_mobilenet_v3_large")
     with pytest.raises(ConfigError, match="unknown optimization"):
         ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", optimization="int4")  # type: ignore[arg-type]
 
@@ -97,3 +99,39 @@ def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> Non
     assert torch.nn.Conv2d not in kinds and torch.nn.BatchNorm2d not in kinds
     assert sum(kind.__module__.startswith("torch.ao.nn.intrinsic.quantized") for kind in kinds) == 6
     assert torch.allclose(got, expected, atol=0.05)
+
+
+@pytest.mark.parametrize("method", list(Optimization))
+def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_was_made(
+    tmp_path: Path, method: Optimization
+) -> None:
+    torch.manual_seed(0)
+    arch = "fasterrcnn_mobilenet_v2"
+    classes = ("a", "b")
+    model, _ = build_model(ModelSpec(Task.DETECTION, arch, class_names=classes))
+    frames = [torch.rand(3, 120, 160) for _ in range(4)]
+    parts = get_architecture(arch).traceable_parts
+    compressed = compress(model.eval(), method, [frames[:2], frames[2:]], parts)
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register(
+        "det",
+        task=Task.DETECTION,
+        arch=arch,
+        class_names=classes,
+        state_dict=compressed.state_dict(),
+        metrics={"map50": 0.0},
+        primary_metric="map50",
+        optimization=method,
+    )
+    served = build_predictor(version.spec(registry.root, score_threshold=0.0), device="cpu").model
+    kinds = {name: type(module) for name, module in served.named_modules()}
+    if method is Optimization.INT8:
+        quantized = {n for n, k in kinds.items() if ".quantized." in k.__module__}
+        assert any(n.startswith("backbone.") for n in quantized)
+        # Outside the traceable parts, float.
+        assert kinds["rpn.head.cls_logits"] is torch.nn.Conv2d and kinds["roi_heads.box_head.fc6"] is torch.nn.Linear
+    assert torch.nn.BatchNorm2d not in kinds.values()
+    finished = finish(compressed, method, parts)
+    with torch.no_grad():
+        for got, made in zip(served(frames), finished(frames), strict=True):
+            assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
