@@ -149,7 +149,12 @@ def test_an_int8_detector_version_swaps_in_the_same_replica(pipeline_env: tuple[
         "deployment": {"num_cpus": 0.25, "max_batch_size": 8},
     }
     with running_pipeline(
-        ray_address, bootstrap, topics, models={"detection": detector}, registry_dir=str(registry.root)
+        ray_address,
+        bootstrap,
+        topics,
+        models={"detection": detector},
+        cameras={"default": {"tasks": ["detection"]}},
+        registry_dir=str(registry.root),
     ) as app:
         handle = serve.get_deployment_handle("Detector", app_name=app)
         before = handle.info.remote().result(timeout_s=30)
