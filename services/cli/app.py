@@ -961,7 +961,13 @@ def eval_model(
 @app.command("optimize")
 def optimize(
     model: Annotated[str, typer.Option(help="NAME@VERSION (or NAME: its production version) to compress.")],
-    method: Annotated[str, typer.Option(help="fold-bn or int8 (static, FX graph mode, x86 kernels).")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="fold-bn, int8 (static, FX graph mode, x86 kernels), bf16 or fp16 (the whole network cast, "
+            "channels-last)."
+        ),
+    ],
     calibration: Annotated[
         str,
         typer.Option(

@@ -11,7 +11,10 @@ architecture before its state is loaded (:func:`restructure`), then finished
   the float weights and every observer's calibrated range, so converting it after loading
   gives the very model that was measured, with no calibration data at load time.
 
-Both transform the architecture's ``traceable_parts``: the whole network for classifiers
+- ``bf16`` / ``fp16``: the whole network cast to that precision, in channels-last memory;
+  the state is the cast weights, and the Predictor feeds it inputs of the same type.
+
+``fold-bn`` and ``int8`` transform the architecture's ``traceable_parts``: the whole network for classifiers
 and segmenters; a detector's backbone, whose input is captured by running the detector on
 an example image, while its heads, anchors, RoI pooling and NMS stay float.
 """
@@ -60,6 +63,14 @@ def restructure(
     ``method`` stores: each of ``parts`` (the architecture's ``traceable_parts``)
     transformed. ``arch`` names the architecture in errors."""
     model = model.eval()
+    if method.dtype is not None:
+        if parts != WHOLE:
+            raise ConfigError(
+                f"{method.value} casts a whole network, and {arch or 'this architecture'} computes in float32 "
+                "outside its traceable parts (anchors, RoI pooling, NMS)",
+                hint="int8 and fold-bn transform a detector's backbone alone",
+            )
+        return model.to(method.dtype)
     try:
         inputs = _part_inputs(model, parts, example)
         if method is Optimization.FOLD_BN:
@@ -97,6 +108,9 @@ def finish(model: nn.Module, method: Optimization, parts: tuple[str, ...] = WHOL
                 raise TypeError(f"int8 finishes a model prepared by restructure(), not a {type(prepared).__name__}")
             with _quiet_fx_quantization():
                 model = _replace(model, part, convert_fx(prepared))
+    elif method.dtype is not None:
+        # oneDNN's bfloat16 and float16 convolutions (and cuDNN's) want channels-last.
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

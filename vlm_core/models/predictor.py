@@ -66,7 +66,10 @@ class Predictor:
         model, class_names = build_model(spec)
         self.class_names = class_names
         self.input_size = spec.input_size or self.default_input_size
-        self.half = self.device.type == "cuda" and self.cuda_fast_path
+        low_precision = spec.optimization.dtype if spec.optimization is not None else None
+        self.half = self.device.type == "cuda" and self.cuda_fast_path and low_precision is None
+        #: What the model computes in, so the batch is cast to it (float32 by default).
+        self.dtype = torch.float16 if self.half else low_precision or torch.float32
         model.eval().to(self.device)
         if self.half:
             model = model.to(memory_format=torch.channels_last)
@@ -129,9 +132,9 @@ class Predictor:
         """Stack equally-sized RGB uint8 arrays into a normalised NCHW tensor."""
         batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self._mean).div_(self._std)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" or self.dtype != torch.float32:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch.half() if self.half else batch
+        return batch.to(self.dtype)
 
 
 def image_sizes(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: ``weights`` values that mean "torchvision's own pretrained weights for this arch".
 PRETRAINED = "pretrained"
@@ -23,6 +26,19 @@ class Optimization(str, enum.Enum):
     #: Post-training static int8 quantization (PyTorch FX graph mode, x86 backend),
     #: calibrated on held-out training data; runs on CPU.
     INT8 = "int8"
+    #: Weights and activations in bfloat16, channels-last memory: for GPUs and for CPUs
+    #: with bfloat16 matrix units (AMX, AVX-512 BF16), where oneDNN runs it natively.
+    BF16 = "bf16"
+    #: The same in IEEE half precision (GPUs; CPUs with AVX-512 FP16).
+    FP16 = "fp16"
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating-point type a low-precision version computes in (None: float32,
+        or int8 kernels)."""
+        import torch
+
+        return {Optimization.BF16: torch.bfloat16, Optimization.FP16: torch.float16}.get(self)
 
 
 def imagenet_class_names() -> tuple[str, ...]:

@@ -49,6 +49,9 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
     source_scores = [[c.score for c in o.top_k] for o in source.predict(images)]  # type: ignore[union-attr]
     tolerance = 1e-4 if method is Optimization.FOLD_BN else 0.1  # folding keeps the function
     assert np.allclose(served_scores, source_scores, atol=tolerance)
+    if method.dtype is not None:  # computes in that precision, fed batches of it
+        assert {p.dtype for p in served.model.parameters()} == {method.dtype}
+        assert served.preprocess(images).inputs.dtype == method.dtype
 
 
 def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_path: Path) -> None:
@@ -83,6 +86,9 @@ def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
     with pytest.raises(ConfigError, match=r"torch\.fx can trace, and ssdlite320_mobilenet_v3_large is not one"):
         # The whole detector, not its traceable parts: its forward branches on data.
         compress(detector, Optimization.INT8, [[torch.rand(3, 64, 64)]], arch="ssdlite320_mobilenet_v3_large")
+    with pytest.raises(ConfigError, match="bf16 casts a whole network"):
+        parts = get_architecture("ssdlite320_mobilenet_v3_large").traceable_parts
+        compress(detector, Optimization.BF16, [[torch.rand(3, 64, 64)]], parts, "ssdlite320_mobilenet_v3_large")
     with pytest.raises(ConfigError, match="unknown optimization"):
         ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", optimization="int4")  # type: ignore[arg-type]
 
@@ -101,7 +107,7 @@ def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> Non
     assert torch.allclose(got, expected, atol=0.05)
 
 
-@pytest.mark.parametrize("method", list(Optimization))
+@pytest.mark.parametrize("method", [Optimization.FOLD_BN, Optimization.INT8])
 def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_was_made(
     tmp_path: Path, method: Optimization
 ) -> None:
