@@ -10,13 +10,13 @@ architecture before its state is loaded (:func:`restructure`), then finished
 - ``int8``: FX graph mode prepares the model for x86 static quantization; the state holds
   the float weights and every observer's calibrated range, so converting it after loading
   gives the very model that was measured, with no calibration data at load time.
-
 - ``bf16`` / ``fp16``: the whole network cast to that precision, in channels-last memory;
   the state is the cast weights, and the Predictor feeds it inputs of the same type.
 
-``fold-bn`` and ``int8`` transform the architecture's ``traceable_parts``: the whole network for classifiers
-and segmenters; a detector's backbone, whose input is captured by running the detector on
-an example image, while its heads, anchors, RoI pooling and NMS stay float.
+``fold-bn`` and ``int8`` transform the architecture's ``traceable_parts``: the whole
+network for classifiers and segmenters; a detector's backbone, whose input is captured by
+running the detector on an example image, while its heads, anchors, RoI pooling and NMS
+stay float.
 """
 
 from __future__ import annotations

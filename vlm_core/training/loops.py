@@ -72,9 +72,3 @@ def validation_counts(model: nn.Module, task: Task, batches: Iterable[Any], clas
         return get_profile(task).validation_counts(model, batches, classes)
     finally:
         model.train()
-
-
-def quick_validation(model: nn.Module, task: Task, batches: Iterable[Any], classes: int) -> dict[str, float]:
-    """A per-epoch progress figure on the validation split, in one process (the final
-    metrics come from :mod:`vlm_core.training.evaluate`, through the serving Predictor)."""
-    return get_profile(task).validation_metrics(validation_counts(model, task, batches, classes))

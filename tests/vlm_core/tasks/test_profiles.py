@@ -155,7 +155,7 @@ def test_a_fourth_task_registered_in_one_module_runs_through_the_whole_library(t
     from vlm_core.contracts.frame import Frame
     from vlm_core.pipeline import PipelineConfig
     from vlm_core.training.evaluate import evaluate
-    from vlm_core.training.loops import TorchDataset, TrainSettings, collate, quick_validation, training_loss
+    from vlm_core.training.loops import TorchDataset, TrainSettings, collate, training_loss, validation_counts
 
     spec = ModelSpec(toy_task, "tiny_brightness", class_names=("level",), name="bright", version="1")
     predictor = build_predictor(spec, device="cpu")
@@ -214,7 +214,7 @@ def test_a_fourth_task_registered_in_one_module_runs_through_the_whole_library(t
             training_loss(model, toy_task, batch, settings).backward()
             optimizer.step()
     assert float(training_loss(model, toy_task, next(iter(loader)), settings).detach()) < float(first.detach())
-    assert "val_mae" in quick_validation(model, toy_task, loader, classes=1)
+    assert "val_mae" in get_profile(toy_task).validation_metrics(validation_counts(model, toy_task, loader, 1))
 
     # evaluation scores it with the profile's scorer, and the gate reads its primary metric
     evaluation = evaluate(predictor, samples)
