@@ -139,5 +139,7 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     assert torch.nn.BatchNorm2d not in kinds.values()
     finished = finish(compressed, method, parts)
     with torch.no_grad():
-        for got, made in zip(served(frames), finished(frames), strict=True):
-            assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
+        outputs = list(zip(served(frames), finished(frames), strict=True))
+    assert sum(len(got["boxes"]) for got, _ in outputs) > 0  # something to compare
+    for got, made in outputs:
+        assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
