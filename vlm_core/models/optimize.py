@@ -72,7 +72,6 @@ def restructure(
             )
         return model.to(method.dtype)
     try:
-        inputs = _part_inputs(model, parts, example)
         if method is Optimization.FOLD_BN:
             from torch.fx.experimental.optimization import fuse
 
@@ -84,6 +83,8 @@ def restructure(
 
         torch.backends.quantized.engine = QUANTIZED_ENGINE
         mapping = get_default_qconfig_mapping(QUANTIZED_ENGINE)
+        # prepare_fx takes example arguments: for a part, those it is really called with.
+        inputs = _part_inputs(model, parts, example)
         with _quiet_fx_quantization():
             for part, args in zip(parts, inputs, strict=True):
                 model = _replace(model, part, prepare_fx(model.get_submodule(part), mapping, args))

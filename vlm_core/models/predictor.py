@@ -67,13 +67,12 @@ class Predictor:
         self.class_names = class_names
         self.input_size = spec.input_size or self.default_input_size
         low_precision = spec.optimization.dtype if spec.optimization is not None else None
-        self.half = self.device.type == "cuda" and self.cuda_fast_path and low_precision is None
+        half = self.device.type == "cuda" and self.cuda_fast_path and low_precision is None
         #: What the model computes in, so the batch is cast to it (float32 by default).
-        self.dtype = torch.float16 if self.half else low_precision or torch.float32
+        self.dtype = torch.float16 if half else low_precision or torch.float32
         model.eval().to(self.device)
-        if self.half:
-            model = model.to(memory_format=torch.channels_last)
-            model = model.half()
+        if half:
+            model = model.to(memory_format=torch.channels_last).half()
         self.model = model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, UnknownArchitectureError, WeightsError
 from vlm_core.models.spec import PRETRAINED, ModelSpec
 from vlm_core.models.weights import load_state_dict
+
+if TYPE_CHECKING:
+    from vlm_core.models.optimize import ModelInput
 
 IMAGENET_CROP_FRACTION = 224 / 256
 
@@ -39,7 +42,7 @@ class Architecture:
     #: backbone); the rest (anchors, heads, RoI pooling, NMS) stays as it is.
     traceable_parts: tuple[str, ...] = ("",)
 
-    def example_input(self, side: int) -> torch.Tensor | list[torch.Tensor]:
+    def example_input(self, side: int) -> ModelInput:
         """What the network's forward takes, for one blank ``side`` x ``side`` image:
         torchvision's detectors take a list of CHW images, the others an NCHW batch."""
         if self.task is Task.DETECTION:
