@@ -964,8 +964,8 @@ def optimize(
     method: Annotated[
         str,
         typer.Option(
-            help="fold-bn, int8 (static, FX graph mode, x86 kernels), bf16 or fp16 (the whole network cast, "
-            "channels-last)."
+            help="fold-bn, int8 (static, FX graph mode, x86 kernels), int8-onednn (oneDNN kernels, full 8-bit "
+            "activations; CPUs with VNNI or AMX-INT8), bf16 or fp16 (the whole network cast, channels-last)."
         ),
     ],
     calibration: Annotated[

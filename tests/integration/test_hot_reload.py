@@ -72,12 +72,15 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         while not after["last_error"] and time.monotonic() < deadline:
             time.sleep(0.5)
             after = classifier.info.remote().result(timeout_s=30)
-        # A compressed version swaps in like any other: int8 of v2, through the gate (its
-        # random weights score near chance, so the test accepts any accuracy loss).
+        # A compressed version swaps in like any other: int8 of v2 (oneDNN's where this CPU
+        # allows it), through the gate (its random weights score near chance, so the test
+        # accepts any accuracy loss).
+        import torch
+
         int8 = optimize_version(
             registry,
             "cls@2",
-            Optimization.INT8,
+            Optimization.INT8_ONEDNN if torch.cpu._is_vnni_supported() else Optimization.INT8,
             write_colour_folder(tmp_path / "data"),
             calibration_samples=16,
             timing_frames=16,

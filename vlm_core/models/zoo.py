@@ -234,7 +234,7 @@ def _build_optimized(model: nn.Module, spec: ModelSpec) -> nn.Module:
             f"weights {spec.weights} are not a {spec.optimization.value} {spec.arch}: {str(exc).splitlines()[0]}",
             hint="an optimised version loads only with the method and architecture it was made with",
         ) from None
-    return finish(restructured, spec.optimization, arch.traceable_parts)
+    return finish(restructured, spec.optimization, example, arch.traceable_parts)
 
 
 def load_initial_weights(model: nn.Module, arch: Architecture, path: str) -> int:

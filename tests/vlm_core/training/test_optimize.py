@@ -26,6 +26,10 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
 ) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     register_classifier(registry, 0.5)
+    if method is Optimization.INT8_ONEDNN and not torch.cpu._is_vnni_supported():
+        with pytest.raises(ConfigError, match="needs a CPU with VNNI"):
+            optimize_version(registry, "cls@1", method, folder, calibration_samples=16, timing_frames=16)
+        return
     report = optimize_version(
         registry, "cls@1", method, folder, calibration_samples=16, timing_frames=16, timing_passes=2
     )
@@ -54,9 +58,18 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
         assert served.preprocess(images).inputs.dtype == method.dtype
 
 
-def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_path: Path) -> None:
+def _quantized_convolutions(module: torch.nn.Module) -> int:
+    """How many int8 convolutions a frozen TorchScript graph calls."""
+    assert isinstance(module, torch.jit.ScriptModule)
+    return sum(node.kind().startswith("quantized::conv2d") for node in module.inlined_graph.nodes())
+
+
+@pytest.mark.parametrize("method", [Optimization.INT8, Optimization.INT8_ONEDNN])
+def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_path: Path, method: Optimization) -> None:
+    if method is Optimization.INT8_ONEDNN and not torch.cpu._is_vnni_supported():
+        pytest.skip("int8-onednn is made only on CPUs with VNNI; its refusal is tested below")
     model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=REGISTRY_CLASSES))
-    compressed = compress(model.eval(), Optimization.INT8, [torch.rand(4, 3, 64, 64) for _ in range(2)])
+    compressed = compress(model.eval(), method, [torch.rand(4, 3, 64, 64) for _ in range(2)])
     registry = ModelRegistry(tmp_path / "registry")
     version = registry.register(
         "cls",
@@ -67,11 +80,20 @@ def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_pat
         metrics={"accuracy": 0.5},
         primary_metric="accuracy",
         input_size=64,
-        optimization=Optimization.INT8,
+        optimization=method,
     )
     predictor = build_predictor(version.spec(registry.root), device="meta")
     assert predictor.device == torch.device("cpu")
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in predictor.model.modules())
+    assert _quantized_convolutions(predictor.model) == 52  # every convolution of mobilenet_v3_small
+    assert torch.backends.quantized.engine == method.quantized_engine
+
+
+def test_int8_onednn_is_refused_on_a_cpu_without_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=REGISTRY_CLASSES))
+    with pytest.raises(ConfigError, match="int8-onednn needs a CPU with VNNI") as refused:
+        compress(model.eval(), Optimization.INT8_ONEDNN, [torch.rand(2, 3, 32, 32)])
+    assert "--method int8" in (refused.value.hint or "")
 
 
 def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
@@ -99,11 +121,11 @@ def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> Non
     calibration = [torch.rand(8, 3, 32, 32) for _ in range(4)]
     with torch.no_grad():
         expected = model.eval()(calibration[0]).softmax(1)
-        served = finish(compress(model, Optimization.INT8, calibration), Optimization.INT8)
+        served = finish(compress(model, Optimization.INT8, calibration), Optimization.INT8, calibration[0][:1])
         got = served(calibration[0]).softmax(1)
-    kinds = [type(m) for m in served.modules()]
-    assert torch.nn.Conv2d not in kinds and torch.nn.BatchNorm2d not in kinds
-    assert sum(kind.__module__.startswith("torch.ao.nn.intrinsic.quantized") for kind in kinds) == 6
+    kinds = {node.kind() for node in served.inlined_graph.nodes()}
+    assert not kinds & {"aten::conv2d", "aten::_convolution", "aten::batch_norm"}
+    assert _quantized_convolutions(served) == 6
     assert torch.allclose(got, expected, atol=0.05)
 
 
@@ -132,12 +154,11 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     served = build_predictor(version.spec(registry.root, score_threshold=0.0), device="cpu").model
     kinds = {name: type(module) for name, module in served.named_modules()}
     if method is Optimization.INT8:
-        quantized = {n for n, k in kinds.items() if ".quantized." in k.__module__}
-        assert any(n.startswith("backbone.") for n in quantized)
+        assert _quantized_convolutions(served.backbone) > 0
         # Outside the traceable parts, float.
         assert kinds["rpn.head.cls_logits"] is torch.nn.Conv2d and kinds["roi_heads.box_head.fc6"] is torch.nn.Linear
     assert torch.nn.BatchNorm2d not in kinds.values()
-    finished = finish(compressed, method, parts)
+    finished = finish(compressed, method, frames[:1], parts)
     with torch.no_grad():
         outputs = list(zip(served(frames), finished(frames), strict=True))
     assert sum(len(got["boxes"]) for got, _ in outputs) > 0  # something to compare
