@@ -862,11 +862,21 @@ def train(
     ] = None,
     replay_samples: Annotated[int, typer.Option("--replay-samples", min=1)] = 500,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Held-out samples to use.")] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Distil this registry version (NAME@V or NAME), a classifier or segmenter trained on the same "
+            "classes: the loss also matches its softened outputs, and the new version is registered as its "
+            "distill child, with the speed-up against it."
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option("--distill-weight", help="With --teacher: the share of the loss that matches it.")
+    ] = 0.7,
+    temperature: Annotated[float, typer.Option(help="With --teacher: the softening temperature.")] = 4.0,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
-    from services.localstack import LocalStack
-    from services.trainer.job import GateDomain, TrainRequest, run_training
-    from services.trainer.progress import TrainingProgress, progress_bar
+    from services.trainer.job import GateDomain, TrainRequest
 
     task_enum = _task(task, arch)
     settings = _settings()
@@ -893,8 +903,32 @@ def train(
         replay=replay,
         replay_samples=replay_samples,
         eval_limit=eval_limit,
+        teacher=_teacher_spec(teacher, settings) if teacher else None,
+        distill_weight=distill_weight,
+        temperature=temperature,
     ).resolved()
+    _run_training(request, data, storage)
+
+
+def _teacher_spec(ref: str, settings: LocalSettings) -> dict[str, object]:
+    from vlm_core.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.registry_dir)
+    version = registry.resolve(ref)
+    registry.verify(version)
+    return version.spec(registry.root).to_dict()
+
+
+def _run_training(request, data: str, storage: str | None):  # type: ignore[no-untyped-def]
+    """Check the request's data, then train it on the cluster with a progress bar, and say
+    what came of it."""
+    from services.localstack import LocalStack
+    from services.trainer.job import run_training
+    from services.trainer.progress import TrainingProgress, progress_bar
+
+    settings = _settings()
     dataset = request.load_data()  # bad data fails here, before any cluster starts
+    request.check_teacher_classes(dataset.class_names)
     request.check_gates()
     console.print(
         f"training {request.name}: {request.arch} on {data}, {request.workers} workers, {request.epochs} epochs, "
@@ -921,9 +955,18 @@ def train(
     console.print(f"training {outcome.train_s:.0f}s, total {outcome.wall_s:.0f}s; checkpoint {outcome.checkpoint_path}")
     for artifact, path in outcome.artifacts.items():
         console.print(f"{artifact}: {path}")
+    recorded = outcome.version.metrics
+    if "speedup" in recorded:
+        primary = outcome.version.primary_metric
+        console.print(
+            f"distilled from {outcome.version.name}@{outcome.version.parent}: {primary} "
+            f"{recorded[primary]:.4f} against its {recorded['source_' + primary]:.4f}, "
+            f"{recorded['fps']:.0f} against {recorded['source_fps']:.0f} fps ({recorded['speedup']:.2f}x, one thread)"
+        )
     if outcome.decision is not None:
         verdict = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]refused[/]"
         console.print(f"gate: {verdict} {outcome.version.ref}: {outcome.decision.reason}")
+    return outcome
 
 
 @app.command("eval")
@@ -965,7 +1008,8 @@ def optimize(
         str,
         typer.Option(
             help="fold-bn, int8 (static, FX graph mode, x86 kernels), int8-onednn (oneDNN kernels, full 8-bit "
-            "activations; CPUs with VNNI or AMX-INT8), bf16 or fp16 (the whole network cast, channels-last)."
+            "activations; CPUs with VNNI or AMX-INT8), bf16 or fp16 (the whole network cast, channels-last), "
+            "or distill (train --student on Ray Train against it; `vlm train --teacher` has every training option)."
         ),
     ],
     calibration: Annotated[
@@ -980,6 +1024,10 @@ def optimize(
     limit: Annotated[int | None, typer.Option(min=1, help="Score on at most this many held-out samples.")] = None,
     passes: Annotated[int, typer.Option("--timing-passes", min=1, help="Alternating timing passes.")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="distill: the student architecture (see `vlm models archs`).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="distill: epochs (default: the data's recipe).")] = None,
 ) -> None:
     """A compressed registry version (parent: the source), with its accuracy against the
     source on the same held-out data and its speed-up measured here. Promote it with
@@ -995,7 +1043,38 @@ def optimize(
         raise VlmError(
             f"--method {method!r} is not offered", hint=f"use one of {', '.join(o.value for o in Optimization)}"
         ) from None
+    if (student is not None) != (method_enum is Optimization.DISTILL):
+        raise VlmError("--student goes with --method distill, and distill needs one", hint="see `vlm models archs`")
     registry = _registry()
+    if method_enum is Optimization.DISTILL:
+        from services.trainer.job import TrainRequest
+
+        source = registry.resolve(model)
+        _task(source.task.value, student)
+        request = TrainRequest(
+            task=source.task,
+            data=_resolve_data(calibration, source.task),
+            arch=student,
+            epochs=epochs,
+            teacher=_teacher_spec(source.ref, _settings()),
+        ).resolved()
+        outcome = _run_training(request, calibration, None)
+        if json_out:
+            version = outcome.version
+            json_out.write_text(
+                json.dumps(
+                    {
+                        "source": source.ref,
+                        "version": version.ref,
+                        "method": "distill",
+                        "student": version.arch,
+                        "data": calibration,
+                        "metrics": version.metrics,
+                    },
+                    indent=2,
+                )
+            )
+        return
     report = optimize_version(
         registry,
         model,

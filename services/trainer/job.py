@@ -6,7 +6,9 @@ restarts a failed worker group from the latest checkpoint. Rank 0 streams progre
 the driver through a Ray queue, which the CLI shows as a progress bar. After training,
 the model is evaluated on the held-out split through the serving Predictor, registered
 as a candidate with its metrics, curves and (classification) confusion matrix, and with
-``promote`` passed through the gate.
+``promote`` passed through the gate. With a ``teacher`` it is distilled: the loss also
+matches the teacher's outputs, and the version is the teacher's ``distill`` child, measured
+against it (accuracy on the same samples, and the speed-up).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from vlm_core.contracts.snapshot import SnapshotManifest, is_snapshot
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
+from vlm_core.models.spec import Optimization
 from vlm_core.tasks import get_profile
 
 #: Architectures whose backbone is MobileNetV2: `--init auto` starts them from ImageNet.
@@ -82,6 +85,11 @@ class TrainRequest:
     replay_samples: int = 500
     eval_limit: int | None = None
     torch_threads: int = 1
+    #: Distillation: the teacher's ModelSpec (``ModelVersion.spec(...).to_dict()``). The
+    #: version is registered as its ``distill`` child, with the speed-up measured here.
+    teacher: dict[str, Any] | None = None
+    distill_weight: float = 0.7
+    temperature: float = 4.0
 
     def resolved(self) -> TrainRequest:
         """Fill every unset option with the task's default."""
@@ -92,6 +100,8 @@ class TrainRequest:
         profile = get_profile(self.task)
         if self.crop_size is not None and not profile.trains_on_crops:
             raise ConfigError(f"--crop-size does not apply to {self.task.value} training")
+        if self.teacher is not None:
+            self._check_teacher(self.teacher)
         defaults = profile.training_defaults(self.data)
         arch = self.arch or defaults.training_arch
         return replace(
@@ -101,9 +111,33 @@ class TrainRequest:
             batch_size=self.batch_size or defaults.batch_size,
             lr=self.lr or defaults.lr,
             input_size=self.input_size or defaults.training_input_size,
-            name=self.name or default_model_name(self.task, self.data),
+            name=self.name or (self.teacher or {}).get("name") or default_model_name(self.task, self.data),
             init=self.init if self.init != "auto" else default_init(arch),
         )
+
+    def _check_teacher(self, teacher: dict[str, Any]) -> None:
+        if not get_profile(self.task).distills:
+            raise ConfigError(
+                f"{self.task.value} training cannot distil a teacher: its outputs are not class scores",
+                hint="distil classifiers and segmenters",
+            )
+        if teacher.get("task") != self.task.value:
+            raise ConfigError(f"the teacher {teacher.get('name')} is not a {self.task.value} model")
+        if teacher.get("optimization") not in (None, Optimization.DISTILL.value):
+            raise ConfigError(
+                f"the teacher {teacher.get('name')}@{teacher.get('version')} is {teacher.get('optimization')}-"
+                "compressed",
+                hint="distil from the float version it was made from",
+            )
+        if not 0.0 < self.distill_weight <= 1.0 or self.temperature <= 0:
+            raise ConfigError("--distill-weight must be in (0, 1] and --temperature above 0")
+
+    def check_teacher_classes(self, class_names: Sequence[str]) -> None:
+        if self.teacher is not None and tuple(self.teacher.get("class_names", ())) != tuple(class_names):
+            raise ConfigError(
+                f"the teacher {self.teacher.get('name')} predicts other classes than {self.data} has",
+                hint="distil on the data the teacher was trained on",
+            )
 
     def check_gates(self) -> None:
         """Open every gate domain's data now, so that a typo fails before training does."""
@@ -161,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from vlm_core.models import ModelSpec, build_model, get_architecture
-    from vlm_core.tasks import TrainingInput
+    from vlm_core.tasks import Distillation, TrainingInput
     from vlm_core.training.data import Subset
     from vlm_core.training.loops import TorchDataset, TrainSettings, collate, training_loss, validation_counts
 
@@ -189,6 +223,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         drop_last=len(data.train) > settings.batch_size * context.get_world_size(),
         collate_fn=collate(request.task),
     )
+    distillation = None
+    if request.teacher is not None:
+        teacher_spec = ModelSpec.from_dict(request.teacher)
+        teacher, _ = build_model(teacher_spec)
+        teacher.eval().requires_grad_(False).to(ray.train.torch.get_device())
+        distillation = Distillation(teacher, teacher_spec.input_size, request.distill_weight, request.temperature)
     moves_batches = get_profile(request.task).loader_moves_batches
     loader = ray.train.torch.prepare_data_loader(loader, move_to_device=moves_batches)
     # Each worker validates every world-size-th sample and the counts are summed: the
@@ -224,7 +264,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for step, batch in enumerate(loader):
             if not moves_batches:  # lists of tensors (detection): the loader cannot move them
                 batch = _to_device(batch, device)
-            loss = training_loss(model, request.task, batch, settings)
+            loss = training_loss(model, request.task, batch, settings, distillation)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -333,6 +373,7 @@ def run_training(
     request = request.resolved()
     started = time.perf_counter()
     data = data if data is not None else request.load_data()
+    request.check_teacher_classes(data.class_names)
     on_progress({"event": "data", "text": data.describe()})
     if not ray.is_initialized():
         ray.init(address=ray_address, logging_level="WARNING", log_to_driver=False)
@@ -421,6 +462,7 @@ def _finish(
     from vlm_core.registry import ModelRegistry
     from vlm_core.tasks import build_predictor
     from vlm_core.training.evaluate import evaluate, evaluation_overrides, save_confusion_png, save_curves_png
+    from vlm_core.training.optimize import compare_to_source
 
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / "state.pt", weights_only=True, map_location="cpu")
@@ -457,6 +499,21 @@ def _finish(
                 evaluation.confusion, data.class_names, Path(tmp) / "confusion.png", f"{request.name}: held-out"
             )
         metrics = {**evaluation.metrics, "eval_samples": float(evaluation.samples), "train_s": round(train_s, 1)}
+        parent, optimization = (production.version if production else None), None
+        if request.teacher is not None:
+            teacher = ModelSpec.from_dict(request.teacher).with_(**evaluation_overrides(request.task))
+            on_progress(
+                {"event": "evaluate", "text": f"scoring and timing the teacher {teacher.name}@{teacher.version}"}
+            )
+            comparison = compare_to_source(
+                build_predictor(teacher),
+                predictor,
+                data.test,
+                limit=request.eval_limit,
+                progress=lambda text: on_progress({"event": "evaluate", "text": text}),
+            )
+            metrics = comparison.version_metrics(metrics)
+            parent, optimization = int(teacher.version), Optimization.DISTILL
         version = registry.register(
             request.name or "",
             task=request.task,
@@ -466,9 +523,10 @@ def _finish(
             metrics=metrics,
             primary_metric=get_profile(request.task).primary_metric,
             dataset_hash=data.content_hash,
-            parent=production.version if production else None,
+            parent=parent,
             input_size=request.input_size,
             artifacts=artifacts,
+            optimization=optimization,
         )
     decision = None
     if request.promote:

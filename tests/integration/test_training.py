@@ -1,4 +1,5 @@
-"""Ray Train on the real local Ray: the promotion gate and recovery from a killed worker."""
+"""Ray Train on the real local Ray: the promotion gate, recovery from a killed worker, and
+distillation."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from services.trainer.job import TrainOutcome, TrainRequest, run_training
 from vlm_core.contracts.task import Task
 from vlm_core.datasets import load_fashion_mnist
+from vlm_core.models.spec import Optimization
 from vlm_core.registry import ModelRegistry, ModelStatus
 
 pytestmark = pytest.mark.integration
@@ -115,3 +117,34 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address: str, image_
     restarted = [e["pid"] for e in events if e.get("event") == "worker" and e["rank"] == 1]
     assert len(restarted) >= 2 and restarted[-1] != workers[1], "a new worker process replaced the killed one"
     assert result.metrics["accuracy"] > 0.4
+
+
+def test_a_student_learns_from_its_teacher_alone_and_is_registered_as_its_child(
+    ray_address: str, image_folder: Path, tmp_path: Path
+) -> None:
+    teacher = _train(ray_address, tmp_path, data=str(image_folder), epochs=6, name="kd", promote=True)
+    registry = ModelRegistry(tmp_path / "registry")
+    # Weight 1: the labels play no part, so what the student gets right it learnt from the teacher.
+    student = _train(
+        ray_address,
+        tmp_path,
+        data=str(image_folder),
+        arch="vgg6_bn_slim",
+        init="none",
+        input_size=32,  # the teacher's batches are resized to its 64 px
+        epochs=8,
+        lr=3e-3,
+        teacher=teacher.version.spec(registry.root).to_dict(),
+        distill_weight=1.0,
+    )
+    version = registry.get("kd", student.version.version)
+    assert (version.parent, version.optimization, version.arch) == (
+        teacher.version.version,
+        Optimization.DISTILL,
+        "vgg6_bn_slim",
+    )
+    assert student.metrics["accuracy"] > 0.3, student.metrics  # chance is 0.1
+    # The teacher is scored on the very samples the student was.
+    assert version.metrics["source_accuracy"] == pytest.approx(teacher.metrics["accuracy"])
+    assert version.metrics["speedup"] == pytest.approx(version.metrics["fps"] / version.metrics["source_fps"])
+    assert version.metrics["speedup"] > 1.0, version.metrics  # a quarter of vgg6_bn against mobilenet_v2 at 64 px

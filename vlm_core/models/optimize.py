@@ -143,6 +143,11 @@ def compress(
             "int8-onednn needs a CPU with VNNI or AMX-INT8, and this one has neither",
             hint="use --method int8: its 7-bit activations cannot overflow on any x86-64",
         )
+    if not method.restructures:
+        raise ConfigError(
+            f"{method.value} trains a student model rather than transforming this one",
+            hint="vlm optimize --method distill --student ARCH trains it on Ray Train",
+        )
     batches = iter(calibration)
     first = next(batches, None)
     if first is None:

@@ -35,6 +35,16 @@ class Optimization(str, enum.Enum):
     BF16 = "bf16"
     #: The same in IEEE half precision (GPUs; CPUs with AVX-512 FP16).
     FP16 = "fp16"
+    #: A student architecture (usually smaller) trained on Ray Train to match the parent's
+    #: outputs as well as the labels (knowledge distillation); a plain float model of its
+    #: own architecture.
+    DISTILL = "distill"
+
+    @property
+    def restructures(self) -> bool:
+        """Whether loading the version changes its architecture's structure first (see
+        :func:`vlm_core.models.optimize.restructure`); a distilled student is as built."""
+        return self is not Optimization.DISTILL
 
     @property
     def dtype(self) -> torch.dtype | None:

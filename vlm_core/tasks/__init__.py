@@ -14,7 +14,14 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.predictor import Predictor
 from vlm_core.models.spec import ModelSpec
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
+from vlm_core.tasks.base import (
+    Distillation,
+    Scorer,
+    TaskDefaults,
+    TaskProfile,
+    TrainingInput,
+    TrainingOptions,
+)
 from vlm_core.tasks.classification import ClassificationProfile
 from vlm_core.tasks.detection import DetectionProfile
 from vlm_core.tasks.segmentation import SegmentationProfile
@@ -51,6 +58,7 @@ for _profile in (ClassificationProfile(), DetectionProfile(), SegmentationProfil
     register_profile(_profile)
 
 __all__ = [
+    "Distillation",
     "Scorer",
     "TaskDefaults",
     "TaskProfile",

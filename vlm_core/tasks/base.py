@@ -56,10 +56,49 @@ class TrainingInput:
 
 
 @dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation: a trained teacher's outputs as a second target.
+
+    The loss is ``(1 - weight) * task loss + weight * T² * KL(teacher ‖ student)`` on the
+    class scores softened by ``temperature`` T (Hinton et al., 2015); T² keeps the soft
+    term's gradients on the scale of the hard one's.
+    """
+
+    #: The teacher, in eval mode, on the student's device; it is never updated.
+    teacher: nn.Module
+    #: A classifier teacher's square input side, where it differs from the student's (its
+    #: batches are resized to it); a segmenter teacher sees the student's crops as they are.
+    input_size: int | None = None
+    weight: float = 0.7
+    temperature: float = 4.0
+
+    def teacher_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.input_size is None or tuple(inputs.shape[-2:]) == (self.input_size, self.input_size):
+            return inputs
+        size = (self.input_size, self.input_size)
+        return nn.functional.interpolate(inputs, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def loss(self, task_loss: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The blended loss from the student's and the teacher's class scores (classes on
+        dimension 1: N x C, or N x C x H x W per pixel, the teacher's resized to the
+        student's)."""
+        if teacher.dim() == 4 and teacher.shape[-2:] != student.shape[-2:]:
+            teacher = nn.functional.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+        t = self.temperature
+        log_student = nn.functional.log_softmax(student / t, dim=1)
+        log_teacher = nn.functional.log_softmax(teacher.detach() / t, dim=1)
+        # Summed over classes, averaged over everything else (samples, and pixels).
+        soft = (log_teacher.exp() * (log_teacher - log_student)).sum(1).mean()
+        return (1 - self.weight) * task_loss + self.weight * t * t * soft
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     """Loss settings shared by every task; each profile uses what applies to it."""
 
     label_smoothing: float = 0.1
+    #: Train against a teacher's outputs too (profiles whose ``distills`` is true).
+    distillation: Distillation | None = None
 
 
 class Scorer(abc.ABC):
@@ -101,6 +140,9 @@ class TaskProfile(abc.ABC):
     trains_on_crops: ClassVar[bool] = False
     #: Whether training saves a confusion-matrix PNG of the evaluation.
     confusion_artifact: ClassVar[bool] = False
+    #: Whether training can distil a teacher (:class:`Distillation`): the task's outputs
+    #: are class scores. A detector's are proposals, boxes and scores after NMS.
+    distills: ClassVar[bool] = False
 
     # -- serving ------------------------------------------------------------------------
     def evaluation_overrides(self) -> dict[str, Any]:

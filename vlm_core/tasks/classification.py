@@ -107,6 +107,7 @@ class ClassificationProfile(TaskProfile):
         "fashion-mnist": replace(defaults, training_arch="vgg6_bn", training_input_size=32, epochs=12),
     }
     confusion_artifact = True
+    distills = True
 
     def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
         size = shape.size or ClassificationPredictor.default_input_size
@@ -127,7 +128,13 @@ class ClassificationProfile(TaskProfile):
 
     def loss(self, model: nn.Module, batch: Any, options: TrainingOptions) -> torch.Tensor:
         inputs, targets = batch
-        return F.cross_entropy(model(inputs), targets, label_smoothing=options.label_smoothing)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets, label_smoothing=options.label_smoothing)
+        if (distill := options.distillation) is None:
+            return loss
+        with torch.no_grad():
+            teacher = distill.teacher(distill.teacher_inputs(inputs))
+        return distill.loss(loss, logits, teacher)
 
     def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
         correct = total = 0

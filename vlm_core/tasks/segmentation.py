@@ -128,6 +128,7 @@ class SegmentationProfile(TaskProfile):
     ignore_index = MASK_IGNORE
     background_in_classes = True
     trains_on_crops = True
+    distills = True
 
     def training_transform(self, shape: TrainingInput, train: bool) -> Callable[..., Any]:
         """Resize to the Predictor's square input; in training, ``shape.crop_size`` takes random
@@ -155,7 +156,12 @@ class SegmentationProfile(TaskProfile):
         loss = F.cross_entropy(out["out"], targets, ignore_index=MASK_IGNORE)
         if "aux" in out:
             loss = loss + 0.5 * F.cross_entropy(out["aux"], targets, ignore_index=MASK_IGNORE)
-        return loss
+        if (distill := options.distillation) is None:
+            return loss
+        with torch.no_grad():
+            # Fully convolutional: the teacher sees the student's pixels (crops) at their scale.
+            teacher = distill.teacher(inputs)["out"]
+        return distill.loss(loss, out["out"], teacher)
 
     def validation_counts(self, model: nn.Module, batches: Iterable[Any], classes: int) -> torch.Tensor:
         confusion = torch.zeros(classes * classes, dtype=torch.int64)

@@ -20,7 +20,7 @@ from torch import nn
 
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
-from vlm_core.tasks import TrainingInput, TrainingOptions, get_profile
+from vlm_core.tasks import Distillation, TrainingInput, TrainingOptions, get_profile
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,11 @@ def collate(task: Task) -> Callable[[list[Any]], Any] | None:
     return get_profile(task).collate()
 
 
-def training_loss(model: nn.Module, task: Task, batch: Any, settings: TrainSettings) -> torch.Tensor:
-    return get_profile(task).loss(model, batch, TrainingOptions(label_smoothing=settings.label_smoothing))
+def training_loss(
+    model: nn.Module, task: Task, batch: Any, settings: TrainSettings, distillation: Distillation | None = None
+) -> torch.Tensor:
+    options = TrainingOptions(label_smoothing=settings.label_smoothing, distillation=distillation)
+    return get_profile(task).loss(model, batch, options)
 
 
 @torch.inference_mode()

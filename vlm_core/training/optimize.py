@@ -27,7 +27,7 @@ from vlm_core.models.weights import save_state_dict
 from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry, ModelVersion
 from vlm_core.tasks import build_predictor, get_profile
-from vlm_core.training.data import load_training_data
+from vlm_core.training.data import SampleSource, load_training_data
 from vlm_core.training.evaluate import evaluate, evaluation_overrides
 
 
@@ -111,25 +111,25 @@ def optimize_version(
         # Loaded the way a model replica loads it, so what is measured is what serves.
         optimized = build_predictor(spec.with_(weights=str(weights), optimization=method), device="cpu")
         progress(f"scoring {source.ref} and its {method.value} version on the held-out split")
-        source_eval = evaluate(reference, data.test, batch_size=batch_size, limit=limit)
         optimized_eval = evaluate(optimized, data.test, batch_size=batch_size, limit=limit)
-        images = [data.test[i % len(data.test)].image for i in range(timing_frames)]
-        source_fps, fps = _alternating_fps(reference, optimized, images, batch_size, timing_passes, progress)
+        comparison = compare_to_source(
+            reference,
+            optimized,
+            data.test,
+            limit=limit,
+            batch_size=batch_size,
+            timing_frames=timing_frames,
+            timing_passes=timing_passes,
+            progress=progress,
+        )
         primary = source.primary_metric or get_profile(source.task).primary_metric
-        metrics = {
-            **optimized_eval.metrics,
-            **{f"source_{k}": v for k, v in source_eval.metrics.items()},
-            "fps": statistics.median(fps),
-            "source_fps": statistics.median(source_fps),
-            "speedup": statistics.median(fps) / statistics.median(source_fps),
-        }
         version = registry.register(
             source.name,
             task=source.task,
             arch=source.arch,
             class_names=source.class_names,
             state_dict=compressed.state_dict(),
-            metrics=metrics,
+            metrics=comparison.version_metrics(optimized_eval.metrics),
             primary_metric=primary,
             dataset_hash=source.dataset_hash,
             parent=source.version,
@@ -141,10 +141,10 @@ def optimize_version(
         version,
         method,
         data_uri,
-        source_eval.metrics,
+        comparison.source_metrics,
         optimized_eval.metrics,
-        tuple(source_fps),
-        tuple(fps),
+        comparison.source_fps,
+        comparison.fps,
         count,
         optimized_eval.samples,
     )
@@ -157,21 +157,53 @@ def _model_inputs(predictor: Predictor, images: Sequence[np.ndarray], batch_size
         yield inputs if isinstance(inputs, torch.Tensor) else list(inputs)
 
 
-def _alternating_fps(
+@dataclass(frozen=True)
+class Comparison:
+    """A derived version against its source: the source's metrics on the same held-out
+    samples, and both models' frames per second, pass by pass."""
+
+    source_metrics: dict[str, float]
+    source_fps: tuple[float, ...]
+    fps: tuple[float, ...]
+
+    def version_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """What the derived version records: its own metrics, the source's, and the speed-up."""
+        fps, source_fps = statistics.median(self.fps), statistics.median(self.source_fps)
+        return {
+            **metrics,
+            **{f"source_{k}": v for k, v in self.source_metrics.items()},
+            "fps": fps,
+            "source_fps": source_fps,
+            "speedup": fps / source_fps,
+        }
+
+
+def compare_to_source(
     source: Predictor,
-    optimized: Predictor,
-    images: Sequence[np.ndarray],
-    batch_size: int,
-    passes: int,
-    progress: Callable[[str], None],
-) -> tuple[list[float], list[float]]:
-    """Frames per second of each predictor, pass by pass, alternately (same conditions)."""
-    for predictor in (source, optimized):
-        predictor.warmup(batch_size, images[0].shape[:2])
-    source_fps: list[float] = []
-    fps: list[float] = []
-    for done in range(passes):
-        for predictor, out in ((source, source_fps), (optimized, fps)):
-            out.append(round(predictor.throughput(images, batch_size), 2))
-        progress(f"timing pass {done + 1}/{passes}: source {source_fps[-1]:.0f} fps, optimised {fps[-1]:.0f} fps")
-    return source_fps, fps
+    derived: Predictor,
+    samples: SampleSource,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    timing_frames: int = 512,
+    timing_passes: int = 3,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> Comparison:
+    """Score ``source`` on ``samples`` and time both predictors with one torch thread (a
+    model replica's budget), in alternating passes over the same frames."""
+    source_eval = evaluate(source, samples, batch_size=batch_size, limit=limit)
+    images = [samples[i % len(samples)].image for i in range(timing_frames)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for predictor in (source, derived):
+            predictor.warmup(batch_size, images[0].shape[:2])
+        source_fps: list[float] = []
+        fps: list[float] = []
+        for done in range(timing_passes):
+            for predictor, out in ((source, source_fps), (derived, fps)):
+                out.append(round(predictor.throughput(images, batch_size), 2))
+            progress(f"timing pass {done + 1}/{timing_passes}: source {source_fps[-1]:.0f} fps, new {fps[-1]:.0f} fps")
+    finally:
+        torch.set_num_threads(threads)
+    return Comparison(source_eval.metrics, tuple(source_fps), tuple(fps))

@@ -58,3 +58,42 @@ def test_gate_domains_parse_and_need_a_promotion() -> None:
     request = TrainRequest(Task.DETECTION, "scenes://?n=10", gates=(GateDomain("d", 0, "scenes://?style=odd"),))
     with pytest.raises(DatasetError, match="not a scene style"):
         request.check_gates()
+
+
+def _teacher(**changes: object) -> dict[str, object]:
+    spec = {
+        "task": "classification",
+        "arch": "vgg6_bn",
+        "weights": "/registry/fm/v6/model.safetensors",
+        "class_names": ["a", "b"],
+        "name": "fm",
+        "version": "6",
+        "input_size": 32,
+        "optimization": None,
+    }
+    return {**spec, **changes}
+
+
+def test_a_distillation_request_lands_under_its_teachers_name() -> None:
+    request = TrainRequest(Task.CLASSIFICATION, "/data/ab", arch="vgg6_bn_slim", teacher=_teacher()).resolved()
+    assert request.name == "fm" and request.arch == "vgg6_bn_slim"
+    request.check_teacher_classes(("a", "b"))
+    with pytest.raises(ConfigError, match="predicts other classes"):
+        request.check_teacher_classes(("a", "c"))
+
+
+@pytest.mark.parametrize(
+    ("task", "teacher", "options", "message"),
+    [
+        (Task.DETECTION, _teacher(task="detection"), {}, "detection training cannot distil"),
+        (Task.SEGMENTATION, _teacher(), {}, "is not a segmentation model"),
+        (Task.CLASSIFICATION, _teacher(optimization="int8"), {}, "int8-compressed"),
+        (Task.CLASSIFICATION, _teacher(), {"distill_weight": 0.0}, "--distill-weight must be in"),
+        (Task.CLASSIFICATION, _teacher(), {"temperature": -1.0}, "--temperature above 0"),
+    ],
+)
+def test_a_teacher_that_cannot_be_distilled_says_why(
+    task: Task, teacher: dict[str, object], options: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainRequest(task, "/data/ab", teacher=teacher, **options).resolved()  # type: ignore[arg-type]
