@@ -910,6 +910,35 @@ def train(
     _run_training(request, data, storage)
 
 
+def _train_derived(registry, ref: str, method, data: str, student: str | None, epochs: int | None, keep: float):  # type: ignore[no-untyped-def]
+    """``vlm optimize --method distill|prune``: a version trained on Ray Train against ``ref``."""
+    import time
+
+    from services.trainer.job import TrainRequest
+    from vlm_core.models.spec import Optimization
+    from vlm_core.training.optimize import pruned_start
+
+    source = registry.resolve(ref)
+    data_uri = _resolve_data(data, source.task)
+    if method is Optimization.DISTILL:
+        _task(source.task.value, student)
+        start: dict[str, object] = {"arch": student}
+    else:
+        pruned = (
+            _settings().registry_dir.parent
+            / "train"
+            / "pruned"
+            / f"{source.name}-v{source.version}-keep{keep}-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+        )
+        console.print(f"pruning {source.ref} to {keep:.0%} of each layer's channels")
+        pruned_start(registry, source.ref, keep, pruned)
+        start = {"arch": source.arch, "init": str(pruned), "pruned": True, "input_size": source.input_size}
+    request = TrainRequest(
+        task=source.task, data=data_uri, epochs=epochs, teacher=_teacher_spec(source.ref, _settings()), **start
+    ).resolved()
+    return _run_training(request, data, None)
+
+
 def _teacher_spec(ref: str, settings: LocalSettings) -> dict[str, object]:
     from vlm_core.registry import ModelRegistry
 
@@ -1009,7 +1038,8 @@ def optimize(
         typer.Option(
             help="fold-bn, int8 (static, FX graph mode, x86 kernels), int8-onednn (oneDNN kernels, full 8-bit "
             "activations; CPUs with VNNI or AMX-INT8), bf16 or fp16 (the whole network cast, channels-last), "
-            "or distill (train --student on Ray Train against it; `vlm train --teacher` has every training option)."
+            "distill (train --student on Ray Train against it; `vlm train --teacher` has every training option), "
+            "or prune (--keep of each layer's channels, then fine-tuned on Ray Train against it)."
         ),
     ],
     calibration: Annotated[
@@ -1027,7 +1057,10 @@ def optimize(
     student: Annotated[
         str | None, typer.Option(help="distill: the student architecture (see `vlm models archs`).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="distill: epochs (default: the data's recipe).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="distill and prune: epochs on Ray Train (default: the data's recipe).")
+    ] = None,
+    keep: Annotated[float, typer.Option(help="prune: the share of each layer's channels kept.")] = 0.5,
 ) -> None:
     """A compressed registry version (parent: the source), with its accuracy against the
     source on the same held-out data and its speed-up measured here. Promote it with
@@ -1046,28 +1079,17 @@ def optimize(
     if (student is not None) != (method_enum is Optimization.DISTILL):
         raise VlmError("--student goes with --method distill, and distill needs one", hint="see `vlm models archs`")
     registry = _registry()
-    if method_enum is Optimization.DISTILL:
-        from services.trainer.job import TrainRequest
-
-        source = registry.resolve(model)
-        _task(source.task.value, student)
-        request = TrainRequest(
-            task=source.task,
-            data=_resolve_data(calibration, source.task),
-            arch=student,
-            epochs=epochs,
-            teacher=_teacher_spec(source.ref, _settings()),
-        ).resolved()
-        outcome = _run_training(request, calibration, None)
+    if method_enum.trains:
+        outcome = _train_derived(registry, model, method_enum, calibration, student, epochs, keep)
         if json_out:
             version = outcome.version
             json_out.write_text(
                 json.dumps(
                     {
-                        "source": source.ref,
+                        "source": f"{version.name}@{version.parent}",
                         "version": version.ref,
-                        "method": "distill",
-                        "student": version.arch,
+                        "method": method_enum.value,
+                        "arch": version.arch,
                         "data": calibration,
                         "metrics": version.metrics,
                     },

@@ -90,6 +90,9 @@ class TrainRequest:
     teacher: dict[str, Any] | None = None
     distill_weight: float = 0.7
     temperature: float = 4.0
+    #: ``init`` is a pruned state (``vlm optimize --method prune``): the network takes its
+    #: widths and is fine-tuned whole, and the version is registered as ``prune``.
+    pruned: bool = False
 
     def resolved(self) -> TrainRequest:
         """Fill every unset option with the task's default."""
@@ -102,6 +105,8 @@ class TrainRequest:
             raise ConfigError(f"--crop-size does not apply to {self.task.value} training")
         if self.teacher is not None:
             self._check_teacher(self.teacher)
+        if self.pruned and self.init in ("auto", "none", ""):
+            raise ConfigError("a pruned fine-tune starts from the pruned weights", hint="give them as init")
         defaults = profile.training_defaults(self.data)
         arch = self.arch or defaults.training_arch
         return replace(
@@ -208,7 +213,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if progress is not None:
         progress.put_nowait({"event": "worker", "rank": rank, "pid": os.getpid(), "node": context.get_node_rank()})
     data = request.load_data()
-    spec = ModelSpec(request.task, request.arch or "", class_names=data.class_names, **init_weights(request.init))
+    if request.pruned:
+        spec = ModelSpec(
+            request.task, request.arch or "", request.init, data.class_names, optimization=Optimization.PRUNE
+        )
+    else:
+        spec = ModelSpec(request.task, request.arch or "", class_names=data.class_names, **init_weights(request.init))
     model, _ = build_model(spec)
     shape = TrainingInput(request.input_size, request.crop_size, get_architecture(spec.arch).crop_fraction)
     set_batchnorm_momentum(model, BATCHNORM_MOMENTUM)
@@ -481,6 +491,7 @@ def _finish(
             name=request.name or "",
             version="candidate",
             input_size=request.input_size,
+            optimization=Optimization.PRUNE if request.pruned else None,
             **evaluation_overrides(request.task),
         )
         predictor = build_predictor(spec)
@@ -499,7 +510,7 @@ def _finish(
                 evaluation.confusion, data.class_names, Path(tmp) / "confusion.png", f"{request.name}: held-out"
             )
         metrics = {**evaluation.metrics, "eval_samples": float(evaluation.samples), "train_s": round(train_s, 1)}
-        parent, optimization = (production.version if production else None), None
+        parent, optimization = (production.version if production else None), spec.optimization
         if request.teacher is not None:
             teacher = ModelSpec.from_dict(request.teacher).with_(**evaluation_overrides(request.task))
             on_progress(
@@ -513,7 +524,7 @@ def _finish(
                 progress=lambda text: on_progress({"event": "evaluate", "text": text}),
             )
             metrics = comparison.version_metrics(metrics)
-            parent, optimization = int(teacher.version), Optimization.DISTILL
+            parent, optimization = int(teacher.version), spec.optimization or Optimization.DISTILL
         version = registry.register(
             request.name or "",
             task=request.task,

@@ -1,5 +1,5 @@
-"""Ray Train on the real local Ray: the promotion gate, recovery from a killed worker, and
-distillation."""
+"""Ray Train on the real local Ray: the promotion gate, recovery from a killed worker,
+distillation and a pruned fine-tune."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from vlm_core.contracts.task import Task
 from vlm_core.datasets import load_fashion_mnist
 from vlm_core.models.spec import Optimization
 from vlm_core.registry import ModelRegistry, ModelStatus
+from vlm_core.tasks import build_predictor
+from vlm_core.training.optimize import pruned_start
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +121,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address: str, image_
     assert result.metrics["accuracy"] > 0.4
 
 
-def test_a_student_learns_from_its_teacher_alone_and_is_registered_as_its_child(
+def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered_as_its_children(
     ray_address: str, image_folder: Path, tmp_path: Path
 ) -> None:
     teacher = _train(ray_address, tmp_path, data=str(image_folder), epochs=6, name="kd", promote=True)
@@ -148,3 +150,22 @@ def test_a_student_learns_from_its_teacher_alone_and_is_registered_as_its_child(
     assert version.metrics["source_accuracy"] == pytest.approx(teacher.metrics["accuracy"])
     assert version.metrics["speedup"] == pytest.approx(version.metrics["fps"] / version.metrics["source_fps"])
     assert version.metrics["speedup"] > 1.0, version.metrics  # a quarter of vgg6_bn against mobilenet_v2 at 64 px
+
+    pruned = pruned_start(registry, teacher.version.ref, 0.5, tmp_path / "train" / "pruned.safetensors")
+    fine_tuned = _train(
+        ray_address,
+        tmp_path,
+        data=str(image_folder),
+        arch=pruned.arch,
+        init=str(tmp_path / "train" / "pruned.safetensors"),
+        pruned=True,
+        epochs=3,
+        teacher=teacher.version.spec(registry.root).to_dict(),
+    )
+    version = registry.get("kd", fine_tuned.version.version)
+    assert (version.parent, version.optimization) == (teacher.version.version, Optimization.PRUNE)
+    served = build_predictor(version.spec(registry.root), device="cpu").model
+    source = build_predictor(teacher.version.spec(registry.root), device="cpu").model
+    assert sum(p.numel() for p in served.parameters()) < 0.4 * sum(p.numel() for p in source.parameters())
+    assert fine_tuned.metrics["accuracy"] > 0.3, fine_tuned.metrics
+    assert version.metrics["speedup"] > 1.0, version.metrics

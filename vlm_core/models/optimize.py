@@ -15,6 +15,8 @@ architecture before its state is loaded (:func:`restructure`), then finished
   Python dispatch of its many small quantize-aware ops (same outputs, bit for bit).
 - ``bf16`` / ``fp16``: the whole network cast to that precision, in channels-last memory;
   the state is the cast weights, and the Predictor feeds it inputs of the same type.
+- ``prune``: :func:`prune_channels` removes channels; the state has the narrower widths,
+  and loading resizes each layer to them (:func:`fit_to_state`) before loading it.
 
 ``fold-bn`` and ``int8`` transform the architecture's ``traceable_parts``: the whole
 network for classifiers and segmenters; a detector's backbone, whose input is captured by
@@ -26,9 +28,9 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -62,12 +64,22 @@ WHOLE: tuple[str, ...] = ("",)
 
 
 def restructure(
-    model: nn.Module, method: Optimization, example: ModelInput, parts: tuple[str, ...] = WHOLE, arch: str = ""
+    model: nn.Module,
+    method: Optimization,
+    example: ModelInput,
+    parts: tuple[str, ...] = WHOLE,
+    arch: str = "",
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """``model`` (in eval mode, its weights loaded or not) in the structure whose state
     ``method`` stores: each of ``parts`` (the architecture's ``traceable_parts``)
-    transformed. ``arch`` names the architecture in errors."""
+    transformed. ``arch`` names the architecture in errors; ``state`` is the stored state,
+    which a pruned version's widths come from."""
     model = model.eval()
+    if method is Optimization.PRUNE:
+        if state is None:
+            raise ValueError("a pruned model is restructured to the widths of its stored state")
+        return fit_to_state(model, state, arch)
     if method.dtype is not None:
         if parts != WHOLE:
             raise ConfigError(
@@ -143,10 +155,10 @@ def compress(
             "int8-onednn needs a CPU with VNNI or AMX-INT8, and this one has neither",
             hint="use --method int8: its 7-bit activations cannot overflow on any x86-64",
         )
-    if not method.restructures:
+    if method.trains:
         raise ConfigError(
-            f"{method.value} trains a student model rather than transforming this one",
-            hint="vlm optimize --method distill --student ARCH trains it on Ray Train",
+            f"{method.value} trains on Ray Train rather than transforming the trained model alone",
+            hint=f"vlm optimize --method {method.value} runs it (distill with --student ARCH, prune with --keep)",
         )
     batches = iter(calibration)
     first = next(batches, None)
@@ -159,6 +171,73 @@ def compress(
             for batch in batches:
                 restructured(batch)
     return restructured
+
+
+def prune_channels(model: nn.Module, keep: float, example: torch.Tensor, outputs: int) -> nn.Module:
+    """``model`` (changed in place) with ``keep`` of each layer's output channels, those of
+    the largest L2 norm; torch-pruning's dependency graph prunes coupled layers (residual
+    sums, depthwise convolutions, batch norms, the next layer's inputs) together. Layers
+    that emit the ``outputs`` class scores keep their width."""
+    import torch_pruning as tp
+
+    if not 0.0 < keep < 1.0:
+        raise ConfigError(f"--keep must be between 0 and 1 (the share of channels kept), got {keep}")
+    heads = [
+        module
+        for module in model.modules()
+        if (isinstance(module, nn.Linear) and module.out_features == outputs)
+        or (isinstance(module, nn.Conv2d) and module.out_channels == outputs)
+    ]
+    pruner = tp.pruner.MetaPruner(
+        model.eval(),
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=1.0 - keep,
+        ignored_layers=heads,
+    )
+    pruner.step()
+    return model
+
+
+def fit_to_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str = "") -> nn.Module:
+    """``model`` with each convolution, batch norm and linear layer whose weight in ``state``
+    has another shape replaced by one of that width (same kernel, stride, padding; a
+    depthwise convolution stays depthwise): the structure of a pruned version's state."""
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        if tuple(module.weight.shape) == tuple(weight.shape):
+            continue
+        model = _replace(model, name, _resized(module, tuple(weight.shape), name, arch))
+    return model
+
+
+def _resized(module: nn.Module, shape: tuple[int, ...], name: str, arch: str) -> nn.Module:
+    if type(module) is nn.Conv2d:
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        groups = shape[0] if depthwise else module.groups
+        pair = tuple[int, int]
+        return nn.Conv2d(
+            shape[1] * groups,
+            shape[0],
+            cast(pair, module.kernel_size),
+            cast(pair, module.stride),
+            cast(pair | str, module.padding),
+            cast(pair, module.dilation),
+            groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+    if type(module) is nn.BatchNorm2d:
+        return nn.BatchNorm2d(shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+    if type(module) is nn.Linear:
+        return nn.Linear(shape[1], shape[0], bias=module.bias is not None)
+    raise ConfigError(
+        f"{name or 'the model'} of {arch or 'this architecture'} is a {type(module).__name__} whose stored "
+        f"weight has another shape {shape}, and only convolutions, batch norms and linear layers are resized",
+        hint="load it into the architecture it was pruned from",
+    )
 
 
 def _part_inputs(model: nn.Module, parts: tuple[str, ...], example: ModelInput) -> list[tuple[Any, ...]]:

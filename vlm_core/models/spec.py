@@ -39,12 +39,22 @@ class Optimization(str, enum.Enum):
     #: outputs as well as the labels (knowledge distillation); a plain float model of its
     #: own architecture.
     DISTILL = "distill"
+    #: Structured pruning (torch-pruning, L2 magnitude): a share of each layer's channels
+    #: removed, then the narrower network fine-tuned on Ray Train against the parent (as in
+    #: ``distill``). Its state has the pruned widths, to which loading resizes the layers.
+    PRUNE = "prune"
 
     @property
     def restructures(self) -> bool:
         """Whether loading the version changes its architecture's structure first (see
         :func:`vlm_core.models.optimize.restructure`); a distilled student is as built."""
         return self is not Optimization.DISTILL
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method trains on Ray Train, rather than transforming the trained
+        model alone (:func:`vlm_core.models.optimize.compress`)."""
+        return self in (Optimization.DISTILL, Optimization.PRUNE)
 
     @property
     def dtype(self) -> torch.dtype | None:

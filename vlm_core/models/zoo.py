@@ -234,9 +234,10 @@ def _build_optimized(model: nn.Module, spec: ModelSpec) -> nn.Module:
         raise ConfigError(f"model {spec.name!r} is {spec.optimization.value}-optimised but has no weights file")
     arch = get_architecture(spec.arch)
     example = arch.example_input(spec.input_size or 224)
-    restructured = restructure(model, spec.optimization, example, arch.traceable_parts, arch.name)
+    state = load_state_dict(spec.weights)
+    restructured = restructure(model, spec.optimization, example, arch.traceable_parts, arch.name, state)
     try:
-        restructured.load_state_dict(load_state_dict(spec.weights), strict=True)
+        restructured.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(
             f"weights {spec.weights} are not a {spec.optimization.value} {spec.arch}: {str(exc).splitlines()[0]}",

@@ -21,10 +21,10 @@ import torch
 
 from vlm_core.errors import ConfigError
 from vlm_core.models import Predictor
-from vlm_core.models.optimize import ModelInput, compress
+from vlm_core.models.optimize import ModelInput, compress, prune_channels
 from vlm_core.models.spec import Optimization
 from vlm_core.models.weights import save_state_dict
-from vlm_core.models.zoo import get_architecture
+from vlm_core.models.zoo import build_model, get_architecture
 from vlm_core.registry import ModelRegistry, ModelVersion
 from vlm_core.tasks import build_predictor, get_profile
 from vlm_core.training.data import SampleSource, load_training_data
@@ -87,13 +87,7 @@ def optimize_version(
         raise ConfigError(
             "calibration samples and timing passes must be at least 1, and timing frames at least one batch"
         )
-    source = registry.resolve(ref)
-    registry.verify(source)
-    if source.optimization is not None:
-        raise ConfigError(
-            f"{source.ref} is already {source.optimization.value}-optimised",
-            hint=f"optimise the version it was made from, {source.name}@{source.parent}",
-        )
+    source = _float_source(registry, ref)
     data = load_training_data(data_uri, source.task)
     if tuple(data.class_names) != tuple(source.class_names):
         raise ConfigError(f"{data_uri} has other classes than {source.ref}", hint="give the data it was trained on")
@@ -148,6 +142,39 @@ def optimize_version(
         count,
         optimized_eval.samples,
     )
+
+
+def pruned_start(registry: ModelRegistry, ref: str, keep: float, out: Path) -> ModelVersion:
+    """Prune ``ref``'s model to ``keep`` of each layer's channels and save its state to
+    ``out``: where a prune fine-tune starts (the trainer runs it, with ``ref`` as the
+    teacher). Returns the source version."""
+    source = _float_source(registry, ref)
+    if not get_profile(source.task).distills:
+        raise ConfigError(
+            f"prune fine-tunes against the source's class scores, and {source.ref} is a {source.task.value} model",
+            hint="prune classifiers and segmenters; int8-onednn compresses detectors",
+        )
+    arch = get_architecture(source.arch)
+    model, _ = build_model(source.spec(registry.root))
+    outputs = len(source.class_names) + (1 if arch.implicit_background else 0)
+    example = arch.example_input(source.input_size or 224)
+    assert isinstance(example, torch.Tensor)  # classifiers and segmenters take one batch
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(prune_channels(model, keep, example, outputs).state_dict(), out)
+    return source
+
+
+def _float_source(registry: ModelRegistry, ref: str) -> ModelVersion:
+    """``ref``, which must be a float model as its architecture builds it (as trained, or a
+    distilled student)."""
+    source = registry.resolve(ref)
+    registry.verify(source)
+    if source.optimization is not None and source.optimization.restructures:
+        raise ConfigError(
+            f"{source.ref} is already {source.optimization.value}-optimised",
+            hint=f"optimise the version it was made from, {source.name}@{source.parent}",
+        )
+    return source
 
 
 def _model_inputs(predictor: Predictor, images: Sequence[np.ndarray], batch_size: int) -> Iterator[ModelInput]:

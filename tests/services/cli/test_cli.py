@@ -45,6 +45,13 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
         (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
+        (
+            ["optimize", "--model", "m@1", "--method", "int8", "--calibration", "fashion-mnist", "--student", "x"],
+            "--student goes with --method distill",
+        ),
+        (["optimize", "--model", "m@1", "--method", "distill", "--calibration", "fashion-mnist"], "distill needs one"),
+        (["optimize", "--model", "m@1", "--method", "int4", "--calibration", "fashion-mnist"], "'int4' is not offered"),
+        (["train", "--task", "classification", "--data", "fashion-mnist", "--teacher", "no-such-teacher@2"], "no-such"),
         (["chaos", "--fault", "broker_kill"], "broker_kill needs a 3-broker cluster"),
     ],
 )

@@ -7,12 +7,12 @@ import torch
 from tests.conftest import REGISTRY_CLASSES, register_classifier, write_colour_folder
 from vlm_core.errors import ConfigError
 from vlm_core.models import ModelSpec, Task, build_model
-from vlm_core.models.optimize import compress, finish
+from vlm_core.models.optimize import compress, finish, fit_to_state, prune_channels
 from vlm_core.models.spec import Optimization
 from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry
 from vlm_core.tasks import build_predictor
-from vlm_core.training.optimize import optimize_version
+from vlm_core.training.optimize import optimize_version, pruned_start
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def folder(tmp_path: Path) -> str:
     return write_colour_folder(tmp_path / "data")
 
 
-@pytest.mark.parametrize("method", list(Optimization))
+@pytest.mark.parametrize("method", [method for method in Optimization if not method.trains])
 def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was_measured(
     tmp_path: Path, folder: str, method: Optimization
 ) -> None:
@@ -104,6 +104,9 @@ def test_what_cannot_be_optimised_says_why(tmp_path: Path, folder: str) -> None:
         optimize_version(registry, "cls@2", Optimization.INT8, folder)
     with pytest.raises(ConfigError, match="other classes"):
         optimize_version(registry, "cls@1", Optimization.INT8, "fashion-mnist")
+    with pytest.raises(ConfigError, match="distill trains on Ray Train") as student:
+        optimize_version(registry, "cls@1", Optimization.DISTILL, folder, calibration_samples=8, timing_frames=16)
+    assert "--student" in student.value.hint
     detector, _ = build_model(ModelSpec(Task.DETECTION, "ssdlite320_mobilenet_v3_large", class_names=("x",)))
     with pytest.raises(ConfigError, match=r"torch\.fx can trace, and ssdlite320_mobilenet_v3_large is not one"):
         # The whole detector, not its traceable parts: its forward branches on data.
@@ -164,3 +167,64 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     assert sum(len(got["boxes"]) for got, _ in outputs) > 0  # something to compare
     for got, made in outputs:
         assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
+
+
+@pytest.mark.parametrize(("arch", "side"), [("vgg6_bn", 32), ("mobilenet_v3_small", 48)])
+def test_a_pruned_version_loads_into_its_architecture_at_the_pruned_widths(
+    tmp_path: Path, arch: str, side: int
+) -> None:
+    torch.manual_seed(0)
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, arch, class_names=REGISTRY_CLASSES))
+    full = sum(p.numel() for p in model.parameters())
+    pruned = prune_channels(model, 0.5, torch.rand(1, 3, side, side), outputs=len(REGISTRY_CLASSES))
+    assert sum(p.numel() for p in pruned.parameters()) < 0.4 * full  # half the channels: about a quarter
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register(
+        "cls",
+        task=Task.CLASSIFICATION,
+        arch=arch,
+        class_names=REGISTRY_CLASSES,
+        state_dict=pruned.state_dict(),
+        metrics={"accuracy": 0.5},
+        primary_metric="accuracy",
+        input_size=side,
+        optimization=Optimization.PRUNE,
+    )
+    served = build_predictor(version.spec(registry.root), device="cpu").model
+    batch = torch.rand(3, 3, side, side)
+    with torch.no_grad():
+        assert torch.equal(served(batch), pruned.eval()(batch))
+    depthwise = [m for m in served.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert served.state_dict().keys() == pruned.state_dict().keys()
+
+
+def test_pruning_says_what_it_cannot_do(tmp_path: Path) -> None:
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=REGISTRY_CLASSES))
+    with pytest.raises(ConfigError, match="--keep must be between 0 and 1"):
+        prune_channels(model, 1.0, torch.rand(1, 3, 32, 32), outputs=len(REGISTRY_CLASSES))
+    narrower = {"0.weight": torch.zeros(8, 3)}  # the stored weight of a layer that cannot be resized
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(4, 3))
+
+    with pytest.raises(ConfigError, match="only convolutions, batch norms and linear layers are resized"):
+        fit_to_state(torch.nn.Sequential(Scaled()), narrower, "toy")
+    registry = ModelRegistry(tmp_path / "registry")
+    detector, _ = build_model(ModelSpec(Task.DETECTION, "fasterrcnn_mobilenet_v2", class_names=("a",)))
+    registry.register(
+        "det",
+        task=Task.DETECTION,
+        arch="fasterrcnn_mobilenet_v2",
+        class_names=("a",),
+        state_dict=detector.state_dict(),
+        metrics={"map50": 0.5},
+        primary_metric="map50",
+    )
+    with pytest.raises(ConfigError, match="is a detection model") as refused:
+        pruned_start(registry, "det@1", 0.5, tmp_path / "pruned.safetensors")
+    assert "int8-onednn" in refused.value.hint
+    with pytest.raises(ConfigError, match="prune trains on Ray Train"):
+        compress(model, Optimization.PRUNE, [torch.rand(1, 3, 32, 32)])
