@@ -228,3 +228,27 @@ def test_pruning_says_what_it_cannot_do(tmp_path: Path) -> None:
     assert "int8-onednn" in refused.value.hint
     with pytest.raises(ConfigError, match="prune trains on Ray Train"):
         compress(model, Optimization.PRUNE, [torch.rand(1, 3, 32, 32)])
+
+
+def test_a_distilled_student_is_compressed_like_a_trained_model(tmp_path: Path, folder: str) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    teacher = register_classifier(registry, 0.9)
+    student, _ = build_model(ModelSpec(Task.CLASSIFICATION, "vgg6_bn_slim", class_names=REGISTRY_CLASSES))
+    distilled = registry.register(
+        "cls",
+        task=Task.CLASSIFICATION,
+        arch="vgg6_bn_slim",
+        class_names=REGISTRY_CLASSES,
+        state_dict=student.state_dict(),
+        metrics={"accuracy": 0.8},
+        primary_metric="accuracy",
+        parent=teacher.version,
+        input_size=32,
+        optimization=Optimization.DISTILL,
+    )
+    report = optimize_version(
+        registry, distilled.ref, Optimization.INT8, folder, calibration_samples=8, timing_frames=16, timing_passes=1
+    )
+    assert (report.version.parent, report.version.arch) == (distilled.version, "vgg6_bn_slim")
+    served = build_predictor(report.version.spec(registry.root), device="cpu").model
+    assert _quantized_convolutions(served) == 6
