@@ -988,7 +988,7 @@ def _run_training(request, data: str, storage: str | None):  # type: ignore[no-u
     if "speedup" in recorded:
         primary = outcome.version.primary_metric
         console.print(
-            f"distilled from {outcome.version.name}@{outcome.version.parent}: {primary} "
+            f"{outcome.version.optimization.value} of {outcome.version.name}@{outcome.version.parent}: {primary} "
             f"{recorded[primary]:.4f} against its {recorded['source_' + primary]:.4f}, "
             f"{recorded['fps']:.0f} against {recorded['source_fps']:.0f} fps ({recorded['speedup']:.2f}x, one thread)"
         )
@@ -1092,6 +1092,8 @@ def optimize(
                         "arch": version.arch,
                         "data": calibration,
                         "metrics": version.metrics,
+                        "source_fps": list(outcome.comparison.source_fps),
+                        "fps": list(outcome.comparison.fps),
                     },
                     indent=2,
                 )

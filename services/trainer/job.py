@@ -189,6 +189,8 @@ class TrainOutcome:
     checkpoint_path: str
     decision: Any = None  # PromotionDecision when promote was asked
     artifacts: dict[str, str] = field(default_factory=dict)
+    #: With a teacher: the teacher's scores and both models' timing passes (a Comparison).
+    comparison: Any = None
 
 
 # -- the per-worker loop (runs inside Ray Train workers) --------------------------------
@@ -511,6 +513,7 @@ def _finish(
             )
         metrics = {**evaluation.metrics, "eval_samples": float(evaluation.samples), "train_s": round(train_s, 1)}
         parent, optimization = (production.version if production else None), spec.optimization
+        comparison = None
         if request.teacher is not None:
             teacher = ModelSpec.from_dict(request.teacher).with_(**evaluation_overrides(request.task))
             on_progress(
@@ -571,4 +574,5 @@ def _finish(
         checkpoint_path,
         decision,
         {name: str(directory / name) for name in artifacts},
+        comparison,
     )

@@ -149,6 +149,7 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
     # The teacher is scored on the very samples the student was.
     assert version.metrics["source_accuracy"] == pytest.approx(teacher.metrics["accuracy"])
     assert version.metrics["speedup"] == pytest.approx(version.metrics["fps"] / version.metrics["source_fps"])
+    assert len(student.comparison.fps) == len(student.comparison.source_fps) == 3  # the timing passes
     assert version.metrics["speedup"] > 1.0, version.metrics  # a quarter of vgg6_bn against mobilenet_v2 at 64 px
 
     pruned = pruned_start(registry, teacher.version.ref, 0.5, tmp_path / "train" / "pruned.safetensors")
