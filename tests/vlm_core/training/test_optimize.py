@@ -169,31 +169,42 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
         assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
 
 
-@pytest.mark.parametrize(("arch", "side"), [("vgg6_bn", 32), ("mobilenet_v3_small", 48)])
+@pytest.mark.parametrize(
+    ("task", "arch", "side"),
+    [
+        (Task.CLASSIFICATION, "vgg6_bn", 32),
+        (Task.CLASSIFICATION, "mobilenet_v3_small", 48),
+        (Task.SEGMENTATION, "lraspp_mobilenet_v2", 64),
+    ],
+)
 def test_a_pruned_version_loads_into_its_architecture_at_the_pruned_widths(
-    tmp_path: Path, arch: str, side: int
+    tmp_path: Path, task: Task, arch: str, side: int
 ) -> None:
     torch.manual_seed(0)
-    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, arch, class_names=REGISTRY_CLASSES))
+    model, _ = build_model(ModelSpec(task, arch, class_names=REGISTRY_CLASSES))
     full = sum(p.numel() for p in model.parameters())
     pruned = prune_channels(model, 0.5, torch.rand(1, 3, side, side), outputs=len(REGISTRY_CLASSES))
     assert sum(p.numel() for p in pruned.parameters()) < 0.4 * full  # half the channels: about a quarter
     registry = ModelRegistry(tmp_path / "registry")
     version = registry.register(
-        "cls",
-        task=Task.CLASSIFICATION,
+        "m",
+        task=task,
         arch=arch,
         class_names=REGISTRY_CLASSES,
         state_dict=pruned.state_dict(),
-        metrics={"accuracy": 0.5},
-        primary_metric="accuracy",
+        metrics={"score": 0.5},
+        primary_metric="score",
         input_size=side,
         optimization=Optimization.PRUNE,
     )
     served = build_predictor(version.spec(registry.root), device="cpu").model
     batch = torch.rand(3, 3, side, side)
     with torch.no_grad():
-        assert torch.equal(served(batch), pruned.eval()(batch))
+        got, made = served(batch), pruned.eval()(batch)
+    if task is Task.SEGMENTATION:
+        got, made = got["out"], made["out"]
+        assert got.shape == (3, len(REGISTRY_CLASSES), side, side)
+    assert torch.equal(got, made)
     depthwise = [m for m in served.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
     assert served.state_dict().keys() == pruned.state_dict().keys()
