@@ -60,10 +60,20 @@ def _train(
     )
 
 
+@pytest.fixture(scope="module")
+def trained(
+    ray_address: str, image_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainOutcome, Path]:
+    """A model trained and promoted once, with its registry's root folder: the gate's
+    incumbent, and the teacher that is distilled and pruned."""
+    root = tmp_path_factory.mktemp("trained")
+    return _train(ray_address, root, data=str(image_folder), epochs=6, name="gate", promote=True), root
+
+
 def test_gate_refuses_a_candidate_trained_on_shuffled_labels(
-    ray_address: str, image_folder: Path, tmp_path: Path
+    ray_address: str, image_folder: Path, trained: tuple[TrainOutcome, Path]
 ) -> None:
-    good = _train(ray_address, tmp_path, data=str(image_folder), epochs=6, name="gate", promote=True)
+    good, tmp_path = trained
     assert good.decision is not None and good.decision.promoted, good.decision
     assert good.version.status is ModelStatus.PRODUCTION
     assert good.metrics["accuracy"] > 0.4, good.metrics
@@ -122,9 +132,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address: str, image_
 
 
 def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered_as_its_children(
-    ray_address: str, image_folder: Path, tmp_path: Path
+    ray_address: str, image_folder: Path, trained: tuple[TrainOutcome, Path]
 ) -> None:
-    teacher = _train(ray_address, tmp_path, data=str(image_folder), epochs=6, name="kd", promote=True)
+    teacher, tmp_path = trained
     registry = ModelRegistry(tmp_path / "registry")
     # Weight 1: the labels play no part, so what the student gets right it learnt from the teacher.
     student = _train(
@@ -139,7 +149,7 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
         teacher=teacher.version.spec(registry.root).to_dict(),
         distill_weight=1.0,
     )
-    version = registry.get("kd", student.version.version)
+    version = registry.get("gate", student.version.version)
     assert (version.parent, version.optimization, version.arch) == (
         teacher.version.version,
         Optimization.DISTILL,
@@ -163,7 +173,7 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
         epochs=3,
         teacher=teacher.version.spec(registry.root).to_dict(),
     )
-    version = registry.get("kd", fine_tuned.version.version)
+    version = registry.get("gate", fine_tuned.version.version)
     assert (version.parent, version.optimization) == (teacher.version.version, Optimization.PRUNE)
     served = build_predictor(version.spec(registry.root), device="cpu").model
     source = build_predictor(teacher.version.spec(registry.root), device="cpu").model
