@@ -910,7 +910,9 @@ def train(
     _run_training(request, data, storage)
 
 
-def _train_derived(registry, ref: str, method, data: str, student: str | None, epochs: int | None, keep: float):  # type: ignore[no-untyped-def]
+def _train_derived(  # type: ignore[no-untyped-def]
+    registry, ref: str, method, data: str, student: str | None, epochs: int | None, keep: float
+):
     """``vlm optimize --method distill|prune``: a version trained on Ray Train against ``ref``."""
     import time
 
@@ -924,12 +926,10 @@ def _train_derived(registry, ref: str, method, data: str, student: str | None, e
         _task(source.task.value, student)
         start: dict[str, object] = {"arch": student}
     else:
-        pruned = (
-            _settings().registry_dir.parent
-            / "train"
-            / "pruned"
-            / f"{source.name}-v{source.version}-keep{keep}-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
-        )
+        # Beside Ray Train's checkpoints, which its workers read as well.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = _settings().registry_dir.parent / "train" / "pruned"
+        pruned = folder / f"{source.name}-v{source.version}-{stamp}.safetensors"
         console.print(f"pruning {source.ref} to {keep:.0%} of each layer's channels")
         pruned_start(registry, source.ref, keep, pruned)
         start = {"arch": source.arch, "init": str(pruned), "pruned": True, "input_size": source.input_size}
