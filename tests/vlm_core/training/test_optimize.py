@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from vlm_core.models import ModelSpec, Task, build_model
 from vlm_core.models.optimize import compress, finish, fit_to_state, prune_channels
 from vlm_core.models.spec import Optimization
 from vlm_core.models.zoo import get_architecture
-from vlm_core.registry import ModelRegistry
+from vlm_core.registry import ModelRegistry, ModelVersion
 from vlm_core.tasks import build_predictor
 from vlm_core.training.optimize import optimize_version, pruned_start
 
@@ -58,6 +59,27 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
         assert served.preprocess(images).inputs.dtype == method.dtype
 
 
+def _register(
+    registry: ModelRegistry,
+    task: Task,
+    arch: str,
+    state: dict[str, torch.Tensor],
+    classes: tuple[str, ...],
+    **extra: Any,
+) -> ModelVersion:
+    """Store ``state`` as a version of model "m" (the score does not matter here)."""
+    return registry.register(
+        "m",
+        task=task,
+        arch=arch,
+        class_names=classes,
+        state_dict=state,
+        metrics={"score": 0.5},
+        primary_metric="score",
+        **extra,
+    )
+
+
 def _quantized_convolutions(module: torch.nn.Module) -> int:
     """How many int8 convolutions a frozen TorchScript graph calls."""
     assert isinstance(module, torch.jit.ScriptModule)
@@ -71,14 +93,12 @@ def test_int8_runs_quantized_kernels_on_the_cpu_whatever_device_is_asked(tmp_pat
     model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=REGISTRY_CLASSES))
     compressed = compress(model.eval(), method, [torch.rand(4, 3, 64, 64) for _ in range(2)])
     registry = ModelRegistry(tmp_path / "registry")
-    version = registry.register(
-        "cls",
-        task=Task.CLASSIFICATION,
-        arch="mobilenet_v3_small",
-        class_names=REGISTRY_CLASSES,
-        state_dict=compressed.state_dict(),
-        metrics={"accuracy": 0.5},
-        primary_metric="accuracy",
+    version = _register(
+        registry,
+        Task.CLASSIFICATION,
+        "mobilenet_v3_small",
+        compressed.state_dict(),
+        REGISTRY_CLASSES,
         input_size=64,
         optimization=method,
     )
@@ -144,16 +164,7 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     parts = get_architecture(arch).traceable_parts
     compressed = compress(model.eval(), method, [frames[:2], frames[2:]], parts)
     registry = ModelRegistry(tmp_path / "registry")
-    version = registry.register(
-        "det",
-        task=Task.DETECTION,
-        arch=arch,
-        class_names=classes,
-        state_dict=compressed.state_dict(),
-        metrics={"map50": 0.0},
-        primary_metric="map50",
-        optimization=method,
-    )
+    version = _register(registry, Task.DETECTION, arch, compressed.state_dict(), classes, optimization=method)
     served = build_predictor(version.spec(registry.root, score_threshold=0.0), device="cpu").model
     kinds = {name: type(module) for name, module in served.named_modules()}
     if method is Optimization.INT8:
@@ -186,16 +197,8 @@ def test_a_pruned_version_loads_into_its_architecture_at_the_pruned_widths(
     pruned = prune_channels(model, 0.5, torch.rand(1, 3, side, side), outputs=len(REGISTRY_CLASSES))
     assert sum(p.numel() for p in pruned.parameters()) < 0.4 * full  # half the channels: about a quarter
     registry = ModelRegistry(tmp_path / "registry")
-    version = registry.register(
-        "m",
-        task=task,
-        arch=arch,
-        class_names=REGISTRY_CLASSES,
-        state_dict=pruned.state_dict(),
-        metrics={"score": 0.5},
-        primary_metric="score",
-        input_size=side,
-        optimization=Optimization.PRUNE,
+    version = _register(
+        registry, task, arch, pruned.state_dict(), REGISTRY_CLASSES, input_size=side, optimization=Optimization.PRUNE
     )
     served = build_predictor(version.spec(registry.root), device="cpu").model
     batch = torch.rand(3, 3, side, side)
@@ -225,17 +228,9 @@ def test_pruning_says_what_it_cannot_do(tmp_path: Path) -> None:
         fit_to_state(torch.nn.Sequential(Scaled()), narrower, "toy")
     registry = ModelRegistry(tmp_path / "registry")
     detector, _ = build_model(ModelSpec(Task.DETECTION, "fasterrcnn_mobilenet_v2", class_names=("a",)))
-    registry.register(
-        "det",
-        task=Task.DETECTION,
-        arch="fasterrcnn_mobilenet_v2",
-        class_names=("a",),
-        state_dict=detector.state_dict(),
-        metrics={"map50": 0.5},
-        primary_metric="map50",
-    )
+    _register(registry, Task.DETECTION, "fasterrcnn_mobilenet_v2", detector.state_dict(), ("a",))
     with pytest.raises(ConfigError, match="is a detection model") as refused:
-        pruned_start(registry, "det@1", 0.5, tmp_path / "pruned.safetensors")
+        pruned_start(registry, "m@1", 0.5, tmp_path / "pruned.safetensors")
     assert "int8-onednn" in refused.value.hint
     with pytest.raises(ConfigError, match="prune trains on Ray Train"):
         compress(model, Optimization.PRUNE, [torch.rand(1, 3, 32, 32)])
