@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -911,7 +911,7 @@ def train(
 
 
 def _train_derived(  # type: ignore[no-untyped-def]
-    registry, ref: str, method, data: str, student: str | None, epochs: int | None, keep: float
+    registry, ref: str, method, data: str, student: str | None, keep: float, training: dict[str, Any]
 ):
     """``vlm optimize --method distill|prune``: a version trained on Ray Train against ``ref``."""
     import time
@@ -934,7 +934,7 @@ def _train_derived(  # type: ignore[no-untyped-def]
         pruned_start(registry, source.ref, keep, pruned)
         start = {"arch": source.arch, "init": str(pruned), "pruned": True, "input_size": source.input_size}
     request = TrainRequest(
-        task=source.task, data=data_uri, epochs=epochs, teacher=_teacher_spec(source.ref, _settings()), **start
+        task=source.task, data=data_uri, teacher=_teacher_spec(source.ref, _settings()), **start, **training
     ).resolved()
     return _run_training(request, data, None)
 
@@ -1061,6 +1061,8 @@ def optimize(
         int | None, typer.Option(min=1, help="distill and prune: epochs on Ray Train (default: the data's recipe).")
     ] = None,
     keep: Annotated[float, typer.Option(help="prune: the share of each layer's channels kept.")] = 0.5,
+    workers: Annotated[int, typer.Option(min=1, help="distill and prune: Ray Train workers.")] = 2,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", min=0.1)] = 1.0,
 ) -> None:
     """A compressed registry version (parent: the source), with its accuracy against the
     source on the same held-out data and its speed-up measured here. Promote it with
@@ -1080,7 +1082,8 @@ def optimize(
         raise VlmError("--student goes with --method distill, and distill needs one", hint="see `vlm models archs`")
     registry = _registry()
     if method_enum.trains:
-        outcome = _train_derived(registry, model, method_enum, calibration, student, epochs, keep)
+        training = {"epochs": epochs, "workers": workers, "cpus_per_worker": cpus_per_worker}
+        outcome = _train_derived(registry, model, method_enum, calibration, student, keep, training)
         if json_out:
             version = outcome.version
             json_out.write_text(

@@ -3,8 +3,11 @@ distillation and a pruned fine-tune."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +23,6 @@ from vlm_core.datasets import load_fashion_mnist
 from vlm_core.models.spec import Optimization
 from vlm_core.registry import ModelRegistry, ModelStatus
 from vlm_core.tasks import build_predictor
-from vlm_core.training.optimize import pruned_start
 
 pytestmark = pytest.mark.integration
 
@@ -162,21 +164,22 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
     assert len(student.comparison.fps) == len(student.comparison.source_fps) == 3  # the timing passes
     assert version.metrics["speedup"] > 1.0, version.metrics  # a quarter of vgg6_bn against mobilenet_v2 at 64 px
 
-    pruned = pruned_start(registry, teacher.version.ref, 0.5, tmp_path / "train" / "pruned.safetensors")
-    fine_tuned = _train(
-        ray_address,
-        tmp_path,
-        data=str(image_folder),
-        arch=pruned.arch,
-        init=str(tmp_path / "train" / "pruned.safetensors"),
-        pruned=True,
-        epochs=3,
-        teacher=teacher.version.spec(registry.root).to_dict(),
-    )
-    version = registry.get("gate", fine_tuned.version.version)
+    # Pruning, as a user runs it: the CLI prunes, fine-tunes on the same Ray cluster, registers.
+    report = tmp_path / "prune.json"
+    cli = [
+        sys.executable, "-m", "services.cli", "optimize", "--model", teacher.version.ref, "--method", "prune",
+        "--keep", "0.5", "--epochs", "8", "--workers", "2", "--cpus-per-worker", "0.5",
+        "--calibration", str(image_folder), "--json", str(report),
+    ]  # fmt: skip
+    env = {**os.environ, "VLM_REGISTRY_DIR": str(registry.root), "RAY_ADDRESS": ray_address, "COLUMNS": "200"}
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(report.read_text())
+    version = registry.get("gate", int(doc["version"].split("@")[1]))
     assert (version.parent, version.optimization) == (teacher.version.version, Optimization.PRUNE)
+    assert doc["source"] == teacher.version.ref and len(doc["fps"]) == len(doc["source_fps"]) == 3
     served = build_predictor(version.spec(registry.root), device="cpu").model
     source = build_predictor(teacher.version.spec(registry.root), device="cpu").model
     assert sum(p.numel() for p in served.parameters()) < 0.4 * sum(p.numel() for p in source.parameters())
-    assert fine_tuned.metrics["accuracy"] > 0.3, fine_tuned.metrics
+    assert version.metrics["accuracy"] > 0.3, version.metrics
     assert version.metrics["speedup"] > 1.0, version.metrics
