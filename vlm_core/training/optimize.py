@@ -37,17 +37,27 @@ class OptimizeReport:
     version: ModelVersion
     method: Optimization
     data: str
-    source_metrics: dict[str, float]
     metrics: dict[str, float]
-    #: Frames per second of each timing pass, source and optimised alternately.
-    source_fps: tuple[float, ...]
-    fps: tuple[float, ...]
+    #: The source's scores, and both models' timing passes.
+    comparison: Comparison
     calibration_samples: int
     eval_samples: int
 
     @property
+    def source_metrics(self) -> dict[str, float]:
+        return self.comparison.source_metrics
+
+    @property
+    def source_fps(self) -> tuple[float, ...]:
+        return self.comparison.source_fps
+
+    @property
+    def fps(self) -> tuple[float, ...]:
+        return self.comparison.fps
+
+    @property
     def speedup(self) -> float:
-        return statistics.median(self.fps) / statistics.median(self.source_fps)
+        return self.comparison.speedup
 
     def to_json(self) -> dict[str, Any]:
         primary = self.source.primary_metric or get_profile(self.source.task).primary_metric
@@ -135,10 +145,8 @@ def optimize_version(
         version,
         method,
         data_uri,
-        comparison.source_metrics,
         optimized_eval.metrics,
-        comparison.source_fps,
-        comparison.fps,
+        comparison,
         count,
         optimized_eval.samples,
     )
@@ -193,15 +201,18 @@ class Comparison:
     source_fps: tuple[float, ...]
     fps: tuple[float, ...]
 
+    @property
+    def speedup(self) -> float:
+        return statistics.median(self.fps) / statistics.median(self.source_fps)
+
     def version_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """What the derived version records: its own metrics, the source's, and the speed-up."""
-        fps, source_fps = statistics.median(self.fps), statistics.median(self.source_fps)
         return {
             **metrics,
             **{f"source_{k}": v for k, v in self.source_metrics.items()},
-            "fps": fps,
-            "source_fps": source_fps,
-            "speedup": fps / source_fps,
+            "fps": statistics.median(self.fps),
+            "source_fps": statistics.median(self.source_fps),
+            "speedup": self.speedup,
         }
 
 
