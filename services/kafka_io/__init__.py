@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (
     AuthorizationError,
+    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
@@ -30,6 +31,8 @@ from vlm_core.errors import InfrastructureError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 BOOTSTRAP_TIMEOUT_MS = 10000
+#: What kafka-python's connection error says when the peer closed an established connection.
+HANG_UP = "socket disconnected"
 
 _T = TypeVar("_T")
 
@@ -59,11 +62,17 @@ def security_options(environ: Mapping[str, str] | None = None) -> dict[str, str]
 
 class _RefusalLog(logging.Handler):
     """Keeps the first authentication or TLS failure kafka-python logs while it bootstraps:
-    it retries those until its deadline and then reports only a timeout."""
+    it retries those until its deadline and then reports only a timeout.
+
+    kafka-python 3.0 drops the bytes it read together with the end of the stream, so when a
+    broker's refusal and its hang-up arrive in one read (more likely the busier the client
+    is) the refusal is lost and only "socket disconnected" is logged. A hang-up after the
+    TLS handshake is counted too: over SASL it means the broker refused the user."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.refusal: BaseException | None = None
+        self.hang_ups = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -71,6 +80,8 @@ class _RefusalLog(logging.Handler):
         for arg in args:
             if self.refusal is None and isinstance(arg, refusals):
                 self.refusal = arg
+            elif isinstance(arg, KafkaConnectionError) and str(arg).endswith(HANG_UP):
+                self.hang_ups += 1
 
 
 @contextlib.contextmanager
@@ -98,11 +109,17 @@ def _connect(factory: Callable[..., _T], bootstrap: str, **config: Any) -> _T:
             f"the TLS handshake with Kafka at {bootstrap} failed: {watcher.refusal}",
             hint="VLM_KAFKA_SSL_CAFILE must name the CA that signed the broker's certificate",
         )
-    if watcher.refusal is not None:
+    sasl = str(config.get("security_protocol", "")).startswith("SASL")
+    if watcher.refusal is not None or (sasl and watcher.hang_ups):
         user = config.get("sasl_plain_username", "(no user)")
+        reason = (
+            str(watcher.refusal).rsplit(": ", 1)[-1].strip()
+            if watcher.refusal is not None
+            else "it closed the connection while authenticating"
+        )
         raise InfrastructureError(
             f"Kafka at {bootstrap} refused user {user!r} ({config.get('sasl_mechanism', 'no SASL mechanism')}): "
-            f"{str(watcher.refusal).rsplit(': ', 1)[-1].strip()}",
+            f"{reason}",
             hint="check VLM_KAFKA_SASL_USERNAME and VLM_KAFKA_SASL_PASSWORD (a local secure stack keeps them in "
             "<state dir>/kafka-security/<principal>.env)",
         )
