@@ -33,7 +33,7 @@ from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
-from vlm_core.models.spec import ModelSpec
+from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.pipeline import Delivery, ModelInput, model_pipeline_args
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
@@ -76,6 +76,8 @@ class BenchReport:
     cameras: int = 2
     #: What the processor sent the model replica: pixels or checked encoded frames.
     model_input: str = ModelInput.DECODED.value
+    #: How the model ran on the CPU, in the raw loop and in the replica (eager or frozen).
+    graph: str = Graph.FROZEN.value
     #: The paced stream's rate as a fraction of the measured pipeline rate.
     latency_load: float = LATENCY_LOAD
     #: CPU milliseconds per frame by process: ingest (its own stage), then during the
@@ -147,7 +149,7 @@ def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
     return [videos[i % 2].next().image for i in range(count)]
 
 
-def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> float:
+def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int, graph: Graph = Graph.FROZEN) -> float:
     import cv2
     import torch
 
@@ -156,7 +158,7 @@ def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int) -> f
     # The model replica's budget: one torch thread, OpenCV single-threaded.
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    predictor = build_predictor(spec)
+    predictor = build_predictor(spec, graph=graph)
     predictor.warmup(batch_size, images[0].shape[:2])
     return predictor.throughput(images, batch_size)
 
@@ -176,6 +178,7 @@ def run_pipeline_bench(
     tracking: bool = False,
     delivery: Delivery = Delivery.AT_LEAST_ONCE,
     model_input: ModelInput = ModelInput.DECODED,
+    graph: Graph = Graph.FROZEN,
     raw_fps: float | None = None,
     settings: LocalSettings,
     progress: Any = print,
@@ -199,10 +202,10 @@ def run_pipeline_bench(
     spec = bench_spec(task, arch)
     batch_size = batch_size or get_profile(task).defaults.bench_batch_size
     if raw_fps is None:
-        progress(f"raw model: {spec.arch}, batch {batch_size}, 1 torch thread, {frames} frames")
+        progress(f"raw model: {spec.arch} ({graph.value}), batch {batch_size}, 1 torch thread, {frames} frames")
         images = synthetic_frames(min(frames, 400), width, height)
         images = (images * (frames // len(images) + 1))[:frames]
-        raw_fps = measure_raw(spec, images, batch_size)
+        raw_fps = measure_raw(spec, images, batch_size, graph)
         progress(f"raw: {raw_fps:.1f} fps")
 
     LocalStack(settings).up(["kafka", "ray"])
@@ -225,6 +228,7 @@ def run_pipeline_bench(
                 "num_cpus": 0.5,
                 "max_ongoing_requests": 8,
                 "torch_threads": 1,
+                "graph": graph.value,
             },
         },
         processor={
@@ -353,6 +357,7 @@ def run_pipeline_bench(
         tracked_per_frame=tracked_per_frame,
         cameras=cameras,
         model_input=model_input.value,
+        graph=graph.value,
         latency_load=latency_load,
         cpu_ms_per_frame=cpu_ms,
         stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},

@@ -17,7 +17,7 @@ from vlm_core.config import LocalSettings, Topics
 from vlm_core.contracts.frame import FrameLimits
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError, first_error
-from vlm_core.models.spec import ModelSpec
+from vlm_core.models.spec import Graph, ModelSpec
 
 
 class DropPolicy(str, enum.Enum):
@@ -241,6 +241,9 @@ class DeploymentSettings(_Strict):
     num_gpus: float | str = "auto"
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
     torch_threads: int = Field(default=1, ge=1)
+    #: How a float32 model runs on a CPU replica: ``frozen`` (TorchScript's inference
+    #: passes at load) or ``eager``; see :class:`vlm_core.models.spec.Graph`.
+    graph: Graph = Graph.FROZEN
     #: Custom Ray resources each replica needs: places it on the nodes that offer them.
     ray_resources: dict[str, float] = Field(default_factory=dict)
 

@@ -392,12 +392,17 @@ def bench_pipeline(
         str,
         typer.Option("--model-input", help="What the processor sends the model replica: decoded or encoded frames."),
     ] = "decoded",
+    graph: Annotated[
+        str,
+        typer.Option("--graph", help="How a float model runs on the CPU, raw and in the replica: frozen or eager."),
+    ] = "frozen",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
     alternately: medians with the spread, CPU milliseconds per frame by process."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
     from services.bench import parse_frame_size, run_repeated, write_outputs
+    from vlm_core.models.spec import Graph
     from vlm_core.pipeline import ModelInput
 
     task_enum = _task(task, model)
@@ -406,6 +411,10 @@ def bench_pipeline(
         model_input_enum = ModelInput(model_input)
     except ValueError:
         raise VlmError(f"--model-input {model_input!r} is not offered", hint="use decoded or encoded") from None
+    try:
+        graph_enum = Graph(graph)
+    except ValueError:
+        raise VlmError(f"--graph {graph!r} is not offered", hint="use frozen or eager") from None
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
     bench, latencies = run_repeated(
         repeat,
@@ -421,6 +430,7 @@ def bench_pipeline(
         inflight=inflight,
         tracking=tracking,
         model_input=model_input_enum,
+        graph=graph_enum,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,

@@ -59,6 +59,7 @@ class ModelServer:
         settings = settings or DeploymentSettings()
         torch.set_num_threads(settings.torch_threads)
         cv2.setNumThreads(1)
+        self.graph = settings.graph
         self._loads = ray_metrics.Counter(m.MODEL_LOADS.name, m.MODEL_LOADS.description, tag_keys=m.MODEL_LOADS.tags)
         self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
         self.last_error = ""
@@ -82,7 +83,7 @@ class ModelServer:
     def _load(self, spec: ModelSpec) -> Predictor:
         start = time.perf_counter()
         try:
-            predictor = build_predictor(spec)
+            predictor = build_predictor(spec, graph=self.graph)
             predictor.warmup()
         except Exception:
             self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})

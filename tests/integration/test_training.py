@@ -178,8 +178,8 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
     version = registry.get("gate", int(doc["version"].split("@")[1]))
     assert (version.parent, version.optimization) == (teacher.version.version, Optimization.PRUNE)
     assert doc["source"] == teacher.version.ref and len(doc["fps"]) == len(doc["source_fps"]) == 3
-    served = build_predictor(version.spec(registry.root), device="cpu").model
-    source = build_predictor(teacher.version.spec(registry.root), device="cpu").model
+    served = build_predictor(version.spec(registry.root), device="cpu").network
+    source = build_predictor(teacher.version.spec(registry.root), device="cpu").network
     assert sum(p.numel() for p in served.parameters()) < 0.4 * sum(p.numel() for p in source.parameters())
     assert version.metrics["accuracy"] > 0.3, version.metrics
     assert version.metrics["speedup"] > 1.0, version.metrics

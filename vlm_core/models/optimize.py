@@ -126,16 +126,42 @@ def finish(model: nn.Module, method: Optimization, example: ModelInput, parts: t
                 raise TypeError(f"int8 finishes a model prepared by restructure(), not a {type(prepared).__name__}")
             with _quiet_deprecations():
                 model = _replace(model, part, convert_fx(prepared))
-        with torch.no_grad(), _quiet_deprecations():
-            for part, args in zip(parts, _part_inputs(model, parts, example), strict=True):
-                # A detector's backbone returns a dict of feature maps: strict=False lets it.
-                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    model.get_submodule(part), args, strict=False, check_trace=False
-                )
-                model = _replace(model, part, torch.jit.freeze(traced))
+        model = _trace_parts(model, parts, example, torch.jit.freeze)
     elif method.dtype is not None:
         # oneDNN's bfloat16 and float16 convolutions (and cuDNN's) want channels-last.
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def freeze_for_inference(model: nn.Module, example: ModelInput, parts: tuple[str, ...] = WHOLE) -> nn.Module:
+    """A float32 CPU model with each of ``parts`` traced and frozen by TorchScript's
+    inference passes (see :class:`~vlm_core.models.spec.Graph`); the rest runs as it is.
+    ``model`` itself is left as it is: a copy has its parts replaced.
+
+    Raises ``TracerWarning`` where a part's trace would bake in a value computed from its
+    example (Python control flow on tensor data), which would not hold for other inputs."""
+    model = model.eval() if parts == WHOLE else copy.deepcopy(model).eval()
+    return _trace_parts(model, parts, example, torch.jit.optimize_for_inference, exact=True)
+
+
+def _trace_parts(
+    model: nn.Module,
+    parts: tuple[str, ...],
+    example: ModelInput,
+    freeze: Callable[[Any], Any],
+    exact: bool = False,
+) -> nn.Module:
+    """Each part traced on what it receives when ``model`` runs ``example``, then frozen;
+    ``exact``: a TracerWarning raises."""
+    with torch.no_grad(), _quiet_deprecations():
+        if exact:
+            warnings.simplefilter("error", TracerWarning)
+        for part, args in zip(parts, _part_inputs(model, parts, example), strict=True):
+            # A detector's backbone returns a dict of feature maps: strict=False lets it.
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                model.get_submodule(part), args, strict=False, check_trace=False
+            )
+            model = _replace(model, part, freeze(traced))
     return model
 
 

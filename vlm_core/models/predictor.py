@@ -8,6 +8,7 @@ next batch while the model runs the current one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ import torch
 
 from vlm_core.contracts.result import ModelRef, TaskOutput
 from vlm_core.contracts.task import Task
-from vlm_core.models.optimize import runs_on
-from vlm_core.models.spec import ModelSpec
-from vlm_core.models.zoo import build_model, default_device
+from vlm_core.models.optimize import freeze_for_inference, runs_on
+from vlm_core.models.spec import Graph, ModelSpec
+from vlm_core.models.zoo import build_model, default_device, get_architecture
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +63,7 @@ class Predictor:
     #: On CUDA: half precision and channels-last memory.
     cuda_fast_path: bool = True
 
-    def __init__(self, spec: ModelSpec, device: torch.device | str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, device: torch.device | str | None = None, graph: Graph = Graph.FROZEN) -> None:
         self.spec = spec
         self.device = runs_on(spec.optimization, torch.device(device) if device is not None else default_device())
         model, class_names = build_model(spec)
@@ -73,9 +76,28 @@ class Predictor:
         model.eval().to(self.device)
         if half:
             model = model.to(memory_format=torch.channels_last).half()
-        self.model = model
+        #: The network as built, with its parameters (what ``model`` was made from).
+        self.network: torch.nn.Module = model
+        quantized = spec.optimization is not None and spec.optimization.quantized_engine is not None
+        #: How a float32 network runs on the CPU (an int8 version is always frozen).
+        self.graph = graph if self.device.type == "cpu" and self.dtype == torch.float32 and not quantized else None
+        #: What runs the forward pass.
+        self.model: torch.nn.Module = self._frozen(model) if self.graph is Graph.FROZEN else model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def _frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        arch = get_architecture(self.spec.arch)
+        example = arch.example_input(self.input_size or 224)
+        try:
+            return freeze_for_inference(model, example, arch.traceable_parts)
+        except Exception as exc:  # a network TorchScript cannot trace still serves, as built
+            # A TracerWarning raised inside torch's C++ surfaces as the context of a SystemError.
+            cause = exc.__cause__ or exc.__context__ or exc
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            log.warning("%s runs eagerly: tracing it failed (%s: %s)", self.spec.arch, type(cause).__name__, first)
+            self.graph = Graph.EAGER
+            return model
 
     @property
     def model_ref(self) -> ModelRef:

@@ -71,6 +71,17 @@ class Optimization(str, enum.Enum):
         return {Optimization.INT8: "x86", Optimization.INT8_ONEDNN: "onednn"}.get(self)
 
 
+class Graph(str, enum.Enum):
+    """How a Predictor runs a float32 network on the CPU."""
+
+    #: Module by module, as built (PyTorch's eager mode).
+    EAGER = "eager"
+    #: Traced and frozen with TorchScript's inference passes at load: batch norms folded,
+    #: oneDNN convolutions with weights packed once, and no Python dispatch (nor the GIL)
+    #: between operations. The outputs are the eager network's to float rounding.
+    FROZEN = "frozen"
+
+
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k labels, from torchvision's weights metadata (no download)."""
     from torchvision.models import MobileNet_V2_Weights

@@ -13,7 +13,7 @@ from vlm_core.contracts.result import register_output
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.predictor import Predictor
-from vlm_core.models.spec import ModelSpec
+from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.tasks.base import (
     Distillation,
     Scorer,
@@ -49,9 +49,11 @@ def profiles() -> list[TaskProfile]:
     return list(_PROFILES.values())
 
 
-def build_predictor(spec: ModelSpec, device: torch.device | str | None = None) -> Predictor:
+def build_predictor(
+    spec: ModelSpec, device: torch.device | str | None = None, graph: Graph = Graph.FROZEN
+) -> Predictor:
     """The one way to get a Predictor: from a ModelSpec, through its task's profile."""
-    return get_profile(spec.task).predictor(spec, device)
+    return get_profile(spec.task).predictor(spec, device, graph)
 
 
 for _profile in (ClassificationProfile(), DetectionProfile(), SegmentationProfile()):

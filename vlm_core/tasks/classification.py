@@ -24,7 +24,7 @@ from vlm_core.models.predictor import (
     image_sizes,
     resize_center_crop,
 )
-from vlm_core.models.spec import ModelSpec
+from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.models.zoo import get_architecture
 from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
@@ -33,8 +33,10 @@ class ClassificationPredictor(Predictor):
     task = Task.CLASSIFICATION
     default_input_size = 224
 
-    def __init__(self, spec: ModelSpec, device: torch.device | str | None = None) -> None:
-        super().__init__(spec, device)
+    def __init__(
+        self, spec: ModelSpec, device: torch.device | str | None = None, graph: Graph = Graph.FROZEN
+    ) -> None:
+        super().__init__(spec, device, graph)
         self.crop_fraction = get_architecture(spec.arch).crop_fraction
 
     def decode_short_side(self) -> int:

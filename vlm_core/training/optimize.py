@@ -108,7 +108,7 @@ def optimize_version(
     progress(f"calibrating {method.value} on {count} held-out training samples of {data_uri}")
     calibration = _model_inputs(reference, [data.validation[i].image for i in range(count)], batch_size)
     parts = get_architecture(source.arch).traceable_parts
-    compressed = compress(reference.model, method, calibration, parts, source.arch)
+    compressed = compress(reference.network, method, calibration, parts, source.arch)
     with tempfile.TemporaryDirectory(prefix="vlm-optimize-") as tmp:
         weights = Path(tmp) / "model.safetensors"
         save_state_dict(compressed.state_dict(), weights)

@@ -55,3 +55,62 @@ def test_a_frame_decoded_smaller_keeps_its_own_size_in_the_outputs(task: Task, a
         assert left.label == "a" and 0.5 <= left.pixel_fraction <= 0.5 + 32 / 1280
         mask = left.mask.decode()  # the edge is bilinear: within one model pixel (32 px) of the middle
         assert mask[:, :640].all() and not mask[:, 640 + 32 :].any()
+
+
+@pytest.mark.parametrize(
+    ("task", "arch"),
+    [
+        (Task.CLASSIFICATION, "mobilenet_v3_small"),
+        (Task.CLASSIFICATION, "vgg6_bn"),
+        (Task.DETECTION, "ssdlite320_mobilenet_v3_large"),
+        (Task.DETECTION, "fasterrcnn_mobilenet_v3_large_320_fpn"),
+        (Task.SEGMENTATION, "lraspp_mobilenet_v3_large"),
+    ],
+)
+def test_the_frozen_graph_computes_what_the_network_does_at_any_batch_and_frame_size(task: Task, arch: str) -> None:
+    from vlm_core.models.spec import Graph
+
+    torch.manual_seed(0)
+    names = ("background", "a", "b") if task is Task.SEGMENTATION else ("a", "b")
+    frozen = build_predictor(ModelSpec(task, arch, class_names=names), device="cpu")
+    eager = build_predictor(ModelSpec(task, arch, class_names=names), device="cpu", graph=Graph.EAGER)
+    assert frozen.graph is Graph.FROZEN and eager.graph is Graph.EAGER
+    assert isinstance(frozen.model, torch.jit.ScriptModule) or isinstance(
+        frozen.model.get_submodule("backbone"), torch.jit.ScriptModule
+    )
+    # The network as built is untouched, and the two predictors share its weights.
+    assert frozen.network is eager.network is eager.model
+    assert not any(isinstance(m, torch.jit.ScriptModule) for m in eager.network.modules())
+    rng = np.random.default_rng(1)
+    for sizes in (((240, 320),), ((720, 1280), (100, 60), (240, 320))):
+        batch = eager.preprocess([rng.integers(0, 255, (*size, 3), dtype=np.uint8) for size in sizes])
+        with torch.inference_mode():
+            if task is Task.DETECTION:  # the detector's own resize and NMS are not traced
+                images = [torch.rand(3, h, w) for h, w in ((320, 320), (320, 480))]
+                want = [eager.network.backbone(i[None]) for i in images]
+                got = [frozen.model.backbone(i[None]) for i in images]
+                pairs = [(w[k], g[k]) for w, g in zip(want, got, strict=True) for k in w]
+            else:
+                want, got = eager.model(batch.inputs), frozen.model(batch.inputs)
+                pairs = [(want["out"], got["out"])] if task is Task.SEGMENTATION else [(want, got)]
+        for w, g in pairs:
+            assert w.shape == g.shape
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+        assert eager.infer(batch) is not None and len(frozen.infer(batch)) == len(batch)
+
+
+def test_a_network_whose_trace_would_not_hold_runs_eagerly(caplog: pytest.LogCaptureFixture) -> None:
+    from torch import nn
+
+    from vlm_core.models.spec import Graph
+
+    class DataDependent(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if bool(x.sum() > 0) else x  # a Python branch on the data
+
+    predictor = build_predictor(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=("a",)), "cpu")
+    network = DataDependent()
+    assert predictor._frozen(network) is network
+    assert predictor.graph is Graph.EAGER
+    assert "mobilenet_v3_small runs eagerly: tracing it failed" in caplog.text
+    assert "Converting a tensor to a Python boolean" in caplog.text

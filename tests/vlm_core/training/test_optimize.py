@@ -55,7 +55,7 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
     tolerance = 1e-4 if method is Optimization.FOLD_BN else 0.1  # folding keeps the function
     assert np.allclose(served_scores, source_scores, atol=tolerance)
     if method.dtype is not None:  # computes in that precision, fed batches of it
-        assert {p.dtype for p in served.model.parameters()} == {method.dtype}
+        assert {p.dtype for p in served.network.parameters()} == {method.dtype}
         assert served.preprocess(images).inputs.dtype == method.dtype
 
 
@@ -165,7 +165,7 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     compressed = compress(model.eval(), method, [frames[:2], frames[2:]], parts)
     registry = ModelRegistry(tmp_path / "registry")
     version = _register(registry, Task.DETECTION, arch, compressed.state_dict(), classes, optimization=method)
-    served = build_predictor(version.spec(registry.root, score_threshold=0.0), device="cpu").model
+    served = build_predictor(version.spec(registry.root, score_threshold=0.0), device="cpu").network
     kinds = {name: type(module) for name, module in served.named_modules()}
     if method is Optimization.INT8:
         assert _quantized_convolutions(served.backbone) > 0
@@ -200,7 +200,7 @@ def test_a_pruned_version_loads_into_its_architecture_at_the_pruned_widths(
     version = _register(
         registry, task, arch, pruned.state_dict(), REGISTRY_CLASSES, input_size=side, optimization=Optimization.PRUNE
     )
-    served = build_predictor(version.spec(registry.root), device="cpu").model
+    served = build_predictor(version.spec(registry.root), device="cpu").network
     batch = torch.rand(3, 3, side, side)
     with torch.no_grad():
         got, made = served(batch), pruned.eval()(batch)
@@ -256,5 +256,5 @@ def test_a_distilled_student_is_compressed_like_a_trained_model(tmp_path: Path, 
         registry, distilled.ref, Optimization.INT8, folder, calibration_samples=8, timing_frames=16, timing_passes=1
     )
     assert (report.version.parent, report.version.arch) == (distilled.version, "vgg6_bn_slim")
-    served = build_predictor(report.version.spec(registry.root), device="cpu").model
+    served = build_predictor(report.version.spec(registry.root), device="cpu").network
     assert _quantized_convolutions(served) == 6
