@@ -33,9 +33,7 @@ class ClassificationPredictor(Predictor):
     task = Task.CLASSIFICATION
     default_input_size = 224
 
-    def __init__(
-        self, spec: ModelSpec, device: torch.device | str | None = None, graph: Graph = Graph.FROZEN
-    ) -> None:
+    def __init__(self, spec: ModelSpec, device: torch.device | str | None = None, graph: Graph = Graph.FROZEN) -> None:
         super().__init__(spec, device, graph)
         self.crop_fraction = get_architecture(spec.arch).crop_fraction
 
