@@ -277,6 +277,12 @@ class ProcessorSettings(_Strict):
     transaction_timeout_ms: int = Field(default=20_000, ge=1_000, le=900_000)
     batch_size: int = Field(default=8, ge=1, le=1024)
     poll_timeout_ms: int = Field(default=100, ge=1)
+    #: How long the broker holds a fetch of the frames topic that finds no new frames.
+    #: One fetch is in flight per broker, so a busy partition's next fetch waits behind
+    #: one of idle partitions: short keeps latency low when cameras' rates differ (Kafka's
+    #: default of 500 ms added about 300 ms), at the cost of a fetch request this often
+    #: while the topic is idle.
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
     max_inflight_batches: int = Field(default=2, ge=1, le=16)
     #: What the processor sends the model replicas: pixels, or the checked encoded frame.
     model_input: ModelInput = ModelInput.DECODED

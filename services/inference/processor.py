@@ -128,7 +128,11 @@ class StreamProcessorReplica:
                         cfg.bootstrap, cfg.topics.tracks_state, cfg.topics.frames, producer
                     )
                 consumer = KafkaFrameConsumer(
-                    cfg.bootstrap, cfg.topics.frames, cfg.processor.group_id, on_revoke=self._drain
+                    cfg.bootstrap,
+                    cfg.topics.frames,
+                    cfg.processor.group_id,
+                    on_revoke=self._drain,
+                    fetch_max_wait_ms=cfg.processor.fetch_max_wait_ms,
                 )
                 self.processor = StreamProcessor.from_settings(
                     consumer,

@@ -20,6 +20,7 @@ log = logging.getLogger("ray.serve")
 
 MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
+FETCH_MAX_WAIT_MS = 20
 #: A member that has not finished joining its group after this long is recreated.
 JOIN_STALL_S = 60.0
 
@@ -70,7 +71,14 @@ def _log_failed_commit(offsets: Any, response: Any) -> None:
 
 
 class KafkaFrameConsumer:
-    def __init__(self, bootstrap: str, topic: str, group_id: str, on_revoke: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        on_revoke: Callable[[], None],
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+    ) -> None:
         self.topic = topic
         self._next_offset: dict[tuple[str, int], int] = {}
         self._joining_since: float | None = None
@@ -83,6 +91,11 @@ class KafkaFrameConsumer:
             # A topic created moments ago may be missing from the first metadata; without a
             # short refresh the group would sit on an empty assignment for minutes.
             metadata_max_age_ms=5000,
+            # kafka-python has one fetch in flight per broker. A fetch for partitions with no
+            # new frames waits this long at the broker, and the next fetch of a busy
+            # partition waits behind it: with Kafka's 500 ms, a paced camera's frames
+            # queued about 300 ms more (see ProcessorSettings.fetch_max_wait_ms).
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         # No partitions_for_topic() check before subscribing: it loads every topic's
         # metadata, the group leader's first assignment then sees the metadata narrow to
