@@ -8,8 +8,9 @@
    produced (steady state, like the raw loop after warm-up).
 3. latency: a second stream, paced at a fraction of the measured pipeline rate
    (``--latency-load``, half by default on the command line), gives end-to-end latency
-   (capture to result produced) without a backlog. Its camera runs in this process while
-   the pipeline runs, so on two cores it takes CPU from the pipeline.
+   (capture to result produced) without a backlog. Its frames are rendered and encoded
+   before the stage and only sent at the pace (:class:`PacedCamera`), as a camera that
+   encodes on its own hardware would; the capture time is stamped as each is sent.
 
 Where the time goes: CPU milliseconds per frame of every process (``/proc/<pid>/stat``),
 and wall and CPU milliseconds per frame of each stage inside the processor and the model
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vlm_core.config import LocalSettings
+from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
@@ -307,20 +310,8 @@ def run_pipeline_bench(
         if latency_seconds > 0:
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
-            paced = IngestRunner(
-                [
-                    CameraConfig(
-                        "bench-latency",
-                        f"synthetic://?seed=7&width={width}&height={height}",
-                        fps=rate,
-                        max_width=None,
-                        max_frames=n,
-                    )
-                ],
-                settings.bootstrap_servers,
-                topics.frames,
-            )
-            paced.start()
+            paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
+            paced.start(settings.bootstrap_servers, topics.frames)
             later = _collect(settings.bootstrap_servers, topics.results, total + n)
             paced.stop()
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
@@ -366,6 +357,67 @@ def run_pipeline_bench(
         command=command,
     )
     return report, latencies
+
+
+class PacedCamera:
+    """The latency stage's camera: frames rendered and JPEG-encoded before the stage, then
+    sent at ``rate`` frames a second, each stamped with its capture time as it is sent.
+
+    A camera encodes on its own hardware; rendering and encoding here, on the cores the
+    pipeline runs on, would charge the camera's work to the pipeline's latency (as the
+    throughput stage runs ingest before the pipeline for the same reason)."""
+
+    def __init__(self, frames: list[Frame], rate: float) -> None:
+        self.frames = frames
+        self.rate = rate
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @classmethod
+    def render(cls, camera_id: str, uri: str, count: int, rate: float) -> PacedCamera:
+        from vlm_core.sources import open_source
+
+        source = open_source(uri)
+        source.open()
+        try:
+            frames = []
+            for seq in range(count):
+                image = source.read()
+                if image is None:
+                    raise ConfigError(f"{uri} ended after {seq} frames; the latency stage needs {count}")
+                frames.append(Frame.from_image(image, camera_id=camera_id, seq=seq, capture_ts_ms=0))
+        finally:
+            source.close()
+        return cls(frames, rate)
+
+    def start(self, bootstrap: str, topic: str) -> None:
+        from services import kafka_io
+
+        producer = kafka_io.producer(bootstrap, linger_ms=0)
+
+        def send() -> None:
+            start = time.monotonic()
+            try:
+                for i, frame in enumerate(self.frames):
+                    if self._stop.wait(max(0.0, start + i / self.rate - time.monotonic())):
+                        break
+                    kafka_io.send_frame(producer, topic, replace(frame, capture_ts_ms=int(time.time() * 1000)))
+                producer.flush()
+            except BaseException as exc:  # reported by stop(), on the bench's thread
+                self.error = exc
+            finally:
+                producer.close()
+
+        self._thread = threading.Thread(target=send, name="paced-camera", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _stage_snapshot(app: str, task: Task) -> tuple[int, dict[str, StageTotals]]:
