@@ -37,7 +37,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
-from vlm_core.pipeline import Delivery, ModelInput, model_pipeline_args
+from vlm_core.pipeline import Delivery, ModelInput, ProcessorSettings, model_pipeline_args
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
 
@@ -81,12 +81,16 @@ class BenchReport:
     model_input: str = ModelInput.DECODED.value
     #: How the model ran on the CPU, in the raw loop and in the replica (eager or frozen).
     graph: str = Graph.FROZEN.value
+    #: How long the processor's fetch of the frames topic waited at the broker when empty.
+    fetch_max_wait_ms: int = ProcessorSettings().fetch_max_wait_ms
     #: The paced stream's rate as a fraction of the measured pipeline rate.
     latency_load: float = LATENCY_LOAD
     #: CPU milliseconds per frame by process: ingest (its own stage), then during the
     #: pipeline stage the broker(s), the processor replica, the model replica, the rest of
     #: Ray (daemons, Serve's controller), and this process reading the results.
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: The same while the paced stream ran (its sender is in this process's figure).
+    latency_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     #: Milliseconds per frame by stage inside the processor (``processor.decode``) and the
     #: model replica (``model.infer``) while the pipeline drained the frames topic: the
     #: stage's own thread's CPU time, and its wall time (waits included).
@@ -182,6 +186,7 @@ def run_pipeline_bench(
     delivery: Delivery = Delivery.AT_LEAST_ONCE,
     model_input: ModelInput = ModelInput.DECODED,
     graph: Graph = Graph.FROZEN,
+    fetch_max_wait_ms: int | None = None,
     raw_fps: float | None = None,
     settings: LocalSettings,
     progress: Any = print,
@@ -242,6 +247,7 @@ def run_pipeline_bench(
             "num_cpus": 0.25,
             "delivery": delivery.value,
             "model_input": model_input.value,
+            **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms is not None else {}),
         },
         cameras=cameras_config,
     )
@@ -307,13 +313,17 @@ def run_pipeline_bench(
         rate = max(1.0, pipeline_fps * latency_load)
         latencies: list[float] = []
         breakdown: dict[str, float] = {}
+        latency_cpu_ms: dict[str, float] = {}
         if latency_seconds > 0:
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
+            paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
+            paced_cpu.start()
             paced.start(settings.bootstrap_servers, topics.frames)
             later = _collect(settings.bootstrap_servers, topics.results, total + n)
             paced.stop()
+            latency_cpu_ms = paced_cpu.stop(n)
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
             latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
             # Where the time goes, from each result's timing_ms (queue = capture to dequeue).
@@ -349,8 +359,10 @@ def run_pipeline_bench(
         cameras=cameras,
         model_input=model_input.value,
         graph=graph.value,
+        fetch_max_wait_ms=fetch_max_wait_ms or ProcessorSettings().fetch_max_wait_ms,
         latency_load=latency_load,
         cpu_ms_per_frame=cpu_ms,
+        latency_cpu_ms_per_frame=latency_cpu_ms,
         stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},
         stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in by_stage.items()},
         processor_peak_rss_mb=round(stats.peak_rss_mb, 1),

@@ -282,7 +282,7 @@ class ProcessorSettings(_Strict):
     #: one of idle partitions: short keeps latency low when cameras' rates differ (Kafka's
     #: default of 500 ms added about 300 ms), at the cost of a fetch request this often
     #: while the topic is idle.
-    fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=500)
     max_inflight_batches: int = Field(default=2, ge=1, le=16)
     #: What the processor sends the model replicas: pixels, or the checked encoded frame.
     model_input: ModelInput = ModelInput.DECODED

@@ -396,6 +396,12 @@ def bench_pipeline(
         str,
         typer.Option("--graph", help="How a float model runs on the CPU, raw and in the replica: frozen or eager."),
     ] = "frozen",
+    fetch_max_wait_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--fetch-max-wait-ms", min=1, max=500, help="The processor's fetch_max_wait_ms (default: its own)."
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
@@ -431,6 +437,7 @@ def bench_pipeline(
         tracking=tracking,
         model_input=model_input_enum,
         graph=graph_enum,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,

@@ -20,7 +20,7 @@ log = logging.getLogger("ray.serve")
 
 MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
-FETCH_MAX_WAIT_MS = 20
+FETCH_MAX_WAIT_MS = 50
 #: A member that has not finished joining its group after this long is recreated.
 JOIN_STALL_S = 60.0
 
