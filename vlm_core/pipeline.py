@@ -280,7 +280,7 @@ class ProcessorSettings(_Strict):
     #: How long the broker holds a fetch of the frames topic that finds no new frames.
     #: One fetch is in flight per broker, so a busy partition's next fetch waits behind
     #: one of idle partitions: short keeps latency low when cameras' rates differ (Kafka's
-    #: default of 500 ms added about 300 ms), at the cost of a fetch request this often
+    #: default of 500 ms added about 340 ms), at the cost of a fetch request this often
     #: while the topic is idle.
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=500)
     max_inflight_batches: int = Field(default=2, ge=1, le=16)

@@ -94,7 +94,7 @@ class KafkaFrameConsumer:
             # kafka-python has one fetch in flight per broker. A fetch for partitions with no
             # new frames waits this long at the broker, and the next fetch of a busy
             # partition waits behind it: with Kafka's 500 ms, a paced camera's frames
-            # queued about 300 ms more (see ProcessorSettings.fetch_max_wait_ms).
+            # queued about 340 ms more (see ProcessorSettings.fetch_max_wait_ms).
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         # No partitions_for_topic() check before subscribing: it loads every topic's

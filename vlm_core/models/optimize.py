@@ -138,8 +138,9 @@ def freeze_for_inference(model: nn.Module, example: ModelInput, parts: tuple[str
     inference passes (see :class:`~vlm_core.models.spec.Graph`); the rest runs as it is.
     ``model`` itself is left as it is: a copy has its parts replaced.
 
-    Raises ``TracerWarning`` where a part's trace would bake in a value computed from its
-    example (Python control flow on tensor data), which would not hold for other inputs."""
+    Raises where a part's trace would bake in a value computed from its example (Python
+    control flow on tensor data), which would not hold for other inputs: the TracerWarning,
+    or a SystemError whose context it is when torch's C++ raised it."""
     model = model.eval() if parts == WHOLE else copy.deepcopy(model).eval()
     return _trace_parts(model, parts, example, torch.jit.optimize_for_inference, exact=True)
 
