@@ -37,7 +37,8 @@ class LocalSettings(BaseModel, frozen=True):
     """Where the local single-node stack lives and listens. All addresses are loopback.
 
     Every field can be set from the environment as ``VLM_<FIELD>`` (upper case), e.g.
-    ``VLM_KAFKA_PORT=29192``.
+    ``VLM_KAFKA_PORT=29192``, when the settings come from :meth:`from_env` (as every
+    command's do); the constructor alone reads no environment.
     """
 
     host: str = "127.0.0.1"
