@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -413,14 +414,8 @@ def bench_pipeline(
 
     task_enum = _task(task, model)
     width, height = parse_frame_size(frame_size)
-    try:
-        model_input_enum = ModelInput(model_input)
-    except ValueError:
-        raise VlmError(f"--model-input {model_input!r} is not offered", hint="use decoded or encoded") from None
-    try:
-        graph_enum = Graph(graph)
-    except ValueError:
-        raise VlmError(f"--graph {graph!r} is not offered", hint="use frozen or eager") from None
+    model_input_enum = _offered(ModelInput, "--model-input", model_input)
+    graph_enum = _offered(Graph, "--graph", graph)
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
     bench, latencies = run_repeated(
         repeat,
@@ -804,6 +799,20 @@ def models_archs() -> None:
     console.print(table)
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _offered(choices: type[_E], flag: str, value: str) -> _E:
+    """``value`` as one of an option's ``choices``, or one line naming them."""
+    try:
+        return choices(value)
+    except ValueError:
+        offered = [str(choice.value) for choice in choices]
+        raise VlmError(
+            f"{flag} {value!r} is not offered", hint=f"use {', '.join(offered[:-1])} or {offered[-1]}"
+        ) from None
+
+
 def _task(value: str, arch: str | None = None):  # type: ignore[no-untyped-def]
     """The Task named ``value``; with ``arch``, also check that the architecture does it."""
     from vlm_core.contracts.task import Task
@@ -1089,12 +1098,7 @@ def optimize(
     from vlm_core.models.spec import Optimization
     from vlm_core.training.optimize import optimize_version
 
-    try:
-        method_enum = Optimization(method)
-    except ValueError:
-        raise VlmError(
-            f"--method {method!r} is not offered", hint=f"use one of {', '.join(o.value for o in Optimization)}"
-        ) from None
+    method_enum = _offered(Optimization, "--method", method)
     if (student is not None) != (method_enum is Optimization.DISTILL):
         raise VlmError("--student goes with --method distill, and distill needs one", hint="see `vlm models archs`")
     registry = _registry()

@@ -15,12 +15,12 @@ from kafka.structs import MemberState
 
 from services import kafka_io
 from vlm_core.errors import InfrastructureError
+from vlm_core.pipeline import ProcessorSettings
 
 log = logging.getLogger("ray.serve")
 
 MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
-FETCH_MAX_WAIT_MS = 50
 #: A member that has not finished joining its group after this long is recreated.
 JOIN_STALL_S = 60.0
 
@@ -77,7 +77,7 @@ class KafkaFrameConsumer:
         topic: str,
         group_id: str,
         on_revoke: Callable[[], None],
-        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms: int = ProcessorSettings().fetch_max_wait_ms,
     ) -> None:
         self.topic = topic
         self._next_offset: dict[tuple[str, int], int] = {}
