@@ -4,6 +4,11 @@ The dataclasses below serialise to the JSON Schema shipped in ``schemas/result-v
 and parse it back; changing the shape means a new schema version. v2 adds each
 detection's ``track_id`` and a per-frame ``tracking`` section to v1; readers accept both
 (a v1 document reads as untracked).
+
+Numbers are written at a fixed precision (:data:`BOX_DECIMALS` and the like). A document
+read with more precision than that is written back at it, so one read and write makes
+any document a fixed point: writing what was read and reading it again gives the same
+result.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ _O = TypeVar("_O")
 #: The schema file of every version a reader accepts, by the document's ``schema``.
 RESULT_SCHEMA_FILES = {"vlm.result/v1": "result-v1.json", "vlm.result/v2": "result-v2.json"}
 RESULT_SCHEMA_FILE = RESULT_SCHEMA_FILES[RESULT_SCHEMA_VERSION]
+
+#: Decimal places on the wire: boxes to 1/100 px, scores and pixel fractions to 1e-6,
+#: stage timings to 1 µs. Finer digits are noise from float32 and only cost bytes.
+BOX_DECIMALS = 2
+SCORE_DECIMALS = 6
+TIMING_DECIMALS = 3
 
 
 def result_json_schema() -> dict[str, Any]:
@@ -50,7 +61,7 @@ class ClassScore:
     score: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 6)}
+        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, SCORE_DECIMALS)}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ClassScore:
@@ -86,10 +97,10 @@ class Detection:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "box": [round(v, 2) for v in self.box],
+            "box": [round(v, BOX_DECIMALS) for v in self.box],
             "label": self.label,
             "class_id": self.class_id,
-            "score": round(self.score, 6),
+            "score": round(self.score, SCORE_DECIMALS),
             "track_id": self.track_id,
         }
 
@@ -123,7 +134,7 @@ class ClassMask:
         return {
             "class_id": self.class_id,
             "label": self.label,
-            "pixel_fraction": round(self.pixel_fraction, 6),
+            "pixel_fraction": round(self.pixel_fraction, SCORE_DECIMALS),
             "mask": self.mask.to_json(),
         }
 
@@ -237,7 +248,7 @@ class Result:
             "processed_ts_ms": self.processed_ts_ms,
             "frame": frame,
             "tasks": tasks,
-            "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
+            "timing_ms": {k: round(v, TIMING_DECIMALS) for k, v in self.timing_ms.items()},
             "tracking": None if self.tracking is None else self.tracking.to_json(),
         }
 

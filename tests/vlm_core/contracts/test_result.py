@@ -59,6 +59,29 @@ def test_roundtrip_through_json_and_schema() -> None:
     assert back.classification is not None and back.classification.top == ClassScore("cat", 1, 0.9)
 
 
+def test_finer_digits_than_the_wire_carries_are_rounded_once() -> None:
+    precise = Result(
+        "c",
+        0,
+        1,
+        2,
+        60,
+        40,
+        outputs={
+            Task.DETECTION: Detections(
+                ModelRef("det", "1"), (Detection((0.125, 2.0, 30.5, 39.0), "bag", 8, 0.1234567),)
+            )
+        },
+        timing_ms={"total": 1.23456},
+    )
+    read = Result.from_bytes(precise.to_bytes())
+    assert read.detection is not None
+    assert read.detection.detections[0].box == (0.12, 2.0, 30.5, 39.0)  # to 1/100 px, half to even
+    assert read.detection.detections[0].score == 0.123457
+    assert read.timing_ms == {"total": 1.235}
+    assert read.to_bytes() == precise.to_bytes()
+
+
 def test_mask_survives_roundtrip() -> None:
     result = full_result()
     back = Result.from_bytes(result.to_bytes())
