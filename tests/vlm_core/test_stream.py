@@ -149,6 +149,34 @@ def test_every_frame_gets_one_result_in_order_and_one_request_per_batch() -> Non
     assert processor.metrics.total(m.FRAMES_PROCESSED) == 10
 
 
+def test_a_poll_that_leaves_frames_behind_keeps_its_batch_in_flight() -> None:
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)])
+    processor.step()
+    assert model.calls == [4] and producer.results() == []  # six frames wait: poll them first
+    processor.step()
+    assert [r.seq for r in producer.results()] == [0, 1, 2, 3]  # two in flight: the oldest is sent
+
+
+def test_a_poll_that_catches_up_sends_its_results_in_the_same_step() -> None:
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], batch_size=16)
+    processor.step()
+    assert model.calls == [10]
+    assert [r.seq for r in producer.results()] == list(range(10))  # not held until the next frame
+
+
+def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
+    processor, consumer, producer, model = make([frame_record(i) for i in range(3)])
+
+    def unknown() -> dict[tuple[str, int], int]:
+        raise RuntimeError("no fetch yet")
+
+    consumer.lag = unknown  # type: ignore[method-assign]
+    processor.step()
+    assert model.calls == [3] and producer.results() == []
+    processor.step()  # an empty poll finishes what is in flight
+    assert [r.seq for r in producer.results()] == [0, 1, 2]
+
+
 def test_commit_happens_only_after_ack() -> None:
     producer = FakeProducer(fail_next=1)
     processor, consumer, producer, _ = make([frame_record(i) for i in range(4)], producer=producer)

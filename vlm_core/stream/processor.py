@@ -8,8 +8,10 @@ wires it to both.
 Per poll the processor validates and decodes the batch, dead-letters bad frames, drops
 stale ones by policy, and sends **one request per batch** to each model the batch's
 cameras need. Up to ``max_inflight`` batches overlap (decode of the next batch runs
-while models work on the current one), and the acknowledgement wait of one batch
-overlaps the models' work on the next. Batches complete in order: their outcomes go to
+while models work on the current one) while frames wait on the broker, and the
+acknowledgement wait of one batch overlaps the models' work on the next. Once a poll
+leaves no frame behind it, the batches in flight are finished at once: waiting for the
+next poll would hold a slow camera's result for a whole frame interval. Batches complete in order: their outcomes go to
 the sinks, the broker's acknowledgements are awaited, and only then are the batch's
 offsets committed.
 
@@ -285,7 +287,11 @@ class StreamProcessor:
                     self._run_isolated(records)
                 elif records:
                     self._inflight.append(self._submit(records))
-                while self._inflight and (len(self._inflight) >= self.max_inflight or not records):
+                # Caught up, no frame waits behind this poll: overlapping would only hold the
+                # results in flight until the next poll, a whole frame interval of a slow camera.
+                backlog = self._backlog()
+                caught_up = not records or backlog == 0
+                while self._inflight and (len(self._inflight) >= self.max_inflight or caught_up):
                     self._producing.append(self._produce(self._inflight.popleft()))
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
@@ -301,7 +307,6 @@ class StreamProcessor:
             return 0
         finally:
             self._record(m.INFLIGHT_BATCHES, len(self._inflight))
-        self._report_lag()
         return len(records)
 
     def _load_states(self) -> None:
@@ -656,13 +661,16 @@ class StreamProcessor:
             self.transactions.begin()
             self._in_transaction = True
 
-    def _report_lag(self) -> None:
+    def _backlog(self) -> int | None:
+        """Frames on the broker behind those polled, as the consumer last saw them; each
+        partition's is reported as its lag. None when the consumer cannot tell."""
         try:
             lags = self.consumer.lag()
         except Exception:  # lag is informative; never fail a batch for it
-            return
+            return None
         for (topic, partition), lag in lags.items():
             self._record(m.CONSUMER_LAG, lag, topic=topic, partition=str(partition))
+        return sum(lags.values())
 
     def _record(self, metric: m.MetricDef, value: float = 1.0, **tags: str) -> None:
         """A metric update that must never fail a batch (the per-record counters of
