@@ -25,6 +25,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,7 @@ def run_pipeline_bench(
             paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
             paced_cpu.start()
             paced.start(settings.bootstrap_servers, topics.frames)
-            later = _collect(settings.bootstrap_servers, topics.results, total + n)
+            later = _collect(settings.bootstrap_servers, topics.results, total + n, give_up=paced.failed)
             paced.stop()
             latency_cpu_ms = paced_cpu.stop(n)
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
@@ -424,6 +425,10 @@ class PacedCamera:
         self._thread = threading.Thread(target=send, name="paced-camera", daemon=True)
         self._thread.start()
 
+    def failed(self) -> bool:
+        """Whether sending stopped on an error (``stop`` raises it)."""
+        return self.error is not None
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -505,10 +510,13 @@ def run_repeated(repeat: int, *args: Any, progress: Any = print, **kwargs: Any) 
     return RepeatedBench(reports, summarize(reports), kwargs.get("command", "")), latencies
 
 
-def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float = 600) -> list[dict[str, Any]]:
+def _collect(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 600, give_up: Callable[[], bool] = lambda: False
+) -> list[dict[str, Any]]:
     from services.kafka_io import read_records
 
-    return [json.loads(r.value) for r in read_records(bootstrap, topic, expected, timeout_s=timeout_s)]
+    records = read_records(bootstrap, topic, expected, timeout_s=timeout_s, give_up=give_up)
+    return [json.loads(r.value) for r in records]
 
 
 def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path | None) -> Path | None:

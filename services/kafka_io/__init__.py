@@ -265,14 +265,23 @@ def follow_topic(
         reader.close()
 
 
-def read_records(bootstrap: str, topic: str, expected: int, *, timeout_s: float, linger_ms: int = 0) -> list[Any]:
+def read_records(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    *,
+    timeout_s: float,
+    linger_ms: int = 0,
+    give_up: Callable[[], bool] = lambda: False,
+) -> list[Any]:
     """Records of ``topic`` from the beginning, in per-partition order, until ``expected``
-    arrived or ``timeout_s`` passed; then ``linger_ms`` more, so a surplus is seen too."""
+    arrived, ``timeout_s`` passed or ``give_up()`` is true (the writer failed); then
+    ``linger_ms`` more, so a surplus is seen too."""
     reader, _partitions = topic_reader(bootstrap, topic, from_beginning=True)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(records) < expected and time.monotonic() < deadline:
+        while len(records) < expected and time.monotonic() < deadline and not give_up():
             for part in reader.poll(timeout_ms=500).values():
                 records.extend(part)
         if linger_ms:

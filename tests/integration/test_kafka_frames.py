@@ -60,3 +60,21 @@ def test_thousand_frames_exactly_once(kafka_bootstrap: str, topic_name: str) -> 
     expected = {(CAMERAS[i % len(CAMERAS)], i // len(CAMERAS)) for i in range(TOTAL)}
     assert set(seen) == expected
     assert all(count == 1 for count in seen.values())
+
+
+def test_a_paced_camera_that_fails_ends_the_wait_for_its_results(kafka_bootstrap: str, topic_name: str) -> None:
+    from kafka.errors import MessageSizeTooLargeError
+
+    from services.bench import PacedCamera
+    from vlm_core.contracts.frame import Encoding
+
+    kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, partitions=1)])
+    noise = np.random.default_rng(1).integers(0, 256, (1500, 4000, 3), dtype=np.uint8)  # 18 MB as a PNG: over 16 MB
+    too_big = Frame.from_image(noise, camera_id="cam", seq=0, capture_ts_ms=0, encoding=Encoding.PNG)
+    camera = PacedCamera([too_big], rate=10)
+    camera.start(kafka_bootstrap, topic_name)
+    started = time.monotonic()
+    records = kafka_io.read_records(kafka_bootstrap, topic_name, 1, timeout_s=120, give_up=camera.failed)
+    assert records == [] and time.monotonic() - started < 60, "the reader gave up with the camera"
+    with pytest.raises(MessageSizeTooLargeError):
+        camera.stop()

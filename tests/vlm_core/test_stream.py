@@ -157,15 +157,23 @@ def test_a_poll_that_leaves_frames_behind_keeps_its_batch_in_flight() -> None:
     assert [r.seq for r in producer.results()] == [0, 1, 2, 3]  # two in flight: the oldest is sent
 
 
-def test_a_poll_that_catches_up_sends_its_results_in_the_same_step() -> None:
+def test_a_sparse_poll_sends_its_results_in_the_same_step() -> None:
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(3)], batch_size=16)
+    processor.step()  # three frames, a quarter batch at most, and none left behind
+    assert model.calls == [3]
+    assert [r.seq for r in producer.results()] == [0, 1, 2]  # not held until the next frame
+
+
+def test_a_fuller_poll_overlaps_even_when_it_leaves_nothing_behind() -> None:
     processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], batch_size=16)
     processor.step()
-    assert model.calls == [10]
-    assert [r.seq for r in producer.results()] == list(range(10))  # not held until the next frame
+    assert model.calls == [10] and producer.results() == []  # the next frames come while it runs
+    processor.step()  # an empty poll finishes what is in flight
+    assert [r.seq for r in producer.results()] == list(range(10))
 
 
 def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
-    processor, consumer, producer, model = make([frame_record(i) for i in range(3)])
+    processor, consumer, producer, model = make([frame_record(i) for i in range(3)], batch_size=16)
 
     def unknown() -> dict[tuple[str, int], int]:
         raise RuntimeError("no fetch yet")
@@ -173,7 +181,7 @@ def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
     consumer.lag = unknown  # type: ignore[method-assign]
     processor.step()
     assert model.calls == [3] and producer.results() == []
-    processor.step()  # an empty poll finishes what is in flight
+    processor.step()
     assert [r.seq for r in producer.results()] == [0, 1, 2]
 
 
