@@ -84,7 +84,8 @@ class BenchReport:
     graph: str = Graph.FROZEN.value
     #: How long the processor's fetch of the frames topic waited at the broker when empty.
     fetch_max_wait_ms: int = ProcessorSettings().fetch_max_wait_ms
-    #: The paced stream's rate as a fraction of the measured pipeline rate.
+    #: The paced stream's rate as a fraction of the measured pipeline rate (with
+    #: ``--latency-fps``, the fraction that rate was).
     latency_load: float = LATENCY_LOAD
     #: CPU milliseconds per frame by process: ingest (its own stage), then during the
     #: pipeline stage the broker(s), the processor replica, the model replica, the rest of
@@ -181,6 +182,7 @@ def run_pipeline_bench(
     height: int = 240,
     latency_seconds: float = 10.0,
     latency_load: float = LATENCY_LOAD,
+    latency_fps: float | None = None,
     cameras: int = 2,
     inflight: int = 2,
     tracking: bool = False,
@@ -206,6 +208,8 @@ def run_pipeline_bench(
         raise ConfigError(f"--cameras {cameras}: give 1 to {frames // 10} (at least 10 frames each)")
     if not 0 < latency_load <= 1:
         raise ConfigError(f"--latency-load {latency_load}: give a fraction of the pipeline rate in (0, 1]")
+    if latency_fps is not None and latency_fps <= 0:
+        raise ConfigError(f"--latency-fps {latency_fps:g}: give a rate above 0 frames a second")
     if tracking and task is not Task.DETECTION:
         raise ConfigError("--tracking needs --task detection: tracks are made of detections")
     spec = bench_spec(task, arch)
@@ -311,7 +315,7 @@ def run_pipeline_bench(
             f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
         )
 
-        rate = max(1.0, pipeline_fps * latency_load)
+        rate = latency_fps or max(1.0, pipeline_fps * latency_load)
         latencies: list[float] = []
         breakdown: dict[str, float] = {}
         latency_cpu_ms: dict[str, float] = {}
@@ -361,7 +365,7 @@ def run_pipeline_bench(
         model_input=model_input.value,
         graph=graph.value,
         fetch_max_wait_ms=fetch_max_wait_ms or ProcessorSettings().fetch_max_wait_ms,
-        latency_load=latency_load,
+        latency_load=round(rate / pipeline_fps, 3) if latency_fps and pipeline_fps else latency_load,
         cpu_ms_per_frame=cpu_ms,
         latency_cpu_ms_per_frame=latency_cpu_ms,
         stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},
