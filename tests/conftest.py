@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +22,34 @@ def settings() -> LocalSettings:
     return LocalSettings.from_env()
 
 
-def _ensure_running(name: str, settings: LocalSettings) -> None:
-    """Start a real local service (idempotently) if the test run did not start it already."""
+@contextmanager
+def running(name: str, settings: LocalSettings) -> Iterator[None]:
+    """A real local service while the block runs. One the test run did not start already
+    (``make test`` starts the whole stack) is started here and stopped after, by its PID:
+    a bare ``pytest`` leaves nothing running."""
     from services.localstack import LocalStack
 
     service = LocalStack(settings).services[name]
-    if not service.status().running:
+    started = not service.status().running
+    if started:
         service.start()
+    try:
+        yield
+    finally:
+        if started:
+            service.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(settings: LocalSettings) -> str:
-    _ensure_running("kafka", settings)
-    return settings.bootstrap_servers
+def kafka_bootstrap(settings: LocalSettings) -> Iterator[str]:
+    with running("kafka", settings):
+        yield settings.bootstrap_servers
 
 
 @pytest.fixture(scope="session")
-def ray_address(settings: LocalSettings) -> str:
-    _ensure_running("ray", settings)
-    return settings.ray_address
+def ray_address(settings: LocalSettings) -> Iterator[str]:
+    with running("ray", settings):
+        yield settings.ray_address
 
 
 @pytest.fixture

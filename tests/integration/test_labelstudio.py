@@ -13,7 +13,7 @@ import pytest
 from services import kafka_io
 from services.labels import snapshot_labels
 from services.labelstudio import StudioAccess, StudioSync, read_to_label
-from tests.conftest import _ensure_running
+from tests.conftest import running
 from tests.integration.tracking import (
     DETECTOR_NAME,
     Sequence,
@@ -37,14 +37,8 @@ FRAMES = 12
 
 @pytest.fixture(scope="module")
 def studio(settings: LocalSettings) -> Iterator[StudioAccess]:
-    from services.localstack import LocalStack
-
-    service = LocalStack(settings).services["labelstudio"]
-    started = not service.status().running
-    _ensure_running("labelstudio", settings)
-    yield StudioAccess.resolve(None, None, settings)
-    if started:  # a few hundred MB the later tests can use
-        service.stop()
+    with running("labelstudio", settings):  # where started here, stopped after: its memory is freed
+        yield StudioAccess.resolve(None, None, settings)
 
 
 @pytest.fixture(scope="module")
