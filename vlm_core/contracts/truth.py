@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vlm_core.contracts.result import BOX_DECIMALS
 from vlm_core.contracts.schema import strict_json
 from vlm_core.errors import FrameHeaderError
 
@@ -36,7 +37,7 @@ class FrameTruth:
         return {
             "schema": TRUTH_SCHEMA_VERSION,
             "domain": self.domain,
-            "objects": [{"box": [round(v, 2) for v in o.box], "label": o.label} for o in self.objects],
+            "objects": [{"box": [round(v, BOX_DECIMALS) for v in o.box], "label": o.label} for o in self.objects],
         }
 
     def to_header(self) -> tuple[str, bytes]:

@@ -66,10 +66,8 @@ INTERNAL_ERROR = DeadLetterReason.INTERNAL_ERROR.value
 MODEL_ERROR = DeadLetterReason.MODEL_ERROR.value
 PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 
-#: A poll of at most 1/SPARSE_POLL_BATCHES of a batch that leaves no frame behind is a
-#: sparse stream's: its batches are finished at once (see StreamProcessor._sparse). At a
-#: quarter, a 5 fps camera's p50 went from 209 to 28 ms. Finishing a fuller poll at once
-#: would idle the model while the next frames, already on their way, are polled.
+#: A poll of at most 1/SPARSE_POLL_BATCHES of a batch is sparse (StreamProcessor._sparse).
+#: At a quarter, a 5 fps camera's p50 went from 209 to 28 ms.
 SPARSE_POLL_BATCHES = 4
 
 #: At most this many dead letters are remembered for de-duplicating retries.
@@ -668,8 +666,8 @@ class StreamProcessor:
     def _sparse(self, polled: int, backlog: int | None) -> bool:
         """Whether frames trickle in: the poll found none, or a few and left none behind.
         Overlapping batches would then only hold the results in flight until the next
-        poll, a whole frame interval of a slow camera, while finishing them costs no frame
-        a wait. With a fuller poll the next frames come while the model works: overlap."""
+        poll, a whole frame interval of a slow camera. Finishing a fuller poll at once
+        would idle the model while the next frames, already on their way, are polled."""
         return polled == 0 or (polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0)
 
     def _backlog(self) -> int | None:
