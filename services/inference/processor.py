@@ -38,18 +38,27 @@ def model_client(handle: Any) -> ModelClient:
 
 
 class _Response:
+    """A model request. Its outputs are fetched from the object store once: the processor
+    asks with ``timeout=0`` whether a batch is answered, then reads it."""
+
     def __init__(self, response: Any) -> None:
         self.response = response
+        self._outputs: Any = None
+        self._answered = False
 
     def result(self, timeout: float | None = None) -> Any:
         from ray.exceptions import RayTaskError
 
+        if self._answered:
+            return self._outputs
         try:
-            return self.response.result(timeout_s=timeout)
+            self._outputs = self.response.result(timeout_s=timeout)
         except RayTaskError as exc:  # a frame the replica could not decode: its own error
             if isinstance(exc.cause, FrameError):
                 raise exc.cause from None
             raise
+        self._answered = True
+        return self._outputs
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,13 +83,32 @@ class FakeProducer:
         return [Result.from_bytes(v) for t, _k, v, _h in self.sent if t == "results"]
 
 
+class Running(Done):
+    """A model request running while its model's ``running`` is set: asked without
+    waiting, it is not answered yet."""
+
+    def __init__(self, answer: Done, model: FakeModel) -> None:
+        super().__init__(answer.value, answer.error)
+        self.model = model
+
+    def result(self, timeout: float | None = None) -> Any:
+        if timeout == 0 and self.model.running:
+            raise TimeoutError("still running")
+        return super().result(timeout)
+
+
 class FakeModel:
-    def __init__(self, fail_times: int = 0, poison: int | None = None) -> None:
+    def __init__(self, fail_times: int = 0, poison: int | None = None, running: bool = False) -> None:
         self.calls: list[int] = []
         self.fail_times = fail_times
         self.poison = poison  # a pixel value the model always crashes on
+        self.running = running  # answers only when waited for
 
     def __call__(self, images: list[np.ndarray]) -> Done:
+        answer = self._answer(images)
+        return Running(answer, self) if self.running else answer
+
+    def _answer(self, images: list[np.ndarray]) -> Done:
         self.calls.append(len(images))
         if self.fail_times:
             self.fail_times -= 1
@@ -112,6 +133,7 @@ def make(
     now_ms: int = 2_000,
     batch_size: int = 4,
     model_input: ModelInput = ModelInput.DECODED,
+    monotonic: Callable[[], float] = time.monotonic,
 ):  # type: ignore[no-untyped-def]
     consumer = FakeConsumer(records)
     producer = producer or FakeProducer()
@@ -125,6 +147,7 @@ def make(
         max_inflight=2,
         model_input=model_input,
         clock_ms=lambda: now_ms,
+        monotonic=monotonic,
     )
     return processor, consumer, producer, model
 
@@ -149,23 +172,75 @@ def test_every_frame_gets_one_result_in_order_and_one_request_per_batch() -> Non
     assert processor.metrics.total(m.FRAMES_PROCESSED) == 10
 
 
-def test_a_poll_that_leaves_frames_behind_keeps_its_batch_in_flight() -> None:
-    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)])
+def test_a_poll_that_leaves_frames_behind_keeps_a_running_batch_in_flight() -> None:
+    running = FakeModel(running=True)
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], model=running)
     processor.step()
     assert model.calls == [4] and producer.results() == []  # six frames wait: poll them first
     processor.step()
     assert [r.seq for r in producer.results()] == [0, 1, 2, 3]  # two in flight: the oldest is sent
 
 
+def test_an_answered_batch_leaves_after_the_poll_even_with_room_in_flight() -> None:
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)])
+    processor.step()  # six frames left behind, one batch in flight of two: answered all the same
+    assert model.calls == [4] and [r.seq for r in producer.results()] == [0, 1, 2, 3]
+
+
 def test_a_sparse_poll_sends_its_results_in_the_same_step() -> None:
-    processor, _consumer, producer, model = make([frame_record(i) for i in range(3)], batch_size=16)
+    running = FakeModel(running=True)
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(3)], model=running, batch_size=16)
     processor.step()  # three frames, a quarter batch at most, and none left behind
     assert model.calls == [3]
     assert [r.seq for r in producer.results()] == [0, 1, 2]  # not held until the next frame
 
 
+def test_few_frames_coming_faster_than_the_model_answers_are_not_sparse() -> None:
+    records = [frame_record(i) for i in range(4)]
+    processor, consumer, producer, _model = make(
+        records[:2], model=FakeModel(running=True), batch_size=16, monotonic=lambda: 5.0
+    )
+    processor.step()  # the first frames: sparse, sent at once, and the round trip is measured
+    assert [r.seq for r in producer.results()] == [0, 1]
+    consumer.records.extend(records[2:])
+    processor.step()  # no time since the previous frames: the next come before an answer
+    assert [r.seq for r in producer.results()] == [0, 1]
+    processor.step()  # an empty poll finishes what is in flight
+    assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
+
+
+def test_frames_polled_while_the_model_works_wait_and_go_in_one_request() -> None:
+    records = [frame_record(i) for i in range(22)]
+    processor, consumer, producer, model = make(
+        records[:16], model=FakeModel(running=True), batch_size=16, monotonic=lambda: 5.0
+    )
+    processor.step()  # a full batch goes at once
+    for end in (18, 21):  # then a few frames at a time, faster than the model answers
+        consumer.records.extend(records[len(consumer.records) : end])
+        processor.step()
+    assert model.calls == [16] and producer.results() == []  # decoded, waiting for the model
+    model.running = False
+    consumer.records.append(records[21])
+    processor.step()  # the batch is answered: the waiting frames go, together
+    assert model.calls == [16, 6]
+    assert [r.seq for r in producer.results()] == list(range(22))
+    assert all(r.timing_ms["batching"] == 0 for r in producer.results())  # the fake clock stands still
+    assert consumer.committed == {("frames", 0): 16}  # the last batch commits on the next step
+
+
+def test_a_failure_after_a_batch_was_produced_commits_it_rather_than_send_it_twice() -> None:
+    processor, consumer, producer, _model = make([frame_record(i) for i in range(8)], model=FakeModel(poison=5))
+    processor.step()  # offsets 0-3, answered and sent
+    processor.step()  # offsets 4-7 fail on frame 5: 0-3 are committed, not read again
+    assert consumer.committed == {("frames", 0): 4} and consumer.rewinds == 1
+    run_until_idle(processor, consumer)
+    seqs = [r.seq for r in producer.results()]
+    assert len(seqs) == len(set(seqs))
+
+
 def test_a_fuller_poll_overlaps_even_when_it_leaves_nothing_behind() -> None:
-    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], batch_size=16)
+    running = FakeModel(running=True)
+    processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], model=running, batch_size=16)
     processor.step()
     assert model.calls == [10] and producer.results() == []  # the next frames come while it runs
     processor.step()  # an empty poll finishes what is in flight
@@ -173,7 +248,8 @@ def test_a_fuller_poll_overlaps_even_when_it_leaves_nothing_behind() -> None:
 
 
 def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
-    processor, consumer, producer, model = make([frame_record(i) for i in range(3)], batch_size=16)
+    running = FakeModel(running=True)
+    processor, consumer, producer, model = make([frame_record(i) for i in range(3)], model=running, batch_size=16)
 
     def unknown() -> dict[tuple[str, int], int]:
         raise RuntimeError("no fetch yet")
@@ -287,8 +363,7 @@ def test_low_confidence_results_are_sampled_to_label_rate_limited() -> None:
         batch_size=4,
         clock_ms=lambda: clock["now"],
     )
-    for _ in range(2):
-        processor.step()
+    processor.step()  # offsets 0-3, answered at once
     clock["now"] += 61_000  # a minute later the budget is back
     run_until_idle(processor, consumer)
     sampled = [json.loads(v) for t, _k, v, _h in producer.sent if t == "to_label"]

@@ -69,6 +69,12 @@ PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 #: A poll of at most 1/SPARSE_POLL_BATCHES of a batch is sparse (StreamProcessor._sparse).
 #: At a quarter, a 5 fps camera's p50 went from 209 to 28 ms.
 SPARSE_POLL_BATCHES = 4
+#: Weight of the newest model round trip in the smoothed one that ``_sparse`` compares.
+ROUND_TRIP_SMOOTHING = 0.2
+
+#: The stages of ``_commit``: a batch failing there has results sent, and those after it
+#: must not be committed past it.
+_COMMIT_STAGES = frozenset({"side produce ack", "produce ack", "commit"})
 
 #: At most this many dead letters are remembered for de-duplicating retries.
 _MAX_REMEMBERED_DEAD_LETTERS = 100_000
@@ -122,6 +128,8 @@ class _Batch:
     #: that under exactly once they are in the batch's transaction.
     rejected: list[Rejected] = field(default_factory=list)
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
+    #: When its requests went to the models (its frames wait from their dequeue to this).
+    sent_ms: int = 0
 
 
 @dataclass
@@ -167,6 +175,7 @@ class StreamProcessor:
         profile: StageProfile | None = None,
         model_input: ModelInput = ModelInput.DECODED,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if (tracking is None) != (state_store is None):
@@ -187,8 +196,16 @@ class StreamProcessor:
         self.produce_timeout_s = produce_timeout_s
         self.max_batch_retries = max_batch_retries
         self.clock_ms = clock_ms
+        self.monotonic = monotonic
         self.sleep = sleep
+        #: Seconds between the last two polls that found frames, and the models' smoothed
+        #: round trip: frames that come slower than the models answer are sparse.
+        self._last_arrival_s = -float("inf")
+        self._arrival_gap_s = float("inf")
+        self._round_trip_s = 0.0
         self._lock = threading.RLock()
+        #: Frames admitted and decoded while the models work, sent together (``_admit_all``).
+        self._forming: _Batch | None = None
         self._inflight: deque[_Batch] = deque()
         self._producing: deque[_Producing] = deque()
         #: Failures since the last successful commit.
@@ -279,8 +296,12 @@ class StreamProcessor:
         not interleave with a step's stages.
         """
         with self.profile.measure("poll"):
-            records = self.consumer.poll(self.batch_size, self.poll_timeout_ms)
+            records = self.consumer.poll(self.batch_size - self._forming_size(), self.poll_timeout_ms)
         with self._lock:
+            if records:
+                now = self.monotonic()
+                self._arrival_gap_s = now - self._last_arrival_s
+                self._last_arrival_s = now
             return self._advance(records)
 
     def _advance(self, records: Sequence[Record]) -> int:
@@ -291,9 +312,16 @@ class StreamProcessor:
                     self._drain()
                     self._run_isolated(records)
                 elif records:
-                    self._inflight.append(self._submit(records))
+                    self._admit_all(records)
                 sparse = self._sparse(len(records), self._backlog())
-                while self._inflight and (len(self._inflight) >= self.max_inflight or sparse):
+                while True:
+                    if self._forming is not None and self._may_send(self._forming, sparse):
+                        self._inflight.append(self._send(self._forming))
+                        self._forming = None
+                    if not self._inflight or not (
+                        len(self._inflight) >= self.max_inflight or sparse or self._answered(self._inflight[0])
+                    ):
+                        break
                     self._producing.append(self._produce(self._inflight.popleft()))
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
@@ -302,7 +330,7 @@ class StreamProcessor:
             except BatchFailedError:
                 raise
             except Exception as exc:  # a bug of ours: retried, then isolated like any stage
-                held = [b.offsets for b in self._inflight] + [p.offsets for p in self._producing]
+                held = [b.offsets for b in self._batches()] + [p.offsets for p in self._producing]
                 raise BatchFailedError("internal", exc, _merge_offsets(_end_offsets(records), *held)) from exc
         except BatchFailedError as exc:
             self._on_batch_failure(exc)
@@ -346,6 +374,9 @@ class StreamProcessor:
             self._record(m.INFLIGHT_BATCHES, 0)
 
     def _drain(self) -> None:
+        if self._forming is not None:
+            self._inflight.append(self._send(self._forming))
+            self._forming = None
         while self._inflight:
             self._producing.append(self._produce(self._inflight.popleft()))
         while self._producing:
@@ -356,7 +387,10 @@ class StreamProcessor:
         self._record(m.BATCH_FAILURES, stage=exc.stage)
         self._failures += 1
         log.warning("%s (failure %d in a row); rewinding to the last committed offsets", exc, self._failures)
+        self._forming = None
         self._inflight.clear()
+        if self.transactions is None and exc.stage not in _COMMIT_STAGES:
+            self._keep_produced()
         self._producing.clear()
         if self.transactions is not None:
             # Nothing of the batch is visible: its dead letters are sent again on retry. A
@@ -381,6 +415,20 @@ class StreamProcessor:
         if self._failures > self.max_batch_retries:  # the broker or a model is down: do not spin
             self.sleep(min(0.1 * 2 ** (self._failures - self.max_batch_retries), 5.0))
         self.consumer.rewind()
+
+    def _keep_produced(self) -> None:
+        """At least once, after a later batch failed: commit the batches whose results are
+        already sent, so that the rewind does not send them again. The first that cannot
+        commit ends it; it and those after it are read again. The failed batch's count of
+        failures in a row stands: these commits are not its success."""
+        failures = self._failures
+        try:
+            while self._producing:
+                self._commit(self._producing.popleft())
+        except BatchFailedError as exc:
+            log.warning("%s; its frames are read again", exc)
+        finally:
+            self._failures = failures
 
     def _must_isolate(self, records: Sequence[Record]) -> bool:
         return any(rec.offset < self._isolate_until.get((rec.topic, rec.partition), -1) for rec in records)
@@ -418,7 +466,7 @@ class StreamProcessor:
         failures: list[_Failure] = []
         for rec in records:
             try:
-                producing = self._produce(self._submit([rec]))
+                producing = self._produce(self._send(self._admitted([rec])))
                 self._await_acks(producing)
                 done.append(producing)
             except BatchFailedError as exc:
@@ -439,7 +487,29 @@ class StreamProcessor:
                 del self._dead_letters[source]
 
     # -- stages -------------------------------------------------------------------------
-    def _submit(self, records: Sequence[Record]) -> _Batch:
+    def _forming_size(self) -> int:
+        forming = self._forming
+        return len(forming.items) if forming is not None else 0
+
+    def _batches(self) -> list[_Batch]:
+        """The batches not yet produced: those in the models and the forming one."""
+        return [*self._inflight, *([self._forming] if self._forming is not None else [])]
+
+    def _admit_all(self, records: Sequence[Record]) -> None:
+        """Admit polled records into the forming batch: it goes to the models when it is
+        full, or when they have nothing of this processor's in flight (the frames polled
+        while they work then go in one request, not one per poll)."""
+        batch = self._admitted(records)
+        forming = self._forming
+        if forming is None:
+            self._forming = batch
+            return
+        forming.offsets = _merge_offsets(forming.offsets, batch.offsets)
+        forming.items.extend(batch.items)
+        forming.rejected.extend(batch.rejected)
+
+    def _admitted(self, records: Sequence[Record]) -> _Batch:
+        """A batch of the records' frames, validated and decoded, not yet sent."""
         batch = _Batch(offsets=_end_offsets(records))
         now_ms = self.clock_ms()
         consumed: Counter[str] = Counter()
@@ -468,6 +538,11 @@ class StreamProcessor:
                 batch.items = [item for item in batch.items if item.frame.camera_id != camera]
                 for item in failed:
                     self._dead_letter(batch, item.record, INTERNAL_ERROR, f"metrics: {describe_error(exc)}")
+        return batch
+
+    def _send(self, batch: _Batch) -> _Batch:
+        """One request per model for the batch's frames that its cameras route to it."""
+        batch.sent_ms = self.clock_ms()
         for task, client in self.models.items():
             indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
             if indices:
@@ -519,6 +594,7 @@ class StreamProcessor:
                 raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=reason) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
+            self._round_trip_s += ROUND_TRIP_SMOOTHING * (elapsed - self._round_trip_s)
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
@@ -530,7 +606,8 @@ class StreamProcessor:
         for i, item in enumerate(batch.items):
             try:
                 with self.profile.measure("assemble"):
-                    result = self._assemble(item, {t: outs[i] for t, outs in outputs.items() if i in outs}, model_ms)
+                    outs = {t: outs[i] for t, outs in outputs.items() if i in outs}
+                    result = self._assemble(item, outs, model_ms, batch.sent_ms)
                 events: tuple[Event, ...] = ()
                 if self.tracking is not None:
                     with self.profile.measure("track"):
@@ -611,12 +688,15 @@ class StreamProcessor:
         for source in [s for s in self._dead_letters if s[2] < producing.offsets.get((s[0], s[1]), -1)]:
             del self._dead_letters[source]
 
-    def _assemble(self, item: _Item, outputs: dict[Task, TaskOutput], model_ms: dict[Task, float]) -> Result:
+    def _assemble(
+        self, item: _Item, outputs: dict[Task, TaskOutput], model_ms: dict[Task, float], sent_ms: int
+    ) -> Result:
         frame = item.frame
         now = self.clock_ms()
         timing = {
             "queue": float(max(0, item.dequeued_ms - frame.capture_ts_ms)),
             "decode": item.decode_ms,
+            "batching": float(max(0, sent_ms - item.dequeued_ms)),
             **{task.value: ms for task, ms in model_ms.items() if task in outputs},
             "total": float(max(0, now - frame.capture_ts_ms)),
         }
@@ -664,11 +744,43 @@ class StreamProcessor:
             self._in_transaction = True
 
     def _sparse(self, polled: int, backlog: int | None) -> bool:
-        """Whether frames trickle in: the poll found none, or a few and left none behind.
-        Overlapping batches would then only hold the results in flight until the next
-        poll, a whole frame interval of a slow camera. Finishing a fuller poll at once
-        would idle the model while the next frames, already on their way, are polled."""
-        return polled == 0 or (polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0)
+        """Whether frames trickle in: the poll found none, or a few that left none behind
+        and came a model round trip or more after the previous ones. The next poll then
+        waits for the next frame, which comes after the batches in flight are answered:
+        finishing them now costs nothing, and leaving them would hold a slow camera's
+        results for a whole frame interval. Frames that come faster are polled while the
+        models work (answered batches leave after each poll, see ``_answered``), and a
+        fuller poll overlaps: finishing it at once would idle the model while the next
+        frames, already on their way, are polled."""
+        if polled == 0:
+            return True
+        few = polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0
+        return few and self._arrival_gap_s > self._round_trip_s
+
+    def _may_send(self, forming: _Batch, sparse: bool) -> bool:
+        """Whether the forming batch goes to the models now: when it is full (full batches
+        overlap, up to ``max_inflight``), when they have answered every batch of this
+        processor's (before its results are produced, so the models do not idle while
+        they are), or when frames trickle in. Otherwise its frames wait, decoded, for the
+        batch in flight, and then go in one request: a request per poll would load the
+        models with overhead and queue the requests behind each other."""
+        if len(self._inflight) >= self.max_inflight:
+            return False
+        full = len(forming.items) >= self.batch_size
+        return sparse or full or all(self._answered(batch) for batch in self._inflight)
+
+    def _answered(self, batch: _Batch) -> bool:
+        """Whether the models answered every request of the batch, without waiting: an
+        answered batch's results leave now rather than when the in-flight queue is full.
+        A failed request counts as answered (``_produce`` handles its failure)."""
+        for _indices, request, _sent_at in batch.requests.values():
+            try:
+                request.result(timeout=0)
+            except TimeoutError:
+                return False
+            except Exception:
+                continue  # failed: answered all the same
+        return True
 
     def _backlog(self) -> int | None:
         """Frames on the broker behind those polled, as the consumer last saw them; each
