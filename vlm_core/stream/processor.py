@@ -5,16 +5,17 @@ Pure logic over small ports (:mod:`vlm_core.stream.ports`) and sinks
 (:mod:`vlm_core.stream.sinks`), so it is testable without Kafka or Ray; ``services``
 wires it to both.
 
-Per poll the processor validates and decodes the batch, dead-letters bad frames, drops
-stale ones by policy, and sends **one request per batch** to each model the batch's
-cameras need. Up to ``max_inflight`` batches overlap (decode of the next batch runs
-while models work on the current one) while frames wait on the broker, and the
+Per poll the processor validates and decodes the frames, dead-letters bad ones, drops
+stale ones by policy, and adds them to a forming batch, which goes as **one request** to
+each model the batch's cameras need: at once when it is full (up to ``max_inflight``
+full batches overlap, decode of the next running while the models work on this one),
+otherwise when the models have answered the batch ahead, so that frames polled while
+they work go together. An answered batch's results leave after the next poll, and the
 acknowledgement wait of one batch overlaps the models' work on the next. When frames
-trickle in (a poll of a few frames that leaves none behind), the batches in flight are
-finished at once: waiting for the next poll would hold a slow camera's result for a
-whole frame interval. Batches complete in order: their outcomes go to
-the sinks, the broker's acknowledgements are awaited, and only then are the batch's
-offsets committed.
+trickle in (``_sparse``), the batches in flight are finished at once: waiting for the
+next poll would hold a slow camera's result for a whole frame interval. Batches complete
+in order: their outcomes go to the sinks, the broker's acknowledgements are awaited, and
+only then are the batch's offsets committed.
 
 With a :class:`~vlm_core.stream.tracks.TrackingStage`, tracked cameras' results get their
 track ids and events in that in-order step, each batch's changed tracker states are
@@ -69,7 +70,7 @@ PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 #: A poll of at most 1/SPARSE_POLL_BATCHES of a batch is sparse (StreamProcessor._sparse).
 #: At a quarter, a 5 fps camera's p50 went from 209 to 28 ms.
 SPARSE_POLL_BATCHES = 4
-#: Weight of the newest model round trip in the smoothed one that ``_sparse`` compares.
+#: Weight of the newest round trip of a sparse batch in the smoothed one ``_sparse`` compares.
 ROUND_TRIP_SMOOTHING = 0.2
 
 #: The stages of ``_commit``: a batch failing there has results sent, and those after it
@@ -130,6 +131,8 @@ class _Batch:
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
     #: When its requests went to the models (its frames wait from their dequeue to this).
     sent_ms: int = 0
+    #: Seconds from sending to the slowest answer, as read when the batch was produced.
+    round_trip_s: float = 0.0
 
 
 @dataclass
@@ -198,10 +201,14 @@ class StreamProcessor:
         self.clock_ms = clock_ms
         self.monotonic = monotonic
         self.sleep = sleep
-        #: Seconds between the last two polls that found frames, and the models' smoothed
-        #: round trip: frames that come slower than the models answer are sparse.
+        #: The mean interval between the frames of the last poll that found any (from the
+        #: previous such poll: a processor that waited on a batch meanwhile finds more
+        #: frames, not a longer interval), and the models' smoothed round trip, learnt from
+        #: sparse batches (awaited as soon as sent, where a batch read after a later poll
+        #: would count the poll's wait): frames that come slower than the models answer are
+        #: sparse.
         self._last_arrival_s = -float("inf")
-        self._arrival_gap_s = float("inf")
+        self._arrival_interval_s = float("inf")
         self._round_trip_s = 0.0
         self._lock = threading.RLock()
         #: Frames admitted and decoded while the models work, sent together (``_admit_all``).
@@ -296,11 +303,11 @@ class StreamProcessor:
         not interleave with a step's stages.
         """
         with self.profile.measure("poll"):
-            records = self.consumer.poll(self.batch_size - self._forming_size(), self.poll_timeout_ms)
+            records = self.consumer.poll(max(1, self.batch_size - self._forming_size()), self.poll_timeout_ms)
         with self._lock:
             if records:
                 now = self.monotonic()
-                self._arrival_gap_s = now - self._last_arrival_s
+                self._arrival_interval_s = (now - self._last_arrival_s) / len(records)
                 self._last_arrival_s = now
             return self._advance(records)
 
@@ -322,7 +329,10 @@ class StreamProcessor:
                         len(self._inflight) >= self.max_inflight or sparse or self._answered(self._inflight[0])
                     ):
                         break
-                    self._producing.append(self._produce(self._inflight.popleft()))
+                    batch = self._inflight.popleft()
+                    self._producing.append(self._produce(batch))
+                    if sparse:  # awaited as soon as sent: the models' own time, not the poll's
+                        self._round_trip_s += ROUND_TRIP_SMOOTHING * (batch.round_trip_s - self._round_trip_s)
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
                 while self._producing and (len(self._producing) > 1 or not records):
@@ -496,9 +506,7 @@ class StreamProcessor:
         return [*self._inflight, *([self._forming] if self._forming is not None else [])]
 
     def _admit_all(self, records: Sequence[Record]) -> None:
-        """Admit polled records into the forming batch: it goes to the models when it is
-        full, or when they have nothing of this processor's in flight (the frames polled
-        while they work then go in one request, not one per poll)."""
+        """Admit polled records into the forming batch, which ``_may_send`` sends."""
         batch = self._admitted(records)
         forming = self._forming
         if forming is None:
@@ -594,7 +602,7 @@ class StreamProcessor:
                 raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=reason) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
-            self._round_trip_s += ROUND_TRIP_SMOOTHING * (elapsed - self._round_trip_s)
+            batch.round_trip_s = max(batch.round_trip_s, elapsed)
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
@@ -606,8 +614,8 @@ class StreamProcessor:
         for i, item in enumerate(batch.items):
             try:
                 with self.profile.measure("assemble"):
-                    outs = {t: outs[i] for t, outs in outputs.items() if i in outs}
-                    result = self._assemble(item, outs, model_ms, batch.sent_ms)
+                    own = {task: outs[i] for task, outs in outputs.items() if i in outs}
+                    result = self._assemble(item, own, model_ms, batch.sent_ms)
                 events: tuple[Event, ...] = ()
                 if self.tracking is not None:
                     with self.profile.measure("track"):
@@ -745,7 +753,7 @@ class StreamProcessor:
 
     def _sparse(self, polled: int, backlog: int | None) -> bool:
         """Whether frames trickle in: the poll found none, or a few that left none behind
-        and came a model round trip or more after the previous ones. The next poll then
+        and came more than a model round trip apart. The next poll then
         waits for the next frame, which comes after the batches in flight are answered:
         finishing them now costs nothing, and leaving them would hold a slow camera's
         results for a whole frame interval. Frames that come faster are polled while the
@@ -755,7 +763,7 @@ class StreamProcessor:
         if polled == 0:
             return True
         few = polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0
-        return few and self._arrival_gap_s > self._round_trip_s
+        return few and self._arrival_interval_s > self._round_trip_s
 
     def _may_send(self, forming: _Batch, sparse: bool) -> bool:
         """Whether the forming batch goes to the models now: when it is full (full batches
