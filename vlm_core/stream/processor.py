@@ -70,7 +70,7 @@ PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 #: A poll of at most 1/SPARSE_POLL_BATCHES of a batch is sparse (StreamProcessor._sparse).
 #: At a quarter, a 5 fps camera's p50 went from 209 to 28 ms.
 SPARSE_POLL_BATCHES = 4
-#: Weight of the newest round trip of a sparse batch in the smoothed one ``_sparse`` compares.
+#: Weight of the newest round trip in the smoothed one that ``_sparse`` compares.
 ROUND_TRIP_SMOOTHING = 0.2
 
 #: The stages of ``_commit``: a batch failing there has results sent, and those after it
@@ -133,6 +133,8 @@ class _Batch:
     sent_ms: int = 0
     #: Seconds from sending to the slowest answer, as read when the batch was produced.
     round_trip_s: float = 0.0
+    #: Sent while a batch ahead was unanswered: its round trip counts the wait behind it.
+    queued: bool = False
 
 
 @dataclass
@@ -203,10 +205,10 @@ class StreamProcessor:
         self.sleep = sleep
         #: The mean interval between the frames of the last poll that found any (from the
         #: previous such poll: a processor that waited on a batch meanwhile finds more
-        #: frames, not a longer interval), and the models' smoothed round trip, learnt from
-        #: sparse batches (awaited as soon as sent, where a batch read after a later poll
-        #: would count the poll's wait): frames that come slower than the models answer are
-        #: sparse.
+        #: frames, not a longer interval), and the models' smoothed round trip as the
+        #: processor sees it, learnt from batches sent with none unanswered ahead (one sent
+        #: behind others counts its wait for them): frames that come slower than the models
+        #: answer are sparse.
         self._last_arrival_s = -float("inf")
         self._arrival_interval_s = float("inf")
         self._round_trip_s = 0.0
@@ -331,7 +333,7 @@ class StreamProcessor:
                         break
                     batch = self._inflight.popleft()
                     self._producing.append(self._produce(batch))
-                    if sparse:  # awaited as soon as sent: the models' own time, not the poll's
+                    if not batch.queued:
                         self._round_trip_s += ROUND_TRIP_SMOOTHING * (batch.round_trip_s - self._round_trip_s)
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
@@ -551,6 +553,7 @@ class StreamProcessor:
     def _send(self, batch: _Batch) -> _Batch:
         """One request per model for the batch's frames that its cameras route to it."""
         batch.sent_ms = self.clock_ms()
+        batch.queued = not all(self._answered(ahead) for ahead in self._inflight)
         for task, client in self.models.items():
             indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
             if indices:
