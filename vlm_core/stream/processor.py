@@ -131,7 +131,8 @@ class _Batch:
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
     #: When its requests went to the models (its frames wait from their dequeue to this).
     sent_ms: int = 0
-    #: Seconds from sending to the slowest answer, as read when the batch was produced.
+    #: Seconds from sending to the slowest answer, where the processor waited for it (0:
+    #: not timed, see ``_produce``).
     round_trip_s: float = 0.0
     #: Sent while a batch ahead was unanswered: its round trip counts the wait behind it.
     queued: bool = False
@@ -205,10 +206,9 @@ class StreamProcessor:
         self.sleep = sleep
         #: The mean interval between the frames of the last poll that found any (from the
         #: previous such poll: a processor that waited on a batch meanwhile finds more
-        #: frames, not a longer interval), and the models' smoothed round trip as the
-        #: processor sees it, learnt from batches sent with none unanswered ahead (one sent
-        #: behind others counts its wait for them): frames that come slower than the models
-        #: answer are sparse.
+        #: frames, not a longer interval), and the models' smoothed round trip, learnt from
+        #: the batches the processor waited for that were sent with none unanswered ahead:
+        #: frames that come slower than the models answer are sparse.
         self._last_arrival_s = -float("inf")
         self._arrival_interval_s = float("inf")
         self._round_trip_s = 0.0
@@ -333,7 +333,7 @@ class StreamProcessor:
                         break
                     batch = self._inflight.popleft()
                     self._producing.append(self._produce(batch))
-                    if not batch.queued:
+                    if batch.round_trip_s:
                         self._round_trip_s += ROUND_TRIP_SMOOTHING * (batch.round_trip_s - self._round_trip_s)
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
@@ -594,6 +594,8 @@ class StreamProcessor:
         batch's dead letters."""
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
+        # Read after its answer came (a later poll's wait), its round trip would be too long.
+        timed = not batch.queued and bool(batch.requests) and not self._answered(batch)
         for task, (indices, request, sent_at) in batch.requests.items():
             try:
                 with self.profile.measure("model wait"):
@@ -605,7 +607,8 @@ class StreamProcessor:
                 raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=reason) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
-            batch.round_trip_s = max(batch.round_trip_s, elapsed)
+            if timed:
+                batch.round_trip_s = max(batch.round_trip_s, elapsed)
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
