@@ -70,7 +70,7 @@ PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 #: A poll of at most 1/SPARSE_POLL_BATCHES of a batch is sparse (StreamProcessor._sparse).
 #: At a quarter, a 5 fps camera's p50 went from 209 to 28 ms.
 SPARSE_POLL_BATCHES = 4
-#: Weight of the newest round trip in the smoothed one that ``_sparse`` compares.
+#: Weight of the newest model round trip in the smoothed one that ``_sparse`` compares.
 ROUND_TRIP_SMOOTHING = 0.2
 
 #: The stages of ``_commit``: a batch failing there has results sent, and those after it
@@ -131,11 +131,6 @@ class _Batch:
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
     #: When its requests went to the models (its frames wait from their dequeue to this).
     sent_ms: int = 0
-    #: Seconds from sending to the slowest answer, where the processor waited for it (0:
-    #: not timed, see ``_produce``).
-    round_trip_s: float = 0.0
-    #: Sent while a batch ahead was unanswered: its round trip counts the wait behind it.
-    queued: bool = False
 
 
 @dataclass
@@ -204,13 +199,13 @@ class StreamProcessor:
         self.clock_ms = clock_ms
         self.monotonic = monotonic
         self.sleep = sleep
-        #: The mean interval between the frames of the last poll that found any (from the
-        #: previous such poll: a processor that waited on a batch meanwhile finds more
-        #: frames, not a longer interval), and the models' smoothed round trip, learnt from
-        #: the batches the processor waited for that were sent with none unanswered ahead:
-        #: frames that come slower than the models answer are sparse.
+        #: Seconds between the last two polls that found frames, and the models' round trip
+        #: as the processor reads it (a batch read after a later poll counts the poll's wait,
+        #: so a slow camera's estimate settles near its frame interval until a sparse batch,
+        #: awaited as soon as sent, brings it back down), smoothed over every batch: frames
+        #: that come slower than the models answer are sparse.
         self._last_arrival_s = -float("inf")
-        self._arrival_interval_s = float("inf")
+        self._arrival_gap_s = float("inf")
         self._round_trip_s = 0.0
         self._lock = threading.RLock()
         #: Frames admitted and decoded while the models work, sent together (``_admit_all``).
@@ -309,7 +304,7 @@ class StreamProcessor:
         with self._lock:
             if records:
                 now = self.monotonic()
-                self._arrival_interval_s = (now - self._last_arrival_s) / len(records)
+                self._arrival_gap_s = now - self._last_arrival_s
                 self._last_arrival_s = now
             return self._advance(records)
 
@@ -331,10 +326,7 @@ class StreamProcessor:
                         len(self._inflight) >= self.max_inflight or sparse or self._answered(self._inflight[0])
                     ):
                         break
-                    batch = self._inflight.popleft()
-                    self._producing.append(self._produce(batch))
-                    if batch.round_trip_s:
-                        self._round_trip_s += ROUND_TRIP_SMOOTHING * (batch.round_trip_s - self._round_trip_s)
+                    self._producing.append(self._produce(self._inflight.popleft()))
                     if self.exactly_once:  # one transaction at a time: this batch's
                         self._commit(self._producing.popleft())
                 while self._producing and (len(self._producing) > 1 or not records):
@@ -553,7 +545,6 @@ class StreamProcessor:
     def _send(self, batch: _Batch) -> _Batch:
         """One request per model for the batch's frames that its cameras route to it."""
         batch.sent_ms = self.clock_ms()
-        batch.queued = not all(self._answered(ahead) for ahead in self._inflight)
         for task, client in self.models.items():
             indices = [i for i, item in enumerate(batch.items) if task in item.tasks]
             if indices:
@@ -594,8 +585,6 @@ class StreamProcessor:
         batch's dead letters."""
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
-        # Read after its answer came (a later poll's wait), its round trip would be too long.
-        timed = not batch.queued and bool(batch.requests) and not self._answered(batch)
         for task, (indices, request, sent_at) in batch.requests.items():
             try:
                 with self.profile.measure("model wait"):
@@ -607,8 +596,7 @@ class StreamProcessor:
                 raise BatchFailedError(f"{task.value} model", exc, batch.offsets, reason=reason) from exc
             elapsed = time.perf_counter() - sent_at
             model_ms[task] = elapsed * 1000
-            if timed:
-                batch.round_trip_s = max(batch.round_trip_s, elapsed)
+            self._round_trip_s += ROUND_TRIP_SMOOTHING * (elapsed - self._round_trip_s)
             outputs[task] = dict(zip(indices, task_outputs, strict=True))
             if task_outputs:
                 ref = task_outputs[0].model
@@ -759,7 +747,7 @@ class StreamProcessor:
 
     def _sparse(self, polled: int, backlog: int | None) -> bool:
         """Whether frames trickle in: the poll found none, or a few that left none behind
-        and came more than a model round trip apart. The next poll then
+        and came more than a model round trip after the previous ones. The next poll then
         waits for the next frame, which comes after the batches in flight are answered:
         finishing them now costs nothing, and leaving them would hold a slow camera's
         results for a whole frame interval. Frames that come faster are polled while the
@@ -769,7 +757,7 @@ class StreamProcessor:
         if polled == 0:
             return True
         few = polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0
-        return few and self._arrival_interval_s > self._round_trip_s
+        return few and self._arrival_gap_s > self._round_trip_s
 
     def _may_send(self, forming: _Batch, sparse: bool) -> bool:
         """Whether the forming batch goes to the models now: when it is full (full batches
