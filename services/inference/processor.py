@@ -38,27 +38,34 @@ def model_client(handle: Any) -> ModelClient:
 
 
 class _Response:
-    """A model request. Its outputs are fetched from the object store once: the processor
-    asks with ``timeout=0`` whether a batch is answered, then reads it."""
+    """A model request. Its answer, outputs or error, is fetched from the object store
+    once: the processor asks with ``timeout=0`` whether a batch is answered, then reads it."""
 
     def __init__(self, response: Any) -> None:
         self.response = response
         self._outputs: Any = None
+        self._error: BaseException | None = None
         self._answered = False
 
     def result(self, timeout: float | None = None) -> Any:
+        if not self._answered:
+            self._fetch(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._outputs
+
+    def _fetch(self, timeout: float | None) -> None:
         from ray.exceptions import RayTaskError
 
-        if self._answered:
-            return self._outputs
         try:
             self._outputs = self.response.result(timeout_s=timeout)
-        except RayTaskError as exc:  # a frame the replica could not decode: its own error
-            if isinstance(exc.cause, FrameError):
-                raise exc.cause from None
+        except TimeoutError:  # not answered yet (ray's GetTimeoutError is one too)
             raise
+        except RayTaskError as exc:  # a frame the replica could not decode: its own error
+            self._error = exc.cause if isinstance(exc.cause, FrameError) else exc
+        except Exception as exc:
+            self._error = exc
         self._answered = True
-        return self._outputs
 
 
 @dataclass(frozen=True)

@@ -73,10 +73,6 @@ SPARSE_POLL_BATCHES = 4
 #: Weight of the newest model round trip in the smoothed one that ``_sparse`` compares.
 ROUND_TRIP_SMOOTHING = 0.2
 
-#: The stages of ``_commit``: a batch failing there has results sent, and those after it
-#: must not be committed past it.
-_COMMIT_STAGES = frozenset({"side produce ack", "produce ack", "commit"})
-
 #: At most this many dead letters are remembered for de-duplicating retries.
 _MAX_REMEMBERED_DEAD_LETTERS = 100_000
 
@@ -102,6 +98,11 @@ class BatchFailedError(Exception):
         self.cause = cause
         self.offsets = offsets or {}
         self.reason = reason
+
+
+class CommitFailedError(BatchFailedError):
+    """A batch whose outputs were sent was not acknowledged or not committed: no batch
+    after it may be committed past it."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -393,7 +394,7 @@ class StreamProcessor:
         log.warning("%s (failure %d in a row); rewinding to the last committed offsets", exc, self._failures)
         self._forming = None
         self._inflight.clear()
-        if self.transactions is None and exc.stage not in _COMMIT_STAGES:
+        if self.transactions is None and not isinstance(exc, CommitFailedError):
             self._keep_produced()
         self._producing.clear()
         if self.transactions is not None:
@@ -646,13 +647,13 @@ class StreamProcessor:
             try:
                 pending.result(timeout=self.produce_timeout_s)
             except Exception as exc:
-                raise BatchFailedError("side produce ack", exc, producing.offsets, reason=None) from exc
+                raise CommitFailedError("side produce ack", exc, producing.offsets, reason=None) from exc
         for _item, _result, sends in producing.sends:
             for send in sends:
                 try:
                     send.result(timeout=self.produce_timeout_s)
                 except Exception as exc:
-                    raise BatchFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
+                    raise CommitFailedError("produce ack", exc, producing.offsets, reason=PRODUCE_ERROR) from exc
 
     def _count_processed(self, producing: _Producing) -> None:
         """After the broker acknowledged a batch's results: counters and latencies. A
@@ -684,7 +685,7 @@ class StreamProcessor:
                 with self.profile.measure("commit"):
                     self.consumer.commit(producing.offsets, wait=wait)
         except Exception as exc:
-            raise BatchFailedError("commit", exc, producing.offsets, reason=None) from exc
+            raise CommitFailedError("commit", exc, producing.offsets, reason=None) from exc
         self._count_processed(producing)
         self._failures = 0
         for source in [s for s in self._dead_letters if s[2] < producing.offsets.get((s[0], s[1]), -1)]:
