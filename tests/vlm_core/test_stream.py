@@ -303,6 +303,7 @@ def test_drop_policy(policy: DropPolicy, expected: int) -> None:
     run_until_idle(processor, consumer)
     assert len(producer.results()) == expected
     assert processor.metrics.total(m.FRAMES_DROPPED, reason="stale") == 5 - expected
+    assert processor.metrics.total(m.FRAMES_CONSUMED) == 5  # read from the topic, dropped or not
     assert consumer.committed == {("frames", 0): 5}  # dropped frames are done, not redelivered
 
 
@@ -314,6 +315,7 @@ def test_camera_routing_selects_tasks() -> None:
     assert [r.camera_id for r in producer.results()] == ["loud", "loud"]  # quiet wants no served task
     assert model.calls == [2]
     assert processor.metrics.total(m.FRAMES_DROPPED, reason="no_model") == 1
+    assert processor.metrics.total(m.FRAMES_CONSUMED) == 3
 
 
 def test_a_camera_routed_to_no_task_is_left_to_another_pipeline() -> None:

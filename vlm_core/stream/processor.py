@@ -519,7 +519,7 @@ class StreamProcessor:
         for rec in records:
             start = time.perf_counter()
             try:
-                item = self._admit(rec, now_ms)
+                item = self._admit(rec, now_ms, consumed)
             except FrameError as exc:
                 self._dead_letter(batch, rec, exc.reason, str(exc))
                 continue
@@ -530,7 +530,6 @@ class StreamProcessor:
             if item is None:
                 continue
             item.decode_ms = (time.perf_counter() - start) * 1000
-            consumed[item.frame.camera_id] += 1
             batch.items.append(item)
         # Counters move once per camera per batch: exporter calls are not free at hundreds of fps.
         for camera, count in consumed.items():
@@ -557,11 +556,12 @@ class StreamProcessor:
                 batch.requests[task] = (indices, pending, time.perf_counter())
         return batch
 
-    def _admit(self, rec: Record, now_ms: int) -> _Item | None:
+    def _admit(self, rec: Record, now_ms: int, consumed: Counter[str]) -> _Item | None:
         """Validate one record, and decode it where the models take pixels; None when it is
-        dropped on purpose (counted)."""
+        dropped on purpose (counted). A frame that parses counts in ``consumed``, dropped or not."""
         with self.profile.measure("parse"):
             frame = Frame.from_kafka(rec.key, rec.value, rec.headers, limits=self.limits, now_ms=now_ms)
+        consumed[frame.camera_id] += 1
         with self.profile.measure("route"):
             policy = self.routing.policy_for(frame.camera_id)
             if policy.drop_policy is DropPolicy.DROP_STALE and now_ms - frame.capture_ts_ms > policy.max_age_ms:
