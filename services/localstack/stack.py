@@ -196,11 +196,23 @@ class LocalService:
 
     def stop(self) -> bool:
         """Stop by PID: SIGTERM, then SIGKILL to its process group. True if it was running."""
+        pid = self.terminate()
+        if pid is None:
+            return False
+        self.reap(pid)
+        return True
+
+    def terminate(self) -> int | None:
+        """Send SIGTERM by PID without waiting; the PID, or None if it was not running."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
-            return False
+            return None
         os.kill(pid, signal.SIGTERM)
+        return pid
+
+    def reap(self, pid: int) -> None:
+        """Wait for a terminated ``pid`` to exit, then SIGKILL what is left of its process group."""
         deadline = time.monotonic() + self.stop_timeout_s
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -211,7 +223,6 @@ class LocalService:
         while process_group_members(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
-        return True
 
     def _wait_healthy(self, proc: subprocess.Popen[bytes] | None = None) -> None:
         timeout_s = max(self.settings.start_timeout_s, self.min_start_timeout_s)
@@ -726,8 +737,17 @@ class LocalStack:
         self.settings.brokers_file.write_text(f"{wanted}\n")
 
     def down(self, names: list[str] | None = None) -> list[ServiceStatus]:
-        for service in reversed(self.select(names, optional=True)):
-            service.stop()
+        services = list(reversed(self.select(names, optional=True)))
+        # Every Kafka node at once: one stopped after the others waits out its controlled
+        # shutdown for a quorum that is gone.
+        for service in services:
+            if not isinstance(service, KafkaService):
+                service.stop()
+        brokers = [s for s in services if isinstance(s, KafkaService)]
+        terminated = [(broker, broker.terminate()) for broker in brokers]
+        for broker, pid in terminated:
+            if pid is not None:
+                broker.reap(pid)
         return [s.status() for s in self.select(names, optional=True)]
 
     def status(self) -> list[ServiceStatus]:
