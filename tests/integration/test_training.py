@@ -69,7 +69,7 @@ def trained(
     """A model trained and promoted once, with its registry's root folder: the gate's
     incumbent, and the teacher that is distilled and pruned."""
     root = tmp_path_factory.mktemp("trained")
-    return _train(ray_address, root, data=str(image_folder), epochs=6, name="gate", promote=True), root
+    return _train(ray_address, root, data=str(image_folder), epochs=4, name="gate", promote=True), root
 
 
 def test_gate_refuses_a_candidate_trained_on_shuffled_labels(
@@ -82,7 +82,7 @@ def test_gate_refuses_a_candidate_trained_on_shuffled_labels(
     assert Path(good.artifacts["curves.png"]).is_file() and Path(good.artifacts["confusion.png"]).is_file()
 
     bad = _train(
-        ray_address, tmp_path, data=str(image_folder), epochs=6, name="gate", promote=True, shuffle_labels=True
+        ray_address, tmp_path, data=str(image_folder), epochs=3, name="gate", promote=True, shuffle_labels=True
     )
     registry = ModelRegistry(tmp_path / "registry")
     assert bad.decision is not None and not bad.decision.promoted
@@ -98,7 +98,7 @@ def test_gate_refuses_a_candidate_trained_on_shuffled_labels(
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_address: str, image_folder: Path, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     outcome: dict[str, Any] = {}
-    epochs = 8
+    epochs = 5
 
     def train() -> None:
         try:
@@ -146,7 +146,7 @@ def test_a_student_and_a_pruned_copy_learn_from_their_teacher_and_are_registered
         arch="vgg6_bn_slim",
         init="none",
         input_size=32,  # the teacher's batches are resized to its 64 px
-        epochs=8,
+        epochs=6,
         lr=3e-3,
         teacher=teacher.version.spec(registry.root).to_dict(),
         distill_weight=1.0,
