@@ -39,6 +39,7 @@ from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.pipeline import Delivery, ModelInput, ProcessorSettings, model_pipeline_args
+from vlm_core.registry import ModelRegistry
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
 
@@ -122,10 +123,17 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     return FRAME_SIZES[text]
 
 
-def bench_spec(task: Task, arch: str | None) -> ModelSpec:
+def bench_spec(task: Task, arch: str | None, registry_dir: Path | None = None) -> ModelSpec:
     """The benched model, with fixed weights that the raw loop and the model replica both
     load: two random initialisations differ in what they output, and a segmenter's or
-    detector's post-processing costs what its output holds (classes present, boxes)."""
+    detector's post-processing costs what its output holds (classes present, boxes).
+    ``arch`` as ``NAME@V`` is that registry version (an optimised one included)."""
+    if arch is not None and "@" in arch:
+        registry = ModelRegistry(registry_dir or LocalSettings.from_env().registry_dir)
+        version = registry.resolve(arch)
+        if version.task is not task:
+            raise ConfigError(f"{arch} is a {version.task.value} model", hint=f"use --task {version.task.value}")
+        return version.spec(registry.root)
     profile = get_profile(task)
     arch = arch or profile.defaults.serving_arch
     names = profile.bench_class_names(BENCH_CLASS_COUNT)
@@ -212,7 +220,7 @@ def run_pipeline_bench(
         raise ConfigError(f"--latency-fps {latency_fps:g}: give a rate above 0 frames a second")
     if tracking and task is not Task.DETECTION:
         raise ConfigError("--tracking needs --task detection: tracks are made of detections")
-    spec = bench_spec(task, arch)
+    spec = bench_spec(task, arch, settings.registry_dir)
     batch_size = batch_size or get_profile(task).defaults.bench_batch_size
     if raw_fps is None:
         progress(f"raw model: {spec.arch} ({graph.value}), batch {batch_size}, 1 torch thread, {frames} frames")

@@ -368,7 +368,10 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("pipeline")
 def bench_pipeline(
     task: Annotated[str, typer.Option(help="classification, detection or segmentation.")],
-    model: Annotated[str | None, typer.Option(help="Architecture (default: the task's default model).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Architecture, or a registry version NAME@V (default: the task's default model)."),
+    ] = None,
     frames: Annotated[int, typer.Option(help="Frames through each measurement.")] = 1000,
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, help="Raw loop and pipeline alternately, N times each; medians.")

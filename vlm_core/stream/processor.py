@@ -776,14 +776,15 @@ class StreamProcessor:
         """Whether the models answered every request of the batch, without waiting: an
         answered batch's results leave now rather than when the in-flight queue is full.
         A failed request counts as answered (``_produce`` handles its failure)."""
-        for _indices, request, _sent_at in batch.requests.values():
-            try:
-                request.result(timeout=0)
-            except TimeoutError:
-                return False
-            except Exception:
-                continue  # failed: answered all the same
-        return True
+        with self.profile.measure("probe"):
+            for _indices, request, _sent_at in batch.requests.values():
+                try:
+                    request.result(timeout=0)
+                except TimeoutError:
+                    return False
+                except Exception:
+                    continue  # failed: answered all the same
+            return True
 
     def _backlog(self) -> int | None:
         """Frames on the broker behind those polled, as the consumer last saw them; each
