@@ -423,7 +423,7 @@ def bench_pipeline(
     from vlm_core.models.spec import Graph
     from vlm_core.pipeline import ModelInput
 
-    task_enum = _task(task, model)
+    task_enum = _task(task, None if model is not None and "@" in model else model)  # a version: bench_spec checks
     width, height = parse_frame_size(frame_size)
     model_input_enum = _offered(ModelInput, "--model-input", model_input)
     graph_enum = _offered(Graph, "--graph", graph)

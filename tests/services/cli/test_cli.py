@@ -43,6 +43,7 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["events", "--type", "teleported"], "unknown event type teleported"),
         (["bench", "tracking", "--model", "no-such-detector"], "no production 'no-such-detector'"),
         (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
+        (["bench", "pipeline", "--task", "classification", "--model", "no-such-model@9"], "no-such-model@9 does not"),
         (["bench", "pipeline", "--task", "classification", "--latency-fps", "0"], "--latency-fps 0: give a rate"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
         (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
