@@ -68,6 +68,7 @@ class ModelServer:
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
+        self.max_batch_size = settings.max_batch_size
         self.predictor: Predictor = self._load(spec)
         self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(settings.max_batch_size)
@@ -84,7 +85,8 @@ class ModelServer:
         start = time.perf_counter()
         try:
             predictor = build_predictor(spec, graph=self.graph)
-            predictor.warmup()
+            # At the batch size requests come in: an int8 graph keeps its first call's.
+            predictor.warmup(self.max_batch_size)
         except Exception:
             self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})
             raise

@@ -8,7 +8,7 @@ import torch
 from tests.conftest import REGISTRY_CLASSES, register_classifier, write_colour_folder
 from vlm_core.errors import ConfigError
 from vlm_core.models import ModelSpec, Task, build_model
-from vlm_core.models.optimize import compress, finish, fit_to_state, prune_channels
+from vlm_core.models.optimize import FirstBatchSize, compress, finish, fit_to_state, prune_channels
 from vlm_core.models.spec import Optimization
 from vlm_core.models.zoo import get_architecture
 from vlm_core.registry import ModelRegistry, ModelVersion
@@ -81,7 +81,9 @@ def _register(
 
 
 def _quantized_convolutions(module: torch.nn.Module) -> int:
-    """How many int8 convolutions a frozen TorchScript graph calls."""
+    """How many int8 convolutions a frozen TorchScript graph calls (served at a fixed batch size)."""
+    assert isinstance(module, FirstBatchSize)
+    module = module.graph
     assert isinstance(module, torch.jit.ScriptModule)
     return sum(node.kind().startswith("quantized::conv2d") for node in module.inlined_graph.nodes())
 
@@ -146,10 +148,41 @@ def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> Non
         expected = model.eval()(calibration[0]).softmax(1)
         served = finish(compress(model, Optimization.INT8, calibration), Optimization.INT8, calibration[0][:1])
         got = served(calibration[0]).softmax(1)
-    kinds = {node.kind() for node in served.inlined_graph.nodes()}
+    kinds = {node.kind() for node in served.graph.inlined_graph.nodes()}
     assert not kinds & {"aten::conv2d", "aten::_convolution", "aten::batch_norm"}
     assert _quantized_convolutions(served) == 6
     assert torch.allclose(got, expected, atol=0.05)
+
+
+class _BatchSizes(torch.nn.Module):
+    """A graph that notes the batch size of each call."""
+
+    def __init__(self, graph: torch.nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+        self.sizes: list[int] = []
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(batch.shape[0])
+        return self.graph(batch)  # type: ignore[no-any-return]
+
+
+def test_an_int8_graph_runs_every_batch_at_the_size_of_its_first() -> None:
+    torch.manual_seed(0)
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=REGISTRY_CLASSES))
+    calibration = [torch.rand(8, 3, 32, 32) for _ in range(2)]
+    served = finish(compress(model, Optimization.INT8, calibration), Optimization.INT8, calibration[0][:1])
+    assert isinstance(served, FirstBatchSize) and served.size is None
+    graph = served.graph = _BatchSizes(served.graph)
+    frames = torch.rand(19, 3, 32, 32)
+    with torch.no_grad():
+        first = served(frames[:8])
+        one_by_one = torch.cat([served(frames[i : i + 1]) for i in range(19)])  # padded up to 8
+        whole = served(frames)  # in chunks of 8, the last padded
+    assert served.size == 8 and set(graph.sizes) == {8}
+    assert len(graph.sizes) == 1 + 19 + 3
+    # A frame's scores do not depend on what shares its batch.
+    assert torch.equal(one_by_one[:8], first) and torch.equal(whole, one_by_one)
 
 
 @pytest.mark.parametrize("method", [Optimization.FOLD_BN, Optimization.INT8])
@@ -178,6 +211,10 @@ def test_a_detector_transforms_its_traceable_parts_and_its_version_serves_what_w
     assert sum(len(got["boxes"]) for got, _ in outputs) > 0  # something to compare
     for got, made in outputs:
         assert torch.equal(got["boxes"], made["boxes"]) and torch.equal(got["labels"], made["labels"])
+    if method is Optimization.INT8:  # the backbone's feature maps of a frame padded to the first batch's 4
+        with torch.no_grad():
+            alone = served(frames[:1])[0]
+        assert torch.equal(alone["boxes"], outputs[0][0]["boxes"])
 
 
 @pytest.mark.parametrize(
