@@ -141,8 +141,8 @@ class FirstBatchSize(nn.Module):
     The quantized kernels of a frozen graph run fast only at the input shape they first
     ran with. For ``mobilenet_v3_small`` at 48 px on one thread (int8-onednn), a graph
     first run on 16 frames took 2.8 ms for 16 and 6.7 ms for 1; one first run on 1 frame
-    took 17 ms for 16. A smaller batch is therefore padded with zeros up to that size (a
-    frame's outputs do not depend on the others in eval mode, and the quantization scales
+    took 17 ms for 16 (a one-off profile). A smaller batch is therefore padded with zeros
+    up to that size (a frame's outputs do not depend on the others in eval mode, and the quantization scales
     are fixed), and a larger one runs in chunks of it. Serving warms a model up at its
     batch size, so that size is the one the models are sent."""
 
@@ -159,32 +159,21 @@ class FirstBatchSize(nn.Module):
             return self.graph(batch)
         if count < size:
             padded = torch.cat([batch, batch.new_zeros((size - count, *batch.shape[1:]))])
-            return _map_batch(self.graph(padded), lambda out: out[:count])
+            return _combine([self.graph(padded)], lambda outs: outs[0][:count])
         chunks = [self(batch[start : start + size]) for start in range(0, count, size)]
-        return _join_batches(chunks)
+        return _combine(chunks, torch.cat)
 
 
-def _map_batch(outputs: Any, take: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``take`` applied to each batched tensor of a part's outputs (a tensor, a mapping of
-    feature maps, or a sequence of them)."""
-    if isinstance(outputs, torch.Tensor):
-        return take(outputs)
-    if isinstance(outputs, Mapping):
-        return cast(Any, type(outputs))((key, _map_batch(value, take)) for key, value in outputs.items())
-    if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_map_batch(value, take) for value in outputs)
-    raise TypeError(f"a batched part returns tensors, not {type(outputs).__name__}")
-
-
-def _join_batches(chunks: list[Any]) -> Any:
-    """The outputs of consecutive chunks of a batch, as those of the whole batch."""
-    first = chunks[0]
+def _combine(outputs: list[Any], combine: Callable[[list[torch.Tensor]], torch.Tensor]) -> Any:
+    """The outputs of one or more calls of a part, combined tensor by tensor: each output
+    is a tensor, a mapping of them (a detector backbone's feature maps) or a sequence."""
+    first = outputs[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(chunks)
+        return combine(outputs)
     if isinstance(first, Mapping):
-        return cast(Any, type(first))((key, _join_batches([chunk[key] for chunk in chunks])) for key in first)
+        return cast(Any, type(first))((key, _combine([out[key] for out in outputs], combine)) for key in first)
     if isinstance(first, (list, tuple)):
-        return type(first)(_join_batches(list(parts)) for parts in zip(*chunks, strict=True))
+        return type(first)(_combine(list(parts), combine) for parts in zip(*outputs, strict=True))
     raise TypeError(f"a batched part returns tensors, not {type(first).__name__}")
 
 
