@@ -19,7 +19,6 @@ from vlm_core.pipeline import ProcessorSettings
 
 log = logging.getLogger("ray.serve")
 
-MIN_POLL_MS = 500
 REBALANCE_POLL_MS = 30000
 #: A member that has not finished joining its group after this long is recreated.
 JOIN_STALL_S = 60.0
@@ -108,12 +107,13 @@ class KafkaFrameConsumer:
         """Up to ``max_records`` records from one fetch.
 
         The broker answers a fetch as soon as data is there, so a long timeout costs
-        nothing while frames flow. It must not be short: kafka-python 3.0 can lose a
-        group join that a poll timeout interrupts (the member then sits on an assignment
-        it never fetches from), so every poll waits at least MIN_POLL_MS, and much longer
-        while the group is rebalancing.
+        nothing while frames flow, and a short one lets the processor finish a batch the
+        models answered while no frames came. While the member is joining its group a poll
+        waits REBALANCE_POLL_MS: kafka-python 3.0.12 keeps a join in flight across polls
+        that time out, but earlier 3.0 releases lost a join that a poll timeout interrupted
+        (the member then sat on an assignment it never fetched from).
         """
-        wait_ms = max(timeout_ms, MIN_POLL_MS)
+        wait_ms = timeout_ms
         if not self._joined() or not self.consumer.assignment():
             wait_ms = max(wait_ms, REBALANCE_POLL_MS)
         batches = self.consumer.poll(timeout_ms=wait_ms, max_records=max_records)

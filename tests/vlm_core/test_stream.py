@@ -18,6 +18,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameDecodeError
 from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy, ModelInput
 from vlm_core.stream import DLQ_REASON_HEADER, StreamProcessor, dlq_reason, kafka_sinks
+from vlm_core.stream.processor import ANSWER_POLL_MS
 
 TOPICS = Topics(results="results", dlq="dlq", to_label="to_label")
 
@@ -39,7 +40,10 @@ class FakeConsumer:
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     rewinds: int = 0
 
+    waits: list[int] = field(default_factory=list)
+
     def poll(self, max_records: int, timeout_ms: int) -> list[Rec]:
+        self.waits.append(timeout_ms)
         batch = self.records[self.position : self.position + max_records]
         self.position += len(batch)
         return batch
@@ -205,7 +209,10 @@ def test_few_frames_coming_faster_than_the_model_answers_are_not_sparse() -> Non
     consumer.records.extend(records[2:])
     processor.step()  # no time since the previous frames: the next come before an answer
     assert [r.seq for r in producer.results()] == [0, 1]
-    processor.step()  # an empty poll finishes what is in flight
+    processor.step()  # an empty poll: the batch is still at the model
+    assert [r.seq for r in producer.results()] == [0, 1]
+    _model.running = False
+    processor.step()  # answered: its results leave at the next poll, frames or not
     assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
 
 
@@ -243,8 +250,50 @@ def test_a_fuller_poll_overlaps_even_when_it_leaves_nothing_behind() -> None:
     processor, _consumer, producer, model = make([frame_record(i) for i in range(10)], model=running, batch_size=16)
     processor.step()
     assert model.calls == [10] and producer.results() == []  # the next frames come while it runs
-    processor.step()  # an empty poll finishes what is in flight
+    running.running = False
+    processor.step()  # answered: an empty poll finishes it
     assert [r.seq for r in producer.results()] == list(range(10))
+
+
+def test_a_poll_with_a_batch_at_the_model_waits_only_until_it_is_due() -> None:
+    running = FakeModel(running=True)
+    processor, consumer, producer, _model = make([frame_record(i) for i in range(10)], model=running, batch_size=16)
+    processor.step()
+    processor.step()
+    processor.step()
+    assert consumer.waits[0] == processor.poll_timeout_ms  # nothing in flight
+    # A batch at the model and no round trip measured yet: it is due now, so the polls are short.
+    assert consumer.waits[1:] == [ANSWER_POLL_MS, ANSWER_POLL_MS]
+    assert producer.results() == []
+    running.running = False
+    processor.step()
+    assert [r.seq for r in producer.results()] == list(range(10))
+    processor.step()
+    assert consumer.waits[-1] == processor.poll_timeout_ms  # none in flight again
+
+
+def test_a_batch_the_model_never_answers_fails_after_the_model_timeout() -> None:
+    running = FakeModel(running=True)
+    processor, consumer, producer, _model = make([frame_record(i) for i in range(3)], model=running, batch_size=16)
+    processor.model_timeout_s = 0.05
+
+    def unknown() -> dict[tuple[str, int], int]:
+        raise RuntimeError("no fetch yet")  # cannot tell: not sparse, the batch stays in flight
+
+    consumer.lag = unknown  # type: ignore[method-assign]
+
+    def timed_out(timeout: float | None = None) -> Any:
+        if timeout is not None and timeout > 0:
+            raise AssertionError(f"waited {timeout} s more for an overdue request")
+        raise TimeoutError("no answer")
+
+    processor.step()
+    assert producer.results() == [] and processor.metrics.total(m.BATCH_FAILURES) == 0
+    request = processor._inflight[0].requests[Task.CLASSIFICATION][1]
+    request.result = timed_out  # type: ignore[method-assign]
+    time.sleep(0.06)
+    processor.step()  # overdue: produced, its request fails without another wait, the batch is retried
+    assert processor.metrics.total(m.BATCH_FAILURES) == 1 and consumer.rewinds == 1
 
 
 def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
@@ -257,6 +306,7 @@ def test_a_consumer_that_cannot_tell_its_lag_overlaps_as_when_behind() -> None:
     consumer.lag = unknown  # type: ignore[method-assign]
     processor.step()
     assert model.calls == [3] and producer.results() == []
+    running.running = False
     processor.step()
     assert [r.seq for r in producer.results()] == [0, 1, 2]
 

@@ -10,8 +10,9 @@ stale ones by policy, and adds them to a forming batch, which goes as **one requ
 each model the batch's cameras need: at once when it is full (up to ``max_inflight``
 full batches overlap, decode of the next running while the models work on this one),
 otherwise when the models have answered the batch ahead, so that frames polled while
-they work go together. An answered batch's results leave after the next poll, and the
-acknowledgement wait of one batch overlaps the models' work on the next. When frames
+they work go together. With batches at the models a poll waits only until they are due
+back (``_poll_wait_ms``), so an answered batch's results leave when it is answered, and
+the acknowledgement wait of one batch overlaps the models' work on the next. When frames
 trickle in (``_sparse``), the batches in flight are finished at once: waiting for the
 next poll would hold a slow camera's result for a whole frame interval. Batches complete
 in order: their outcomes go to the sinks, the broker's acknowledgements are awaited, and
@@ -72,6 +73,9 @@ PRODUCE_ERROR = DeadLetterReason.PRODUCE_ERROR.value
 SPARSE_POLL_BATCHES = 4
 #: Weight of the newest model round trip in the smoothed one that ``_sparse`` compares.
 ROUND_TRIP_SMOOTHING = 0.2
+#: With batches at the models and past the time they are due back, a poll waits this long
+#: at most, so that their results leave within this of the answer (``_poll_wait_ms``).
+ANSWER_POLL_MS = 5
 
 #: At most this many dead letters are remembered for de-duplicating retries.
 _MAX_REMEMBERED_DEAD_LETTERS = 100_000
@@ -300,8 +304,10 @@ class StreamProcessor:
         during a rebalance (kafka-python does, from its network thread), and the drain must
         not interleave with a step's stages.
         """
+        with self._lock:
+            wait_ms = self._poll_wait_ms()
         with self.profile.measure("poll"):
-            records = self.consumer.poll(max(1, self.batch_size - self._forming_size()), self.poll_timeout_ms)
+            records = self.consumer.poll(max(1, self.batch_size - self._forming_size()), wait_ms)
         with self._lock:
             if records:
                 now = self.monotonic()
@@ -587,9 +593,10 @@ class StreamProcessor:
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
         for task, (indices, request, sent_at) in batch.requests.items():
+            left_s = max(0.0, sent_at + self.model_timeout_s - time.perf_counter())
             try:
                 with self.profile.measure("model wait"):
-                    task_outputs = request.result(timeout=self.model_timeout_s)
+                    task_outputs = request.result(timeout=left_s)
                 if len(task_outputs) != len(indices):
                     raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
             except Exception as exc:  # a frame a model replica could not decode fails with its own reason
@@ -746,17 +753,31 @@ class StreamProcessor:
             self.transactions.begin()
             self._in_transaction = True
 
+    def _poll_wait_ms(self) -> int:
+        """How long the next poll may wait for frames: ``poll_timeout_ms``, but with batches
+        at the models only until the oldest is due back (a smoothed round trip after it was
+        sent), and past that ANSWER_POLL_MS at a time. An answered batch's results leave
+        when the models answer, not when the next frame comes: the last batch before a
+        pause waited out a whole poll (500 ms, the consumer's floor then; a 10 s stream's
+        p99 latency was that wait)."""
+        sent = [sent_at for batch in self._inflight for _indices, _request, sent_at in batch.requests.values()]
+        if not sent:
+            return self.poll_timeout_ms
+        due_ms = 1000 * (min(sent) + self._round_trip_s - time.perf_counter())
+        return int(min(self.poll_timeout_ms, max(ANSWER_POLL_MS, due_ms)))
+
     def _sparse(self, polled: int, backlog: int | None) -> bool:
-        """Whether frames trickle in: the poll found none, or a few that left none behind
-        and came more than a model round trip after the previous ones. The next poll then
-        waits for the next frame, which comes after the batches in flight are answered:
-        finishing them now costs nothing, and leaving them would hold a slow camera's
-        results for a whole frame interval. Frames that come faster are polled while the
-        models work (answered batches leave after each poll, see ``_answered``), and a
-        fuller poll overlaps: finishing it at once would idle the model while the next
-        frames, already on their way, are polled."""
+        """Whether frames trickle in: a few that left none behind and came more than a
+        model round trip after the previous ones. The next poll then waits for the next
+        frame, which comes after the batches in flight are answered: finishing them now
+        costs nothing, and leaving them would hold a slow camera's results for a whole
+        frame interval. Frames that come faster are polled while the models work (answered
+        batches leave after each poll, see ``_answered``), and a fuller poll overlaps:
+        finishing it at once would idle the model while the next frames, already on their
+        way, are polled. A poll that found none is not sparse: with batches in flight it
+        was short (``_poll_wait_ms``), and the forming batch still waits for them."""
         if polled == 0:
-            return True
+            return False
         few = polled * SPARSE_POLL_BATCHES <= self.batch_size and backlog == 0
         return few and self._arrival_gap_s > self._round_trip_s
 
@@ -775,9 +796,12 @@ class StreamProcessor:
     def _answered(self, batch: _Batch) -> bool:
         """Whether the models answered every request of the batch, without waiting: an
         answered batch's results leave now rather than when the in-flight queue is full.
-        A failed request counts as answered (``_produce`` handles its failure)."""
+        A failed request counts as answered (``_produce`` handles its failure), and so does
+        one older than ``model_timeout_s`` (``_produce`` fails it)."""
         with self.profile.measure("probe"):
-            for _indices, request, _sent_at in batch.requests.values():
+            for _indices, request, sent_at in batch.requests.values():
+                if time.perf_counter() - sent_at > self.model_timeout_s:
+                    continue
                 try:
                     request.result(timeout=0)
                 except TimeoutError:
