@@ -38,7 +38,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import CpuMeter
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
-from vlm_core.pipeline import Delivery, ModelInput, ProcessorSettings, model_pipeline_args
+from vlm_core.pipeline import Delivery, DeploymentSettings, ModelInput, ProcessorSettings, model_pipeline_args
 from vlm_core.registry import ModelRegistry
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
@@ -85,6 +85,8 @@ class BenchReport:
     graph: str = Graph.FROZEN.value
     #: How long the processor's fetch of the frames topic waited at the broker when empty.
     fetch_max_wait_ms: int = ProcessorSettings().fetch_max_wait_ms
+    #: How long the model replica could spend warming up at each smaller batch size.
+    warmup_s: float = DeploymentSettings().warmup_s
     #: The paced stream's rate as a fraction of the measured pipeline rate (with
     #: ``--latency-fps``, the fraction that rate was).
     latency_load: float = LATENCY_LOAD
@@ -198,6 +200,7 @@ def run_pipeline_bench(
     model_input: ModelInput = ModelInput.DECODED,
     graph: Graph = Graph.FROZEN,
     fetch_max_wait_ms: int | None = None,
+    warmup_s: float | None = None,
     raw_fps: float | None = None,
     settings: LocalSettings,
     progress: Any = print,
@@ -250,6 +253,7 @@ def run_pipeline_bench(
                 "max_ongoing_requests": 8,
                 "torch_threads": 1,
                 "graph": graph.value,
+                **({"warmup_s": warmup_s} if warmup_s is not None else {}),
             },
         },
         processor={
@@ -373,6 +377,7 @@ def run_pipeline_bench(
         model_input=model_input.value,
         graph=graph.value,
         fetch_max_wait_ms=fetch_max_wait_ms or ProcessorSettings().fetch_max_wait_ms,
+        warmup_s=DeploymentSettings().warmup_s if warmup_s is None else warmup_s,
         latency_load=round(rate / pipeline_fps, 3) if latency_fps and pipeline_fps else latency_load,
         cpu_ms_per_frame=cpu_ms,
         latency_cpu_ms_per_frame=latency_cpu_ms,

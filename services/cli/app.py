@@ -414,6 +414,12 @@ def bench_pipeline(
             "--fetch-max-wait-ms", min=1, max=500, help="The processor's fetch_max_wait_ms (default: its own)."
         ),
     ] = None,
+    warmup_s: Annotated[
+        float | None,
+        typer.Option(
+            "--warmup-s", min=0, help="The model replica's warmup_s: 0 warms up at the largest batch size only."
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
@@ -445,6 +451,7 @@ def bench_pipeline(
         model_input=model_input_enum,
         graph=graph_enum,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        warmup_s=warmup_s,
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,

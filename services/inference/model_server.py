@@ -69,6 +69,7 @@ class ModelServer:
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
         self.max_batch_size = settings.max_batch_size
+        self.warmup_s = settings.warmup_s
         self.predictor: Predictor = self._load(spec)
         self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(settings.max_batch_size)
@@ -85,14 +86,20 @@ class ModelServer:
         start = time.perf_counter()
         try:
             predictor = build_predictor(spec, graph=self.graph)
-            # At the batch size requests come in: an int8 graph keeps its first call's.
-            predictor.warmup(self.max_batch_size)
+            # At the batch size requests come in first: an int8 graph keeps its first call's.
+            sizes = predictor.warmup_sizes(self.max_batch_size, self.warmup_s)
         except Exception:
             self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})
             raise
         self._loads.inc(1, tags={**self._tags(spec), "outcome": "loaded"})
         self.loads += 1
-        log.info("loaded %s@%s in %.1fs", spec.name, spec.version, time.perf_counter() - start)
+        log.info(
+            "loaded %s@%s in %.1fs (warmed up at batch sizes %s)",
+            spec.name,
+            spec.version,
+            time.perf_counter() - start,
+            sizes,
+        )
         return predictor
 
     def _publish(self, old: ModelSpec | None, new: ModelSpec) -> None:

@@ -114,3 +114,16 @@ def test_a_network_whose_trace_would_not_hold_runs_eagerly(caplog: pytest.LogCap
     assert predictor.graph is Graph.EAGER
     assert "mobilenet_v3_small runs eagerly: tracing it failed" in caplog.text
     assert "Converting a tensor to a Python boolean" in caplog.text
+
+
+def test_a_frozen_graph_warms_up_at_every_batch_size_its_budget_allows() -> None:
+    from vlm_core.models.spec import Graph
+
+    spec = ModelSpec(Task.CLASSIFICATION, "vgg6_bn", class_names=("a", "b"), input_size=32)
+    frozen = build_predictor(spec, device="cpu")
+    seen: list[int] = []
+    frozen.warmup = lambda batch_size=1, size=(240, 320): seen.append(batch_size) or 0.0  # type: ignore[method-assign]
+    assert frozen.warmup_sizes(4, budget_s=60) == [4, 1, 2, 3] == seen
+    assert frozen.warmup_sizes(4, budget_s=0) == [4]  # the largest size always, the rest within the budget
+    eager = build_predictor(spec, device="cpu", graph=Graph.EAGER)
+    assert eager.warmup_sizes(4, budget_s=60) == [4]  # builds nothing per shape
