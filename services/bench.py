@@ -68,6 +68,8 @@ class BenchReport:
     mean_batch_size: float
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_rate_fps: float = 0.0
+    #: The paced stream's p99 over the raw loop's time for one batch (its latency target).
+    latency_p99_per_raw_batch: float = 0.0
     #: Median milliseconds per stage of the paced stream's results (their timing_ms).
     latency_p50_by_stage_ms: dict[str, float] = field(default_factory=dict)
     weights: str = "random init (throughput only)"
@@ -259,7 +261,6 @@ def run_pipeline_bench(
         processor={
             "group_id": f"bench-{tag}",
             "batch_size": batch_size,
-            "poll_timeout_ms": 20,
             "max_inflight_batches": inflight,
             "num_cpus": 0.25,
             "delivery": delivery.value,
@@ -368,6 +369,7 @@ def run_pipeline_bench(
         mean_batch_size=round(stats.mean_batch_size, 2),
         latency_ms={k: round(v, 1) for k, v in pct.items()},
         latency_rate_fps=round(rate, 1),
+        latency_p99_per_raw_batch=round(pct["p99"] * raw_fps / (1000 * batch_size), 2) if pct and raw_fps else 0.0,
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         tracking=tracking,
         delivery=delivery.value,

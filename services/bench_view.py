@@ -189,7 +189,7 @@ def run_view_bench(
         topics,
         Task.DETECTION,
         {"spec": spec.to_dict(), "deployment": {"max_batch_size": 8, "num_cpus": 0.5, "torch_threads": 1}},
-        processor={"group_id": f"benchview-{tag}", "batch_size": 8, "poll_timeout_ms": 20, "num_cpus": 0.25},
+        processor={"group_id": f"benchview-{tag}", "batch_size": 8, "num_cpus": 0.25},
     )
     config = Path(tempfile.mkdtemp()) / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"applications": [{"name": "vlm", "args": args}]}))

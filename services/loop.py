@@ -323,7 +323,7 @@ def pipeline_args(
             "registry_poll_s": 1.0,
             "deployment": {"num_cpus": 0.5, "max_batch_size": 8, "torch_threads": 1},
         },
-        processor={"group_id": f"loop-{uuid.uuid4().hex[:8]}", "batch_size": 8, "poll_timeout_ms": 100},
+        processor={"group_id": f"loop-{uuid.uuid4().hex[:8]}", "batch_size": 8},
         active_learning={
             "enabled": True,
             "score_threshold": loop.score_threshold,

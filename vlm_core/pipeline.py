@@ -281,7 +281,10 @@ class ProcessorSettings(_Strict):
     #: died mid-batch); until then ``read_committed`` readers wait at it.
     transaction_timeout_ms: int = Field(default=20_000, ge=1_000, le=900_000)
     batch_size: int = Field(default=8, ge=1, le=1024)
-    poll_timeout_ms: int = Field(default=100, ge=1)
+    #: How long a poll waits for frames while no batch is at the models (a poll returns as
+    #: soon as frames come; with batches in flight it lasts only until they are due back,
+    #: see ``StreamProcessor._poll_wait_ms``): what an idle processor wakes up for.
+    poll_timeout_ms: int = Field(default=500, ge=1)
     #: How long the broker holds a fetch of the frames topic that finds no new frames.
     #: One fetch is in flight per broker, so a busy partition's next fetch waits behind
     #: one of idle partitions: short keeps latency low when cameras' rates differ (Kafka's

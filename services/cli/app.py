@@ -470,6 +470,7 @@ def bench_pipeline(
         "ingest fps": "ingest_fps",
         f"p50 ms @{paced_at}": "latency_ms.p50",
         "p99 ms": "latency_ms.p99",
+        "p99 / raw batch": "latency_p99_per_raw_batch",
         "mean batch": "mean_batch_size",
         "processor MB": "processor_peak_rss_mb",
     }

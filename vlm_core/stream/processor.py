@@ -170,7 +170,7 @@ class StreamProcessor:
         metrics: m.MetricsSink | None = None,
         limits: FrameLimits = DEFAULT_LIMITS,
         batch_size: int = 8,
-        poll_timeout_ms: int = 100,
+        poll_timeout_ms: int = 500,
         max_inflight: int = 2,
         model_timeout_s: float = 60.0,
         produce_timeout_s: float = 30.0,
