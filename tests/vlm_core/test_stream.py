@@ -39,7 +39,6 @@ class FakeConsumer:
     position: int = 0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     rewinds: int = 0
-
     waits: list[int] = field(default_factory=list)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Rec]:
@@ -201,7 +200,7 @@ def test_a_sparse_poll_sends_its_results_in_the_same_step() -> None:
 
 def test_few_frames_coming_faster_than_the_model_answers_are_not_sparse() -> None:
     records = [frame_record(i) for i in range(4)]
-    processor, consumer, producer, _model = make(
+    processor, consumer, producer, model = make(
         records[:2], model=FakeModel(running=True), batch_size=16, monotonic=lambda: 5.0
     )
     processor.step()  # the first frames: sparse, sent at once, and the round trip is measured
@@ -211,7 +210,7 @@ def test_few_frames_coming_faster_than_the_model_answers_are_not_sparse() -> Non
     assert [r.seq for r in producer.results()] == [0, 1]
     processor.step()  # an empty poll: the batch is still at the model
     assert [r.seq for r in producer.results()] == [0, 1]
-    _model.running = False
+    model.running = False
     processor.step()  # answered: its results leave at the next poll, frames or not
     assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
 
