@@ -425,11 +425,11 @@ def bench_pipeline(
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
     alternately: medians with the spread, CPU milliseconds per frame by process."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the raw loop gets the replica's thread budget
+    task_enum = _task(task, None if model is not None and "@" in model else model)  # a version: bench_spec checks
     from services.bench import parse_frame_size, run_repeated, write_outputs
     from vlm_core.models.spec import Graph
     from vlm_core.pipeline import ModelInput
 
-    task_enum = _task(task, None if model is not None and "@" in model else model)  # a version: bench_spec checks
     width, height = parse_frame_size(frame_size)
     model_input_enum = _offered(ModelInput, "--model-input", model_input)
     graph_enum = _offered(Graph, "--graph", graph)
@@ -519,9 +519,9 @@ def bench_delivery(
     """What exactly once costs: throughput and latency of the same pipeline under both
     delivery modes, alternating, median of the runs with the spread."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    task_enum = _task(task, model)
     from services.bench_delivery import run_delivery_bench, write_report
 
-    task_enum = _task(task, model)
     report = run_delivery_bench(
         task_enum,
         model,
@@ -837,14 +837,16 @@ def _offered(choices: type[_E], flag: str, value: str) -> _E:
 def _task(value: str, arch: str | None = None):  # type: ignore[no-untyped-def]
     """The Task named ``value``; with ``arch``, also check that the architecture does it."""
     from vlm_core.contracts.task import Task
-    from vlm_core.models import get_architecture
 
     try:
         task = Task(value)
     except ValueError:
         raise VlmError(f"unknown task {value!r}", hint="use classification, detection or segmentation") from None
-    if arch is not None and get_architecture(arch).task is not task:
-        raise VlmError(f"{arch} is not a {value} architecture", hint="see `vlm models archs`")
+    if arch is not None:
+        from vlm_core.models import get_architecture  # loads the zoo (torch): only to check an architecture
+
+        if get_architecture(arch).task is not task:
+            raise VlmError(f"{arch} is not a {value} architecture", hint="see `vlm models archs`")
     return task
 
 
@@ -923,9 +925,9 @@ def train(
     temperature: Annotated[float, typer.Option(help="With --teacher: the softening temperature.")] = 4.0,
 ) -> None:
     """Train on a Ray cluster (TorchTrainer, DDP), evaluate, register; optionally promote."""
+    task_enum = _task(task, arch)
     from services.trainer.job import GateDomain, TrainRequest
 
-    task_enum = _task(task, arch)
     settings = _settings()
     init, arch = _resolve_init(init, arch, settings)
     request = TrainRequest(
@@ -1199,11 +1201,11 @@ def label_push(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Send a folder of labeled data to the labels topic, one record per sample."""
+    task_enum = _task(task)
     from rich.progress import Progress
 
     from services.labels import push_labels
 
-    task_enum = _task(task)
     with Progress(console=console) as bar:
         job = bar.add_task(f"pushing to {topic}", total=None)
         sent = push_labels(
