@@ -323,9 +323,10 @@ def run_pipeline_bench(
         detections_per_frame, tracked_per_frame = (
             np.mean(per_frame, axis=0).round(2).tolist() if per_frame else [None, None]
         )
+        raw_batch_ms = 1000 * batch_size / raw_fps
         progress(
             f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
-            f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {1000 * batch_size / raw_fps:.1f} ms)"
+            f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {raw_batch_ms:.1f} ms)"
         )
 
         rate = latency_fps or max(1.0, pipeline_fps * latency_load)
@@ -369,7 +370,7 @@ def run_pipeline_bench(
         mean_batch_size=round(stats.mean_batch_size, 2),
         latency_ms={k: round(v, 1) for k, v in pct.items()},
         latency_rate_fps=round(rate, 1),
-        latency_p99_per_raw_batch=round(pct["p99"] * raw_fps / (1000 * batch_size), 2) if pct and raw_fps else 0.0,
+        latency_p99_per_raw_batch=round(pct["p99"] / raw_batch_ms, 2) if pct else 0.0,
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         tracking=tracking,
         delivery=delivery.value,

@@ -238,8 +238,8 @@ class DeploymentSettings(_Strict):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
     #: After warming up at ``max_batch_size``, how long a replica loading a frozen float
     #: graph may spend warming up at each smaller size, from 1 up: a size's first batch
-    #: builds its kernels (``Predictor.warmup_sizes``). Classifiers warm every size in
-    #: well under it; a detector or segmenter warms its smallest sizes.
+    #: builds its kernels (``Predictor.warmup_sizes``). A small classifier warms every size
+    #: within it; a detector or segmenter warms its smallest sizes.
     warmup_s: float = Field(default=2.0, ge=0)
     num_cpus: float = Field(default=0.5, gt=0)
     #: "auto": a fraction of a GPU when the cluster has one, else none.

@@ -86,7 +86,7 @@ class ModelServer:
         start = time.perf_counter()
         try:
             predictor = build_predictor(spec, graph=self.graph)
-            # At the batch size requests come in first: an int8 graph keeps its first call's.
+            # The largest size first: an int8 graph keeps its first call's batch size.
             sizes = predictor.warmup_sizes(self.max_batch_size, self.warmup_s)
         except Exception:
             self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})

@@ -150,8 +150,8 @@ class Predictor:
         TorchScript and oneDNN build a frozen graph's kernels per input shape, so its first
         batch of a size it has not run is slow: 1.73 times the next ones for
         ``mobilenet_v3_small`` at 224 px (median over 8 sizes, 1.54-2.09), 1.37 for
-        ``ssdlite320``, 1.15 for ``lraspp`` (one run each on one thread), against 1.12 for
-        the eager graph. Requests bring any size up to ``max_batch_size``, so without this
+        ``ssdlite320``, 1.15 for ``lraspp`` (a one-off profile, one run each on one thread),
+        against 1.12 for the eager graph. Requests bring any size up to ``max_batch_size``, so without this
         each size's first batch after a load or a swap paid it, in the latency tail. An
         int8 graph runs every batch at its first call's size (:class:`FirstBatchSize`),
         and an eager one builds nothing per shape: they warm up at ``max_batch_size`` only.

@@ -593,10 +593,9 @@ class StreamProcessor:
         outputs: dict[Task, dict[int, TaskOutput]] = {}
         model_ms: dict[Task, float] = {}
         for task, (indices, request, sent_at) in batch.requests.items():
-            left_s = max(0.0, sent_at + self.model_timeout_s - time.perf_counter())
             try:
                 with self.profile.measure("model wait"):
-                    task_outputs = request.result(timeout=left_s)
+                    task_outputs = request.result(timeout=self._model_time_left(sent_at))
                 if len(task_outputs) != len(indices):
                     raise ValueError(f"{len(task_outputs)} outputs for {len(indices)} frames")
             except Exception as exc:  # a frame a model replica could not decode fails with its own reason
@@ -800,7 +799,7 @@ class StreamProcessor:
         one older than ``model_timeout_s`` (``_produce`` fails it)."""
         with self.profile.measure("probe"):
             for _indices, request, sent_at in batch.requests.values():
-                if time.perf_counter() - sent_at > self.model_timeout_s:
+                if not self._model_time_left(sent_at):
                     continue
                 try:
                     request.result(timeout=0)
@@ -809,6 +808,11 @@ class StreamProcessor:
                 except Exception:
                     continue  # failed: answered all the same
             return True
+
+    def _model_time_left(self, sent_at: float) -> float:
+        """Seconds a request sent at ``sent_at`` (``perf_counter``) may still take, 0 when
+        it is past ``model_timeout_s``."""
+        return max(0.0, sent_at + self.model_timeout_s - time.perf_counter())
 
     def _backlog(self) -> int | None:
         """Frames on the broker behind those polled, as the consumer last saw them; each
