@@ -83,8 +83,10 @@ class Predictor:
         self.graph = graph if self.device.type == "cpu" and self.dtype == torch.float32 and not quantized else None
         #: What runs the forward pass.
         self.model: torch.nn.Module = self._frozen(model) if self.graph is Graph.FROZEN else model
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        # (pixel / 255 - mean) / std as one multiply-add over the batch.
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
 
     def _frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         arch = get_architecture(self.spec.arch)
@@ -176,8 +178,8 @@ class Predictor:
 
     def _to_batch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack equally-sized RGB uint8 arrays into a normalised NCHW tensor."""
-        batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self._mean).div_(self._std)
+        pixels = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        batch = torch.addcmul(self._shift, pixels.permute(0, 3, 1, 2), self._scale)
         if self.device.type == "cuda" or self.dtype != torch.float32:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch.to(self.dtype)

@@ -51,16 +51,10 @@ class ClassificationPredictor(Predictor):
         probs = torch.softmax(self.model(batch.inputs).float(), dim=1)
         k = min(self.spec.top_k, probs.shape[1])
         scores, ids = probs.topk(k, dim=1)
-        ref = self.model_ref
+        ref, names = self.model_ref, self.class_names
         return [
-            Classification(
-                ref,
-                tuple(
-                    ClassScore(self.class_names[i], i, float(s))
-                    for s, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
-                ),
-            )
-            for row_scores, row_ids in zip(scores.cpu(), ids.cpu(), strict=True)
+            Classification(ref, tuple(ClassScore(names[i], i, s) for s, i in zip(row_scores, row_ids, strict=True)))
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
         ]
 
 

@@ -127,3 +127,18 @@ def test_a_frozen_graph_warms_up_at_every_batch_size_its_budget_allows() -> None
     assert frozen.warmup_sizes(4, budget_s=0) == [4]  # the largest size always, the rest within the budget
     eager = build_predictor(spec, device="cpu", graph=Graph.EAGER)
     assert eager.warmup_sizes(4, budget_s=60) == [4]  # builds nothing per shape
+
+
+def test_a_batch_is_normalised_as_training_normalises_it() -> None:
+    from torchvision.transforms import v2
+
+    from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
+
+    predictor = build_predictor(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=("a", "b")), "cpu")
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(3)]
+    batch = predictor._to_batch(arrays)
+    normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    expected = torch.stack([normalise(torch.from_numpy(a).permute(2, 0, 1)) for a in arrays])
+    assert batch.dtype == torch.float32 and batch.shape == (3, 3, 12, 10)
+    torch.testing.assert_close(batch, expected, rtol=0, atol=1e-5)

@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,22 @@ def test_int8_quantizes_every_convolution_of_the_small_image_classifier() -> Non
     assert not kinds & {"aten::conv2d", "aten::_convolution", "aten::batch_norm"}
     assert _quantized_convolutions(served) == 6
     assert torch.allclose(got, expected, atol=0.05)
+
+
+def test_an_int8_broadcast_runs_in_float_and_gives_the_quantized_kernels_values() -> None:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    torch.manual_seed(0)
+    model, _ = build_model(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=REGISTRY_CLASSES))
+    calibration = [torch.rand(8, 3, 48, 48) for _ in range(2)]
+    prepared = compress(model, Optimization.INT8, calibration)
+    kernels = convert_fx(copy.deepcopy(prepared))  # every squeeze-excite scaling by quantized::mul
+    served = finish(prepared, Optimization.INT8, calibration[0])
+    kinds = [node.kind() for node in served.graph.inlined_graph.nodes()]
+    assert "quantized::mul" not in kinds and kinds.count("aten::mul") == 9
+    frames = torch.rand(8, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(served(frames), kernels(frames))
 
 
 class _BatchSizes(torch.nn.Module):
