@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,3 +130,16 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     return tmp_path / "hub"
+
+
+def torch_loaded_by(*modules: str) -> list[str]:
+    """The torch and torchvision modules that importing ``modules`` loads, in a fresh
+    interpreter (torch holds about 500 MB of resident memory in every process that loads it)."""
+    code = (
+        f"import sys\nimport {', '.join(modules)}\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))[:5]))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [name for name in proc.stdout.strip().split(",") if name]

@@ -19,10 +19,11 @@ from vlm_core.contracts.result import Classification, ClassScore, Detection, Det
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.contracts.truth import FrameTruth
-from vlm_core.tasks import get_profile
+from vlm_core.scoring import ClassificationScorer, DetectionScorer
 
 #: Scored tasks: detection against every true box, classification against frames with one object.
 SCORED_TASKS = (Task.DETECTION, Task.CLASSIFICATION)
+_SCORERS = {Task.DETECTION: DetectionScorer, Task.CLASSIFICATION: ClassificationScorer}
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,13 @@ def score(task: Task, frames: Iterable[Scored]) -> AccuracyReading | None:
     if not items:
         return None
     names = _class_index(items)
-    profile = get_profile(task)
-    scorer = profile.scorer(len(names))
+    scorer = _SCORERS[task](len(names))
     for item in items:
         sample, output = _as_sample(item, names)
         scorer.add(sample, output)
-    value = scorer.metrics()[profile.primary_metric]
+    value = scorer.metrics()[scorer.primary_metric]
     return AccuracyReading(
-        profile.primary_metric,
+        scorer.primary_metric,
         float(value),
         len(items),
         _by_frequency(s.truth.domain for s in items),

@@ -14,9 +14,9 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
 from vlm_core.models.predictor import Predictor
 from vlm_core.models.spec import Graph, ModelSpec
+from vlm_core.scoring import Scorer
 from vlm_core.tasks.base import (
     Distillation,
-    Scorer,
     TaskDefaults,
     TaskProfile,
     TrainingInput,

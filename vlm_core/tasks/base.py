@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlm_core.contracts.result import TaskOutput
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor
 from vlm_core.models.zoo import IMAGENET_CROP_FRACTION
+from vlm_core.scoring import Scorer
 
 
 @dataclass(frozen=True)
@@ -99,19 +99,6 @@ class TrainingOptions:
     label_smoothing: float = 0.1
     #: Train against a teacher's outputs too (profiles whose ``distills`` is true).
     distillation: Distillation | None = None
-
-
-class Scorer(abc.ABC):
-    """Accumulates one evaluation: (sample, the predictor's output) pairs in, metrics out."""
-
-    #: A truth x prediction matrix, where the task has one (kept in the evaluation).
-    confusion: np.ndarray | None = None
-
-    @abc.abstractmethod
-    def add(self, sample: Sample, output: TaskOutput) -> None: ...
-
-    @abc.abstractmethod
-    def metrics(self) -> dict[str, float]: ...
 
 
 class TaskProfile(abc.ABC):

@@ -26,7 +26,8 @@ from vlm_core.models.predictor import (
 )
 from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.models.zoo import get_architecture
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
+from vlm_core.scoring import ClassificationScorer, Scorer
+from vlm_core.tasks.base import TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 
 class ClassificationPredictor(Predictor):
@@ -58,32 +59,11 @@ class ClassificationPredictor(Predictor):
         ]
 
 
-class ClassificationScorer(Scorer):
-    """Accuracy, top-5 accuracy and the confusion matrix."""
-
-    def __init__(self, classes: int) -> None:
-        self.confusion = np.zeros((classes, classes), np.int64)
-        self.top5 = 0
-        self.total = 0
-
-    def add(self, sample: Sample, output: TaskOutput) -> None:
-        assert isinstance(output, Classification) and self.confusion is not None
-        ids = [c.class_id for c in output.top_k]
-        self.confusion[sample.label, ids[0]] += 1
-        self.top5 += int(sample.label in ids[:5])
-        self.total += 1
-
-    def metrics(self) -> dict[str, float]:
-        assert self.confusion is not None
-        total = max(1, self.total)
-        return {"accuracy": float(np.trace(self.confusion)) / total, "top5": self.top5 / total}
-
-
 class ClassificationProfile(TaskProfile):
     task = Task.CLASSIFICATION
     noun = "classifier"
     deployment_name = "Classifier"
-    primary_metric = "accuracy"
+    primary_metric = ClassificationScorer.primary_metric
     predictor = ClassificationPredictor
     output_type = Classification
     defaults = TaskDefaults(

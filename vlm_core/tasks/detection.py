@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,7 +16,8 @@ from vlm_core.contracts.result import Detection, Detections, TaskOutput
 from vlm_core.contracts.sample import Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import Predictor, PreparedBatch, image_sizes
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
+from vlm_core.scoring import DetectionScorer, Scorer
+from vlm_core.tasks.base import TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 #: The score a box needs to count in the per-epoch recall figure.
 QUICK_VALIDATION_SCORE = 0.5
@@ -66,70 +65,11 @@ class DetectionPredictor(Predictor):
         return results
 
 
-class DetectionScorer(Scorer):
-    """COCO mAP@[.5:.95] and mAP@.5 with pycocotools."""
-
-    def __init__(self, classes: int) -> None:
-        self.classes = classes
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
-        self.detections: list[dict[str, Any]] = []
-
-    def add(self, sample: Sample, output: TaskOutput) -> None:
-        assert isinstance(output, Detections)
-        image_id = len(self.images) + 1
-        height, width = sample.image.shape[:2]
-        self.images.append({"id": image_id, "height": height, "width": width})
-        for box, label in zip(sample.boxes.tolist(), sample.box_labels.tolist(), strict=True):
-            x1, y1, x2, y2 = box
-            self.annotations.append(
-                {
-                    "id": len(self.annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
-        for det in output.detections:
-            x1, y1, x2, y2 = det.box
-            self.detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": det.class_id + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": det.score,
-                }
-            )
-
-    def metrics(self) -> dict[str, float]:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        if not self.detections:
-            return {"map": 0.0, "map50": 0.0}
-        truth = COCO()
-        truth.dataset = {
-            "images": self.images,
-            "annotations": self.annotations,
-            "categories": [{"id": i + 1, "name": str(i)} for i in range(self.classes)],
-        }
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-            truth.createIndex()
-            found = truth.loadRes(self.detections)
-            coco_eval = COCOeval(truth, found, "bbox")
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-        return {"map": float(coco_eval.stats[0]), "map50": float(coco_eval.stats[1])}
-
-
 class DetectionProfile(TaskProfile):
     task = Task.DETECTION
     noun = "detector"
     deployment_name = "Detector"
-    primary_metric = "map50"
+    primary_metric = DetectionScorer.primary_metric
     predictor = DetectionPredictor
     output_type = Detections
     defaults = TaskDefaults(

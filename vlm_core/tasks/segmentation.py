@@ -19,7 +19,8 @@ from vlm_core.contracts.rle import RLE
 from vlm_core.contracts.sample import MASK_IGNORE, Sample
 from vlm_core.contracts.task import Task
 from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD, Predictor, PreparedBatch, image_sizes
-from vlm_core.tasks.base import Scorer, TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
+from vlm_core.scoring import Scorer
+from vlm_core.tasks.base import TaskDefaults, TaskProfile, TrainingInput, TrainingOptions
 
 
 def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
@@ -92,6 +93,8 @@ class SegmentationPredictor(Predictor):
 class SegmentationScorer(Scorer):
     """mIoU and pixel accuracy."""
 
+    primary_metric = "miou"
+
     def __init__(self, classes: int) -> None:
         self.classes = classes
         self.confusion = np.zeros((classes, classes), np.int64)
@@ -113,7 +116,7 @@ class SegmentationProfile(TaskProfile):
     task = Task.SEGMENTATION
     noun = "segmenter"
     deployment_name = "Segmenter"
-    primary_metric = "miou"
+    primary_metric = SegmentationScorer.primary_metric
     predictor = SegmentationPredictor
     output_type = Segmentation
     defaults = TaskDefaults(
