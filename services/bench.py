@@ -89,6 +89,9 @@ class BenchReport:
     fetch_max_wait_ms: int = ProcessorSettings().fetch_max_wait_ms
     #: How long the model replica could spend warming up at each smaller batch size.
     warmup_s: float = DeploymentSettings().warmup_s
+    #: The model deployment's ``max_batch_size``: frames per model call, concurrent
+    #: requests merged (the processor's batch size unless ``--max-batch-size`` was given).
+    max_batch_size: int = 0
     #: The paced stream's rate as a fraction of the measured pipeline rate (with
     #: ``--latency-fps``, the fraction that rate was).
     latency_load: float = LATENCY_LOAD
@@ -190,6 +193,7 @@ def run_pipeline_bench(
     frames: int,
     *,
     batch_size: int | None = None,
+    max_batch_size: int | None = None,
     width: int = 320,
     height: int = 240,
     latency_seconds: float = 10.0,
@@ -227,6 +231,11 @@ def run_pipeline_bench(
         raise ConfigError("--tracking needs --task detection: tracks are made of detections")
     spec = bench_spec(task, arch, settings.registry_dir)
     batch_size = batch_size or get_profile(task).defaults.bench_batch_size
+    max_batch_size = max_batch_size or batch_size
+    if max_batch_size < batch_size:
+        raise ConfigError(
+            f"--max-batch-size {max_batch_size} is below the batch size {batch_size}: one request carries a whole batch"
+        )
     if raw_fps is None:
         progress(f"raw model: {spec.arch} ({graph.value}), batch {batch_size}, 1 torch thread, {frames} frames")
         images = synthetic_frames(min(frames, 400), width, height)
@@ -250,7 +259,7 @@ def run_pipeline_bench(
         {
             "spec": spec.to_dict(),
             "deployment": {
-                "max_batch_size": batch_size,
+                "max_batch_size": max_batch_size,
                 "num_cpus": 0.5,
                 "max_ongoing_requests": 8,
                 "torch_threads": 1,
@@ -381,6 +390,7 @@ def run_pipeline_bench(
         graph=graph.value,
         fetch_max_wait_ms=fetch_max_wait_ms or ProcessorSettings().fetch_max_wait_ms,
         warmup_s=DeploymentSettings().warmup_s if warmup_s is None else warmup_s,
+        max_batch_size=max_batch_size,
         latency_load=round(rate / pipeline_fps, 3) if latency_fps and pipeline_fps else latency_load,
         cpu_ms_per_frame=cpu_ms,
         latency_cpu_ms_per_frame=latency_cpu_ms,

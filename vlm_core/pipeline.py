@@ -236,9 +236,10 @@ class DeploymentSettings(_Strict):
     #: Frames per model call; concurrent requests (each a frame batch) are merged up to it.
     max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
-    #: After warming up at ``max_batch_size``, how long a replica loading a frozen float
-    #: graph may spend warming up at each smaller size, from 1 up: a size's first batch
-    #: builds its kernels (``Predictor.warmup_sizes``). A small classifier warms every size
+    #: After warming up at the processor's batch size (the frames a request carries), how
+    #: long a replica loading a frozen float graph may spend warming up at
+    #: ``max_batch_size`` and at each smaller size, from 1 up: a size's first batch builds
+    #: its kernels (``Predictor.warmup_sizes``). A small classifier warms every size
     #: within it; a detector or segmenter warms its smallest sizes.
     warmup_s: float = Field(default=2.0, ge=0)
     num_cpus: float = Field(default=0.5, gt=0)

@@ -383,6 +383,12 @@ def bench_pipeline(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Frames per batch (default: 16 classification, 8 others).")
     ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size", min=1, help="The model deployment's max_batch_size (default: the batch size)."
+        ),
+    ] = None,
     latency_seconds: Annotated[float, typer.Option("--latency-seconds", help="Paced latency phase length.")] = 10.0,
     latency_load: Annotated[
         float, typer.Option("--latency-load", help="The paced stream's rate, a fraction of the pipeline's.")
@@ -440,6 +446,7 @@ def bench_pipeline(
         model,
         frames,
         batch_size=batch_size,
+        max_batch_size=max_batch_size,
         width=width,
         height=height,
         cameras=cameras,
@@ -458,9 +465,10 @@ def bench_pipeline(
     )
     first = bench.runs[0]
     tracked = ", tracking" if first.tracking else ""
+    merged = f", model calls up to {first.max_batch_size}" if first.max_batch_size != first.batch_size else ""
     table = Table(
         title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
-        f"batch {first.batch_size}{tracked}), median [min-max] of {len(bench.runs)}"
+        f"batch {first.batch_size}{merged}{tracked}), median [min-max] of {len(bench.runs)}"
     )
     paced_at = f"{latency_fps:g} fps" if latency_fps else f"{latency_load:g}"
     figures = {

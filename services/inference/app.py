@@ -84,7 +84,7 @@ def build_app(config: PipelineConfig) -> Application:
         deployment = serve.deployment(ModelServer).options(
             name=get_profile(task).deployment_name, **deployment_options(model.deployment)
         )
-        models[task] = deployment.bind(spec, model.deployment, follow)
+        models[task] = deployment.bind(spec, model.deployment, follow, config.processor.batch_size)
     processor = serve.deployment(StreamProcessorReplica).options(
         name=PROCESSOR_NAME,
         num_replicas=config.processor.replicas,

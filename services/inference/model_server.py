@@ -51,7 +51,11 @@ class ModelServer:
     """
 
     def __init__(
-        self, spec: ModelSpec, settings: DeploymentSettings | None = None, follow: RegistryFollow | None = None
+        self,
+        spec: ModelSpec,
+        settings: DeploymentSettings | None = None,
+        follow: RegistryFollow | None = None,
+        request_frames: int | None = None,
     ) -> None:
         import cv2
         import torch
@@ -70,6 +74,9 @@ class ModelServer:
         self.profile = StageProfile()
         self.max_batch_size = settings.max_batch_size
         self.warmup_s = settings.warmup_s
+        #: The frames the processor sends a request (its batch size): the batch size an
+        #: int8 graph runs at (``Predictor.warmup_sizes``).
+        self.request_frames = request_frames
         self.predictor: Predictor = self._load(spec)
         self._publish(None, self.predictor.spec)
         self.predict_many.set_max_batch_size(settings.max_batch_size)
@@ -86,8 +93,7 @@ class ModelServer:
         start = time.perf_counter()
         try:
             predictor = build_predictor(spec, graph=self.graph)
-            # The largest size first: an int8 graph keeps its first call's batch size.
-            sizes = predictor.warmup_sizes(self.max_batch_size, self.warmup_s)
+            sizes = predictor.warmup_sizes(self.max_batch_size, self.warmup_s, request_frames=self.request_frames)
         except Exception:
             self._loads.inc(1, tags={**self._tags(spec), "outcome": "failed"})
             raise

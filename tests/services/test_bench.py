@@ -126,3 +126,15 @@ def test_the_raw_loop_and_the_replica_bench_the_same_weights() -> None:
     model, _ = build_model(first)  # what each side builds from the spec it is given
     stored = load_file(first.weights)
     assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
+
+
+def test_model_calls_cannot_be_smaller_than_a_request() -> None:
+    import pytest
+
+    from services.bench import run_pipeline_bench
+    from vlm_core.config import LocalSettings
+    from vlm_core.contracts.task import Task
+    from vlm_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-batch-size 4 is below the batch size 8"):
+        run_pipeline_bench(Task.DETECTION, None, 100, batch_size=8, max_batch_size=4, settings=LocalSettings())

@@ -145,9 +145,17 @@ class Predictor:
         self.predict([np.zeros((*size, 3), dtype=np.uint8)] * batch_size)
         return time.perf_counter() - start
 
-    def warmup_sizes(self, max_batch_size: int, budget_s: float, size: tuple[int, int] = (240, 320)) -> list[int]:
-        """Warm up at ``max_batch_size``, then, for a frozen float graph, at 1, 2, ... frames
-        while ``budget_s`` lasts; returns the batch sizes run.
+    def warmup_sizes(
+        self,
+        max_batch_size: int,
+        budget_s: float,
+        size: tuple[int, int] = (240, 320),
+        *,
+        request_frames: int | None = None,
+    ) -> list[int]:
+        """Warm up at ``request_frames`` (the frames a request carries, ``max_batch_size``
+        when not given), then, for a frozen float graph, at ``max_batch_size`` and at 1, 2,
+        ... frames while ``budget_s`` lasts; returns the batch sizes run.
 
         TorchScript and oneDNN build a frozen graph's kernels per input shape, so its first
         batch of a size it has not run is slow: 1.73 times the next ones for
@@ -156,14 +164,19 @@ class Predictor:
         against 1.12 for the eager graph. Requests bring any size up to ``max_batch_size``, so without this
         each size's first batch after a load or a swap paid it, in the latency tail. An
         int8 graph runs every batch at its first call's size (:class:`FirstBatchSize`),
-        and an eager one builds nothing per shape: they warm up at ``max_batch_size`` only.
+        and an eager one builds nothing per shape: they warm up at ``request_frames`` only.
+        That is the size a lone request runs at, unpadded, and merged requests run in
+        chunks of it.
         """
-        self.warmup(max_batch_size, size)
-        ran = [max_batch_size]
+        first = min(request_frames or max_batch_size, max_batch_size)
+        self.warmup(first, size)
+        ran = [first]
         if self.graph is not Graph.FROZEN:
             return ran
         deadline = time.perf_counter() + budget_s
-        for batch_size in range(1, max_batch_size):
+        for batch_size in (max_batch_size, *range(1, max_batch_size)):
+            if batch_size in ran:
+                continue
             if time.perf_counter() >= deadline:
                 break
             self.warmup(batch_size, size)

@@ -25,3 +25,11 @@ def test_bad_args_fail_in_validation_not_in_a_replica() -> None:
     args["processor"] = {**args.get("processor", {}), "batch_size": 0}
     with pytest.raises(ValidationError, match="batch_size"):
         call_user_app_builder_with_args_if_necessary(build_app, args)
+
+
+def test_each_model_deployment_knows_the_frames_a_request_carries() -> None:
+    args = deploy.plan().applications["vlm"]
+    args["processor"] = {**args.get("processor", {}), "batch_size": 8}
+    app = call_user_app_builder_with_args_if_necessary(build_app, args)
+    models = app._bound_deployment.init_args[1]
+    assert models and all(model._bound_deployment.init_args[-1] == 8 for model in models.values())

@@ -125,8 +125,12 @@ def test_a_frozen_graph_warms_up_at_every_batch_size_its_budget_allows() -> None
     frozen.warmup = lambda batch_size=1, size=(240, 320): seen.append(batch_size) or 0.0  # type: ignore[method-assign]
     assert frozen.warmup_sizes(4, budget_s=60) == [4, 1, 2, 3] == seen
     assert frozen.warmup_sizes(4, budget_s=0) == [4]  # the largest size always, the rest within the budget
+    # The size requests come at first, then the largest: merged requests reach it.
+    assert frozen.warmup_sizes(4, budget_s=60, request_frames=2) == [2, 4, 1, 3]
+    assert frozen.warmup_sizes(4, budget_s=60, request_frames=8) == [4, 1, 2, 3]
     eager = build_predictor(spec, device="cpu", graph=Graph.EAGER)
     assert eager.warmup_sizes(4, budget_s=60) == [4]  # builds nothing per shape
+    assert eager.warmup_sizes(4, budget_s=60, request_frames=2) == [2]
 
 
 def test_a_batch_is_normalised_as_training_normalises_it() -> None:
