@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,20 +40,40 @@ def model_client(handle: Any) -> ModelClient:
 
 class _Response:
     """A model request. Its answer, outputs or error, is fetched from the object store
-    once: the processor asks with ``timeout=0`` whether a batch is answered, then reads it."""
+    once: the processor asks with ``timeout=0`` whether a batch is answered, then reads it.
+
+    Asking does not go to the object store: the request's ObjectRef, once a replica has
+    it, gives a future that Ray completes when the answer is in, and ``timeout=0`` reads
+    that. The processor asks after every poll, for every batch in flight; a ``ray.get``
+    with a zero timeout for each took about a sixth of its thread's samples at a paced
+    80 fps (a one-off py-spy profile)."""
 
     def __init__(self, response: Any) -> None:
         self.response = response
         self._outputs: Any = None
         self._error: BaseException | None = None
         self._answered = False
+        self._done: Future[Any] | None = None
 
     def result(self, timeout: float | None = None) -> Any:
         if not self._answered:
+            if timeout == 0 and not self._ready():
+                raise TimeoutError("the model has not answered yet")
             self._fetch(timeout)
         if self._error is not None:
             raise self._error
         return self._outputs
+
+    def _ready(self) -> bool:
+        if self._done is None:
+            try:
+                ref = self.response._to_object_ref_sync(_timeout_s=0)
+            except TimeoutError:  # not at a replica yet
+                return False
+            except Exception:  # what went wrong, _fetch reads and keeps
+                return True
+            self._done = ref.future()
+        return self._done.done()
 
     def _fetch(self, timeout: float | None) -> None:
         from ray.exceptions import RayTaskError
