@@ -42,9 +42,9 @@ class _Response:
     """A model request. Its answer, outputs or error, is fetched from the object store
     once: the processor asks with ``timeout=0`` whether a batch is answered, then reads it.
 
-    Asking does not go to the object store: the request's ObjectRef, once a replica has
-    it, gives a future that Ray completes when the answer is in, and ``timeout=0`` reads
-    that. The processor asks after every poll, for every batch in flight; a ``ray.get``
+    Asking does not go to the object store: the request's ObjectRef (Serve's developer
+    API ``_to_object_ref_sync``), once a replica has the request, gives a future that Ray
+    completes when the answer is in, and ``timeout=0`` reads that. The processor asks after every poll, for every batch in flight; a ``ray.get``
     with a zero timeout for each took about a sixth of its thread's samples at a paced
     80 fps (a one-off py-spy profile)."""
 
