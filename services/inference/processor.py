@@ -44,9 +44,9 @@ class _Response:
 
     Asking does not go to the object store: the request's ObjectRef (Serve's developer
     API ``_to_object_ref_sync``), once a replica has the request, gives a future that Ray
-    completes when the answer is in, and ``timeout=0`` reads that. The processor asks after every poll, for every batch in flight; a ``ray.get``
-    with a zero timeout for each took about a sixth of its thread's samples at a paced
-    80 fps (a one-off py-spy profile)."""
+    completes when the answer is in, and ``timeout=0`` reads that. The processor asks
+    after every poll, for every batch in flight; a ``ray.get`` with a zero timeout for
+    each took about a sixth of its thread's samples at a paced 80 fps (a one-off py-spy profile)."""
 
     def __init__(self, response: Any) -> None:
         self.response = response

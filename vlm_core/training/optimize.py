@@ -59,6 +59,10 @@ class OptimizeReport:
     def speedup(self) -> float:
         return self.comparison.speedup
 
+    @property
+    def infer_speedup(self) -> float:
+        return self.comparison.infer_speedup
+
     def to_json(self) -> dict[str, Any]:
         primary = self.source.primary_metric or get_profile(self.source.task).primary_metric
         return {
@@ -73,6 +77,9 @@ class OptimizeReport:
             "source_fps": list(self.source_fps),
             "fps": list(self.fps),
             "speedup": round(self.speedup, 3),
+            "source_infer_fps": list(self.comparison.source_infer_fps),
+            "infer_fps": list(self.comparison.infer_fps),
+            "infer_speedup": round(self.infer_speedup, 3),
             "calibration_samples": self.calibration_samples,
             "eval_samples": self.eval_samples,
         }
@@ -195,15 +202,23 @@ def _model_inputs(predictor: Predictor, images: Sequence[np.ndarray], batch_size
 @dataclass(frozen=True)
 class Comparison:
     """A derived version against its source: the source's metrics on the same held-out
-    samples, and both models' frames per second, pass by pass."""
+    samples, and both models' frames per second, pass by pass: of ``Predictor.predict``,
+    as a replica runs it, and of ``Predictor.infer`` alone (the forward pass and the
+    post-processing, without the preprocessing both models share)."""
 
     source_metrics: dict[str, float]
     source_fps: tuple[float, ...]
     fps: tuple[float, ...]
+    source_infer_fps: tuple[float, ...]
+    infer_fps: tuple[float, ...]
 
     @property
     def speedup(self) -> float:
         return statistics.median(self.fps) / statistics.median(self.source_fps)
+
+    @property
+    def infer_speedup(self) -> float:
+        return statistics.median(self.infer_fps) / statistics.median(self.source_infer_fps)
 
     def version_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """What the derived version records: its own metrics, the source's, and the speed-up."""
@@ -213,6 +228,7 @@ class Comparison:
             "fps": statistics.median(self.fps),
             "source_fps": statistics.median(self.source_fps),
             "speedup": self.speedup,
+            "infer_speedup": self.infer_speedup,
         }
 
 
@@ -236,12 +252,22 @@ def compare_to_source(
     try:
         for predictor in (source, derived):
             predictor.warmup(batch_size, images[0].shape[:2])
-        source_fps: list[float] = []
-        fps: list[float] = []
+        fps: dict[Predictor, list[float]] = {source: [], derived: []}
+        infer_fps: dict[Predictor, list[float]] = {source: [], derived: []}
         for done in range(timing_passes):
-            for predictor, out in ((source, source_fps), (derived, fps)):
-                out.append(round(predictor.throughput(images, batch_size), 2))
-            progress(f"timing pass {done + 1}/{timing_passes}: source {source_fps[-1]:.0f} fps, new {fps[-1]:.0f} fps")
+            for predictor in (source, derived):
+                fps[predictor].append(round(predictor.throughput(images, batch_size), 2))
+                infer_fps[predictor].append(round(predictor.infer_throughput(images, batch_size), 2))
+            progress(
+                f"timing pass {done + 1}/{timing_passes}: source {fps[source][-1]:.0f} fps, "
+                f"new {fps[derived][-1]:.0f} fps"
+            )
     finally:
         torch.set_num_threads(threads)
-    return Comparison(source_eval.metrics, tuple(source_fps), tuple(fps))
+    return Comparison(
+        source_eval.metrics,
+        tuple(fps[source]),
+        tuple(fps[derived]),
+        tuple(infer_fps[source]),
+        tuple(infer_fps[derived]),
+    )

@@ -40,6 +40,10 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
     assert registry.get("cls", 2) == version  # stored as written
     assert len(report.fps) == len(report.source_fps) == 2 and min(report.fps + report.source_fps) > 0
     assert version.metrics["speedup"] == pytest.approx(version.metrics["fps"] / version.metrics["source_fps"])
+    comparison = report.comparison
+    assert len(comparison.infer_fps) == len(comparison.source_infer_fps) == 2
+    assert min(comparison.infer_fps + comparison.source_infer_fps) > 0
+    assert version.metrics["infer_speedup"] == report.infer_speedup > 0
     assert version.metrics["accuracy"] == report.metrics["accuracy"]
     assert version.metrics["source_accuracy"] == report.source_metrics["accuracy"]
     assert report.eval_samples > 0 and report.calibration_samples > 0
