@@ -40,6 +40,6 @@ def test_detection_map_perfect_partial_and_empty() -> None:
 
 
 def test_each_profile_compares_its_scorers_primary_metric() -> None:
-    for task in Task:
+    for task in (Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION):  # a test may register more
         profile = get_profile(task)
         assert profile.scorer(2).primary_metric == profile.primary_metric
