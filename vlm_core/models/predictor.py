@@ -139,14 +139,19 @@ class Predictor:
             self.predict(images[i : i + batch_size])
         return len(images) / (time.perf_counter() - start)
 
-    def infer_throughput(self, images: Sequence[np.ndarray], batch_size: int) -> float:
-        """Frames per second of :meth:`infer` alone (forward pass and post-processing)
-        over ``images`` in batches, each prepared before the clock starts."""
-        batches = [self.preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        start = time.perf_counter()
-        for batch in batches:
+    def throughputs(self, images: Sequence[np.ndarray], batch_size: int) -> tuple[float, float]:
+        """Frames per second over ``images`` in batches, from one pass: of
+        :meth:`preprocess` then :meth:`infer` (what :meth:`predict` does), and of
+        :meth:`infer` alone (forward pass and post-processing)."""
+        whole = infer = 0.0
+        for i in range(0, len(images), batch_size):
+            start = time.perf_counter()
+            batch = self.preprocess(images[i : i + batch_size])
+            prepared = time.perf_counter()
             self.infer(batch)
-        return len(images) / (time.perf_counter() - start)
+            done = time.perf_counter()
+            whole, infer = whole + done - start, infer + done - prepared
+        return len(images) / whole, len(images) / infer
 
     def warmup(self, batch_size: int = 1, size: tuple[int, int] = (240, 320)) -> float:
         """Run one dummy batch so the first real batch is not slow; returns its seconds."""

@@ -256,8 +256,9 @@ def compare_to_source(
         infer_fps: dict[Predictor, list[float]] = {source: [], derived: []}
         for done in range(timing_passes):
             for predictor in (source, derived):
-                fps[predictor].append(round(predictor.throughput(images, batch_size), 2))
-                infer_fps[predictor].append(round(predictor.infer_throughput(images, batch_size), 2))
+                whole, infer = predictor.throughputs(images, batch_size)
+                fps[predictor].append(round(whole, 2))
+                infer_fps[predictor].append(round(infer, 2))
             progress(
                 f"timing pass {done + 1}/{timing_passes}: source {fps[source][-1]:.0f} fps, "
                 f"new {fps[derived][-1]:.0f} fps"
