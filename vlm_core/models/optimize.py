@@ -164,8 +164,8 @@ class FirstBatchSize(nn.Module):
     first run on 16 frames took 2.8 ms for 16 and 6.7 ms for 1; one first run on 1 frame
     took 17 ms for 16 (a one-off profile). A smaller batch is therefore padded with zeros
     up to that size (a frame's outputs do not depend on the others in eval mode, and the
-    quantization scales are fixed), and a larger one runs in chunks of it. Serving warms a
-    model up at its largest batch size first, so that size is the one the models are sent."""
+    quantization scales are fixed), and a larger one runs in chunks of it. A model replica
+    warms up first at the frames a request carries (``Predictor.warmup_sizes``)."""
 
     def __init__(self, graph: nn.Module) -> None:
         super().__init__()

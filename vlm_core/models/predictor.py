@@ -133,11 +133,8 @@ class Predictor:
             return self._infer(batch)
 
     def throughput(self, images: Sequence[np.ndarray], batch_size: int) -> float:
-        """Frames per second of :meth:`predict` over ``images`` in batches (warm up first)."""
-        start = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            self.predict(images[i : i + batch_size])
-        return len(images) / (time.perf_counter() - start)
+        """Frames per second of :meth:`predict`'s work over ``images`` in batches (warm up first)."""
+        return self.throughputs(images, batch_size)[0]
 
     def throughputs(self, images: Sequence[np.ndarray], batch_size: int) -> tuple[float, float]:
         """Frames per second over ``images`` in batches, from one pass: of
