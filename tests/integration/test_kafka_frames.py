@@ -69,12 +69,30 @@ def test_a_paced_camera_that_fails_ends_the_wait_for_its_results(kafka_bootstrap
     from vlm_core.contracts.frame import Encoding
 
     kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, partitions=1)])
+    small = Frame.from_image(np.zeros((24, 32, 3), np.uint8), camera_id="cam", seq=0, capture_ts_ms=0)
     noise = np.random.default_rng(1).integers(0, 256, (1500, 4000, 3), dtype=np.uint8)  # 18 MB as a PNG: over 16 MB
-    too_big = Frame.from_image(noise, camera_id="cam", seq=0, capture_ts_ms=0, encoding=Encoding.PNG)
-    camera = PacedCamera([too_big], rate=10)
+    too_big = Frame.from_image(noise, camera_id="cam", seq=1, capture_ts_ms=0, encoding=Encoding.PNG)
+    camera = PacedCamera([small, too_big], rate=10)
     camera.start(kafka_bootstrap, topic_name)
     started = time.monotonic()
-    records = kafka_io.read_records(kafka_bootstrap, topic_name, 1, timeout_s=120, give_up=camera.failed)
-    assert records == [] and time.monotonic() - started < 60, "the reader gave up with the camera"
+    expected = len(camera.frames) + camera.warmup_results
+    kafka_io.read_records(kafka_bootstrap, topic_name, expected, timeout_s=120, give_up=camera.failed)
+    assert time.monotonic() - started < 60, "the reader gave up with the camera"
     with pytest.raises(MessageSizeTooLargeError):
         camera.stop()
+    records, _ends = kafka_io.read_to_end(kafka_bootstrap, topic_name)
+    cameras = [Frame.from_kafka(r.key, r.value, r.headers).camera_id for r in records]
+    assert cameras == ["cam-warmup", "cam"], "the warm-up frame, acknowledged before the clock, then the paced one"
+
+
+def test_a_paced_camera_whose_warmup_frame_is_refused_fails_at_start(kafka_bootstrap: str, topic_name: str) -> None:
+    from kafka.errors import MessageSizeTooLargeError
+
+    from services.bench import PacedCamera
+    from vlm_core.contracts.frame import Encoding
+
+    kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, partitions=1)])
+    noise = np.random.default_rng(1).integers(0, 256, (1500, 4000, 3), dtype=np.uint8)
+    too_big = Frame.from_image(noise, camera_id="cam", seq=0, capture_ts_ms=0, encoding=Encoding.PNG)
+    with pytest.raises(MessageSizeTooLargeError):
+        PacedCamera([too_big], rate=10).start(kafka_bootstrap, topic_name)

@@ -138,3 +138,19 @@ def test_model_calls_cannot_be_smaller_than_a_request() -> None:
 
     with pytest.raises(ConfigError, match="--max-batch-size 4 is below the batch size 8"):
         run_pipeline_bench(Task.DETECTION, None, 100, batch_size=8, max_batch_size=4, settings=LocalSettings())
+
+
+def test_the_latency_tail_is_the_slowest_frames_stages_and_when_they_were_captured() -> None:
+    from services.bench import latency_tail, stage_medians
+
+    def result(at_ms: int, queue: float, model: float) -> dict[str, object]:
+        return {"capture_ts_ms": 1_000 + at_ms, "timing_ms": {"queue": queue, "classification": model}}
+
+    steady = [result(10 * i, 3.0, 60.0) for i in range(198)]
+    stalled = [result(5_000, 200.0, 61.0), result(5_010, 190.0, 62.0)]
+    results = steady + stalled
+    latencies = [sum(r["timing_ms"].values()) for r in results]  # type: ignore[attr-defined]
+    stages, at_s = latency_tail(results, latencies)
+    assert stages == stage_medians(stalled) == {"classification": 61.5, "queue": 195.0}
+    assert at_s == [5.0, 5.01]
+    assert latency_tail([], []) == ({}, [])
