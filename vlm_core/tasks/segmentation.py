@@ -55,11 +55,8 @@ class SegmentationPredictor(Predictor):
 
     def _preprocess(self, images: Sequence[np.ndarray]) -> PreparedBatch:
         size = self.input_size or self.default_input_size
-        rgb = [
-            cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            for img in images
-        ]
-        return PreparedBatch(self._to_batch(rgb), image_sizes(images))
+        resized = [cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for img in images]
+        return PreparedBatch(self._to_batch(resized), image_sizes(images))
 
     def _infer(self, batch: PreparedBatch) -> list[TaskOutput]:
         assert isinstance(batch.inputs, torch.Tensor)

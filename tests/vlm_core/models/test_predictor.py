@@ -133,16 +133,19 @@ def test_a_frozen_graph_warms_up_at_every_batch_size_its_budget_allows() -> None
     assert eager.warmup_sizes(4, budget_s=60, request_frames=2) == [2]
 
 
-def test_a_batch_is_normalised_as_training_normalises_it() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["opencv-pass", "on-the-device"])
+def test_a_batch_is_normalised_as_training_normalises_it(dtype: torch.dtype) -> None:
     from torchvision.transforms import v2
 
     from vlm_core.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 
     predictor = build_predictor(ModelSpec(Task.CLASSIFICATION, "mobilenet_v3_small", class_names=("a", "b")), "cpu")
+    predictor.dtype = dtype  # what a bfloat16 version or a GPU computes in takes the device path
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(3)]
-    batch = predictor._to_batch(arrays)
+    batch = predictor._to_batch(arrays)  # BGR, as frames decode
     normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    expected = torch.stack([normalise(torch.from_numpy(a).permute(2, 0, 1)) for a in arrays])
-    assert batch.dtype == torch.float32 and batch.shape == (3, 3, 12, 10)
-    torch.testing.assert_close(batch, expected, rtol=0, atol=1e-5)
+    expected = torch.stack([normalise(torch.from_numpy(a[..., ::-1].copy()).permute(2, 0, 1)) for a in arrays])
+    assert batch.dtype == dtype and batch.shape == (3, 3, 12, 10)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch.float(), expected, rtol=0, atol=1e-5 if dtype == torch.float32 else 2e-2)
