@@ -155,7 +155,7 @@ class ModelServer:
                 self.swap(spec)
                 failed_version = spec.version if self.predictor.spec.version != spec.version else None
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, batch_size_fn=_frames_in)
     async def predict_many(self, requests: list[_Prepared]) -> list[list[TaskOutput]]:
         # Requests prepared by different versions around a hot swap run separately.
         groups: dict[int, list[_Prepared]] = {}
