@@ -321,7 +321,7 @@ def run_pipeline_bench(
         pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
         pipeline_cpu.start()
         produced_before, stages_before = _stage_snapshot(app, task)
-        results = _collect(settings.bootstrap_servers, topics.results, total)
+        results, read_up_to = _collect(settings.bootstrap_servers, topics.results, total)
         cpu_ms.update(pipeline_cpu.stop(total))
         produced_after, stages_after = _stage_snapshot(app, task)
         by_stage = per_frame_ms(stages_before, stages_after, max(1, produced_after - produced_before))
@@ -356,8 +356,12 @@ def run_pipeline_bench(
             paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
             paced_cpu.start()
             paced.start(settings.bootstrap_servers, topics.frames)
-            results_due = total + n + paced.warmup_results
-            later = _collect(settings.bootstrap_servers, topics.results, results_due, give_up=paced.failed)
+            # Read on from the throughput stage's results: re-reading them (and decoding
+            # them in this process, beside the camera's sender) would load the stream's start.
+            results_due = n + paced.warmup_results
+            later, _ = _collect(
+                settings.bootstrap_servers, topics.results, results_due, give_up=paced.failed, after=read_up_to
+            )
             paced.stop()
             latency_cpu_ms = paced_cpu.stop(n)
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
@@ -586,12 +590,19 @@ def run_repeated(repeat: int, *args: Any, progress: Any = print, **kwargs: Any) 
 
 
 def _collect(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 600, give_up: Callable[[], bool] = lambda: False
-) -> list[dict[str, Any]]:
-    from services.kafka_io import read_records
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 600,
+    give_up: Callable[[], bool] = lambda: False,
+    after: dict[int, int] | None = None,
+) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """``expected`` results (from ``after``'s offsets, else the topic's start), and each
+    partition's offset after them."""
+    from services.kafka_io import next_offsets, read_records
 
-    records = read_records(bootstrap, topic, expected, timeout_s=timeout_s, give_up=give_up)
-    return [json.loads(r.value) for r in records]
+    records = read_records(bootstrap, topic, expected, timeout_s=timeout_s, give_up=give_up, after=after)
+    return [json.loads(r.value) for r in records], {**(after or {}), **next_offsets(records)}
 
 
 def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path | None) -> Path | None:

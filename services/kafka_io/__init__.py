@@ -273,11 +273,15 @@ def read_records(
     timeout_s: float,
     linger_ms: int = 0,
     give_up: Callable[[], bool] = lambda: False,
+    after: Mapping[int, int] | None = None,
 ) -> list[Any]:
     """Records of ``topic`` from the beginning, in per-partition order, until ``expected``
     arrived, ``timeout_s`` passed or ``give_up()`` is true (the writer failed); then
-    ``linger_ms`` more, so a surplus is seen too."""
+    ``linger_ms`` more, so a surplus is seen too. ``after`` maps partitions to the offset
+    to start at instead (see :func:`next_offsets`)."""
     reader, _partitions = topic_reader(bootstrap, topic, from_beginning=True)
+    for partition, offset in (after or {}).items():
+        reader.seek(TopicPartition(topic, partition), offset)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -290,6 +294,14 @@ def read_records(
     finally:
         reader.close()
     return records
+
+
+def next_offsets(records: Iterable[Any]) -> dict[int, int]:
+    """Each partition's offset after the last of ``records`` (``read_records``' ``after``)."""
+    offsets: dict[int, int] = {}
+    for record in records:
+        offsets[record.partition] = max(offsets.get(record.partition, 0), record.offset + 1)
+    return offsets
 
 
 def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> tuple[list[Any], dict[int, int]]:
@@ -324,6 +336,7 @@ __all__ = [
     "ensure_pipeline_topics",
     "ensure_topics",
     "follow_topic",
+    "next_offsets",
     "private_topics",
     "producer",
     "read_records",

@@ -96,3 +96,23 @@ def test_a_paced_camera_whose_warmup_frame_is_refused_fails_at_start(kafka_boots
     too_big = Frame.from_image(noise, camera_id="cam", seq=0, capture_ts_ms=0, encoding=Encoding.PNG)
     with pytest.raises(MessageSizeTooLargeError):
         PacedCamera([too_big], rate=10).start(kafka_bootstrap, topic_name)
+
+
+def test_a_reader_reads_on_from_where_the_last_read_ended(kafka_bootstrap: str, topic_name: str) -> None:
+    kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, partitions=2)])
+    producer = kafka_io.producer(kafka_bootstrap)
+
+    def send(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            producer.send(topic_name, key=f"cam-{i % 3}".encode(), value=str(i).encode())
+        producer.flush()
+
+    send(0, 6)
+    first = kafka_io.read_records(kafka_bootstrap, topic_name, 6, timeout_s=60)
+    send(6, 4)
+    later = kafka_io.read_records(
+        kafka_bootstrap, topic_name, 4, timeout_s=60, linger_ms=500, after=kafka_io.next_offsets(first)
+    )
+    producer.close()
+    assert sorted(int(r.value) for r in first) == list(range(6))
+    assert sorted(int(r.value) for r in later) == list(range(6, 10)), "only what came after the first read"
