@@ -42,10 +42,12 @@ class FakeConsumer:
     waits: list[int] = field(default_factory=list)
     #: False: the consumer cannot tell its lag yet (no fetch), as kafka-python before one.
     lag_known: bool = True
+    #: At most this many records a poll, as a fetch that found only some of them.
+    per_poll: int | None = None
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Rec]:
         self.waits.append(timeout_ms)
-        batch = self.records[self.position : self.position + max_records]
+        batch = self.records[self.position : self.position + min(max_records, self.per_poll or max_records)]
         self.position += len(batch)
         return batch
 
@@ -627,3 +629,95 @@ def test_encoded_model_input_still_refuses_a_cut_off_frame_before_any_model_sees
     assert model.calls == [3]
     assert [dlq_reason(h) for t, _k, _v, h in producer.sent if t == "dlq"] == [FrameDecodeError.reason]
     assert processor.metrics.total(m.BATCH_FAILURES) == 0
+
+
+def test_frames_trickling_in_while_the_model_works_are_held_on_the_broker_until_it_is_nearly_due() -> None:
+    records = [frame_record(i) for i in range(8)]
+    processor, consumer, producer, model = make(
+        records[:2], model=FakeModel(running=True), batch_size=16, monotonic=lambda: 5.0
+    )
+    processor.step()  # sparse: sent and answered at once
+    processor._round_trip_s = 0.5  # the models answer in about half a second
+    consumer.records.extend(records[2:4])
+    processor.step()  # faster than the models answer: trickling; nothing in flight, so they go
+    assert model.calls == [2, 2]
+    consumer.records.extend(records[4:6])
+    processor.step()  # held: waits on the batch in flight, not on the next frames
+    assert processor.profile.snapshot()["hold"].calls == 1
+    assert consumer.waits[-1] == 0  # answered during the hold: the poll takes what is fetched
+    assert model.calls == [2, 2]  # what came during the hold waits for the next poll's frames
+    model.running = False
+    consumer.records.extend(records[6:8])
+    processor.step()  # answered during the next hold: its results leave at once
+    assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
+    assert model.calls == [2, 2]  # the frames of the hold are still on their way
+    processor.step()  # the second poll after it, short: nothing more came, the four go together
+    assert consumer.waits[-1] == ANSWER_POLL_MS
+    assert model.calls == [2, 2, 4]
+    processor.step()
+    assert [r.seq for r in producer.results()] == list(range(8))
+
+
+def test_no_hold_while_frames_are_left_behind_on_the_broker() -> None:
+    records = [frame_record(i) for i in range(10)]
+    processor, consumer, _producer, _model = make(
+        records[:2], model=FakeModel(running=True), batch_size=16, monotonic=lambda: 5.0
+    )
+    processor.step()
+    processor._round_trip_s = 0.5
+    consumer.per_poll = 2
+    consumer.records.extend(records[2:])
+    for _ in range(3):  # a few frames a poll, but more behind them each time: not a trickle
+        processor.step()
+    assert "hold" not in processor.profile.snapshot()
+    assert consumer.position == 8
+
+
+def test_frames_found_after_a_hold_are_not_sparse_however_long_it_lasted() -> None:
+    records = [frame_record(i) for i in range(6)]
+    clock = [5.0]
+    processor, consumer, producer, model = make(
+        records[:2], model=FakeModel(running=True), batch_size=16, monotonic=lambda: clock[0]
+    )
+    processor.step()  # sparse: sent and answered at once
+    processor._round_trip_s = 0.5
+    consumer.records.extend(records[2:4])
+    processor.step()  # trickling: in flight
+    clock[0] += 5.0  # by their gap alone, the next frames would be sparse
+    consumer.records.extend(records[4:6])
+    processor.step()
+    assert processor.profile.snapshot()["hold"].calls == 1
+    assert [r.seq for r in producer.results()] == [0, 1]  # not finished as if sparse
+    assert model.calls == [2, 2]
+
+
+class Busy(Running):
+    """A model request that stays unanswered, waited for or not, while its model runs."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.model.running:
+            raise TimeoutError("still running")
+        return Done.result(self, timeout)
+
+
+class BusyModel(FakeModel):
+    def __call__(self, images: list[np.ndarray]) -> Done:
+        return Busy(self._answer(images), self) if self.running else self._answer(images)
+
+
+def test_a_hold_ends_before_the_batch_is_due_and_the_next_poll_fetches_what_came() -> None:
+    records = [frame_record(i) for i in range(6)]
+    processor, consumer, producer, model = make(
+        records[:2], model=BusyModel(running=True), batch_size=16, monotonic=lambda: 5.0
+    )
+    model.running = False
+    processor.step()  # sparse: sent and answered at once
+    model.running = True
+    processor._round_trip_s = 0.03  # a hold of at most 20 ms: HOLD_LEAD_MS before it is due
+    consumer.records.extend(records[2:4])
+    processor.step()  # trickling: in flight
+    consumer.records.extend(records[4:6])
+    processor.step()  # held until nearly due, unanswered
+    assert processor.profile.snapshot()["hold"].calls == 1
+    assert consumer.waits[-1] == ANSWER_POLL_MS
+    assert model.calls == [2, 2] and [r.seq for r in producer.results()] == [0, 1]
