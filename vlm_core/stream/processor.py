@@ -322,10 +322,7 @@ class StreamProcessor:
         """
         with self._lock:
             hold_s, oldest = self._hold_s(), self._inflight[0] if self._inflight else None
-        answered = False
-        if oldest is not None and hold_s > 0:
-            with self.profile.measure("hold"):
-                answered = self._await_answer(oldest, hold_s)
+        answered = oldest is not None and hold_s > 0 and self._answered(oldest, wait_s=hold_s, stage="hold")
         with self._lock:
             if hold_s > 0:
                 self._polls_after_hold = POLLS_AFTER_HOLD
@@ -792,11 +789,16 @@ class StreamProcessor:
         p99 latency was that wait)."""
         if self._polls_after_hold:  # what came during the hold is on the broker already
             return ANSWER_POLL_MS
-        sent = [sent_at for batch in self._inflight for _indices, _request, sent_at in batch.requests.values()]
-        if not sent:
+        due_s = self._due_in_s()
+        if due_s is None:
             return self.poll_timeout_ms
-        due_ms = 1000 * (min(sent) + self._round_trip_s - time.perf_counter())
-        return int(min(self.poll_timeout_ms, max(ANSWER_POLL_MS, due_ms)))
+        return int(min(self.poll_timeout_ms, max(ANSWER_POLL_MS, 1000 * due_s)))
+
+    def _due_in_s(self) -> float | None:
+        """Seconds until the oldest batch in flight is due back (a smoothed round trip after
+        it was sent; negative once past), None with none in flight."""
+        sent = [sent_at for batch in self._inflight for _indices, _request, sent_at in batch.requests.values()]
+        return min(sent) + self._round_trip_s - time.perf_counter() if sent else None
 
     def _hold_s(self) -> float:
         """How long to wait for the models instead of polling: while frames trickle in
@@ -806,23 +808,10 @@ class StreamProcessor:
         each: 2.66 CPU ms a frame in the processor at a paced 180 fps, 1.93 with the hold
         (README, Measured). Those that come during a hold wait on the broker and come in
         one fetch, decoded before the answer they would have waited for anyway."""
-        if not self._trickling or not self._inflight or 2 * self._forming_size() >= self.batch_size:
+        due_s = self._due_in_s()
+        if not self._trickling or due_s is None or 2 * self._forming_size() >= self.batch_size:
             return 0.0
-        sent = min(sent_at for _indices, _request, sent_at in self._inflight[0].requests.values())
-        return max(0.0, sent + self._round_trip_s - HOLD_LEAD_MS / 1000 - time.perf_counter())
-
-    def _await_answer(self, batch: _Batch, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the models to answer ``batch`` (or fail it);
-        whether they did."""
-        deadline = time.perf_counter() + timeout_s
-        for _indices, request, _sent_at in batch.requests.values():
-            try:
-                request.result(timeout=max(0.0, deadline - time.perf_counter()))
-            except TimeoutError:
-                return False
-            except Exception:  # failed: answered all the same (``_produce`` handles it)
-                continue
-        return True
+        return max(0.0, due_s - HOLD_LEAD_MS / 1000)
 
     def _few(self, polled: int, backlog: int | None) -> bool:
         """Whether a poll found at most 1/SPARSE_POLL_BATCHES of a batch and left none behind."""
@@ -855,17 +844,18 @@ class StreamProcessor:
             return False
         return sparse or full or all(self._answered(batch) for batch in self._inflight)
 
-    def _answered(self, batch: _Batch) -> bool:
-        """Whether the models answered every request of the batch, without waiting: an
-        answered batch's results leave now rather than when the in-flight queue is full.
-        A failed request counts as answered (``_produce`` handles its failure), and so does
-        one older than ``model_timeout_s`` (``_produce`` fails it)."""
-        with self.profile.measure("probe"):
+    def _answered(self, batch: _Batch, wait_s: float = 0.0, stage: str = "probe") -> bool:
+        """Whether the models answered every request of the batch, waiting up to ``wait_s``
+        (a hold) or not at all: an answered batch's results leave now rather than when the
+        in-flight queue is full. A failed request counts as answered (``_produce`` handles
+        its failure), and so does one older than ``model_timeout_s`` (``_produce`` fails it)."""
+        with self.profile.measure(stage):
+            deadline = time.perf_counter() + wait_s
             for _indices, request, sent_at in batch.requests.values():
                 if not self._model_time_left(sent_at):
                     continue
                 try:
-                    request.result(timeout=0)
+                    request.result(timeout=max(0.0, deadline - time.perf_counter()))
                 except TimeoutError:
                     return False
                 except Exception:
