@@ -610,7 +610,14 @@ def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path 
     if json_path is None:
         return None
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"command": bench.command, "repeat": len(bench.runs), "summary": bench.summary}
+    from vlm_core.cpu import describe_host
+
+    document = {
+        "command": bench.command,
+        "repeat": len(bench.runs),
+        "host": describe_host().to_json(),
+        "summary": bench.summary,
+    }
     json_path.write_text(json.dumps({**document, "runs": [asdict(r) for r in bench.runs]}, indent=2) + "\n")
     png = json_path.with_suffix(".png")
     import matplotlib

@@ -1,4 +1,5 @@
-"""CPU priority for the parts of a pipeline that are not its bottleneck.
+"""CPU priority for the parts of a pipeline that are not its bottleneck, CPU time per
+process, and the host a figure was measured on.
 
 On a host where the model replicas and the Kafka plumbing share few cores, the model is
 the stage that sets throughput. Running the plumbing (stream processor, local broker,
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MAX_NICENESS = 19
 
@@ -72,3 +76,43 @@ class CpuMeter:
                     total += end - self._start[pid]
             used[name] = round(1000 * total / frames, 3)
         return used
+
+
+#: The instruction-set extensions (as ``/proc/cpuinfo`` names them) that decide how fast
+#: int8 and bfloat16 kernels run: the same model's speed-up differs by these.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Host:
+    """The machine a figure was measured on, as a report records it beside the figure."""
+
+    cpu: str
+    #: Vendor family and model numbers ("25/17"): virtual machines often hide the model name.
+    family_model: str
+    cpus: int
+    #: Which of :data:`KERNEL_FLAGS` the CPU has.
+    flags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "family_model": self.family_model, "cpus": self.cpus, "flags": list(self.flags)}
+
+
+def describe_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> Host:
+    """This machine's CPU from ``cpuinfo`` (its first processor), and the CPUs this
+    process may run on; off Linux, what :mod:`platform` knows."""
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        first = ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if v}
+    present = set(fields.get("flags", "").split())
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(sched_getaffinity(0)) if sched_getaffinity else os.cpu_count() or 1
+    family, model = fields.get("cpu family"), fields.get("model")
+    return Host(
+        cpu=fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        family_model=f"{family}/{model}" if family and model else "",
+        cpus=cpus,
+        flags=tuple(flag for flag in KERNEL_FLAGS if flag in present),
+    )

@@ -1193,6 +1193,11 @@ def optimize(
         f"{primary} drop {doc['drop_points']:.2f} points; "
         f"promote with `vlm models promote {report.version.ref}` (add --margin -0.005 to accept a 0.5 point loss)"
     )
+    host = report.host
+    console.print(
+        f"measured on {host.cpu} ({host.family_model or 'family unknown'}), {host.cpus} CPUs, "
+        f"one torch thread; {' '.join(host.flags) or 'no AVX2'}"
+    )
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,3 +1,7 @@
+import json
+from pathlib import Path
+
+
 def test_soak_finds_a_reused_id_and_accepts_a_track_that_resumes() -> None:
     from services.bench_soak import reused_ids
     from vlm_core.contracts.result import Detection, Detections, ModelRef, Result
@@ -99,6 +103,16 @@ def test_repeated_runs_summarise_every_figure_as_median_and_spread() -> None:
     assert summary["cpu_ms_per_frame.processor"]["median"] == 2.0
     assert summary["ratio"]["min"] == round(250 / 310, 3)
     assert "tracking" not in summary and "task" not in summary  # flags and names are not figures
+
+
+def test_the_bench_json_names_the_host_it_ran_on(tmp_path: Path) -> None:
+    from services.bench import BenchReport, RepeatedBench, summarize, write_outputs
+    from vlm_core.cpu import KERNEL_FLAGS
+
+    run = BenchReport("classification", "m", 1000, 16, "320x240", 300.0, 500.0, 270.0, 0.9, 0, 0, 16.0)
+    write_outputs(RepeatedBench([run], summarize([run]), "vlm bench pipeline"), [10.0, 20.0], tmp_path / "b.json")
+    host = json.loads((tmp_path / "b.json").read_text())["host"]
+    assert host["cpus"] >= 1 and host["cpu"] and set(host["flags"]) <= set(KERNEL_FLAGS)
 
 
 def test_frame_sizes_are_the_camera_resolutions_offered() -> None:

@@ -1,9 +1,10 @@
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
-from vlm_core.cpu import lower_priority
+from vlm_core.cpu import KERNEL_FLAGS, describe_host, lower_priority
 
 
 def test_lower_priority_reaches_every_thread_and_new_ones_inherit() -> None:
@@ -45,3 +46,21 @@ def test_lower_priority_rejects_out_of_range_and_zero_is_a_no_op() -> None:
     with pytest.raises(ValueError, match="between 0 and 19"):
         lower_priority(20)
     assert lower_priority(0) == 0
+
+
+def test_the_host_is_read_from_the_first_processor_of_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    first = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+    flags = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 sha_ni\n"
+    cpuinfo.write_text(f"{first}model name\t: AMD EPYC\n{flags}\nprocessor\t: 1\nmodel name\t: other\n")
+    host = describe_host(cpuinfo)
+    assert (host.cpu, host.family_model) == ("AMD EPYC", "25/17")
+    assert host.flags == ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")  # in KERNEL_FLAGS' order
+    assert host.cpus == len(os.sched_getaffinity(0))
+    assert host.to_json()["flags"] == list(host.flags)
+
+
+def test_a_host_without_cpuinfo_is_still_described(tmp_path: Path) -> None:
+    host = describe_host(tmp_path / "missing")
+    assert host.cpu and host.family_model == "" and host.flags == () and host.cpus >= 1
+    assert set(describe_host().flags) <= set(KERNEL_FLAGS)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import statistics
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vlm_core.cpu import Host, describe_host
 from vlm_core.errors import ConfigError
 from vlm_core.models import Predictor
 from vlm_core.models.optimize import ModelInput, compress, prune_channels
@@ -42,6 +43,8 @@ class OptimizeReport:
     comparison: Comparison
     calibration_samples: int
     eval_samples: int
+    #: Where the speed-up was measured: it depends on the CPU's int8 and bfloat16 kernels.
+    host: Host = field(default_factory=describe_host)
 
     @property
     def source_metrics(self) -> dict[str, float]:
@@ -82,6 +85,7 @@ class OptimizeReport:
             "infer_speedup": round(self.infer_speedup, 3),
             "calibration_samples": self.calibration_samples,
             "eval_samples": self.eval_samples,
+            "host": self.host.to_json(),
         }
 
 

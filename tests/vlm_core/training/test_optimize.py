@@ -48,6 +48,7 @@ def test_an_optimised_version_records_its_method_and_figures_and_serves_what_was
     assert version.metrics["source_accuracy"] == report.source_metrics["accuracy"]
     assert report.eval_samples > 0 and report.calibration_samples > 0
     doc = report.to_json()
+    assert doc["host"]["cpus"] >= 1 and doc["host"]["cpu"]  # where the speed-up was measured
     assert doc["method"] == method.value and doc["drop_points"] == pytest.approx(
         100 * (report.source_metrics["accuracy"] - report.metrics["accuracy"]), abs=1e-3
     )
