@@ -182,11 +182,13 @@ def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int, grap
     import cv2
     import torch
 
+    from vlm_core.cpu import keep_freed_memory
     from vlm_core.tasks import build_predictor
 
-    # The model replica's budget: one torch thread, OpenCV single-threaded.
+    # The model replica's budget and allocator: one torch thread, OpenCV single-threaded.
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    keep_freed_memory()
     predictor = build_predictor(spec, graph=graph)
     predictor.warmup(batch_size, images[0].shape[:2])
     return predictor.throughput(images, batch_size)

@@ -255,6 +255,11 @@ class DeploymentSettings(_Strict):
     #: How a float32 model runs on a CPU replica: ``frozen`` (TorchScript's inference
     #: passes at load) or ``eager``; see :class:`vlm_core.models.spec.Graph`.
     graph: Graph = Graph.FROZEN
+    #: Start each replica with glibc keeping the memory it frees for its next batch,
+    #: rather than give it back to the kernel and fault it in again
+    #: (:func:`vlm_core.cpu.keep_freed_memory_environment`). Its resident size then stays
+    #: at its largest batch's.
+    keep_freed_memory: bool = True
     #: Custom Ray resources each replica needs: places it on the nodes that offer them.
     ray_resources: dict[str, float] = Field(default_factory=dict)
 

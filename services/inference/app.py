@@ -18,6 +18,7 @@ from services.inference.model_server import ModelServer
 from services.inference.processor import StreamProcessorReplica
 from services.kafka_io import SECURITY_ENV
 from vlm_core.config import LocalSettings
+from vlm_core.cpu import keep_freed_memory_environment
 from vlm_core.pipeline import DeploymentSettings, PipelineConfig
 from vlm_core.registry import RegistryFollow
 from vlm_core.tasks import get_profile
@@ -47,6 +48,8 @@ def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
             "num_cpus": settings.num_cpus,
             "num_gpus": _gpus(settings),
             **({"resources": settings.ray_resources} if settings.ray_resources else {}),
+            # Ray merges these variables with the job's.
+            **({"runtime_env": {"env_vars": keep_freed_memory_environment()}} if settings.keep_freed_memory else {}),
         },
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 30,

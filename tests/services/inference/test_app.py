@@ -33,3 +33,14 @@ def test_each_model_deployment_knows_the_frames_a_request_carries() -> None:
     app = call_user_app_builder_with_args_if_necessary(build_app, args)
     models = app._bound_deployment.init_args[1]
     assert models and all(model._bound_deployment.init_args[-1] == 8 for model in models.values())
+
+
+def test_model_replicas_start_with_an_allocator_that_keeps_freed_memory() -> None:
+    from services.inference.app import deployment_options
+    from vlm_core.pipeline import DeploymentSettings
+
+    options = deployment_options(DeploymentSettings())
+    tunables = options["ray_actor_options"]["runtime_env"]["env_vars"]["GLIBC_TUNABLES"]
+    assert "glibc.malloc.arena_max=1" in tunables.split(":")
+    off = deployment_options(DeploymentSettings(keep_freed_memory=False))
+    assert "runtime_env" not in off["ray_actor_options"]
