@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.result import Result
+from vlm_core.cpu import Host, describe_host
 from vlm_core.pipeline import TrackingSettings
 
 
@@ -46,6 +47,7 @@ class SoakReport:
     state_bytes_end: int
     samples: list[SoakSample] = field(default_factory=list)
     command: str = ""
+    host: Host = field(default_factory=describe_host)
 
 
 def reused_ids(results: list[Result], max_lost_s: float) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.result import Detection, Detections, ModelRef, Result
 from vlm_core.contracts.task import Task
+from vlm_core.cpu import Host, describe_host
 from vlm_core.datasets.scenes import SceneConfig, SceneVideo
 from vlm_core.stream.live import LiveFrame
 
@@ -52,6 +53,7 @@ class TransportReport:
     runs: list[dict[str, TransportFigures]]
     summary: dict[str, Any]
     command: str = ""
+    host: Host = field(default_factory=describe_host)
 
 
 def _frames(count: int, width: int, height: int) -> list[tuple[Frame, Result]]:

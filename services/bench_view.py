@@ -32,6 +32,7 @@ import yaml
 
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
+from vlm_core.cpu import Host, describe_host
 from vlm_core.errors import ConfigError, InfrastructureError
 from vlm_core.pipeline import model_pipeline_args
 
@@ -58,6 +59,7 @@ class ViewBenchReport:
     runs: list[dict[str, PhaseFigures]]
     summary: dict[str, Any]
     command: str = ""
+    host: Host = field(default_factory=describe_host)
 
 
 def _free_port() -> int:

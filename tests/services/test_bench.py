@@ -64,7 +64,7 @@ def test_tracker_overrides_are_checked_like_a_pipeline_config() -> None:
         tracking_overrides(["colour=red"])
 
 
-def test_the_transport_bench_times_both_ways_on_real_payloads() -> None:
+def test_the_transport_bench_times_both_ways_on_real_payloads(tmp_path: Path) -> None:
     import json as json_module
     import struct
 
@@ -86,6 +86,10 @@ def test_the_transport_bench_times_both_ways_on_real_payloads() -> None:
     report = run_transport_bench(frames=10, width=160, height=120, runs=2)
     assert len(report.runs) == 2 and set(report.summary) == {"websocket", "mjpeg", "mjpeg_over_websocket_cpu"}
     assert all(report.summary[t]["bytes_per_frame"] > 1000 for t in ("websocket", "mjpeg"))
+    from services.bench_transport import write_report
+
+    write_report(report, tmp_path / "transport.json")
+    assert json.loads((tmp_path / "transport.json").read_text())["host"]["cpus"] >= 1  # the machine it ran on
 
 
 def test_repeated_runs_summarise_every_figure_as_median_and_spread() -> None:
