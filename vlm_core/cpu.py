@@ -103,10 +103,10 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> bool:
     blocks up to :data:`HEAP_BLOCK_MAX` from it, and has threads started afterwards share
     the one heap (threads that already allocated keep theirs: a process started with
     :func:`keep_freed_memory_environment` has all its threads share it). In a one-off
-    microbench, ``mobilenet_v3_small`` at 224 px took 44-74 ms a batch of 16 on one thread
-    by default, with 100,000-250,000 page faults in 30 batches, and 36-43 ms with this,
-    with 2,000-7,000. The memory kept is what the largest batch used: a model process's
-    resident size stays at its peak.
+    microbench, ``mobilenet_v3_small`` at 224 px took 38-74 ms a batch of 16 on one thread
+    by default, with 10,000-250,000 page faults in 30 batches (it went either way from run
+    to run), and 36-43 ms with this, with 2,000-7,000. The memory kept is what the largest
+    batch used: a model process's resident size stays at its peak.
     """
     if keep_bytes < 0:
         raise ValueError(f"keep_bytes must be at least 0, got {keep_bytes}")
