@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +30,35 @@ def lower_priority(niceness: int) -> int:
     afterwards inherit the value of the thread that starts them. Raising niceness needs no
     privileges. 0 leaves everything as it is.
     """
-    if not 0 <= niceness <= MAX_NICENESS:
-        raise ValueError(f"niceness must be between 0 and {MAX_NICENESS}, got {niceness}")
-    if niceness == 0:
-        return 0
+    _check_niceness(niceness)
     task_dir = Path("/proc/self/task")
     thread_ids = [int(p.name) for p in task_dir.iterdir()] if task_dir.is_dir() else [0]
-    changed = 0
-    for tid in thread_ids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
-                os.setpriority(os.PRIO_PROCESS, tid, niceness)
-                changed += 1
-    return changed
+    return sum(_raise_niceness(tid, niceness) for tid in thread_ids)
+
+
+def lower_thread_priority(niceness: int) -> bool:
+    """Raise the calling thread alone to at least ``niceness``; returns whether it changed.
+    A model replica's preprocessing thread runs so, beside the thread that runs the forward
+    pass of the batch before (see ``DeploymentSettings.preprocess_niceness``)."""
+    _check_niceness(niceness)
+    return bool(_raise_niceness(threading.get_native_id(), niceness))
+
+
+def _check_niceness(niceness: int) -> None:
+    if not 0 <= niceness <= MAX_NICENESS:
+        raise ValueError(f"niceness must be between 0 and {MAX_NICENESS}, got {niceness}")
+
+
+def _raise_niceness(tid: int, niceness: int) -> int:
+    """1 where thread ``tid`` ran below ``niceness`` and now runs at it, else 0 (and
+    always 0 for a niceness of 0: that leaves the thread as it is)."""
+    if niceness == 0:
+        return 0
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            return 1
+    return 0
 
 
 def cpu_seconds(pid: int) -> float | None:

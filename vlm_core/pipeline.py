@@ -260,6 +260,11 @@ class DeploymentSettings(_Strict):
     #: (:func:`vlm_core.cpu.keep_freed_memory_environment`). Its resident size then stays
     #: at its largest batch's.
     keep_freed_memory: bool = True
+    #: Niceness of the replica's preprocessing thread, which prepares the next batch while
+    #: the forward pass of the one before runs: on a machine with few cores the forward
+    #: pass keeps its core, and the preprocessing takes the idle cycles (0: the same
+    #: priority).
+    preprocess_niceness: int = Field(default=10, ge=0, le=19)
     #: Custom Ray resources each replica needs: places it on the nodes that offer them.
     ray_resources: dict[str, float] = Field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from ray.util import metrics as ray_metrics
 from vlm_core import metrics as m
 from vlm_core.contracts.frame import Frame, jpeg_scale
 from vlm_core.contracts.result import TaskOutput
+from vlm_core.cpu import lower_thread_priority
 from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
 from vlm_core.pipeline import DeploymentSettings
@@ -68,7 +69,12 @@ class ModelServer:
         self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
         self.last_error = ""
         self.loads = 0
-        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
+        self._prep_pool = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="preprocess",
+            initializer=lower_thread_priority,
+            initargs=(settings.preprocess_niceness,),
+        )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()

@@ -14,6 +14,7 @@ from vlm_core.cpu import (
     keep_freed_memory,
     keep_freed_memory_environment,
     lower_priority,
+    lower_thread_priority,
 )
 
 
@@ -153,3 +154,31 @@ def test_the_environment_leaves_a_users_own_tunables_the_last_word() -> None:
         "glibc.malloc.arena_max=4",
     ]
     assert keep_freed_memory_environment(environ={})["GLIBC_TUNABLES"].startswith("glibc.malloc.arena_max=1:")
+
+
+def test_lower_thread_priority_changes_the_calling_thread_alone() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            seen: list[int] = []
+
+            def worker() -> None:
+                seen.append(int(lower_thread_priority(9)))
+                seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+                seen.append(int(lower_thread_priority(9)))  # already there
+
+            thread = threading.Thread(target=worker)
+            thread.start()
+            thread.join()
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            os.write(write, ",".join(map(str, seen)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    changed, niceness, again, main = map(int, os.read(read, 64).decode().split(","))
+    assert (changed, niceness, again) == (1, 9, 0)
+    assert main == os.getpriority(os.PRIO_PROCESS, 0)  # the thread that forked is as it was
+    with pytest.raises(ValueError, match="between 0 and 19"):
+        lower_thread_priority(20)
