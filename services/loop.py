@@ -392,7 +392,7 @@ class ClosedLoop:
             self._stage("after_swap")
         finally:
             runner.stop()
-            self._drain(monitor)
+            self._drain(monitor, sent=sum(w.stats.sent for w in runner.workers))
             monitor.stop()
             if view is not None:
                 view.stop()
@@ -567,10 +567,12 @@ class ClosedLoop:
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
             self.say(_live_line(monitor))
 
-    def _drain(self, monitor: TruthMonitor, timeout_s: float = 180.0) -> None:
-        """Wait until every frame sent has its result (or the timeout): what is left is lost."""
+    def _drain(self, monitor: TruthMonitor, sent: int, timeout_s: float = 180.0) -> None:
+        """Wait until the monitor has read all ``sent`` frames and every one has its result
+        (or the timeout): what is left is lost. Nothing pending is not enough on its own:
+        the last frames sent may not have been read yet."""
         deadline = time.monotonic() + timeout_s
-        while monitor.pending and time.monotonic() < deadline and monitor.error is None:
+        while (monitor.pending or monitor.frames < sent) and time.monotonic() < deadline and monitor.error is None:
             time.sleep(0.5)
 
     def _fill_report(self, monitor: TruthMonitor, production: str, runner: Any) -> None:
