@@ -35,7 +35,7 @@ import numpy as np
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
-from vlm_core.cpu import CpuMeter
+from vlm_core.cpu import CpuMeter, Host, describe_host, keep_freed_memory
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
 from vlm_core.pipeline import Delivery, DeploymentSettings, ModelInput, ProcessorSettings, model_pipeline_args
@@ -182,7 +182,6 @@ def measure_raw(spec: ModelSpec, images: list[np.ndarray], batch_size: int, grap
     import cv2
     import torch
 
-    from vlm_core.cpu import keep_freed_memory
     from vlm_core.tasks import build_predictor
 
     # The model replica's budget and allocator: one torch thread, OpenCV single-threaded.
@@ -557,6 +556,7 @@ class RepeatedBench:
     #: Per figure (nested ones as ``latency_ms.p99``): median, min, max over the runs.
     summary: dict[str, dict[str, float]]
     command: str = ""
+    host: Host = field(default_factory=describe_host)
 
 
 def summarize(reports: list[BenchReport]) -> dict[str, dict[str, float]]:
@@ -612,12 +612,10 @@ def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path 
     if json_path is None:
         return None
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    from vlm_core.cpu import describe_host
-
     document = {
         "command": bench.command,
         "repeat": len(bench.runs),
-        "host": describe_host().to_json(),
+        "host": bench.host.to_json(),
         "summary": bench.summary,
     }
     json_path.write_text(json.dumps({**document, "runs": [asdict(r) for r in bench.runs]}, indent=2) + "\n")

@@ -98,15 +98,23 @@ class CpuMeter:
         return used
 
 
-#: glibc's ``mallopt`` parameters (``malloc.h``).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 #: The largest block glibc's heap may serve on a 64-bit system (``M_MMAP_THRESHOLD``'s
 #: maximum); larger ones are always mapped on their own.
 HEAP_BLOCK_MAX = 32 * 2**20
 #: How much freed memory a model process keeps at the top of its heap.
 KEEP_FREED_BYTES = 2**30
+
+
+def _allocator_settings(keep_bytes: int) -> tuple[tuple[str, int, int], ...]:
+    """Each glibc setting that keeps freed memory: its tunable's name, its ``mallopt``
+    parameter (``malloc.h``) and its value."""
+    if keep_bytes < 0:
+        raise ValueError(f"keep_bytes must be at least 0, got {keep_bytes}")
+    return (
+        ("glibc.malloc.arena_max", -8, 1),
+        ("glibc.malloc.trim_threshold", -1, min(keep_bytes, 2**31 - 1)),
+        ("glibc.malloc.mmap_threshold", -3, HEAP_BLOCK_MAX),
+    )
 
 
 def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> bool:
@@ -125,15 +133,13 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> bool:
     to run), and 36-43 ms with this, with 2,000-7,000. The memory kept is what the largest
     batch used: a model process's resident size stays at its peak.
     """
-    if keep_bytes < 0:
-        raise ValueError(f"keep_bytes must be at least 0, got {keep_bytes}")
+    settings = _allocator_settings(keep_bytes)
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    settings = ((_M_TRIM_THRESHOLD, min(keep_bytes, 2**31 - 1)), (_M_MMAP_THRESHOLD, HEAP_BLOCK_MAX), (_M_ARENA_MAX, 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    return all(mallopt(param, value) == 1 for _name, param, value in settings)
 
 
 def keep_freed_memory_environment(
@@ -143,17 +149,10 @@ def keep_freed_memory_environment(
     :func:`keep_freed_memory` does, from its first allocation and for all its threads
     (glibc reads ``GLIBC_TUNABLES`` at start; other C libraries ignore it). Tunables
     already in ``environ`` come after these, so a user's own settings win."""
-    if keep_bytes < 0:
-        raise ValueError(f"keep_bytes must be at least 0, got {keep_bytes}")
-    tunables = ":".join(
-        (
-            "glibc.malloc.arena_max=1",
-            f"glibc.malloc.trim_threshold={keep_bytes}",
-            f"glibc.malloc.mmap_threshold={HEAP_BLOCK_MAX}",
-            *([environ["GLIBC_TUNABLES"]] if environ.get("GLIBC_TUNABLES") else []),
-        )
-    )
-    return {"GLIBC_TUNABLES": tunables}
+    tunables = [f"{name}={value}" for name, _param, value in _allocator_settings(keep_bytes)]
+    if environ.get("GLIBC_TUNABLES"):
+        tunables.append(environ["GLIBC_TUNABLES"])
+    return {"GLIBC_TUNABLES": ":".join(tunables)}
 
 
 #: The instruction-set extensions (as ``/proc/cpuinfo`` names them) that decide how fast
