@@ -111,6 +111,12 @@ class BenchReport:
     #: stage's own thread's CPU time, and its wall time (waits included).
     stage_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     stage_wall_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: Of each stage's wall time, the time its thread was runnable and waited for a core.
+    stage_run_queue_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: The same three over the paced stream's frames (the latency stage).
+    latency_stage_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    latency_stage_wall_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    latency_stage_run_queue_ms_per_frame: dict[str, float] = field(default_factory=dict)
     #: The processor replica's peak resident memory over the run.
     processor_peak_rss_mb: float = 0.0
     command: str = ""
@@ -350,12 +356,14 @@ def run_pipeline_bench(
         tail_breakdown: dict[str, float] = {}
         tail_at: list[float] = []
         latency_cpu_ms: dict[str, float] = {}
+        paced_stages: dict[str, dict[str, float]] = {}
         if latency_seconds > 0:
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
             paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
             paced_cpu.start()
+            paced_produced, paced_before = _stage_snapshot(app, task)
             paced.start(settings.bootstrap_servers, topics.frames)
             # Read on from the throughput stage's results: re-reading them (and decoding
             # them in this process, beside the camera's sender) would load the stream's start.
@@ -365,6 +373,8 @@ def run_pipeline_bench(
             )
             paced.stop()
             latency_cpu_ms = paced_cpu.stop(n)
+            produced, paced_after = _stage_snapshot(app, task)
+            paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
             latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
             breakdown = stage_medians(paced_results)
@@ -407,6 +417,10 @@ def run_pipeline_bench(
         latency_cpu_ms_per_frame=latency_cpu_ms,
         stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},
         stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in by_stage.items()},
+        stage_run_queue_ms_per_frame={stage: ms["run_queue"] for stage, ms in by_stage.items()},
+        latency_stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in paced_stages.items()},
+        latency_stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in paced_stages.items()},
+        latency_stage_run_queue_ms_per_frame={stage: ms["run_queue"] for stage, ms in paced_stages.items()},
         processor_peak_rss_mb=round(stats.peak_rss_mb, 1),
         command=command,
     )

@@ -489,7 +489,7 @@ def bench_pipeline(
         figure = bench.summary.get(key)
         if figure is None:
             return "-"
-        digits = 2 if key == "ratio" or key.startswith("stage_") else 1 if figure["median"] < 100 else 0
+        digits = 2 if key == "ratio" or "stage_" in key else 1 if figure["median"] < 100 else 0
         return f"{figure['median']:.{digits}f} [{figure['min']:.{digits}f}-{figure['max']:.{digits}f}]"
 
     lost = sum(r.frames_lost for r in bench.runs)
@@ -505,9 +505,24 @@ def bench_pipeline(
     stages.add_column("stage")
     stages.add_column("CPU", justify="right")
     stages.add_column("wall", justify="right")
+    stages.add_column("run queue", justify="right")
     for name in first.stage_cpu_ms_per_frame:
-        stages.add_row(name, cell(f"stage_cpu_ms_per_frame.{name}"), cell(f"stage_wall_ms_per_frame.{name}"))
+        stages.add_row(
+            name,
+            *(cell(f"stage_{kind}_ms_per_frame.{name}") for kind in ("cpu", "wall", "run_queue")),
+        )
     console.print(stages)
+    if first.latency_stage_wall_ms_per_frame:
+        paced = Table(title="ms per frame by stage during the paced stream (median [min-max])")
+        paced.add_column("stage")
+        for kind in ("CPU", "wall", "run queue"):
+            paced.add_column(kind, justify="right")
+        for name in first.latency_stage_wall_ms_per_frame:
+            paced.add_row(
+                name,
+                *(cell(f"latency_stage_{kind}_ms_per_frame.{name}") for kind in ("cpu", "wall", "run_queue")),
+            )
+        console.print(paced)
     png = write_outputs(bench, latencies, json_out)
     if json_out:
         console.print(f"wrote {json_out} and {png}")
