@@ -426,6 +426,14 @@ def bench_pipeline(
             "--warmup-s", min=0, help="The model replica's warmup_s: 0 warms up at the largest batch size only."
         ),
     ] = None,
+    warm_up_frames: Annotated[
+        int | None,
+        typer.Option(
+            "--warm-up-frames",
+            min=0,
+            help="Frames through the whole pipeline before the first run, not measured (default 3000; 0: none).",
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
@@ -459,6 +467,7 @@ def bench_pipeline(
         graph=graph_enum,
         fetch_max_wait_ms=fetch_max_wait_ms,
         warmup_s=warmup_s,
+        **({"warm_up_frames": warm_up_frames} if warm_up_frames is not None else {}),
         settings=_settings(),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,

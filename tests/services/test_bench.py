@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 
 def test_soak_finds_a_reused_id_and_accepts_a_track_that_resumes() -> None:
     from services.bench_soak import reused_ids
@@ -172,3 +174,34 @@ def test_the_latency_tail_is_the_slowest_frames_stages_and_when_they_were_captur
     assert stages == stage_medians(stalled) == {"classification": 61.5, "queue": 195.0}
     assert at_s == [5.0, 5.01]
     assert latency_tail([], []) == ({}, [])
+
+
+def test_a_warm_up_pass_runs_unmeasured_before_the_repeated_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services import bench
+    from vlm_core.contracts.task import Task
+    from vlm_core.errors import ConfigError
+
+    calls: list[tuple[int, object, object]] = []
+
+    def run(task: Task, arch: str | None, frames: int, **kwargs: object) -> tuple[bench.BenchReport, list[float]]:
+        calls.append((frames, kwargs.get("latency_seconds"), kwargs.get("raw_fps")))
+        report = bench.BenchReport("classification", "m", frames, 16, "320x240", 300.0, 500.0, 270.0, 0.9, 0, 0, 16.0)
+        return report, [float(len(calls))]
+
+    monkeypatch.setattr(bench, "run_pipeline_bench", run)
+    repeated, latencies = bench.run_repeated(
+        2, Task.CLASSIFICATION, None, 1000, warm_up_frames=500, latency_seconds=10.0, progress=lambda _m: None
+    )
+    # The warm-up: its own frame count, no latency stage, no raw loop; its report is dropped.
+    assert calls == [(500, 0.0, bench._NOT_MEASURED), (1000, 10.0, None), (1000, 10.0, None)]
+    assert [r.frames for r in repeated.runs] == [1000, 1000] and latencies == [2.0, 3.0]
+    bench.write_outputs(repeated, latencies, tmp_path / "b.json")
+    assert json.loads((tmp_path / "b.json").read_text())["warm_up_frames"] == 500
+
+    calls.clear()
+    bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=0, progress=lambda _m: None)
+    assert calls == [(1000, None, None)]
+    with pytest.raises(ConfigError, match="--warm-up-frames -1: give 0"):
+        bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=-1)
