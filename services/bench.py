@@ -50,6 +50,7 @@ from vlm_core.tasks import get_profile
 # deploy/serve/pipeline.yaml too.
 LATENCY_LOAD = 0.25
 BENCH_CLASS_COUNT = 10
+MIN_FRAMES = 50
 #: Frames through the pipeline before the first measured run (``run_repeated``).
 WARM_UP_FRAMES = 3000
 #: The warm-up pass's raw rate: given, so it runs no raw loop; its report is dropped.
@@ -235,8 +236,8 @@ def run_pipeline_bench(
     from services.ingest.worker import CameraConfig, IngestRunner
     from services.localstack import LocalStack
 
-    if frames < 50:
-        raise ConfigError("--frames must be at least 50 for a meaningful measurement")
+    if frames < MIN_FRAMES:
+        raise ConfigError(f"--frames must be at least {MIN_FRAMES} for a meaningful measurement")
     if not 1 <= cameras <= frames // 10:
         raise ConfigError(f"--cameras {cameras}: give 1 to {frames // 10} (at least 10 frames each)")
     if not 0 < latency_load <= 1:
@@ -605,8 +606,8 @@ def run_repeated(
     runs for weeks; the bench measures that state, not the first minute."""
     if repeat < 1:
         raise ConfigError(f"--repeat {repeat}: give at least 1 (3 or more for a median with a spread)")
-    if warm_up_frames < 0:
-        raise ConfigError(f"--warm-up-frames {warm_up_frames}: give 0 (none) or more")
+    if warm_up_frames and warm_up_frames < MIN_FRAMES:
+        raise ConfigError(f"--warm-up-frames {warm_up_frames}: give 0 (none) or at least {MIN_FRAMES}")
     if warm_up_frames:
         task, arch, *_ = args
         progress(f"warm-up: {warm_up_frames} frames through the whole pipeline, not measured")

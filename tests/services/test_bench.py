@@ -203,5 +203,6 @@ def test_a_warm_up_pass_runs_unmeasured_before_the_repeated_runs(
     calls.clear()
     bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=0, progress=lambda _m: None)
     assert calls == [(1000, None, None)]
-    with pytest.raises(ConfigError, match="--warm-up-frames -1: give 0"):
-        bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=-1)
+    for few in (-1, 10):
+        with pytest.raises(ConfigError, match=f"--warm-up-frames {few}: give 0 \\(none\\) or at least 50"):
+            bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=few)

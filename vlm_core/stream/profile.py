@@ -71,7 +71,9 @@ class _OpenFile:
         self.thread_id = thread_id
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        fd = getattr(self, "fd", None)  # None: the open failed
+        if fd is not None:
+            os.close(fd)
 
 
 _run_queue_s = _RunQueueClock()

@@ -45,6 +45,7 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["bench", "pipeline", "--task", "classification", "--tracking"], "--tracking needs --task detection"),
         (["bench", "pipeline", "--task", "classification", "--model", "no-such-model@9"], "no-such-model@9 does not"),
         (["bench", "pipeline", "--task", "classification", "--latency-fps", "0"], "--latency-fps 0: give a rate"),
+        (["bench", "pipeline", "--task", "classification", "--warm-up-frames", "10"], "--warm-up-frames 10: give 0"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
         (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
         (
