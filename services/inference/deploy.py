@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,10 +185,16 @@ def delete(app_name: str = "vlm") -> None:
 
 
 def processor_stats(app_name: str = "vlm") -> ProcessorStats:
+    return processor_stats_reader(app_name)()
+
+
+def processor_stats_reader(app_name: str = "vlm") -> Callable[[], ProcessorStats]:
+    """Reads the app's processor stats through one handle, for repeated reads: each new
+    handle sets up a router of its own."""
     from ray import serve
 
-    handle = serve.get_deployment_handle("StreamProcessor", app_name=app_name)
-    return handle.stats.remote().result(timeout_s=30)
+    stats = serve.get_deployment_handle("StreamProcessor", app_name=app_name).stats
+    return lambda: stats.remote().result(timeout_s=30)
 
 
 def _model_handle(app_name: str, task: Task) -> Any:
