@@ -542,12 +542,18 @@ class PacedCamera:
 
 def _await_produced(app: str, results: int, timeout_s: float = 600, poll_s: float = 0.25) -> None:
     """Until the app's processor has produced ``results`` results (each acknowledged by the
-    broker), or ``timeout_s`` passed: the reader after it then counts what is missing."""
+    broker), ``timeout_s`` passed, or its count went back (a replacement replica counts
+    from 0): the reader after it then waits for the rest and counts what is missing."""
     from services.inference import deploy
 
     stats = deploy.processor_stats_reader(app)
     deadline = time.monotonic() + timeout_s
-    while stats().results_produced < results and time.monotonic() < deadline:
+    produced = 0
+    while time.monotonic() < deadline:
+        now = stats().results_produced
+        if now >= results or now < produced:
+            return
+        produced = now
         time.sleep(poll_s)
 
 
