@@ -374,15 +374,15 @@ def run_pipeline_bench(
             paced_cpu.start()
             paced_produced, paced_before = _stage_snapshot(app, task)
             paced.start(settings.bootstrap_servers, topics.frames)
-            # Read on from the throughput stage's results: re-reading them (and decoding
-            # them in this process, beside the camera's sender) would load the stream's start.
             results_due = n + paced.warmup_results
-            later, _ = _collect(
-                settings.bootstrap_servers, topics.results, results_due, give_up=paced.failed, after=read_up_to
-            )
+            # Read once produced, as in the throughput stage: beside the camera's sender,
+            # reading as they came would load the cores the latency is measured on.
+            _await_produced(app, paced_produced + results_due, give_up=paced.failed)
             paced.stop()
             latency_cpu_ms = paced_cpu.stop(n)
             produced, paced_after = _stage_snapshot(app, task)
+            # Read on from the throughput stage's results, not from the topic's start.
+            later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
             paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
             paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
             latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
@@ -540,16 +540,23 @@ class PacedCamera:
             raise self.error
 
 
-def _await_produced(app: str, results: int, timeout_s: float = 600, poll_s: float = 0.25) -> None:
-    """Until the app's processor has produced ``results`` results (each acknowledged by the
-    broker), ``timeout_s`` passed, or its count went back (a replacement replica counts
-    from 0): the reader after it then waits for the rest and counts what is missing."""
+def _await_produced(
+    app: str,
+    results: int,
+    timeout_s: float = 600,
+    poll_s: float = 0.25,
+    give_up: Callable[[], bool] = lambda: False,
+) -> None:
+    """Until the app's processor has produced ``results`` results since it started (each
+    acknowledged by the broker), ``timeout_s`` passed, ``give_up`` says so, or its count
+    went back (a replacement replica counts from 0): the reader after it then waits for
+    the rest and counts what is missing."""
     from services.inference import deploy
 
     stats = deploy.processor_stats_reader(app)
     deadline = time.monotonic() + timeout_s
     produced = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not give_up():
         now = stats().results_produced
         if now >= results or now < produced:
             return
@@ -584,7 +591,7 @@ def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[s
         "processor": [processor],
         "model replica": [model],
         "ray (daemons, Serve controller)": ray,
-        "bench (camera, results reader)": [os.getpid()],
+        "bench (paced camera)": [os.getpid()],
     }
 
 
