@@ -68,3 +68,26 @@ def test_a_failed_start_names_the_cause_above_the_shutdown_that_follows(tmp_path
     log.write_text("INFO a\nINFO b\n")
     assert local._log_excerpt(log) == "INFO a\nINFO b"
     assert local._log_excerpt(tmp_path / "missing.log") == "(no log)"
+
+
+def test_ray_starts_once_more_when_its_raylet_timed_out_and_not_for_other_failures(tmp_path: Path) -> None:
+    from vlm_core.config import LocalSettings
+    from vlm_core.errors import InfrastructureError
+
+    ray = local.RayService(LocalSettings(state_dir=tmp_path))
+    started = local.ServiceStatus("ray", "running", 1, ray.address, None)
+    timed_out = InfrastructureError(f"ray exited with code 1 while starting; ... {local.RAYLET_START_TIMED_OUT}")
+    with mock.patch.object(local.LocalService, "start", side_effect=[timed_out, started]) as start:
+        assert ray.start() is started
+    assert start.call_count == 2
+    refused = [InfrastructureError("port in use"), started]
+    with (
+        mock.patch.object(local.LocalService, "start", side_effect=refused),
+        pytest.raises(InfrastructureError, match="port in use"),
+    ):
+        ray.start()
+    with (  # once more, not forever
+        mock.patch.object(local.LocalService, "start", side_effect=[timed_out, timed_out]),
+        pytest.raises(InfrastructureError, match=local.RAYLET_START_TIMED_OUT),
+    ):
+        ray.start()
