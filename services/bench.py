@@ -424,16 +424,21 @@ def run_pipeline_bench(
         latency_load=round(rate / pipeline_fps, 3) if latency_fps and pipeline_fps else latency_load,
         cpu_ms_per_frame=cpu_ms,
         latency_cpu_ms_per_frame=latency_cpu_ms,
-        stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in by_stage.items()},
-        stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in by_stage.items()},
-        stage_run_queue_ms_per_frame={stage: ms["run_queue"] for stage, ms in by_stage.items()},
-        latency_stage_cpu_ms_per_frame={stage: ms["cpu"] for stage, ms in paced_stages.items()},
-        latency_stage_wall_ms_per_frame={stage: ms["wall"] for stage, ms in paced_stages.items()},
-        latency_stage_run_queue_ms_per_frame={stage: ms["run_queue"] for stage, ms in paced_stages.items()},
+        stage_cpu_ms_per_frame=_column(by_stage, "cpu"),
+        stage_wall_ms_per_frame=_column(by_stage, "wall"),
+        stage_run_queue_ms_per_frame=_column(by_stage, "run_queue"),
+        latency_stage_cpu_ms_per_frame=_column(paced_stages, "cpu"),
+        latency_stage_wall_ms_per_frame=_column(paced_stages, "wall"),
+        latency_stage_run_queue_ms_per_frame=_column(paced_stages, "run_queue"),
         processor_peak_rss_mb=round(stats.peak_rss_mb, 1),
         command=command,
     )
     return report, latencies
+
+
+def _column(stages: dict[str, dict[str, float]], kind: str) -> dict[str, float]:
+    """One kind of :func:`per_frame_ms` figure (cpu, wall, run_queue) by stage."""
+    return {stage: ms[kind] for stage, ms in stages.items()}
 
 
 def stage_medians(results: list[dict[str, Any]]) -> dict[str, float]:

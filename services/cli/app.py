@@ -510,28 +510,22 @@ def bench_pipeline(
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
-    stages = Table(title="ms per frame by stage, processor and model replica (median [min-max])")
-    stages.add_column("stage")
-    stages.add_column("CPU", justify="right")
-    stages.add_column("wall", justify="right")
-    stages.add_column("run queue", justify="right")
-    for name in first.stage_cpu_ms_per_frame:
-        stages.add_row(
-            name,
-            *(cell(f"stage_{kind}_ms_per_frame.{name}") for kind in ("cpu", "wall", "run_queue")),
-        )
-    console.print(stages)
-    if first.latency_stage_wall_ms_per_frame:
-        paced = Table(title="ms per frame by stage during the paced stream (median [min-max])")
-        paced.add_column("stage")
-        for kind in ("CPU", "wall", "run queue"):
-            paced.add_column(kind, justify="right")
-        for name in first.latency_stage_wall_ms_per_frame:
-            paced.add_row(
-                name,
-                *(cell(f"latency_stage_{kind}_ms_per_frame.{name}") for kind in ("cpu", "wall", "run_queue")),
+    stage_tables = (
+        ("stage_", first.stage_cpu_ms_per_frame, "processor and model replica"),
+        ("latency_stage_", first.latency_stage_cpu_ms_per_frame, "during the paced stream"),
+    )
+    for prefix, names, during in stage_tables:
+        if not names:
+            continue
+        stages = Table(title=f"ms per frame by stage, {during} (median [min-max])")
+        stages.add_column("stage")
+        for heading in ("CPU", "wall", "run queue"):
+            stages.add_column(heading, justify="right")
+        for name in names:
+            stages.add_row(
+                name, *(cell(f"{prefix}{kind}_ms_per_frame.{name}") for kind in ("cpu", "wall", "run_queue"))
             )
-        console.print(paced)
+        console.print(stages)
     png = write_outputs(bench, latencies, json_out)
     if json_out:
         console.print(f"wrote {json_out} and {png}")

@@ -42,20 +42,25 @@ class _RunQueueClock:
     """The calling thread's run-queue wait in seconds so far, from the second field of
     ``/proc/thread-self/schedstat`` (nanoseconds), read through one descriptor per thread
     kept open: a ``pread`` regenerates the figures (about a microsecond). 0.0 always where
-    the file does not exist."""
+    the file does not exist. ``/proc/thread-self`` resolves when opened, so a forked child
+    opens its own: the descriptors are forgotten after a fork."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self.available = os.path.exists("/proc/thread-self/schedstat")
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._local = threading.local()
 
     def __call__(self) -> float:
         if not self.available:
             return 0.0
-        schedstat = getattr(self._local, "schedstat", None)
-        thread_id = threading.get_native_id()
         try:
-            if schedstat is None or schedstat.thread_id != thread_id:  # new, or a forked child's
-                schedstat = self._local.schedstat = _OpenFile("/proc/thread-self/schedstat", thread_id)
+            schedstat = getattr(self._local, "schedstat", None)
+            if schedstat is None:
+                schedstat = self._local.schedstat = _OpenFile("/proc/thread-self/schedstat")
             return int(os.pread(schedstat.fd, 64, 0).split()[1]) / 1e9
         except (OSError, IndexError, ValueError):  # a measurement must never fail a stage
             self.available = False
@@ -63,12 +68,10 @@ class _RunQueueClock:
 
 
 class _OpenFile:
-    """A read-only descriptor closed with its owner (a thread's ``threading.local``).
-    ``/proc/thread-self`` resolves when opened, so it stays the opening thread's file."""
+    """A read-only descriptor closed with its owner (a thread's ``threading.local``)."""
 
-    def __init__(self, path: str, thread_id: int) -> None:
+    def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDONLY)
-        self.thread_id = thread_id
 
     def __del__(self) -> None:
         fd = getattr(self, "fd", None)  # None: the open failed
