@@ -69,7 +69,10 @@ def run_delivery_bench(
     spec = bench_spec(task, arch)
     batch_size = get_profile(task).defaults.bench_batch_size
     images = synthetic_frames(min(frames, 400), 320, 240)
-    raw_fps = measure_raw(spec, (images * (frames // len(images) + 1))[:frames], batch_size)
+    placement = settings.placement()
+    raw_fps = measure_raw(
+        spec, (images * (frames // len(images) + 1))[:frames], batch_size, cpus=placement.model if placement else None
+    )
     progress(f"raw {spec.arch}: {raw_fps:.1f} fps (batch {batch_size}, 1 torch thread)")
     modes = [Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE]
     reports: dict[str, list[BenchReport]] = {mode.value: [] for mode in modes}

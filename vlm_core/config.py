@@ -7,6 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from vlm_core.cpu import CpuPlacement
+from vlm_core.errors import ConfigError
+
 ENV_PREFIX = "VLM_"
 
 
@@ -73,6 +76,11 @@ class LocalSettings(BaseModel, frozen=True):
     #: Label snapshots materialised from the labels topic, one directory per content hash.
     datasets_dir: Path = Field(default_factory=lambda: _data_home() / "vlm-stream" / "datasets")
     start_timeout_s: float = 90.0
+    #: CPUs reserved for the model replicas' forward passes, as a Linux CPU list ("1",
+    #: "2-3"); empty reserves none. The stack's services then run on the other CPUs and
+    #: the forward threads on these (:class:`vlm_core.cpu.CpuPlacement`). Kept in the state
+    #: dir while the stack runs, for later commands.
+    model_cpus: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LocalSettings:
@@ -85,7 +93,29 @@ class LocalSettings(BaseModel, frozen=True):
             settings = settings.model_copy(update={"kafka_brokers": recorded})
         if "kafka_secure" not in values and settings.kafka_security_dir.is_dir():
             settings = settings.model_copy(update={"kafka_secure": True})
+        if "model_cpus" not in values and (cpus := settings.recorded_model_cpus()) is not None:
+            settings = settings.model_copy(update={"model_cpus": cpus})
         return settings
+
+    @property
+    def model_cpus_file(self) -> Path:
+        return self.state_dir / "model-cpus"
+
+    def recorded_model_cpus(self) -> str | None:
+        """The model CPUs the running stack was started with, if it was started with some."""
+        try:
+            return self.model_cpus_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def placement(self) -> CpuPlacement | None:
+        """The CPU placement ``model_cpus`` asks for on this machine, or None for none."""
+        if not self.model_cpus.strip():
+            return None
+        try:
+            return CpuPlacement.reserve(self.model_cpus)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (--model-cpus / VLM_MODEL_CPUS)") from None
 
     @property
     def kafka_security_dir(self) -> Path:

@@ -1,11 +1,16 @@
-"""CPU priority for the parts of a pipeline that are not its bottleneck, CPU time per
-process, the allocator of a process that runs a model, and the host a figure was
-measured on.
+"""CPU priority and placement for the parts of a pipeline, CPU time per process, the
+allocator of a process that runs a model, and the host a figure was measured on.
 
 On a host where the model replicas and the Kafka plumbing share few cores, the model is
 the stage that sets throughput. Running the plumbing (stream processor, local broker,
 measuring clients) at a higher niceness lets the scheduler give the model its core
 whenever both are runnable, while the plumbing still gets every idle cycle.
+
+Placement goes further: a node may reserve CPUs for the model forward passes
+(:data:`MODEL_CPUS_ENV`, ``vlm local up --model-cpus``). The forward threads then run
+on those CPUs alone and everything else the node starts runs on the others, so a
+forward pass never waits for a core behind the plumbing, at the price of the plumbing
+never using the model's CPUs when the model is idle.
 """
 
 from __future__ import annotations
@@ -21,6 +26,147 @@ from pathlib import Path
 from typing import Any
 
 MAX_NICENESS = 19
+
+#: The variable that tells a node's processes which CPUs the model forward passes own, as a
+#: Linux CPU list ("1", "2-3,6"). ``vlm local up --model-cpus`` sets it for Ray's processes.
+MODEL_CPUS_ENV = "VLM_MODEL_CPUS"
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """The CPUs of a Linux CPU list: ``"1"``, ``"0,2"``, ``"2-3,6"``. ValueError names what
+    is wrong with it."""
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CPU list: give CPU numbers and ranges, e.g. 1 or 2-3,6") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{text!r} is not a CPU list: {part!r} is not a CPU number or a rising range")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
+    """The short Linux CPU list of ``cpus``: ``{2, 3, 6}`` is ``"2-3,6"``."""
+    parts: list[str] = []
+    for cpu in sorted(cpus):
+        if parts and cpu == _last_cpu(parts[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts)
+
+
+def _last_cpu(part: str) -> int:
+    return int(part.rsplit("-", 1)[-1])
+
+
+def available_cpus() -> frozenset[int]:
+    """The CPUs the calling thread may run on now (all of them where the OS cannot say)."""
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    return frozenset(sched_getaffinity(0)) if sched_getaffinity else frozenset(range(os.cpu_count() or 1))
+
+
+def machine_cpus(proc_cgroup: Path = Path("/proc/self/cgroup"), sys_fs: Path = Path("/sys")) -> frozenset[int]:
+    """The CPUs processes here may be placed on: their cgroup's cpuset (v2 or v1), else the
+    CPUs online, else :func:`available_cpus`. Not the affinity of this process, which a
+    placement itself narrows."""
+    candidates: list[Path] = []
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            _hierarchy, controllers, path = line.split(":", 2)
+            if controllers == "":
+                candidates.append(sys_fs / f"fs/cgroup{path.rstrip('/')}/cpuset.cpus.effective")
+            elif "cpuset" in controllers.split(","):
+                candidates.append(sys_fs / f"fs/cgroup/cpuset{path.rstrip('/')}/cpuset.effective_cpus")
+    except (OSError, ValueError):
+        pass
+    candidates.append(sys_fs / "devices/system/cpu/online")
+    for candidate in candidates:
+        try:
+            return parse_cpu_list(candidate.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return available_cpus()
+
+
+@dataclass(frozen=True)
+class CpuPlacement:
+    """Which CPUs of a node run model forward passes, and which run everything else."""
+
+    model: frozenset[int]
+    rest: frozenset[int]
+
+    @classmethod
+    def reserve(cls, model_cpus: str, available: frozenset[int] | None = None) -> CpuPlacement:
+        """Reserve ``model_cpus`` (a CPU list) of ``available`` for the model; ValueError
+        when it names a CPU this process may not use or leaves none for the rest."""
+        available = machine_cpus() if available is None else available
+        model = parse_cpu_list(model_cpus)
+        if not model <= available:
+            raise ValueError(
+                f"model CPUs {format_cpu_list(model)}: this machine has CPUs {format_cpu_list(available)}; "
+                "give some of those"
+            )
+        rest = available - model
+        if not rest:
+            raise ValueError(
+                f"model CPUs {format_cpu_list(model)} are all the CPUs there are: leave at least one "
+                "for Kafka, Ray and the processor"
+            )
+        return cls(model, rest)
+
+
+def model_cpus(environ: Mapping[str, str] = os.environ) -> frozenset[int] | None:
+    """The CPUs :data:`MODEL_CPUS_ENV` reserves for model forward passes, or None where
+    unset (ValueError where it is not a CPU list)."""
+    text = environ.get(MODEL_CPUS_ENV, "").strip()
+    return parse_cpu_list(text) if text else None
+
+
+def pin_thread(cpus: frozenset[int]) -> frozenset[int]:
+    """Run the calling thread on ``cpus`` alone (Linux keeps an affinity per thread);
+    returns the CPUs it ran on before."""
+    previous = frozenset(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus)
+    return previous
+
+
+def run_when_idle(cpus: frozenset[int] | None = None) -> bool:
+    """Have the calling thread run only on cycles no other thread wants (Linux's
+    ``SCHED_IDLE``), on ``cpus`` where given; threads it starts later inherit both. False
+    where the OS has no such policy (the thread then runs as before)."""
+    idle = getattr(os, "SCHED_IDLE", None)
+    if idle is None:
+        return False
+    os.sched_setscheduler(0, idle, os.sched_param(0))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    return True
+
+
+def place_threads(pid: int, cpus: frozenset[int]) -> dict[int, frozenset[int]]:
+    """Run every thread of process ``pid`` on ``cpus``; threads it starts later inherit it
+    from the thread that starts them. Returns each changed thread's previous CPUs (for
+    :func:`restore_threads`); threads gone meanwhile are skipped."""
+    task_dir = Path(f"/proc/{pid}/task")
+    thread_ids = [int(p.name) for p in task_dir.iterdir()] if task_dir.is_dir() else [pid]
+    previous: dict[int, frozenset[int]] = {}
+    for tid in thread_ids:
+        with contextlib.suppress(ProcessLookupError):
+            before = frozenset(os.sched_getaffinity(tid))
+            os.sched_setaffinity(tid, cpus)
+            previous[tid] = before
+    return previous
+
+
+def restore_threads(previous: Mapping[int, frozenset[int]]) -> None:
+    """Give the threads :func:`place_threads` moved their CPUs back (those still alive)."""
+    for tid, cpus in previous.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
 
 
 def lower_priority(niceness: int) -> int:

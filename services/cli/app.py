@@ -17,6 +17,7 @@ from rich.table import Table
 
 from vlm_core.buffering import BufferPolicy
 from vlm_core.config import LocalSettings, Topics, ray_environment
+from vlm_core.cpu import format_cpu_list
 from vlm_core.errors import VlmError
 
 console = Console()
@@ -90,6 +91,14 @@ def local_up(
             "for later commands.",
         ),
     ] = None,
+    model_cpus: Annotated[
+        str | None,
+        typer.Option(
+            "--model-cpus",
+            help="CPUs (a list: 1, 2-3) the model replicas' forward passes run on alone; the services run on the "
+            "others. Kept in the state dir while the stack runs.",
+        ),
+    ] = None,
     secure: Annotated[
         bool,
         typer.Option(
@@ -110,6 +119,8 @@ def local_up(
         settings = settings.model_copy(update={"kafka_secure": True})
     if ray_nodes is not None:
         settings = settings.model_copy(update={"ray_nodes": ray_nodes})
+    if model_cpus is not None:
+        settings = settings.model_copy(update={"model_cpus": model_cpus})
     stack = LocalStack(settings)
     with console.status("starting local services (the first start downloads Kafka's jars)..."):
         statuses = stack.up(services)
@@ -122,6 +133,12 @@ def local_up(
 
                 apply_grants(settings.bootstrap_servers, pipeline_grants(Topics(), ProcessorSettings().group_id))
     console.print(_status_table(statuses))
+    if placement := settings.placement():
+        console.print(
+            f"model forward passes run on CPUs {format_cpu_list(placement.model)}, "
+            f"the services on {format_cpu_list(placement.rest)}",
+            markup=False,
+        )
     if settings.kafka_secure:
         console.print(
             f"Kafka speaks SASL_SSL; commands act as admin. To act as a principal: "
@@ -434,6 +451,14 @@ def bench_pipeline(
             help="Frames through the whole pipeline before the first run, not measured (default 3000; 0: none).",
         ),
     ] = None,
+    model_cpus: Annotated[
+        str | None,
+        typer.Option(
+            "--model-cpus",
+            help="CPUs the forward passes (and the raw loop) run on alone, as `vlm local up --model-cpus` "
+            "(default: the running stack's).",
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here (+ a PNG histogram).")] = None,
 ) -> None:
     """Raw model vs. the full pipeline (ingest -> Kafka -> Serve -> Kafka), N runs each,
@@ -468,7 +493,7 @@ def bench_pipeline(
         fetch_max_wait_ms=fetch_max_wait_ms,
         warmup_s=warmup_s,
         **({"warm_up_frames": warm_up_frames} if warm_up_frames is not None else {}),
-        settings=_settings(),
+        settings=_settings() if model_cpus is None else _settings().model_copy(update={"model_cpus": model_cpus}),
         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
         command=command,
     )
@@ -477,7 +502,8 @@ def bench_pipeline(
     merged = f", model calls up to {first.max_batch_size}" if first.max_batch_size != first.batch_size else ""
     table = Table(
         title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
-        f"batch {first.batch_size}{merged}{tracked}), median [min-max] of {len(bench.runs)}"
+        f"batch {first.batch_size}{merged}{tracked}, forward on CPUs {first.forward_cpus}), "
+        f"median [min-max] of {len(bench.runs)}"
     )
     paced_at = f"{latency_fps:g} fps" if latency_fps else f"{latency_load:g}"
     figures = {

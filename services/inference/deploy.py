@@ -205,9 +205,15 @@ def _model_handle(app_name: str, task: Task) -> Any:
     return serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app_name)
 
 
+def model_replica_info(app_name: str, task: Task) -> dict[str, Any]:
+    """What a replica of the app's model deployment for ``task`` says of itself (``info``)."""
+    info: dict[str, Any] = _model_handle(app_name, task).info.remote().result(timeout_s=30)
+    return info
+
+
 def model_replica_pid(app_name: str, task: Task) -> int:
-    """The process of a replica of the app's model deployment for ``task`` (its ``info``)."""
-    return int(_model_handle(app_name, task).info.remote().result(timeout_s=30)["pid"])
+    """The process of a replica of the app's model deployment for ``task``."""
+    return int(model_replica_info(app_name, task)["pid"])
 
 
 def model_replica_stages(app_name: str, task: Task) -> dict[str, StageTotals]:

@@ -19,7 +19,7 @@ from ray.util import metrics as ray_metrics
 from vlm_core import metrics as m
 from vlm_core.contracts.frame import Frame, jpeg_scale
 from vlm_core.contracts.result import TaskOutput
-from vlm_core.cpu import lower_thread_priority
+from vlm_core.cpu import available_cpus, format_cpu_list, lower_thread_priority, model_cpus, pin_thread
 from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
 from vlm_core.pipeline import DeploymentSettings
@@ -75,7 +75,10 @@ class ModelServer:
             initializer=lower_thread_priority,
             initargs=(settings.preprocess_niceness,),
         )
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer", initializer=self._place_forward)
+        #: The CPUs the forward passes run on (``_place_forward``, on the infer thread).
+        self.forward_cpus: frozenset[int] = available_cpus()
+        self._infer_pool.submit(lambda: None).result()  # placed before the first batch
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
         self.max_batch_size = settings.max_batch_size
@@ -205,6 +208,17 @@ class ModelServer:
         with self.profile.measure("preprocess"):
             return predictor.preprocess(images, sizes)
 
+    def _place_forward(self) -> None:
+        """On the node's model CPUs (``VLM_MODEL_CPUS``), where it reserves some: its other
+        processes run elsewhere, so a forward pass never waits behind them for a core."""
+        try:
+            cpus = model_cpus()
+            if cpus is not None:
+                pin_thread(cpus)
+        except (ValueError, OSError) as exc:  # still serves, on the CPUs it was given
+            log.warning("forward passes stay on CPUs %s: %s", format_cpu_list(available_cpus()), exc)
+        self.forward_cpus = available_cpus()
+
     def _infer(self, predictor: Predictor, batch: PreparedBatch) -> list[TaskOutput]:
         with self.profile.measure("infer"):
             return predictor.infer(batch)
@@ -223,6 +237,7 @@ class ModelServer:
             "loads": self.loads,
             "last_error": self.last_error,
             "pid": os.getpid(),
+            "forward_cpus": format_cpu_list(self.forward_cpus),
         }
 
     def __del__(self) -> None:

@@ -196,7 +196,8 @@ class CameraWorker(threading.Thread):
                     metrics.FRAMES_FAILED.labels(camera_id=self.label, reason=error.reason).inc()
                 else:
                     self.stats.failed += 1
-                    self.stats.last_error = str(error)
+                    self.stats.last_error = f"frame {frame.seq} not sent: {type(error).__name__}: {error}"
+                    log.warning("camera %s: %s", cfg.camera_id, self.stats.last_error)
                     metrics.PRODUCE_ERRORS.labels(**labels).inc()
                     metrics.FRAMES_FAILED.labels(camera_id=self.label, reason="produce").inc()
 

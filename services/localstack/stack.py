@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import yaml
 from services.localstack.security import ADMIN, KafkaSecurity
 from services.resources import resource
 from vlm_core.config import LocalSettings, Topics, ray_environment
+from vlm_core.cpu import MODEL_CPUS_ENV
 from vlm_core.errors import InfrastructureError
 
 
@@ -104,6 +106,21 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def _child_setup(niceness: int, cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """What a service's process does before it runs: its niceness, and the CPUs it and
+    every process it starts run on where the stack reserves some for the model."""
+    if not niceness and cpus is None:
+        return None
+
+    def setup() -> None:
+        if niceness:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 class LocalService:
     name: str = ""
 
@@ -173,7 +190,7 @@ class LocalService:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         env = {**os.environ, **self.environment()}
-        niceness = self.niceness
+        placement = self.settings.placement()
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self.command(),
@@ -183,7 +200,7 @@ class LocalService:
                 env=env,
                 cwd=self.dir,
                 start_new_session=True,
-                preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, niceness)) if niceness else None,
+                preexec_fn=_child_setup(self.niceness, placement.rest if placement else None),
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         self._starting = proc
@@ -431,8 +448,9 @@ class RayService(LocalService):
 
     def environment(self) -> dict[str, str]:
         # Ray nices its workers to 15 by default; the model replicas are the workload here
-        # and must not yield their core to the broker and Ray's own daemons.
-        return {**ray_environment(), "RAY_worker_niceness": "0"}
+        # and must not yield their core to the broker and Ray's own daemons. Its workers
+        # inherit the model CPUs: a replica's forward thread moves onto them.
+        return {**ray_environment(), "RAY_worker_niceness": "0", MODEL_CPUS_ENV: self.settings.model_cpus.strip()}
 
     def command(self) -> list[str]:
         ray_bin = Path(sys.executable).with_name("ray")
@@ -720,6 +738,7 @@ class LocalStack:
                 continue
             services.append(service)
         # Every Kafka node first: none is healthy before a quorum of controllers runs.
+        self._record_placement()
         brokers = [s for s in services if isinstance(s, KafkaService)]
         if brokers:
             self._record_brokers()
@@ -754,6 +773,25 @@ class LocalStack:
         self.settings.brokers_file.parent.mkdir(parents=True, exist_ok=True)
         self.settings.brokers_file.write_text(f"{wanted}\n")
 
+    def _record_placement(self) -> None:
+        """A running stack keeps the CPUs it started on: its processes run where it put them."""
+        wanted = self.settings.model_cpus.strip()
+        self.settings.placement()  # a CPU list this machine cannot have fails before a start
+        recorded = self.settings.recorded_model_cpus() or ""
+        running = [s.name for s in self.services.values() if s.pid() is not None]
+        if running and recorded != wanted:
+            kept = f"keeps CPUs {recorded} for the model" if recorded else "reserves no CPUs for the model"
+            raise InfrastructureError(
+                f"the running stack ({', '.join(running)}) {kept}; it cannot start with model CPUs "
+                f"{wanted or '(none)'} beside that",
+                hint="`vlm local down`, then `vlm local up` with the --model-cpus you want",
+            )
+        if wanted:
+            self.settings.model_cpus_file.parent.mkdir(parents=True, exist_ok=True)
+            self.settings.model_cpus_file.write_text(f"{wanted}\n")
+        else:
+            self.settings.model_cpus_file.unlink(missing_ok=True)
+
     def down(self, names: list[str] | None = None) -> list[ServiceStatus]:
         services = list(reversed(self.select(names, optional=True)))
         # Every Kafka node at once: one stopped after the others waits out its controlled
@@ -766,6 +804,8 @@ class LocalStack:
         for broker, pid in terminated:
             if pid is not None:
                 broker.reap(pid)
+        if all(s.pid() is None for s in self.services.values()):
+            self.settings.model_cpus_file.unlink(missing_ok=True)
         return [s.status() for s in self.select(names, optional=True)]
 
     def status(self) -> list[ServiceStatus]:

@@ -5,14 +5,27 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vlm_core.cpu import (
     KERNEL_FLAGS,
+    MODEL_CPUS_ENV,
+    CpuPlacement,
+    available_cpus,
     describe_host,
+    format_cpu_list,
     keep_freed_memory,
     keep_freed_memory_environment,
     lower_priority,
     lower_thread_priority,
+    machine_cpus,
+    model_cpus,
+    parse_cpu_list,
+    pin_thread,
+    place_threads,
+    restore_threads,
+    run_when_idle,
 )
 
 
@@ -164,3 +177,146 @@ def test_lower_thread_priority_changes_the_calling_thread_alone() -> None:
     assert main == os.getpriority(os.PRIO_PROCESS, 0)  # the thread that forked is as it was
     with pytest.raises(ValueError, match="between 0 and 19"):
         lower_thread_priority(20)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("1", {1}), ("0,2", {0, 2}), ("2-3,6", {2, 3, 6}), (" 4 - 5 ", {4, 5}), ("3,3", {3})],
+)
+def test_a_cpu_list_reads_as_linux_writes_it(text: str, cpus: set[int]) -> None:
+    assert parse_cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", "a", "1,", "3-1", "-1", "1-", "1.5"])
+def test_what_is_not_a_cpu_list_is_refused_with_an_example(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a CPU list"):
+        parse_cpu_list(text)
+
+
+@given(st.frozensets(st.integers(0, 200), min_size=1))
+def test_the_short_form_of_a_cpu_set_reads_back_as_the_set(cpus: frozenset[int]) -> None:
+    text = format_cpu_list(cpus)
+    assert parse_cpu_list(text) == cpus
+    assert len(text) <= len(",".join(map(str, sorted(cpus))))
+
+
+def test_reserving_model_cpus_leaves_the_rest_and_refuses_what_cannot_be() -> None:
+    four = frozenset(range(4))
+    assert CpuPlacement.reserve("3", four) == CpuPlacement(frozenset({3}), frozenset({0, 1, 2}))
+    assert CpuPlacement.reserve("1-2", four).rest == {0, 3}
+    with pytest.raises(ValueError, match="this machine has CPUs 0-3; give some of those"):
+        CpuPlacement.reserve("2-5", four)
+    with pytest.raises(ValueError, match="are all the CPUs there are: leave at least one"):
+        CpuPlacement.reserve("0-3", four)
+    assert model_cpus({MODEL_CPUS_ENV: "2-3"}) == {2, 3}
+    assert model_cpus({MODEL_CPUS_ENV: " "}) is None and model_cpus({}) is None
+
+
+needs_two_cpus = pytest.mark.skipif(len(available_cpus()) < 2, reason="placement needs two CPUs to choose from")
+
+
+@needs_two_cpus
+def test_a_pinned_thread_runs_on_its_cpus_alone_and_the_others_keep_theirs() -> None:
+    everywhere = available_cpus()
+    one = frozenset({max(everywhere)})
+    seen: list[frozenset[int]] = []
+
+    def worker() -> None:
+        seen.append(pin_thread(one))
+        seen.append(frozenset(os.sched_getaffinity(0)))
+        seen.append(pin_thread(seen[0]))  # back: it returns what it replaced
+        seen.append(frozenset(os.sched_getaffinity(0)))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [everywhere, one, one, everywhere]
+    assert os.sched_getaffinity(0) == everywhere
+
+
+@needs_two_cpus
+def test_placing_a_process_moves_every_thread_and_those_it_starts_and_restoring_moves_them_back() -> None:
+    everywhere = available_cpus()
+    rest = everywhere - {max(everywhere)}
+    # A child with a second thread already running, that starts a third when told.
+    code = (
+        "import os, sys, threading, time\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))\n"
+        "t.start(); t.join()\n"
+        "print(seen[0], flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        previous = place_threads(child.pid, rest)
+        threads = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(threads) >= 2 and sorted(previous) == sorted(threads)
+        assert all(os.sched_getaffinity(t) == rest for t in threads)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == str(sorted(rest))  # a new thread inherits it
+        restore_threads(previous)
+        assert all(os.sched_getaffinity(t) == everywhere for t in threads)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_the_machines_cpus_are_the_cgroups_cpuset_else_those_online(tmp_path: Path) -> None:
+    def machine(cgroup: str, texts: dict[str, str]) -> frozenset[int]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        (root / "sys").mkdir(parents=True)
+        (root / "cgroup").write_text(cgroup)
+        for relative, text in texts.items():
+            (root / "sys" / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / "sys" / relative).write_text(text + "\n")
+        return machine_cpus(root / "cgroup", root / "sys")
+
+    online = {"devices/system/cpu/online": "0-7"}
+    v2 = {"fs/cgroup/pod/cpuset.cpus.effective": "2-5"}
+    v1 = {"fs/cgroup/cpuset/pod/cpuset.effective_cpus": "6"}
+    assert machine("0::/pod\n", {**v2, **online}) == {2, 3, 4, 5}
+    assert machine("4:memory:/x\n3:cpuset,cpu:/pod\n", {**v1, **online}) == {6}
+    assert machine("0::/pod\n", online) == set(range(8))  # no cpuset file: the CPUs online
+    assert machine("not a cgroup line", {}) == available_cpus()  # nothing readable: this thread's
+
+
+@needs_two_cpus
+def test_a_thread_placed_on_one_cpu_still_sees_the_machines_cpus() -> None:
+    seen: list[frozenset[int]] = []
+    thread = threading.Thread(target=lambda: (pin_thread(frozenset({0})), seen.append(machine_cpus())))
+    thread.start()
+    thread.join()
+    assert seen == [machine_cpus()] and len(seen[0]) >= 2
+
+
+def test_a_thread_run_when_idle_takes_only_idle_cycles_and_so_do_threads_it_starts() -> None:
+    seen: list[tuple[int, frozenset[int]]] = []
+    everywhere = available_cpus()
+
+    def inherited() -> None:
+        seen.append((os.sched_getscheduler(0), frozenset(os.sched_getaffinity(0))))
+
+    def camera() -> None:
+        assert run_when_idle(everywhere)
+        inherited()
+        child = threading.Thread(target=inherited)
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=camera)
+    thread.start()
+    thread.join()
+    assert seen == [(os.SCHED_IDLE, everywhere)] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the thread that started it is as it was

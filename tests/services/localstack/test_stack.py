@@ -1,4 +1,7 @@
 import base64
+import os
+import sys
+import time
 import uuid
 from pathlib import Path
 from unittest import mock
@@ -91,3 +94,73 @@ def test_ray_starts_once_more_when_its_raylet_timed_out_and_not_for_other_failur
         pytest.raises(InfrastructureError, match=local.RAYLET_START_TIMED_OUT),
     ):
         ray.start()
+
+
+class _Sleeper(local.LocalService):
+    """A service that only sleeps: where it runs is what the test reads."""
+
+    name = "sleeper"
+    niceness = 3
+
+    @property
+    def address(self) -> str:
+        return "-"
+
+    def command(self) -> list[str]:
+        child = "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+        code = f"import sys, time, subprocess; {child}; time.sleep(60)"
+        return [sys.executable, "-c", code]
+
+    def healthy(self) -> bool:
+        return self.pid() is not None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs to choose from")
+def test_a_service_of_a_stack_with_model_cpus_runs_off_them_and_so_do_its_children(tmp_path: Path) -> None:
+    from vlm_core.config import LocalSettings
+
+    everywhere = frozenset(os.sched_getaffinity(0))
+    model = max(everywhere)
+    service = _Sleeper(LocalSettings(state_dir=tmp_path, model_cpus=str(model)))
+    service.start()
+    try:
+        pid = service.pid()
+        assert pid is not None
+        deadline = time.monotonic() + 10
+        while len(local.process_tree(pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = local.process_tree(pid)
+        assert len(tree) == 2
+        assert all(os.sched_getaffinity(p) == everywhere - {model} for p in tree)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 3  # its niceness as before
+    finally:
+        service.stop()
+    plain = _Sleeper(LocalSettings(state_dir=tmp_path / "plain"))
+    plain.start()
+    try:
+        assert os.sched_getaffinity(plain.pid() or 0) == everywhere
+    finally:
+        plain.stop()
+
+
+def test_a_running_stack_keeps_its_model_cpus_until_it_is_down(tmp_path: Path) -> None:
+    from services.localstack import LocalStack
+    from vlm_core.config import LocalSettings
+    from vlm_core.errors import InfrastructureError
+
+    pinned = LocalSettings(state_dir=tmp_path, model_cpus="1")
+    LocalStack(pinned)._record_placement()
+    assert pinned.recorded_model_cpus() == "1"
+    assert LocalSettings.from_env({"VLM_STATE_DIR": str(tmp_path)}).model_cpus == "1"  # later commands
+    ray = LocalStack(pinned).services["ray"]
+    ray.dir.mkdir(parents=True)
+    ray.pid_file.write_text(f"{os.getpid()}\n")  # "running": a live pid
+    with pytest.raises(InfrastructureError, match=r"the running stack \(ray\) keeps CPUs 1 for the model"):
+        LocalStack(pinned.model_copy(update={"model_cpus": ""}))._record_placement()
+    LocalStack(pinned)._record_placement()  # the same again is fine
+    ray.pid_file.unlink()
+    LocalStack(pinned).down()
+    assert pinned.recorded_model_cpus() is None
+    # Not running: any placement may start, and none leaves nothing recorded.
+    LocalStack(pinned.model_copy(update={"model_cpus": ""}))._record_placement()
+    assert not pinned.model_cpus_file.exists()
