@@ -38,6 +38,7 @@ from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import (
     CpuMeter,
+    CpuPlacement,
     Host,
     describe_host,
     keep_freed_memory,
@@ -294,156 +295,151 @@ def run_pipeline_bench(
         raw_fps = measure_raw(spec, images, batch_size, graph, placement.model if placement else None)
         progress(f"raw: {raw_fps:.1f} fps")
 
-    # The bench's own work (ingest, the paced camera, the readers) is plumbing: it stays off
-    # the model's CPUs as the stack's services do.
-    with _placed(placement.rest if placement else None):
-        LocalStack(settings).up(["kafka", "ray"])
-        tag = uuid.uuid4().hex[:8]
-        topics = kafka_io.private_topics(f"bench.{tag}")
-        names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
-        cameras_config: dict[str, Any] = {"default": {"tasks": [task.value]}}
-        if tracking:
-            from services.bench_tracking import analytics_config
+    LocalStack(settings).up(["kafka", "ray"])
+    tag = uuid.uuid4().hex[:8]
+    topics = kafka_io.private_topics(f"bench.{tag}")
+    names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
+    cameras_config: dict[str, Any] = {"default": {"tasks": [task.value]}}
+    if tracking:
+        from services.bench_tracking import analytics_config
 
-            cameras_config["default"].update(tracking={}, analytics=analytics_config())
-        args = model_pipeline_args(
-            settings.bootstrap_servers,
-            topics,
-            task,
-            {
-                "spec": spec.to_dict(),
-                "deployment": {
-                    "max_batch_size": max_batch_size,
-                    "num_cpus": 0.5,
-                    "max_ongoing_requests": 8,
-                    "torch_threads": 1,
-                    "graph": graph.value,
-                    **({"warmup_s": warmup_s} if warmup_s is not None else {}),
-                },
+        cameras_config["default"].update(tracking={}, analytics=analytics_config())
+    args = model_pipeline_args(
+        settings.bootstrap_servers,
+        topics,
+        task,
+        {
+            "spec": spec.to_dict(),
+            "deployment": {
+                "max_batch_size": max_batch_size,
+                "num_cpus": 0.5,
+                "max_ongoing_requests": 8,
+                "torch_threads": 1,
+                "graph": graph.value,
+                **({"warmup_s": warmup_s} if warmup_s is not None else {}),
             },
-            processor={
-                "group_id": f"bench-{tag}",
-                "batch_size": batch_size,
-                "max_inflight_batches": inflight,
-                "num_cpus": 0.25,
-                "delivery": delivery.value,
-                "model_input": model_input.value,
-                **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms is not None else {}),
-            },
-            cameras=cameras_config,
-        )
-        app = f"bench-{tag}"
-        camera_ids = [f"bench-cam-{i}" for i in range(cameras)]
-        per_camera = frames // cameras
-        total = per_camera * cameras
-        # Stage 1, ingest: synthetic cameras through the real ingest workers into Kafka. It runs
-        # before the processor starts so it does not share the two cores with the model; its
-        # own rate is reported separately.
-        progress(f"ingest: {total} frames from {cameras} synthetic cameras into Kafka...")
-        ingest_cpu = CpuMeter({"ingest": [os.getpid()]})
-        ingest_cpu.start()
-        runner = IngestRunner(
-            [
-                CameraConfig(
-                    c,
-                    f"synthetic://?seed={i}&width={width}&height={height}",
-                    fps=None,
-                    max_width=None,
-                    max_frames=per_camera,
-                )
-                for i, c in enumerate(camera_ids)
-            ],
-            settings.bootstrap_servers,
-            topics.frames,
-        )
-        started = time.perf_counter()
-        runner.start()
-        runner.wait()
-        sent = sum(w.stats.sent for w in runner.workers)
-        ingest_fps = sent / (time.perf_counter() - started)
-        runner.stop()
-        cpu_ms = ingest_cpu.stop(total)
-        progress(f"ingest: {ingest_fps:.1f} fps")
-        if sent < total:  # the pipeline can only answer for the frames in Kafka
-            errors = "; ".join(sorted({w.stats.last_error for w in runner.workers if w.stats.last_error}))
-            progress(f"ingest: {total - sent} of {total} frames never reached Kafka ({errors or 'dropped'})")
-        deploy.connect(settings.ray_address)
-        progress(f"pipeline ({delivery.value}): deploying; the processor drains the frames topic into results...")
-        deploy.deploy(args, app_name=app)
-        try:
-            pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
-            pipeline_cpu.start()
-            produced_before, stages_before = _stage_snapshot(app, task)
-            # The results are read once the processor has produced them all, not while it
-            # works: their reader is the pipeline's consumer, not a part of it, and reading
-            # as they came took this process ~8 % of a core beside the pipeline on 2 cores.
-            _await_produced(app, sent)
-            produced_after, stages_after = _stage_snapshot(app, task)
-            # Per frame the processor produced while measured: it starts on the backlog as soon
-            # as the model answers, and Serve may call the app ready only seconds later.
-            measured = max(1, produced_after - produced_before)
-            cpu_ms.update(pipeline_cpu.stop(measured))
-            if measured < sent / 2:
-                progress(f"pipeline: only {measured} of {sent} results came while measured; use more --frames")
-            results, read_up_to = _collect(settings.bootstrap_servers, topics.results, sent)
-            by_stage = per_frame_ms(stages_before, stages_after, measured)
-            stamps = sorted(r["processed_ts_ms"] for r in results)
-            pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
-            keys = [(r["camera_id"], r["seq"]) for r in results]
-            expected = {(c, s) for c in camera_ids for s in range(per_camera)}
-            lost = sent - len(expected & set(keys))  # of the frames in Kafka: a result is of one of them
-            duplicates = len(keys) - len(set(keys))
-            stats = deploy.processor_stats(app)
-            forward_cpus = deploy.model_replica_info(app, task)["forward_cpus"]
-            boxes = [r["tasks"]["detection"]["detections"] for r in results if "detection" in r.get("tasks", {})]
-            per_frame = [(len(b), sum(d.get("track_id") is not None for d in b)) for b in boxes]
-            detections_per_frame, tracked_per_frame = (
-                np.mean(per_frame, axis=0).round(2).tolist() if per_frame else [None, None]
+        },
+        processor={
+            "group_id": f"bench-{tag}",
+            "batch_size": batch_size,
+            "max_inflight_batches": inflight,
+            "num_cpus": 0.25,
+            "delivery": delivery.value,
+            "model_input": model_input.value,
+            **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms is not None else {}),
+        },
+        cameras=cameras_config,
+    )
+    app = f"bench-{tag}"
+    camera_ids = [f"bench-cam-{i}" for i in range(cameras)]
+    per_camera = frames // cameras
+    total = per_camera * cameras
+    # Stage 1, ingest: synthetic cameras through the real ingest workers into Kafka. It runs
+    # before the processor starts so it does not share the two cores with the model; its
+    # own rate is reported separately.
+    progress(f"ingest: {total} frames from {cameras} synthetic cameras into Kafka...")
+    ingest_cpu = CpuMeter({"ingest": [os.getpid()]})
+    ingest_cpu.start()
+    runner = IngestRunner(
+        [
+            CameraConfig(
+                c,
+                f"synthetic://?seed={i}&width={width}&height={height}",
+                fps=None,
+                max_width=None,
+                max_frames=per_camera,
             )
-            raw_batch_ms = 1000 * batch_size / raw_fps
-            progress(
-                f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
-                f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {raw_batch_ms:.1f} ms)"
-            )
+            for i, c in enumerate(camera_ids)
+        ],
+        settings.bootstrap_servers,
+        topics.frames,
+    )
+    started = time.perf_counter()
+    runner.start()
+    runner.wait()
+    sent = sum(w.stats.sent for w in runner.workers)
+    ingest_fps = sent / (time.perf_counter() - started)
+    runner.stop()
+    cpu_ms = ingest_cpu.stop(total)
+    progress(f"ingest: {ingest_fps:.1f} fps")
+    if sent < total:  # the pipeline can only answer for the frames in Kafka
+        errors = "; ".join(sorted({w.stats.last_error for w in runner.workers if w.stats.last_error}))
+        progress(f"ingest: {total - sent} of {total} frames never reached Kafka ({errors or 'dropped'})")
+    deploy.connect(settings.ray_address)
+    progress(f"pipeline ({delivery.value}): deploying; the processor drains the frames topic into results...")
+    deploy.deploy(args, app_name=app)
+    try:
+        pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
+        pipeline_cpu.start()
+        produced_before, stages_before = _stage_snapshot(app, task)
+        # The results are read once the processor has produced them all, not while it
+        # works: their reader is the pipeline's consumer, not a part of it, and reading
+        # as they came took this process ~8 % of a core beside the pipeline on 2 cores.
+        _await_produced(app, sent)
+        produced_after, stages_after = _stage_snapshot(app, task)
+        # Per frame the processor produced while measured: it starts on the backlog as soon
+        # as the model answers, and Serve may call the app ready only seconds later.
+        measured = max(1, produced_after - produced_before)
+        cpu_ms.update(pipeline_cpu.stop(measured))
+        if measured < sent / 2:
+            progress(f"pipeline: only {measured} of {sent} results came while measured; use more --frames")
+        results, read_up_to = _collect(settings.bootstrap_servers, topics.results, sent)
+        by_stage = per_frame_ms(stages_before, stages_after, measured)
+        stamps = sorted(r["processed_ts_ms"] for r in results)
+        pipeline_fps = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0.0
+        keys = [(r["camera_id"], r["seq"]) for r in results]
+        expected = {(c, s) for c in camera_ids for s in range(per_camera)}
+        lost = sent - len(expected & set(keys))  # of the frames in Kafka: a result is of one of them
+        duplicates = len(keys) - len(set(keys))
+        stats = deploy.processor_stats(app)
+        forward_cpus = deploy.model_replica_info(app, task)["forward_cpus"]
+        boxes = [r["tasks"]["detection"]["detections"] for r in results if "detection" in r.get("tasks", {})]
+        per_frame = [(len(b), sum(d.get("track_id") is not None for d in b)) for b in boxes]
+        detections_per_frame, tracked_per_frame = (
+            np.mean(per_frame, axis=0).round(2).tolist() if per_frame else [None, None]
+        )
+        raw_batch_ms = 1000 * batch_size / raw_fps
+        progress(
+            f"pipeline: {pipeline_fps:.1f} fps, lost {lost}; model round trip "
+            f"{stats.mean_model_round_trip_ms:.1f} ms per batch (raw: {raw_batch_ms:.1f} ms)"
+        )
 
-            rate = latency_fps or max(1.0, pipeline_fps * latency_load)
-            latencies: list[float] = []
-            sent_fps = 0.0
-            breakdown: dict[str, float] = {}
-            tail_breakdown: dict[str, float] = {}
-            tail_at: list[float] = []
-            latency_cpu_ms: dict[str, float] = {}
-            paced_stages: dict[str, dict[str, float]] = {}
-            if latency_seconds > 0:
-                n = max(20, int(rate * latency_seconds))
-                progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
-                paced = PacedCamera.render(
-                    "bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate
-                )
-                paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
-                paced_cpu.start()
-                paced_produced, paced_before = _stage_snapshot(app, task)
-                paced.start(settings.bootstrap_servers, topics.frames)
-                results_due = n + paced.warmup_results
-                # Read once produced, as in the throughput stage: beside the camera's sender,
-                # reading as they came would load the cores the latency is measured on.
-                _await_produced(app, paced_produced + results_due, give_up=paced.failed)
-                paced.stop()
-                produced, paced_after = _stage_snapshot(app, task)
-                latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
-                # Read on from the throughput stage's results, not from the topic's start.
-                later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
-                paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
-                paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
-                latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
-                captured = sorted(r["capture_ts_ms"] for r in paced_results)
-                if len(captured) > 1:
-                    sent_fps = (len(captured) - 1) / max(1e-3, (captured[-1] - captured[0]) / 1000)
-                breakdown = stage_medians(paced_results)
-                tail_breakdown, tail_at = latency_tail(paced_results, latencies)
-        finally:
-            deploy.delete(app)
-            kafka_io.delete_topics(settings.bootstrap_servers, names)
+        rate = latency_fps or max(1.0, pipeline_fps * latency_load)
+        latencies: list[float] = []
+        sent_fps = 0.0
+        breakdown: dict[str, float] = {}
+        tail_breakdown: dict[str, float] = {}
+        tail_at: list[float] = []
+        latency_cpu_ms: dict[str, float] = {}
+        paced_stages: dict[str, dict[str, float]] = {}
+        if latency_seconds > 0:
+            n = max(20, int(rate * latency_seconds))
+            progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
+            paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
+            paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
+            paced_cpu.start()
+            paced_produced, paced_before = _stage_snapshot(app, task)
+            paced.start(settings.bootstrap_servers, topics.frames)
+            results_due = n + paced.warmup_results
+            # Read once produced, as in the throughput stage: beside the camera's sender,
+            # reading as they came would load the cores the latency is measured on.
+            _await_produced(app, paced_produced + results_due, give_up=paced.failed)
+            paced.stop()
+            produced, paced_after = _stage_snapshot(app, task)
+            latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
+            # Read on from the throughput stage's results, not from the topic's start.
+            later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
+            paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
+            paced_results = [r for r in later if r["camera_id"] == "bench-latency"]
+            latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in paced_results]
+            captured = sorted(r["capture_ts_ms"] for r in paced_results)
+            if len(captured) > 1:
+                sent_fps = (len(captured) - 1) / max(1e-3, (captured[-1] - captured[0]) / 1000)
+            breakdown = stage_medians(paced_results)
+            tail_breakdown, tail_at = latency_tail(paced_results, latencies)
+    finally:
+        deploy.delete(app)
+        kafka_io.delete_topics(settings.bootstrap_servers, names)
     pct = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)} if latencies else {}
     report = BenchReport(
         task=task.value,
@@ -493,9 +489,11 @@ def run_pipeline_bench(
 
 
 @contextlib.contextmanager
-def _placed(cpus: frozenset[int] | None) -> Iterator[None]:
-    """Every thread of this process on ``cpus`` while inside (None: where they are)."""
-    previous = place_threads(os.getpid(), cpus) if cpus else {}
+def off_model_cpus(placement: CpuPlacement | None) -> Iterator[None]:
+    """Every thread of this process off the model's CPUs while inside: the bench's own
+    work (ingest, the paced camera, the readers) is plumbing, placed as the stack's
+    services are. The raw loop's thread moves onto them for its measurement alone."""
+    previous = place_threads(os.getpid(), placement.rest) if placement else {}
     try:
         yield
     finally:
@@ -721,27 +719,30 @@ def run_repeated(
         raise ConfigError(f"--repeat {repeat}: give at least 1 (3 or more for a median with a spread)")
     if warm_up_frames and warm_up_frames < MIN_FRAMES:
         raise ConfigError(f"--warm-up-frames {warm_up_frames}: give 0 (none) or at least {MIN_FRAMES}")
-    if warm_up_frames:
-        task, arch, *_ = args
-        progress(f"warm-up: {warm_up_frames} frames through the whole pipeline, not measured")
-        run_pipeline_bench(
-            task,
-            arch,
-            warm_up_frames,
-            **{**kwargs, "latency_seconds": 0.0, "raw_fps": _NOT_MEASURED},
-            progress=lambda _message: None,
-        )
-    reports: list[BenchReport] = []
-    latencies: list[float] = []
-    for run in range(repeat):
-        progress(f"run {run + 1}/{repeat}")
-        report, run_latencies = run_pipeline_bench(*args, progress=progress, **kwargs)
-        reports.append(report)
-        latencies.extend(run_latencies)
-        progress(
-            f"run {run + 1}/{repeat}: raw {report.raw_fps:.1f} fps, pipeline {report.pipeline_fps:.1f} fps, "
-            f"ratio {report.ratio:.2f}, p99 {report.latency_ms.get('p99', float('nan')):.0f} ms"
-        )
+    settings: LocalSettings | None = kwargs.get("settings")
+    placement = settings.placement() if settings else None
+    with off_model_cpus(placement):
+        if warm_up_frames:
+            task, arch, *_ = args
+            progress(f"warm-up: {warm_up_frames} frames through the whole pipeline, not measured")
+            run_pipeline_bench(
+                task,
+                arch,
+                warm_up_frames,
+                **{**kwargs, "latency_seconds": 0.0, "raw_fps": _NOT_MEASURED},
+                progress=lambda _message: None,
+            )
+        reports: list[BenchReport] = []
+        latencies: list[float] = []
+        for run in range(repeat):
+            progress(f"run {run + 1}/{repeat}")
+            report, run_latencies = run_pipeline_bench(*args, progress=progress, **kwargs)
+            reports.append(report)
+            latencies.extend(run_latencies)
+            progress(
+                f"run {run + 1}/{repeat}: raw {report.raw_fps:.1f} fps, pipeline {report.pipeline_fps:.1f} fps, "
+                f"ratio {report.ratio:.2f}, p99 {report.latency_ms.get('p99', float('nan')):.0f} ms"
+            )
     bench = RepeatedBench(reports, summarize(reports), kwargs.get("command", ""), warm_up_frames=warm_up_frames)
     return bench, latencies
 

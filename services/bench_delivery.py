@@ -16,7 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.bench import BenchReport, bench_spec, measure_raw, run_pipeline_bench, spread, synthetic_frames
+from services.bench import (
+    BenchReport,
+    bench_spec,
+    measure_raw,
+    off_model_cpus,
+    run_pipeline_bench,
+    spread,
+    synthetic_frames,
+)
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.task import Task
 from vlm_core.errors import ConfigError
@@ -76,25 +84,26 @@ def run_delivery_bench(
     progress(f"raw {spec.arch}: {raw_fps:.1f} fps (batch {batch_size}, 1 torch thread)")
     modes = [Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE]
     reports: dict[str, list[BenchReport]] = {mode.value: [] for mode in modes}
-    for run in range(runs):
-        for mode in modes if run % 2 == 0 else modes[::-1]:
-            progress(f"run {run + 1}/{runs}: {mode.value}")
-            report, _latencies = run_pipeline_bench(
-                task,
-                arch,
-                frames,
-                latency_seconds=latency_seconds,
-                delivery=mode,
-                raw_fps=raw_fps,
-                settings=settings,
-                progress=progress,
-                command=command,
-            )
-            reports[mode.value].append(report)
-            progress(
-                f"  {mode.value}: {report.pipeline_fps:.1f} fps, p50 {report.latency_ms.get('p50', 0):.0f} ms, "
-                f"p99 {report.latency_ms.get('p99', 0):.0f} ms, lost {report.frames_lost}, dups {report.duplicates}"
-            )
+    with off_model_cpus(placement):
+        for run in range(runs):
+            for mode in modes if run % 2 == 0 else modes[::-1]:
+                progress(f"run {run + 1}/{runs}: {mode.value}")
+                report, _latencies = run_pipeline_bench(
+                    task,
+                    arch,
+                    frames,
+                    latency_seconds=latency_seconds,
+                    delivery=mode,
+                    raw_fps=raw_fps,
+                    settings=settings,
+                    progress=progress,
+                    command=command,
+                )
+                reports[mode.value].append(report)
+                progress(
+                    f"  {mode.value}: {report.pipeline_fps:.1f} fps, p50 {report.latency_ms.get('p50', 0):.0f} ms, "
+                    f"p99 {report.latency_ms.get('p99', 0):.0f} ms, lost {report.frames_lost}, dups {report.duplicates}"
+                )
     figures = {mode: [_figures(r) for r in rs] for mode, rs in reports.items()}
     summary = {mode: {f: spread([run[f] for run in runs_]) for f in FIGURES} for mode, runs_ in figures.items()}
     alo, eo = figures[Delivery.AT_LEAST_ONCE.value], figures[Delivery.EXACTLY_ONCE.value]
