@@ -42,11 +42,9 @@ from vlm_core.cpu import (
     Host,
     describe_host,
     keep_freed_memory,
-    machine_cpus,
     pin_thread,
     place_threads,
     restore_threads,
-    run_when_idle,
 )
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
@@ -86,7 +84,7 @@ class BenchReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_rate_fps: float = 0.0
     #: The rate the paced camera kept, from its frames' capture stamps (below the asked
-    #: rate where its sender, which runs on idle cycles only, fell behind).
+    #: rate where its sender fell behind).
     latency_sent_fps: float = 0.0
     #: The paced stream's p99 over the raw loop's time for one batch (its latency target).
     latency_p99_per_raw_batch: float = 0.0
@@ -530,12 +528,7 @@ class PacedCamera:
 
     A camera encodes on its own hardware; rendering and encoding here, on the cores the
     pipeline runs on, would charge the camera's work to the pipeline's latency (as the
-    throughput stage runs ingest before the pipeline for the same reason). Sending is its
-    own work too: 1.0-1.8 CPU ms a frame with kafka-python, a fifth of a core at the paced
-    rate on this 2-core bench. So the sender takes only what the pipeline leaves: it and
-    its producer's network thread run at Linux's idle policy, on any CPU of the machine
-    (:func:`vlm_core.cpu.run_when_idle`). A sender held back sends later, stamped then;
-    the rate it kept is reported beside the latency (``latency_sent_fps``).
+    throughput stage runs ingest before the pipeline for the same reason).
 
     A camera's producer is long-lived, too: before the clock starts, one frame of a
     camera of its own (``warmup_camera_id``, one more result on the results topic) is sent
@@ -576,40 +569,31 @@ class PacedCamera:
         return f"{self.frames[0].camera_id}-warmup"
 
     def start(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
-        """Connect and send the warm-up frame (raising what failed), then pace the frames
-        on a thread of their own."""
-        connected = threading.Event()
-        self._thread = threading.Thread(
-            target=self._send, args=(bootstrap, topic, timeout_s, connected), name="paced-camera", daemon=True
-        )
-        self._thread.start()
-        connected.wait()
-        if self.error is not None:
-            self._thread.join()
-            raise self.error
-
-    def _send(self, bootstrap: str, topic: str, timeout_s: float, connected: threading.Event) -> None:
         from services import kafka_io
 
-        producer = None
+        producer = kafka_io.producer(bootstrap, linger_ms=0)
         try:
-            run_when_idle(machine_cpus())  # before the producer starts its network thread
-            producer = kafka_io.producer(bootstrap, linger_ms=0)
             warmup = replace(self.frames[0], camera_id=self.warmup_camera_id, capture_ts_ms=int(time.time() * 1000))
             kafka_io.send_frame(producer, topic, warmup).get(timeout=timeout_s)
-            connected.set()
+        except BaseException:
+            producer.close()
+            raise
+
+        def send() -> None:
             start = time.monotonic()
-            for i, frame in enumerate(self.frames):
-                if self._stop.wait(max(0.0, start + i / self.rate - time.monotonic())):
-                    break
-                kafka_io.send_frame(producer, topic, replace(frame, capture_ts_ms=int(time.time() * 1000)))
-            producer.flush()
-        except BaseException as exc:  # raised by start() or stop(), on the bench's thread
-            self.error = exc
-        finally:
-            connected.set()
-            if producer is not None:
+            try:
+                for i, frame in enumerate(self.frames):
+                    if self._stop.wait(max(0.0, start + i / self.rate - time.monotonic())):
+                        break
+                    kafka_io.send_frame(producer, topic, replace(frame, capture_ts_ms=int(time.time() * 1000)))
+                producer.flush()
+            except BaseException as exc:  # reported by stop(), on the bench's thread
+                self.error = exc
+            finally:
                 producer.close()
+
+        self._thread = threading.Thread(target=send, name="paced-camera", daemon=True)
+        self._thread.start()
 
     def failed(self) -> bool:
         """Whether sending stopped on an error (``stop`` raises it)."""

@@ -134,19 +134,6 @@ def pin_thread(cpus: frozenset[int]) -> frozenset[int]:
     return previous
 
 
-def run_when_idle(cpus: frozenset[int] | None = None) -> bool:
-    """Have the calling thread run only on cycles no other thread wants (Linux's
-    ``SCHED_IDLE``), on ``cpus`` where given; threads it starts later inherit both. False
-    where the OS has no such policy (the thread then runs as before)."""
-    idle = getattr(os, "SCHED_IDLE", None)
-    if idle is None:
-        return False
-    os.sched_setscheduler(0, idle, os.sched_param(0))
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    return True
-
-
 def place_threads(pid: int, cpus: frozenset[int]) -> dict[int, frozenset[int]]:
     """Run every thread of process ``pid`` on ``cpus``; threads it starts later inherit it
     from the thread that starts them. Returns each changed thread's previous CPUs (for

@@ -737,8 +737,8 @@ class LocalStack:
             if missing and service.name not in required and not names:
                 continue
             services.append(service)
-        # Every Kafka node first: none is healthy before a quorum of controllers runs.
         self._record_placement()
+        # Every Kafka node first: none is healthy before a quorum of controllers runs.
         brokers = [s for s in services if isinstance(s, KafkaService)]
         if brokers:
             self._record_brokers()

@@ -25,7 +25,6 @@ from vlm_core.cpu import (
     pin_thread,
     place_threads,
     restore_threads,
-    run_when_idle,
 )
 
 
@@ -299,24 +298,3 @@ def test_a_thread_placed_on_one_cpu_still_sees_the_machines_cpus() -> None:
     thread.start()
     thread.join()
     assert seen == [machine_cpus()] and len(seen[0]) >= 2
-
-
-def test_a_thread_run_when_idle_takes_only_idle_cycles_and_so_do_threads_it_starts() -> None:
-    seen: list[tuple[int, frozenset[int]]] = []
-    everywhere = available_cpus()
-
-    def inherited() -> None:
-        seen.append((os.sched_getscheduler(0), frozenset(os.sched_getaffinity(0))))
-
-    def camera() -> None:
-        assert run_when_idle(everywhere)
-        inherited()
-        child = threading.Thread(target=inherited)
-        child.start()
-        child.join()
-
-    thread = threading.Thread(target=camera)
-    thread.start()
-    thread.join()
-    assert seen == [(os.SCHED_IDLE, everywhere)] * 2
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the thread that started it is as it was

@@ -46,6 +46,8 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["bench", "pipeline", "--task", "classification", "--model", "no-such-model@9"], "no-such-model@9 does not"),
         (["bench", "pipeline", "--task", "classification", "--latency-fps", "0"], "--latency-fps 0: give a rate"),
         (["bench", "pipeline", "--task", "classification", "--warm-up-frames", "10"], "--warm-up-frames 10: give 0"),
+        (["bench", "pipeline", "--task", "classification", "--model-cpus", "4096"], "model CPUs 4096: this machine"),
+        (["local", "up", "--model-cpus", "1-"], "'1-' is not a CPU list"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
         (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
         (
