@@ -10,7 +10,8 @@ Placement goes further: a node may reserve CPUs for the model forward passes
 (:data:`MODEL_CPUS_ENV`, ``vlm local up --model-cpus``). The forward threads then run
 on those CPUs alone and everything else the node starts runs on the others, so a
 forward pass never waits for a core behind the plumbing, at the price of the plumbing
-never using the model's CPUs when the model is idle.
+never using the model's CPUs when the model is idle (on 2 CPUs that price was the higher:
+README, "The forward pass on a CPU of its own").
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ class CpuPlacement:
 
     @classmethod
     def reserve(cls, model_cpus: str, available: frozenset[int] | None = None) -> CpuPlacement:
-        """Reserve ``model_cpus`` (a CPU list) of ``available`` for the model; ValueError
-        when it names a CPU this process may not use or leaves none for the rest."""
+        """Reserve ``model_cpus`` (a CPU list) of ``available`` (the machine's CPUs) for the
+        model; ValueError when it names a CPU the machine does not offer or leaves none for
+        the rest."""
         available = machine_cpus() if available is None else available
         model = parse_cpu_list(model_cpus)
         if not model <= available:

@@ -133,16 +133,20 @@ def local_up(
 
                 apply_grants(settings.bootstrap_servers, pipeline_grants(Topics(), ProcessorSettings().group_id))
     console.print(_status_table(statuses))
-    if placement := settings.placement():
-        console.print(
-            f"model forward passes run on CPUs {format_cpu_list(placement.model)}, "
-            f"the services on {format_cpu_list(placement.rest)}",
-            markup=False,
-        )
+    _print_placement(settings)
     if settings.kafka_secure:
         console.print(
             f"Kafka speaks SASL_SSL; commands act as admin. To act as a principal: "
             f"set -a; . {settings.kafka_security_dir}/<ingest|processor|trainer|labeler>.env; set +a",
+            markup=False,
+        )
+
+
+def _print_placement(settings: LocalSettings) -> None:
+    if placement := settings.placement():
+        console.print(
+            f"model forward passes run on CPUs {format_cpu_list(placement.model)}, "
+            f"the services on {format_cpu_list(placement.rest)}",
             markup=False,
         )
 
@@ -164,8 +168,9 @@ def local_status() -> None:
     """Show which local services run, with PIDs, ports and log files."""
     from services.localstack import LocalStack
 
-    statuses = LocalStack(_settings()).status()
-    console.print(_status_table(statuses))
+    settings = _settings()
+    console.print(_status_table(LocalStack(settings).status()))
+    _print_placement(settings)
 
 
 @app.command()

@@ -54,6 +54,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         if model is not None:
             rest = everywhere - {model}
             assert f"model forward passes run on CPUs {model}" in up.stdout
+            assert f"model forward passes run on CPUs {model}" in status.stdout
             tree = [p for pid in pids.values() for p in process_tree(pid)]
             assert len(tree) > 3
             assert all(os.sched_getaffinity(p) == rest for p in tree), "every service off the model's CPU"

@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 
 from services.localstack import stack as local
+from vlm_core.cpu import machine_cpus
 
 
 def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
@@ -115,11 +116,14 @@ class _Sleeper(local.LocalService):
         return self.pid() is not None
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs to choose from")
+needs_two_cpus = pytest.mark.skipif(len(machine_cpus()) < 2, reason="placement needs two CPUs to choose from")
+
+
+@needs_two_cpus
 def test_a_service_of_a_stack_with_model_cpus_runs_off_them_and_so_do_its_children(tmp_path: Path) -> None:
     from vlm_core.config import LocalSettings
 
-    everywhere = frozenset(os.sched_getaffinity(0))
+    everywhere = machine_cpus()
     model = max(everywhere)
     service = _Sleeper(LocalSettings(state_dir=tmp_path, model_cpus=str(model)))
     service.start()
@@ -138,24 +142,26 @@ def test_a_service_of_a_stack_with_model_cpus_runs_off_them_and_so_do_its_childr
     plain = _Sleeper(LocalSettings(state_dir=tmp_path / "plain"))
     plain.start()
     try:
-        assert os.sched_getaffinity(plain.pid() or 0) == everywhere
+        assert os.sched_getaffinity(plain.pid() or 0) == os.sched_getaffinity(0)  # where this test runs
     finally:
         plain.stop()
 
 
+@needs_two_cpus
 def test_a_running_stack_keeps_its_model_cpus_until_it_is_down(tmp_path: Path) -> None:
     from services.localstack import LocalStack
     from vlm_core.config import LocalSettings
     from vlm_core.errors import InfrastructureError
 
-    pinned = LocalSettings(state_dir=tmp_path, model_cpus="1")
+    model = str(max(machine_cpus()))
+    pinned = LocalSettings(state_dir=tmp_path, model_cpus=model)
     LocalStack(pinned)._record_placement()
-    assert pinned.recorded_model_cpus() == "1"
-    assert LocalSettings.from_env({"VLM_STATE_DIR": str(tmp_path)}).model_cpus == "1"  # later commands
+    assert pinned.recorded_model_cpus() == model
+    assert LocalSettings.from_env({"VLM_STATE_DIR": str(tmp_path)}).model_cpus == model  # later commands
     ray = LocalStack(pinned).services["ray"]
     ray.dir.mkdir(parents=True)
     ray.pid_file.write_text(f"{os.getpid()}\n")  # "running": a live pid
-    with pytest.raises(InfrastructureError, match=r"the running stack \(ray\) keeps CPUs 1 for the model"):
+    with pytest.raises(InfrastructureError, match=rf"the running stack \(ray\) keeps CPUs {model} for the model"):
         LocalStack(pinned.model_copy(update={"model_cpus": ""}))._record_placement()
     LocalStack(pinned)._record_placement()  # the same again is fine
     ray.pid_file.unlink()
