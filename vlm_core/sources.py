@@ -92,6 +92,12 @@ class SourceSpec:
     def live(self) -> bool:
         return self.kind is not SourceKind.FILE
 
+    @property
+    def on_demand(self) -> bool:
+        """Whether a frame is made when asked for (a file, a generator), so the reader paces
+        it, rather than delivered at the camera's own rate: a reader that waits loses none."""
+        return self.kind in (SourceKind.FILE, SourceKind.SYNTHETIC)
+
     @classmethod
     def parse(cls, uri: str) -> SourceSpec:
         if not uri:
@@ -136,9 +142,8 @@ class Source:
 
     @property
     def on_demand(self) -> bool:
-        """Whether a frame is made when asked for (a file, a generator), so the reader paces
-        it, rather than delivered at the camera's own rate."""
-        return not self.spec.live
+        """Whether a frame is made when asked for (:attr:`SourceSpec.on_demand`)."""
+        return self.spec.on_demand
 
     def close(self) -> None: ...
 
@@ -227,10 +232,6 @@ class SyntheticSource(Source):
     @property
     def native_fps(self) -> float | None:
         return float(self.spec.params.get("fps", 15))
-
-    @property
-    def on_demand(self) -> bool:
-        return True
 
     def read(self) -> np.ndarray | None:
         return self._video.next().image if self._video is not None else None

@@ -228,6 +228,12 @@ class _Outbound:
     buffer: FrameBuffer[tuple[Frame, Callable[[BaseException | None], None]]]
 
 
+def buffer_policy(camera: CameraConfig) -> BufferPolicy:
+    """The camera's policy, ``auto`` resolved: a source that makes its frames when asked
+    (a file, a generator) waits for room and loses none; a live one drops its oldest."""
+    return camera.buffer_policy.resolved(live=not SourceSpec.parse(camera.source).on_demand)
+
+
 class IngestRunner:
     """Runs one worker per camera and one sender for all of them, over an idempotent Kafka
     producer. While the broker is away, each camera's frames wait in its bounded buffer
@@ -267,10 +273,7 @@ class IngestRunner:
         self.outbound: list[_Outbound] = []
         for camera in cameras:
             worker = CameraWorker(camera, self._sink(len(self.outbound)), self.stop_event)
-            live = SourceSpec.parse(camera.source).live
-            self.outbound.append(
-                _Outbound(worker, FrameBuffer(camera.buffer_frames, camera.buffer_policy.resolved(live)))
-            )
+            self.outbound.append(_Outbound(worker, FrameBuffer(camera.buffer_frames, buffer_policy(camera))))
         self.workers = [o.worker for o in self.outbound]
         self.sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
         self._next = 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.ingest.config import load_cameras
-from services.ingest.worker import CameraConfig, CameraWorker
+from services.ingest.worker import CameraConfig, CameraWorker, buffer_policy
+from vlm_core.buffering import BufferPolicy
 from vlm_core.contracts.frame import Frame
 from vlm_core.errors import ConfigError
 
@@ -143,3 +144,23 @@ def test_sources_yaml(tmp_path: Path) -> None:
 def test_example_sources_file_parses() -> None:
     example = Path(__file__).parents[3] / "deploy" / "ingest" / "sources.example.yaml"
     assert [c.camera_id for c in load_cameras(example)] == ["lobby", "synthetic-0", "gate"]
+
+
+@pytest.mark.parametrize(
+    ("source", "policy"),
+    [
+        ("synthetic://?seed=1", BufferPolicy.BLOCK),  # a generator waits: ingest lost 115 of 1,500 dropping
+        ("{tmp}/clip.mp4", BufferPolicy.BLOCK),
+        ("rtsp://127.0.0.1:8554/cam", BufferPolicy.DROP_OLDEST),
+        ("http://127.0.0.1:8080/stream.mjpg", BufferPolicy.DROP_OLDEST),
+        ("device:0", BufferPolicy.DROP_OLDEST),
+    ],
+)
+def test_a_full_buffer_makes_a_source_read_on_demand_wait_and_a_live_one_drop(
+    source: str, policy: BufferPolicy, tmp_path: Path
+) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")  # a file is read on demand whatever it holds
+    source = source.format(tmp=tmp_path)
+    assert buffer_policy(CameraConfig("c", source)) is policy
+    dropping = CameraConfig("c", source, buffer_policy=BufferPolicy.DROP_OLDEST)
+    assert buffer_policy(dropping) is BufferPolicy.DROP_OLDEST  # what a camera asks for, it gets
