@@ -51,17 +51,13 @@ def parse_cpu_list(text: str) -> frozenset[int]:
 
 def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
     """The short Linux CPU list of ``cpus``: ``{2, 3, 6}`` is ``"2-3,6"``."""
-    parts: list[str] = []
+    runs: list[list[int]] = []
     for cpu in sorted(cpus):
-        if parts and cpu == _last_cpu(parts[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{cpu}"
+        if runs and cpu == runs[-1][-1] + 1:
+            runs[-1].append(cpu)
         else:
-            parts.append(str(cpu))
-    return ",".join(parts)
-
-
-def _last_cpu(part: str) -> int:
-    return int(part.rsplit("-", 1)[-1])
+            runs.append([cpu])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def available_cpus() -> frozenset[int]:
@@ -319,8 +315,7 @@ def describe_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> Host:
         first = ""
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if v}
     present = set(fields.get("flags", "").split())
-    sched_getaffinity = getattr(os, "sched_getaffinity", None)
-    cpus = len(sched_getaffinity(0)) if sched_getaffinity else os.cpu_count() or 1
+    cpus = len(available_cpus())
     family, model = fields.get("cpu family"), fields.get("model")
     return Host(
         cpu=fields.get("model name") or platform.processor() or platform.machine() or "unknown",

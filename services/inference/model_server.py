@@ -36,6 +36,18 @@ class _Prepared:
     batch: PreparedBatch
 
 
+def place_forward_thread() -> None:
+    """The calling (infer) thread onto the node's model CPUs (``VLM_MODEL_CPUS``), where it
+    reserves some: its other processes run elsewhere, so a forward pass never waits behind
+    them for a core."""
+    try:
+        cpus = model_cpus()
+        if cpus is not None:
+            pin_thread(cpus)
+    except (ValueError, OSError) as exc:  # still serves, on the CPUs it was given
+        log.warning("forward passes stay on CPUs %s: %s", format_cpu_list(available_cpus()), exc)
+
+
 def _frames_in(requests: list[_Prepared]) -> int:
     return sum(len(r.batch) for r in requests)
 
@@ -75,10 +87,9 @@ class ModelServer:
             initializer=lower_thread_priority,
             initargs=(settings.preprocess_niceness,),
         )
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer", initializer=self._place_forward)
-        #: The CPUs the forward passes run on (``_place_forward``, on the infer thread).
-        self.forward_cpus: frozenset[int] = available_cpus()
-        self._infer_pool.submit(lambda: None).result()  # placed before the first batch
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer", initializer=place_forward_thread)
+        #: The CPUs the forward passes run on: the infer thread's, placed before the first batch.
+        self.forward_cpus = self._infer_pool.submit(available_cpus).result()
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
         self.max_batch_size = settings.max_batch_size
@@ -207,17 +218,6 @@ class ModelServer:
             sizes = [(f.height, f.width) for f in frames]
         with self.profile.measure("preprocess"):
             return predictor.preprocess(images, sizes)
-
-    def _place_forward(self) -> None:
-        """On the node's model CPUs (``VLM_MODEL_CPUS``), where it reserves some: its other
-        processes run elsewhere, so a forward pass never waits behind them for a core."""
-        try:
-            cpus = model_cpus()
-            if cpus is not None:
-                pin_thread(cpus)
-        except (ValueError, OSError) as exc:  # still serves, on the CPUs it was given
-            log.warning("forward passes stay on CPUs %s: %s", format_cpu_list(available_cpus()), exc)
-        self.forward_cpus = available_cpus()
 
     def _infer(self, predictor: Predictor, batch: PreparedBatch) -> list[TaskOutput]:
         with self.profile.measure("infer"):

@@ -1,12 +1,11 @@
 import logging
 import os
-import threading
-from types import SimpleNamespace
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.inference.model_server import ModelServer
-from vlm_core.cpu import MODEL_CPUS_ENV
+from services.inference.model_server import place_forward_thread
+from vlm_core.cpu import MODEL_CPUS_ENV, available_cpus
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs to choose from")
@@ -17,17 +16,11 @@ def test_the_forward_thread_moves_onto_the_nodes_model_cpus_and_serves_anyway_wh
     model = max(everywhere)
 
     def placed() -> tuple[frozenset[int], frozenset[int]]:
-        server = SimpleNamespace()
-        seen: list[frozenset[int]] = []
-
-        def infer_thread() -> None:
-            ModelServer._place_forward(server)  # type: ignore[arg-type]
-            seen.append(frozenset(os.sched_getaffinity(0)))
-
-        thread = threading.Thread(target=infer_thread)
-        thread.start()
-        thread.join()
-        return server.forward_cpus, seen[0]
+        # The replica's infer pool as ModelServer builds it: placed, then asked where it runs.
+        with ThreadPoolExecutor(1, initializer=place_forward_thread) as pool:
+            forward_cpus = pool.submit(available_cpus).result()
+            seen = pool.submit(lambda: frozenset(os.sched_getaffinity(0))).result()
+        return forward_cpus, seen
 
     monkeypatch.setenv(MODEL_CPUS_ENV, str(model))
     assert placed() == ({model}, {model})
