@@ -48,7 +48,14 @@ from vlm_core.cpu import (
 )
 from vlm_core.errors import ConfigError
 from vlm_core.models.spec import Graph, ModelSpec
-from vlm_core.pipeline import Delivery, DeploymentSettings, ModelInput, ProcessorSettings, model_pipeline_args
+from vlm_core.pipeline import (
+    Delivery,
+    DeploymentSettings,
+    ModelHosting,
+    ModelInput,
+    ProcessorSettings,
+    model_pipeline_args,
+)
 from vlm_core.registry import ModelRegistry
 from vlm_core.stream.profile import StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
@@ -106,6 +113,7 @@ class BenchReport:
     cameras: int = 2
     #: What the processor sent the model replica: pixels or checked encoded frames.
     model_input: str = ModelInput.DECODED.value
+    model_hosting: str = ModelHosting.DEPLOYMENTS.value
     #: How the model ran on the CPU, in the raw loop and in the replica (eager or frozen).
     graph: str = Graph.FROZEN.value
     #: How long the processor's fetch of the frames topic waited at the broker when empty.
@@ -253,6 +261,7 @@ def run_pipeline_bench(
     tracking: bool = False,
     delivery: Delivery = Delivery.AT_LEAST_ONCE,
     model_input: ModelInput = ModelInput.DECODED,
+    model_hosting: ModelHosting = ModelHosting.DEPLOYMENTS,
     graph: Graph = Graph.FROZEN,
     fetch_max_wait_ms: int | None = None,
     warmup_s: float | None = None,
@@ -324,6 +333,7 @@ def run_pipeline_bench(
             "num_cpus": 0.25,
             "delivery": delivery.value,
             "model_input": model_input.value,
+            "model_hosting": model_hosting.value,
             **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms is not None else {}),
         },
         cameras=cameras_config,
@@ -466,6 +476,7 @@ def run_pipeline_bench(
         tracked_per_frame=tracked_per_frame,
         cameras=cameras,
         model_input=model_input.value,
+        model_hosting=model_hosting.value,
         graph=graph.value,
         fetch_max_wait_ms=fetch_max_wait_ms or ProcessorSettings().fetch_max_wait_ms,
         warmup_s=DeploymentSettings().warmup_s if warmup_s is None else warmup_s,
@@ -653,10 +664,15 @@ def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[s
     model = deploy.model_replica_pid(app, task)
     head = stack.services["ray"].pid()
     ray = [p for p in process_tree(head) if p not in (processor, model)] if head else []
+    # A processor that holds the model is one process: its CPU is one figure.
+    pipeline = (
+        {"processor": [processor], "model replica": [model]}
+        if model != processor
+        else {"processor and model": [processor]}
+    )
     return {
         "broker": [pid for broker in stack.brokers if (pid := broker.pid()) is not None],
-        "processor": [processor],
-        "model replica": [model],
+        **pipeline,
         "ray (daemons, Serve controller)": ray,
         "bench (paced camera)": [os.getpid()],
     }

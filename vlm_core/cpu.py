@@ -21,7 +21,7 @@ import ctypes
 import os
 import platform
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,17 +154,18 @@ def restore_threads(previous: Mapping[int, frozenset[int]]) -> None:
             os.sched_setaffinity(tid, cpus)
 
 
-def lower_priority(niceness: int) -> int:
-    """Raise every thread of this process to at least ``niceness``; returns threads changed.
+def lower_priority(niceness: int, keep: Collection[int] = ()) -> int:
+    """Raise every thread of this process but those in ``keep`` (native thread ids) to at
+    least ``niceness``; returns threads changed.
 
     Linux keeps a niceness per thread, so each existing thread is changed; threads started
     afterwards inherit the value of the thread that starts them. Raising niceness needs no
-    privileges. 0 leaves everything as it is.
+    privileges (lowering it back does, hence ``keep``). 0 leaves everything as it is.
     """
     _check_niceness(niceness)
     task_dir = Path("/proc/self/task")
     thread_ids = [int(p.name) for p in task_dir.iterdir()] if task_dir.is_dir() else [0]
-    return sum(_raise_niceness(tid, niceness) for tid in thread_ids)
+    return sum(_raise_niceness(tid, niceness) for tid in thread_ids if tid not in keep)
 
 
 def lower_thread_priority(niceness: int) -> bool:

@@ -48,6 +48,17 @@ class ModelInput(str, enum.Enum):
     ENCODED = "encoded"
 
 
+class ModelHosting(str, enum.Enum):
+    #: Each task's model is a Serve deployment of its own, called through a handle with one
+    #: request a batch: replicas scale and move independently of the processors.
+    DEPLOYMENTS = "deployments"
+    #: Each processor replica holds its tasks' models in its own process, on threads of
+    #: their own, as a deployment's replica does (preprocessing beside the forward pass,
+    #: the registry followed): no Ray hop, no frame through the object store. The models
+    #: scale with the processor replicas, one copy each.
+    PROCESSOR = "processor"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -310,6 +321,8 @@ class ProcessorSettings(_Strict):
     max_inflight_batches: int = Field(default=2, ge=1, le=16)
     #: What the processor sends the model replicas: pixels, or the checked encoded frame.
     model_input: ModelInput = ModelInput.DECODED
+    #: Where the models run: deployments of their own, or inside each processor replica.
+    model_hosting: ModelHosting = ModelHosting.DEPLOYMENTS
     max_frame_bytes: int = Field(default=FrameLimits().max_bytes, ge=1)
     max_frame_pixels: int = Field(default=FrameLimits().max_pixels, ge=1)
     model_timeout_s: float = Field(default=60.0, gt=0)
@@ -371,6 +384,13 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"models.{task.value}.deployment.max_batch_size ({model.deployment.max_batch_size}) must be "
                     f">= processor.batch_size ({self.processor.batch_size}): one request carries a whole batch"
+                )
+            scaled = model.deployment.min_replicas != 1 or model.deployment.max_replicas != 1
+            if self.processor.model_hosting is ModelHosting.PROCESSOR and scaled:
+                raise ValueError(
+                    f"models.{task.value}.deployment: min_replicas and max_replicas do not apply with "
+                    "processor.model_hosting 'processor', where each processor replica holds one copy: "
+                    "scale with processor.replicas, or host the models in deployments"
                 )
         return self
 

@@ -436,6 +436,13 @@ def bench_pipeline(
         str,
         typer.Option("--graph", help="How a float model runs on the CPU, raw and in the replica: frozen or eager."),
     ] = "frozen",
+    model_hosting: Annotated[
+        str,
+        typer.Option(
+            "--model-hosting",
+            help="Where the model runs: its own Serve deployment (deployments) or inside the processor (processor).",
+        ),
+    ] = "deployments",
     fetch_max_wait_ms: Annotated[
         int | None,
         typer.Option(
@@ -472,10 +479,11 @@ def bench_pipeline(
     task_enum = _task(task, None if model is not None and "@" in model else model)  # a version: bench_spec checks
     from services.bench import parse_frame_size, run_repeated, write_outputs
     from vlm_core.models.spec import Graph
-    from vlm_core.pipeline import ModelInput
+    from vlm_core.pipeline import ModelHosting, ModelInput
 
     width, height = parse_frame_size(frame_size)
     model_input_enum = _offered(ModelInput, "--model-input", model_input)
+    model_hosting_enum = _offered(ModelHosting, "--model-hosting", model_hosting)
     graph_enum = _offered(Graph, "--graph", graph)
     command = "vlm bench pipeline " + " ".join(sys.argv[3:])
     bench, latencies = run_repeated(
@@ -494,6 +502,7 @@ def bench_pipeline(
         inflight=inflight,
         tracking=tracking,
         model_input=model_input_enum,
+        model_hosting=model_hosting_enum,
         graph=graph_enum,
         fetch_max_wait_ms=fetch_max_wait_ms,
         warmup_s=warmup_s,

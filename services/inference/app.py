@@ -15,11 +15,12 @@ from ray import serve
 from ray.serve import Application
 
 from services.inference.model_server import ModelServer
-from services.inference.processor import StreamProcessorReplica
+from services.inference.processor import HostedModel, StreamProcessorReplica
 from services.kafka_io import SECURITY_ENV
 from vlm_core.config import LocalSettings
+from vlm_core.contracts.task import Task
 from vlm_core.cpu import keep_freed_memory_environment
-from vlm_core.pipeline import DeploymentSettings, PipelineConfig
+from vlm_core.pipeline import DeploymentSettings, ModelHosting, PipelineConfig
 from vlm_core.registry import RegistryFollow
 from vlm_core.tasks import get_profile
 
@@ -65,39 +66,55 @@ def deployment_options(settings: DeploymentSettings) -> dict[str, Any]:
     return options
 
 
-def kafka_credentials(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def kafka_credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The processor's Kafka credentials are those of whoever builds the application
     (``vlm serve`` with a principal's ``VLM_KAFKA_*``, or a cluster whose pods carry them):
-    they travel in its replicas' runtime_env, and only there; the models never see Kafka."""
-    credentials = {name: environ[name] for name in SECURITY_ENV if environ.get(name)}
-    return {"runtime_env": {"env_vars": credentials}} if credentials else {}
+    they travel in its replicas' runtime_env, and only there; the model deployments never
+    see Kafka."""
+    return {name: environ[name] for name in SECURITY_ENV if environ.get(name)}
+
+
+def processor_options(config: PipelineConfig, hosted: Mapping[Task, HostedModel]) -> dict[str, Any]:
+    """The processor deployment's Serve options. A processor that holds the models
+    (``model_hosting: processor``) asks for their CPUs and GPUs beside its own."""
+    settings = config.processor
+    env_vars = kafka_credentials()
+    if any(model.settings.keep_freed_memory for model in hosted.values()):
+        env_vars.update(keep_freed_memory_environment())
+    gpus = sum(_gpus(model.settings) for model in hosted.values())
+    return {
+        "name": PROCESSOR_NAME,
+        "num_replicas": settings.replicas,
+        "max_ongoing_requests": 4,
+        "ray_actor_options": {
+            "num_cpus": settings.num_cpus + sum(model.settings.num_cpus for model in hosted.values()),
+            **({"num_gpus": gpus} if gpus else {}),
+            **({"resources": settings.ray_resources} if settings.ray_resources else {}),
+            **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
+        },
+        "health_check_period_s": 5,
+        "graceful_shutdown_timeout_s": 60,
+    }
 
 
 def build_app(config: PipelineConfig) -> Application:
     """The typed application builder: ``serve run``/``serve deploy`` validate the config
     file's ``args`` into a PipelineConfig (Serve does that for a pydantic-typed builder),
     ``vlm serve`` passes the one it parsed. Specs cross to the replicas as ModelSpec."""
-    models = {}
+    deployments: dict[Task, Any] = {}
+    hosted: dict[Task, HostedModel] = {}
     registry_dir = config.registry_dir or str(LocalSettings.from_env().registry_dir)
     for task, model in config.models.items():
         follow = None
         if model.registry_name:
             follow = RegistryFollow(registry_dir, model.registry_name, model.registry_poll_s, model.serving_overrides())
         spec = follow.spec() if follow else model.model_spec()
+        if config.processor.model_hosting is ModelHosting.PROCESSOR:
+            hosted[task] = HostedModel(spec, model.deployment, follow)
+            continue
         deployment = serve.deployment(ModelServer).options(
             name=get_profile(task).deployment_name, **deployment_options(model.deployment)
         )
-        models[task] = deployment.bind(spec, model.deployment, follow, config.processor.batch_size)
-    processor = serve.deployment(StreamProcessorReplica).options(
-        name=PROCESSOR_NAME,
-        num_replicas=config.processor.replicas,
-        max_ongoing_requests=4,
-        ray_actor_options={
-            "num_cpus": config.processor.num_cpus,
-            **({"resources": config.processor.ray_resources} if config.processor.ray_resources else {}),
-            **kafka_credentials(),
-        },
-        health_check_period_s=5,
-        graceful_shutdown_timeout_s=60,
-    )
-    return processor.bind(config, models)
+        deployments[task] = deployment.bind(spec, model.deployment, follow, config.processor.batch_size)
+    processor = serve.deployment(StreamProcessorReplica).options(**processor_options(config, hosted))
+    return processor.bind(config, deployments, hosted)

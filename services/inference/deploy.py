@@ -197,26 +197,35 @@ def processor_stats_reader(app_name: str = "vlm") -> Callable[[], ProcessorStats
     return lambda: stats.remote().result(timeout_s=30)
 
 
-def _model_handle(app_name: str, task: Task) -> Any:
+def _ask_model(app_name: str, task: Task, method: str) -> Any:
+    """Call ``method`` of the app's model for ``task``: on a replica of its deployment, or,
+    where the processor holds the models (``model_hosting: processor``), on the processor."""
     from ray import serve
 
+    from services.inference.app import PROCESSOR_NAME
     from vlm_core.tasks import get_profile
 
-    return serve.get_deployment_handle(get_profile(task).deployment_name, app_name=app_name)
+    name = get_profile(task).deployment_name
+    app = serve.status().applications.get(app_name)
+    if app is not None and name not in app.deployments and PROCESSOR_NAME in app.deployments:
+        processor = serve.get_deployment_handle(PROCESSOR_NAME, app_name=app_name)
+        return getattr(processor, f"model_{method}").remote(task).result(timeout_s=30)
+    return getattr(serve.get_deployment_handle(name, app_name=app_name), method).remote().result(timeout_s=30)
 
 
 def model_replica_info(app_name: str, task: Task) -> dict[str, Any]:
-    """What a replica of the app's model deployment for ``task`` says of itself (``info``)."""
-    info: dict[str, Any] = _model_handle(app_name, task).info.remote().result(timeout_s=30)
+    """What a replica of the app's model for ``task`` says of itself (``info``)."""
+    info: dict[str, Any] = _ask_model(app_name, task, "info")
     return info
 
 
 def model_replica_pid(app_name: str, task: Task) -> int:
-    """The process of a replica of the app's model deployment for ``task``."""
+    """The process of a replica of the app's model for ``task`` (the processor's, where it
+    holds the models)."""
     return int(model_replica_info(app_name, task)["pid"])
 
 
 def model_replica_stages(app_name: str, task: Task) -> dict[str, StageTotals]:
-    """Wall and CPU seconds by stage of a replica of the app's model deployment for ``task``."""
-    stages: dict[str, StageTotals] = _model_handle(app_name, task).stages.remote().result(timeout_s=30)
+    """Wall and CPU seconds by stage of a replica of the app's model for ``task``."""
+    stages: dict[str, StageTotals] = _ask_model(app_name, task, "stages")
     return stages

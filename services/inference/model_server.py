@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,10 @@ def place_forward_thread() -> None:
             pin_thread(cpus)
     except (ValueError, OSError) as exc:  # still serves, on the CPUs it was given
         log.warning("forward passes stay on CPUs %s: %s", format_cpu_list(available_cpus()), exc)
+
+
+def _forward_thread() -> tuple[frozenset[int], int]:
+    return available_cpus(), threading.get_native_id()
 
 
 def _frames_in(requests: list[_Prepared]) -> int:
@@ -88,8 +92,10 @@ class ModelServer:
             initargs=(settings.preprocess_niceness,),
         )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer", initializer=place_forward_thread)
-        #: The CPUs the forward passes run on: the infer thread's, placed before the first batch.
-        self.forward_cpus = self._infer_pool.submit(available_cpus).result()
+        #: The CPUs the forward passes run on (the infer thread's, placed before the first
+        #: batch), and that thread's native id: a process that holds the model beside other
+        #: work lowers the priority of all but it.
+        self.forward_cpus, self.forward_thread_id = self._infer_pool.submit(_forward_thread).result()
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
         self.max_batch_size = settings.max_batch_size
@@ -203,6 +209,32 @@ class ModelServer:
         predictor = self.predictor
         batch = await asyncio.get_running_loop().run_in_executor(self._prep_pool, self._prepare, predictor, inputs)
         return await self.predict_many(_Prepared(predictor, batch))
+
+    def submit(self, inputs: Sequence[np.ndarray | Frame]) -> Future[list[TaskOutput]]:
+        """``predict`` without Serve, for a processor that holds the model in its own
+        process (``model_hosting: processor``): the batch is prepared on the preprocessing
+        thread and runs on the infer thread, as a request to a replica does, so the next
+        batch is prepared while this one runs. Its error, a FrameError included, is the
+        future's."""
+        answer: Future[list[TaskOutput]] = Future()
+        predictor = self.predictor
+
+        def prepared(done: Future[PreparedBatch]) -> None:
+            error = done.exception()
+            if error is not None:
+                answer.set_exception(error)
+                return
+            self._infer_pool.submit(self._infer, predictor, done.result()).add_done_callback(inferred)
+
+        def inferred(done: Future[list[TaskOutput]]) -> None:
+            error = done.exception()
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(done.result())
+
+        self._prep_pool.submit(self._prepare, predictor, inputs).add_done_callback(prepared)
+        return answer
 
     def _prepare(self, predictor: Predictor, inputs: Sequence[np.ndarray | Frame]) -> PreparedBatch:
         # Measured on the pools' own threads, so the CPU time is each stage's alone.

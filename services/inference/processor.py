@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,9 +21,14 @@ from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority
 from vlm_core.errors import FrameError
-from vlm_core.pipeline import Delivery, PipelineConfig
+from vlm_core.pipeline import Delivery, DeploymentSettings, PipelineConfig
 from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 from vlm_core.stream.profile import StageProfile, StageTotals
+
+if TYPE_CHECKING:
+    from services.inference.model_server import ModelServer
+    from vlm_core.models import ModelSpec
+    from vlm_core.registry import RegistryFollow
 
 log = logging.getLogger("ray.serve")
 
@@ -90,6 +95,16 @@ class _Response:
 
 
 @dataclass(frozen=True)
+class HostedModel:
+    """A model the processor replica holds in its own process (``model_hosting:
+    processor``): what a model deployment's replica is built from."""
+
+    spec: ModelSpec
+    settings: DeploymentSettings
+    follow: RegistryFollow | None = None
+
+
+@dataclass(frozen=True)
 class ProcessorStats:
     """What a processor replica reports (``vlm_core`` counters included), for the demo,
     the bench and the tests."""
@@ -119,7 +134,9 @@ class StreamProcessorReplica:
     more replicas than partitions leaves the extra ones idle.
     """
 
-    def __init__(self, config: PipelineConfig, models: dict[Task, Any]) -> None:
+    def __init__(
+        self, config: PipelineConfig, models: dict[Task, Any], hosted: dict[Task, HostedModel] | None = None
+    ) -> None:
         import cv2
 
         cv2.setNumThreads(1)
@@ -131,7 +148,18 @@ class StreamProcessorReplica:
             kafka_log.addHandler(handler)
             library_log.addHandler(handler)
         self.config = config
-        lower_priority(self.config.processor.niceness)
+        # Models held here load first: their infer threads start now, and keep the
+        # replica's priority while every other thread yields to them. (Imported here: a
+        # processor that calls model deployments loads no torch.)
+        if hosted:
+            from services.inference.model_server import ModelServer
+        self.hosted: dict[Task, ModelServer] = {
+            task: ModelServer(model.spec, model.settings, model.follow, config.processor.batch_size)
+            for task, model in (hosted or {}).items()
+        }
+        lower_priority(
+            self.config.processor.niceness, keep={server.forward_thread_id for server in self.hosted.values()}
+        )
         self.handles = {task: handle.options(method_name="predict") for task, handle in models.items()}
         self.metrics = RayMetricsSink()
         self.stop_event = threading.Event()
@@ -145,7 +173,11 @@ class StreamProcessorReplica:
         self.thread.start()
 
     def _client(self, task: Task) -> ModelClient:
-        return model_client(self.handles[task])
+        return self.hosted[task].submit if task in self.hosted else model_client(self.handles[task])
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [*self.handles, *self.hosted]
 
     def _run(self) -> None:
         cfg = self.config
@@ -173,7 +205,7 @@ class StreamProcessorReplica:
                 )
                 self.processor = StreamProcessor.from_settings(
                     consumer,
-                    {task: self._client(task) for task in self.handles},
+                    {task: self._client(task) for task in self.tasks},
                     cfg.cameras,
                     kafka_sinks(producer, cfg.topics, active_learning=cfg.active_learning, metrics=self.metrics),
                     cfg.processor,
@@ -255,6 +287,19 @@ class StreamProcessorReplica:
             tracker_state_bytes=tracking.state_bytes() if tracking else 0,
             stages=self.profile.snapshot(),
         )
+
+    def model_info(self, task: Task) -> dict[str, Any]:
+        """``ModelServer.info`` of the model for ``task`` this replica holds."""
+        return self._hosted(task).info()
+
+    def model_stages(self, task: Task) -> dict[str, StageTotals]:
+        """``ModelServer.stages`` of the model for ``task`` this replica holds."""
+        return self._hosted(task).stages()
+
+    def _hosted(self, task: Task) -> ModelServer:
+        if task not in self.hosted:
+            raise ValueError(f"this processor holds no {task.value} model (model_hosting: deployments)")
+        return self.hosted[task]
 
     def _mean(self, metric: m.MetricDef) -> float:
         values = [v for (name, _tags), vs in self.metrics.observations.items() if name == metric.name for v in vs]

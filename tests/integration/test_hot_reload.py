@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,10 +27,11 @@ from vlm_core.training.optimize import optimize_version
 pytestmark = pytest.mark.integration
 
 
-def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[str, str], tmp_path: Path) -> None:
-    from ray import serve
-
-    from services.inference.deploy import processor_stats
+@pytest.mark.parametrize("hosting", ["deployments", "processor"])
+def test_promotion_mid_stream_switches_once_without_restart(
+    pipeline_env: tuple[str, str], tmp_path: Path, hosting: str
+) -> None:
+    from services.inference.deploy import model_replica_info, processor_stats
 
     ray_address, bootstrap = pipeline_env
     registry = ModelRegistry(tmp_path / "registry")
@@ -53,10 +55,18 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
     }
     per_camera = 200
     with running_pipeline(
-        ray_address, bootstrap, topics, models={"classification": model}, registry_dir=str(registry.root)
+        ray_address,
+        bootstrap,
+        topics,
+        models={"classification": model},
+        registry_dir=str(registry.root),
+        processor={"model_hosting": hosting},
     ) as app:
-        classifier = serve.get_deployment_handle("Classifier", app_name=app)
-        before = classifier.info.remote().result(timeout_s=30)
+
+        def classifier_info() -> dict[str, Any]:  # the Classifier replica's, or the processor's model's
+            return model_replica_info(app, Task.CLASSIFICATION)
+
+        before = classifier_info()
         processor_before = processor_stats(app).actor_name
         feeder = produce_in_background(bootstrap, topics.frames, ["left", "right"], per_camera, fps=40)
         deadline = time.monotonic() + 60
@@ -65,13 +75,13 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         assert registry.promote("cls", 2).promoted
         feeder.join(60)
         results = read_results(bootstrap, topics.results, 2 * per_camera, timeout_s=120)
-        after = classifier.info.remote().result(timeout_s=30)
+        after = classifier_info()
         # A bad version: the gate is skipped on purpose, the replica must keep serving v2.
         assert registry.promote("cls", 3, force=True).promoted
         deadline = time.monotonic() + 30
         while not after["last_error"] and time.monotonic() < deadline:
             time.sleep(0.5)
-            after = classifier.info.remote().result(timeout_s=30)
+            after = classifier_info()
         # A compressed version swaps in like any other: int8 of v2 (oneDNN's where this CPU
         # allows it), through the gate (its random weights score near chance, so the test
         # accepts any accuracy loss).
@@ -88,13 +98,13 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
         ).version
         assert registry.promote("cls", int8.version, margin=-1.0).promoted
         deadline = time.monotonic() + 30
-        swapped = classifier.info.remote().result(timeout_s=30)
+        swapped = classifier_info()
         while swapped["version"] != str(int8.version) and time.monotonic() < deadline:
             time.sleep(0.5)
-            swapped = classifier.info.remote().result(timeout_s=30)
+            swapped = classifier_info()
         produce_frames(bootstrap, topics.frames, ["int8"], 20)
         later = read_results(bootstrap, topics.results, 2 * per_camera + 20, timeout_s=120)
-        processor_after = processor_stats(app).actor_name
+        processor_after, processor_pid = processor_stats(app).actor_name, processor_stats(app).pid
     assert swapped["version"] == str(int8.version) and swapped["last_error"] == "", swapped
     assert swapped["pid"] == before["pid"], "the int8 version must load in the same replica"
     int8_results = [r for r in later if r.camera_id == "int8"]
@@ -104,6 +114,7 @@ def test_promotion_mid_stream_switches_once_without_restart(pipeline_env: tuple[
     assert "do not fit" in after["last_error"]
     assert after["pid"] == before["pid"], "the model replica must not restart"
     assert processor_after == processor_before, "the processor must not restart"
+    assert (before["pid"] == processor_pid) is (hosting == "processor")
     seen = {(r.camera_id, r.seq) for r in results}
     assert seen == {(c, s) for c in ("left", "right") for s in range(per_camera)}
     versions: dict[str, list[str]] = defaultdict(list)

@@ -26,10 +26,11 @@ from vlm_core.stream import dlq_reason
 pytestmark = pytest.mark.integration
 
 
-def test_normal_run_500_frames_two_cameras(pipeline_env: tuple[str, str]) -> None:
+@pytest.mark.parametrize("hosting", ["deployments", "processor"])
+def test_normal_run_500_frames_two_cameras(pipeline_env: tuple[str, str], hosting: str) -> None:
     ray_address, bootstrap = pipeline_env
     topics = PipelineTopics.fresh()
-    with running_pipeline(ray_address, bootstrap, topics):
+    with running_pipeline(ray_address, bootstrap, topics, processor={"model_hosting": hosting}):
         produce_frames(bootstrap, topics.frames, ["north", "south"], 250)
         records = read_topic(bootstrap, topics.results, 500)
     import json

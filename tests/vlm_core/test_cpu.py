@@ -28,39 +28,48 @@ from vlm_core.cpu import (
 )
 
 
-def test_lower_priority_reaches_every_thread_and_new_ones_inherit() -> None:
+def test_lower_priority_reaches_every_thread_but_those_kept_and_new_ones_inherit() -> None:
     # In a child process, so the test run itself keeps its priority.
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
-            ready = threading.Event()
+            start = os.getpriority(os.PRIO_PROCESS, 0)
             release = threading.Event()
-            seen: list[int] = []
+            seen: dict[str, int] = {}
+            ids: dict[str, int] = {}
+            ready = threading.Barrier(3)
 
-            def early() -> None:
-                ready.set()
+            def early(name: str) -> None:
+                ids[name] = threading.get_native_id()
+                ready.wait()
                 release.wait()
-                seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+                seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-            thread = threading.Thread(target=early)
-            thread.start()
+            threads = [threading.Thread(target=early, args=(name,)) for name in ("early", "kept")]
+            for thread in threads:
+                thread.start()
             ready.wait()
-            changed = lower_priority(7)
+            changed = lower_priority(7, keep={ids["kept"]})
             release.set()
-            thread.join()
-            late = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+            for thread in threads:
+                thread.join()
+            late = threading.Thread(target=lambda: seen.update(late=os.getpriority(os.PRIO_PROCESS, 0)))
             late.start()
             late.join()
-            again = lower_priority(7)
-            os.write(write, f"{changed} {again} {seen[0]} {seen[1]} {os.getpriority(os.PRIO_PROCESS, 0)}".encode())
+            again = lower_priority(7, keep={ids["kept"]})
+            main = os.getpriority(os.PRIO_PROCESS, 0)
+            figures = [changed, again, seen["early"], seen["late"], main, seen["kept"], start]
+            os.write(write, " ".join(map(str, figures)).encode())
         finally:
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
-    changed, again, early_nice, late_nice, main_nice = map(int, os.read(read, 100).split())
+    changed, again, early_nice, late_nice, main_nice, kept_nice, start = map(int, os.read(read, 100).split())
+    assert start < 7
     assert changed >= 2 and again == 0
     assert early_nice == late_nice == main_nice == 7
+    assert kept_nice == start
 
 
 def test_lower_priority_rejects_out_of_range_and_zero_is_a_no_op() -> None:

@@ -78,6 +78,14 @@ def test_routing_overrides() -> None:
             {"models": {"classification": {"spec": SPEC}}, "cameras": {"default": {"drop_policy": "maybe"}}},
             "drop_policy",
         ),
+        (
+            {
+                "models": {"classification": {"spec": SPEC, "deployment": {"max_replicas": 3}}},
+                "processor": {"model_hosting": "processor"},
+            },
+            "scale with processor.replicas",
+        ),
+        ({"models": {"classification": {"spec": SPEC}}, "processor": {"model_hosting": "actor"}}, "model_hosting"),
     ],
 )
 def test_bad_config_is_one_clear_error(args: dict, message: str) -> None:  # type: ignore[type-arg]

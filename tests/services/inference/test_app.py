@@ -44,3 +44,30 @@ def test_model_replicas_start_with_an_allocator_that_keeps_freed_memory() -> Non
     assert "glibc.malloc.arena_max=1" in tunables.split(":")
     off = deployment_options(DeploymentSettings(keep_freed_memory=False))
     assert "runtime_env" not in off["ray_actor_options"]
+
+
+def test_a_processor_that_holds_the_models_gets_their_resources_and_no_deployments() -> None:
+    from services.inference.processor import HostedModel
+    from vlm_core.contracts.task import Task
+
+    from services.chaos import CHAOS_MODEL
+    from vlm_core.config import Topics
+    from vlm_core.pipeline import model_pipeline_args
+
+    args = model_pipeline_args(
+        "127.0.0.1:9092",
+        Topics(),
+        Task.CLASSIFICATION,
+        CHAOS_MODEL,
+        processor={"model_hosting": "processor", "num_cpus": 0.25},
+    )
+    config = PipelineConfig.parse(args)
+    app = call_user_app_builder_with_args_if_necessary(build_app, args)
+    _config, deployments, hosted = app._bound_deployment.init_args
+    assert deployments == {}
+    assert set(hosted) == set(config.models) and all(isinstance(h, HostedModel) for h in hosted.values())
+    model_cpus = sum(model.deployment.num_cpus for model in config.models.values())
+    options = app._bound_deployment.ray_actor_options
+    assert options["num_cpus"] == pytest.approx(0.25 + model_cpus)
+    assert "GLIBC_TUNABLES" in options["runtime_env"]["env_vars"]  # the models' allocator setting
+    assert hosted[Task.CLASSIFICATION].spec == config.models[Task.CLASSIFICATION].model_spec()

@@ -31,3 +31,34 @@ def test_the_forward_thread_moves_onto_the_nodes_model_cpus_and_serves_anyway_wh
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         assert placed() == (everywhere, everywhere)
     assert "forward passes stay on CPUs" in caplog.text
+
+
+def test_a_model_held_in_process_prepares_and_runs_batches_and_fails_one_with_its_frames_error() -> None:
+    # model_hosting "processor": the processor calls ModelServer.submit, no Serve between.
+    from dataclasses import replace
+
+    import numpy as np
+
+    from services.chaos import CHAOS_MODEL
+    from services.inference.model_server import ModelServer
+    from vlm_core.contracts.frame import Frame
+    from vlm_core.errors import FrameError
+    from vlm_core.models import ModelSpec
+    from vlm_core.pipeline import DeploymentSettings
+
+    server = ModelServer(
+        ModelSpec.from_dict(CHAOS_MODEL["spec"]), DeploymentSettings(warmup_s=0, max_batch_size=4), request_frames=4
+    )
+    rng = np.random.default_rng(0)
+    frames = [
+        Frame.from_image(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), camera_id="c", seq=i) for i in range(4)
+    ]
+    pending = [server.submit([f.decode() for f in frames]), server.submit(frames)]  # pixels, then encoded
+    decoded, encoded = (p.result(timeout=120) for p in pending)
+    assert len(decoded) == len(encoded) == 4
+    assert [o.to_json() for o in decoded] == [o.to_json() for o in encoded]  # the same frames either way
+    wrong_size = replace(frames[0], width=frames[0].width * 2)
+    with pytest.raises(FrameError, match="headers say"):
+        server.submit([frames[1], wrong_size]).result(timeout=120)
+    assert len(server.submit(frames[:2]).result(timeout=120)) == 2  # and it serves on
+    assert set(server.stages()) >= {"preprocess", "infer", "decode"}
