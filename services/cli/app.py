@@ -514,9 +514,10 @@ def bench_pipeline(
     first = bench.runs[0]
     tracked = ", tracking" if first.tracking else ""
     merged = f", model calls up to {first.max_batch_size}" if first.max_batch_size != first.batch_size else ""
+    hosted = ", models in the processor" if first.model_hosting == "processor" else ""
     table = Table(
         title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
-        f"batch {first.batch_size}{merged}{tracked}, forward on CPUs {first.forward_cpus}), "
+        f"batch {first.batch_size}{merged}{tracked}{hosted}, forward on CPUs {first.forward_cpus}), "
         f"median [min-max] of {len(bench.runs)}"
     )
     paced_at = f"{latency_fps:g} fps" if latency_fps else f"{latency_load:g}"

@@ -240,6 +240,48 @@ def test_frames_polled_while_the_model_works_wait_and_go_in_one_request() -> Non
     assert consumer.committed == {("frames", 0): 16}  # the last batch commits on the next step
 
 
+class _Ordered(FakeModel):
+    """A running model that notes each request sent and each first wait that got its answer."""
+
+    def __init__(self) -> None:
+        super().__init__(running=True)
+        self.events: list[str] = []
+
+    def __call__(self, images: list[np.ndarray]) -> Done:
+        pending = super().__call__(images)
+        events, answer, answered = self.events, pending.result, False
+
+        def result(timeout: float | None = None) -> Any:
+            nonlocal answered
+            value = answer(timeout)  # raises while running and not waited for
+            if not answered:
+                answered = True
+                events.append("answer")
+            return value
+
+        pending.result = result  # type: ignore[method-assign]
+        events.append("send")
+        return pending
+
+
+@pytest.mark.parametrize(
+    ("arriving", "order"),
+    [(4, ["send", "answer", "send"]), (6, ["send", "send", "answer"])],
+)
+def test_a_full_batch_joins_the_one_at_the_models_only_while_frames_wait_behind_it(
+    arriving: int, order: list[str]
+) -> None:
+    records = [frame_record(i) for i in range(4 + arriving)]
+    model = _Ordered()
+    processor, consumer, producer, _model = make(records[:4], model=model, monotonic=lambda: 5.0)
+    processor.step()  # a full batch, none left behind and nothing at the models: it goes
+    consumer.records.extend(records[4:])
+    processor.step()  # full again: kept up with (4 came), it goes once the first is answered;
+    # with frames left behind (6 came), it joins the first at the models
+    assert model.calls == [4, 4] and model.events == order
+    assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
+
+
 def test_a_failure_after_a_batch_was_produced_commits_it_rather_than_send_it_twice() -> None:
     processor, consumer, producer, _model = make([frame_record(i) for i in range(8)], model=FakeModel(poison=5))
     processor.step()  # offsets 0-3, answered and sent

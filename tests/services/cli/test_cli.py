@@ -48,6 +48,7 @@ def vlm(*args: str) -> subprocess.CompletedProcess[str]:
         (["bench", "pipeline", "--task", "classification", "--warm-up-frames", "10"], "--warm-up-frames 10: give 0"),
         (["bench", "pipeline", "--task", "classification", "--model-cpus", "4096"], "model CPUs 4096: this machine"),
         (["local", "up", "--model-cpus", "1-"], "'1-' is not a CPU list"),
+        (["bench", "pipeline", "--task", "classification", "--model-hosting", "actor"], "'actor' is not offered"),
         (["serve", "--app", "nope"], "has no application named 'nope'"),
         (["chaos", "--fault", "meteor"], "'meteor' is not a valid Fault"),
         (

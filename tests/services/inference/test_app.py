@@ -47,11 +47,10 @@ def test_model_replicas_start_with_an_allocator_that_keeps_freed_memory() -> Non
 
 
 def test_a_processor_that_holds_the_models_gets_their_resources_and_no_deployments() -> None:
-    from services.inference.processor import HostedModel
-    from vlm_core.contracts.task import Task
-
     from services.chaos import CHAOS_MODEL
+    from services.inference.processor import HostedModel
     from vlm_core.config import Topics
+    from vlm_core.contracts.task import Task
     from vlm_core.pipeline import model_pipeline_args
 
     args = model_pipeline_args(
