@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -219,21 +219,22 @@ class ModelServer:
         answer: Future[list[TaskOutput]] = Future()
         predictor = self.predictor
 
-        def prepared(done: Future[PreparedBatch]) -> None:
-            error = done.exception()
-            if error is not None:
-                answer.set_exception(error)
-                return
-            self._infer_pool.submit(self._infer, predictor, done.result()).add_done_callback(inferred)
+        def then(step: Callable[[Any], None]) -> Callable[[Future[Any]], None]:
+            """A stage's done-callback: its result to ``step``, its error to the answer."""
 
-        def inferred(done: Future[list[TaskOutput]]) -> None:
-            error = done.exception()
-            if error is not None:
-                answer.set_exception(error)
-            else:
-                answer.set_result(done.result())
+            def relay(done: Future[Any]) -> None:
+                error = done.exception()
+                if error is not None:
+                    answer.set_exception(error)
+                else:
+                    step(done.result())
 
-        self._prep_pool.submit(self._prepare, predictor, inputs).add_done_callback(prepared)
+            return relay
+
+        def infer(batch: PreparedBatch) -> None:
+            self._infer_pool.submit(self._infer, predictor, batch).add_done_callback(then(answer.set_result))
+
+        self._prep_pool.submit(self._prepare, predictor, inputs).add_done_callback(then(infer))
         return answer
 
     def _prepare(self, predictor: Predictor, inputs: Sequence[np.ndarray | Frame]) -> PreparedBatch:

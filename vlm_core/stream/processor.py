@@ -228,9 +228,6 @@ class StreamProcessor:
         self._trickling = False
         #: Polls left after a hold before a forming batch that is not full may go.
         self._polls_after_hold = 0
-        #: Whether the last poll left frames on the broker (or could not tell): only then
-        #: does a full batch join one at the models (``_may_send``).
-        self._behind = True
         self._lock = threading.RLock()
         #: Frames admitted and decoded while the models work, sent together (``_admit_all``).
         self._forming: _Batch | None = None
@@ -352,13 +349,13 @@ class StreamProcessor:
                 elif records:
                     self._admit_all(records)
                 backlog = self._backlog()
-                self._behind = backlog is None or backlog > 0
+                behind = backlog is None or backlog > 0  # frames left on the broker, or cannot tell
                 sparse = self._sparse(len(records), backlog)
                 self._trickling = self._few(len(records), backlog) and not sparse
                 if self._polls_after_hold:
                     self._polls_after_hold = self._polls_after_hold - 1 if records else 0
                 while True:
-                    if self._forming is not None and self._may_send(self._forming, sparse):
+                    if self._forming is not None and self._may_send(self._forming, sparse, behind):
                         self._inflight.append(self._send(self._forming))
                         self._forming = None
                     if not self._inflight or not (
@@ -836,10 +833,11 @@ class StreamProcessor:
         was short (``_poll_wait_ms``), and the forming batch still waits for them."""
         return self._few(polled, backlog) and self._arrival_gap_s > self._round_trip_s
 
-    def _may_send(self, forming: _Batch, sparse: bool) -> bool:
+    def _may_send(self, forming: _Batch, sparse: bool, behind: bool) -> bool:
         """Whether the forming batch goes to the models now: when they have answered every
         batch of this processor's (before its results are produced, so the models do not
-        idle while they are), when it is full and frames wait on the broker behind it (full
+        idle while they are), when it is full and frames wait on the broker behind it
+        (``behind``: the last poll left some, or the consumer cannot tell; full
         batches overlap, up to ``max_inflight``), or when the stream is sparse; after a
         hold, not before the second poll (``POLLS_AFTER_HOLD``) unless full. Otherwise its
         frames wait, decoded, for the batch in flight, and then go in one request: a
@@ -857,7 +855,7 @@ class StreamProcessor:
         full = len(forming.items) >= self.batch_size
         if self._polls_after_hold and not full:  # frames that came during a hold are on their way
             return False
-        return sparse or (full and self._behind) or all(self._answered(batch) for batch in self._inflight)
+        return sparse or (full and behind) or all(self._answered(batch) for batch in self._inflight)
 
     def _answered(self, batch: _Batch, wait_s: float = 0.0, stage: str = "probe") -> bool:
         """Whether the models answered every request of the batch, waiting up to ``wait_s``
