@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core import metrics as m
 from vlm_core.config import LocalSettings
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
@@ -42,6 +43,7 @@ from vlm_core.cpu import (
     Host,
     describe_host,
     keep_freed_memory,
+    no_huge_pages,
     pin_thread,
     place_threads,
     restore_threads,
@@ -57,7 +59,9 @@ from vlm_core.pipeline import (
     model_pipeline_args,
 )
 from vlm_core.registry import ModelRegistry
-from vlm_core.stream.profile import StageTotals, per_frame_ms
+from vlm_core.stream import SendRule
+from vlm_core.stream.collector import watch_collections
+from vlm_core.stream.profile import StageProfile, StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
 
 # The model (``serving_arch``) and the frames per batch (``bench_batch_size``) come from
@@ -143,6 +147,12 @@ class BenchReport:
     latency_stage_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     latency_stage_wall_ms_per_frame: dict[str, float] = field(default_factory=dict)
     latency_stage_run_queue_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: Batches the processor sent to the models by the rule that sent them
+    #: (``vlm_core.stream.SendRule``) while it drained the frames topic, and during the
+    #: paced stream: how often a batch joined one at the models (``full``) rather than
+    #: went after its answer (``answered``).
+    batches_by_send_rule: dict[str, int] = field(default_factory=dict)
+    latency_batches_by_send_rule: dict[str, int] = field(default_factory=dict)
     #: Frames the ingest read but never got into Kafka (sends that failed, drops): not the
     #: pipeline's to answer for, and not in ``frames_lost``.
     ingest_unsent: int = 0
@@ -234,6 +244,7 @@ def measure_raw(
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     keep_freed_memory()
+    no_huge_pages()
     predictor = build_predictor(spec, graph=graph)
     previous = pin_thread(cpus) if cpus else None
     try:
@@ -379,12 +390,12 @@ def run_pipeline_bench(
     try:
         pipeline_cpu = CpuMeter(_pipeline_processes(settings, app, task))
         pipeline_cpu.start()
-        produced_before, stages_before = _stage_snapshot(app, task)
+        produced_before, stages_before, sent_before = _stage_snapshot(app, task)
         # The results are read once the processor has produced them all, not while it
         # works: their reader is the pipeline's consumer, not a part of it, and reading
         # as they came took this process ~8 % of a core beside the pipeline on 2 cores.
         _await_produced(app, sent)
-        produced_after, stages_after = _stage_snapshot(app, task)
+        produced_after, stages_after, sent_after = _stage_snapshot(app, task)
         # Per frame the processor produced while measured: it starts on the backlog as soon
         # as the model answers, and Serve may call the app ready only seconds later.
         measured = max(1, produced_after - produced_before)
@@ -420,20 +431,22 @@ def run_pipeline_bench(
         tail_at: list[float] = []
         latency_cpu_ms: dict[str, float] = {}
         paced_stages: dict[str, dict[str, float]] = {}
+        paced_sent: dict[str, int] = {}
         if latency_seconds > 0:
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
             paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
             paced_cpu.start()
-            paced_produced, paced_before = _stage_snapshot(app, task)
+            paced_produced, paced_before, paced_sent_before = _stage_snapshot(app, task)
             paced.start(settings.bootstrap_servers, topics.frames)
             results_due = n + paced.warmup_results
             # Read once produced, as in the throughput stage: beside the camera's sender,
             # reading as they came would load the cores the latency is measured on.
             _await_produced(app, paced_produced + results_due, give_up=paced.failed)
             paced.stop()
-            produced, paced_after = _stage_snapshot(app, task)
+            produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
+            paced_sent = {rule: paced_sent_after[rule] - paced_sent_before[rule] for rule in paced_sent_after}
             latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
             # Read on from the throughput stage's results, not from the topic's start.
             later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
@@ -490,6 +503,8 @@ def run_pipeline_bench(
         latency_stage_cpu_ms_per_frame=_column(paced_stages, "cpu"),
         latency_stage_wall_ms_per_frame=_column(paced_stages, "wall"),
         latency_stage_run_queue_ms_per_frame=_column(paced_stages, "run_queue"),
+        batches_by_send_rule={rule: sent_after[rule] - sent_before[rule] for rule in sent_after},
+        latency_batches_by_send_rule=paced_sent,
         processor_peak_rss_mb=round(stats.peak_rss_mb, 1),
         forward_cpus=forward_cpus,
         command=command,
@@ -642,15 +657,24 @@ def _await_produced(
         time.sleep(poll_s)
 
 
-def _stage_snapshot(app: str, task: Task) -> tuple[int, dict[str, StageTotals]]:
-    """Results the processor produced so far, and the processor's and the model replica's
-    stage totals (``processor.<stage>``, ``model.<stage>``)."""
+#: This process's own stages: its garbage collector's pauses, which hold the paced
+#: camera's sends (``bench.gc``, ``bench.gc full``).
+_BENCH_PROFILE = StageProfile()
+
+
+def _stage_snapshot(app: str, task: Task) -> tuple[int, dict[str, StageTotals], dict[str, int]]:
+    """Results the processor produced so far; the processor's, the model replica's and
+    this process's stage totals (``processor.<stage>``, ``model.<stage>``, ``bench.<stage>``);
+    and the batches the processor sent so far by send rule (every rule, 0 or more)."""
     from services.inference import deploy
 
+    watch_collections(_BENCH_PROFILE)
     stats = deploy.processor_stats(app)
     stages = {f"processor.{name}": totals for name, totals in stats.stages.items()}
     stages.update({f"model.{name}": totals for name, totals in deploy.model_replica_stages(app, task).items()})
-    return stats.results_produced, stages
+    stages.update({f"bench.{name}": totals for name, totals in _BENCH_PROFILE.snapshot().items()})
+    sent = {rule.value: int(m.counter_total(stats.counters, m.BATCHES_SENT, rule=rule.value)) for rule in SendRule}
+    return stats.results_produced, stages, sent
 
 
 def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[str, list[int]]:

@@ -274,6 +274,34 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> bool:
     return all(mallopt(param, value) == 1 for _name, param, value in settings)
 
 
+#: ``prctl`` options (``linux/prctl.h``): a process's transparent huge pages off, and read.
+PR_SET_THP_DISABLE = 41
+PR_GET_THP_DISABLE = 42
+
+
+def no_huge_pages() -> bool:
+    """Turn transparent huge pages off for this process (and the children it starts);
+    returns False where the kernel or C library cannot (nothing changes).
+
+    NumPy asks for huge pages (``madvise(MADV_HUGEPAGE)``) for every array of 4 MB or
+    more: a batch of decoded frames or of model inputs is one. The kernel then collapses
+    such ranges in the background (``khugepaged``, every 10 s here), holding the process's
+    memory map while it does, and may compact memory at a page fault to find a huge page.
+    In a stream that allocates such arrays every batch, both stall every thread that
+    faults a page: in 60 s paced streams the slowest 1 % of frames came in bursts ~10 s
+    apart, at the moments ``khugepaged`` ran, while the processor used less CPU than the
+    idle core offered (README, "Transparent huge pages stall the stream")."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+
+
 def keep_freed_memory_environment(
     keep_bytes: int = KEEP_FREED_BYTES, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:

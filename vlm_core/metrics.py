@@ -73,6 +73,12 @@ BATCHES_ISOLATED = MetricDef(
     "Batches that kept failing and were re-run one frame at a time, by the stage that failed",
     ("stage",),
 )
+BATCHES_SENT = MetricDef(
+    "vlm_batches_sent_total",
+    Kind.COUNTER,
+    "Batches the stream processor sent to the models, by the rule that sent them (SendRule)",
+    ("rule",),
+)
 BATCH_FAILURES = MetricDef(
     "vlm_batch_failures_total", Kind.COUNTER, "Batches retried after a model or broker failure", ("stage",)
 )
@@ -118,6 +124,7 @@ ALL_METRICS: tuple[MetricDef, ...] = (
     MODEL_BATCH_SIZE,
     CONSUMER_LAG,
     INFLIGHT_BATCHES,
+    BATCHES_SENT,
     BATCH_FAILURES,
     BATCHES_ISOLATED,
     LOOP_RESTARTS,

@@ -19,11 +19,19 @@ from ray.util import metrics as ray_metrics
 from vlm_core import metrics as m
 from vlm_core.contracts.frame import Frame, jpeg_scale
 from vlm_core.contracts.result import TaskOutput
-from vlm_core.cpu import available_cpus, format_cpu_list, lower_thread_priority, model_cpus, pin_thread
+from vlm_core.cpu import (
+    available_cpus,
+    format_cpu_list,
+    lower_thread_priority,
+    model_cpus,
+    no_huge_pages,
+    pin_thread,
+)
 from vlm_core.models import ModelSpec, Predictor
 from vlm_core.models.predictor import PreparedBatch
 from vlm_core.pipeline import DeploymentSettings
 from vlm_core.registry import RegistryFollow
+from vlm_core.stream.collector import watch_collections
 from vlm_core.stream.profile import StageProfile, StageTotals
 from vlm_core.tasks import build_predictor
 
@@ -80,6 +88,7 @@ class ModelServer:
         settings = settings or DeploymentSettings()
         torch.set_num_threads(settings.torch_threads)
         cv2.setNumThreads(1)
+        no_huge_pages()
         self.graph = settings.graph
         self._loads = ray_metrics.Counter(m.MODEL_LOADS.name, m.MODEL_LOADS.description, tag_keys=m.MODEL_LOADS.tags)
         self._info = ray_metrics.Gauge(m.MODEL_INFO.name, m.MODEL_INFO.description, tag_keys=m.MODEL_INFO.tags)
@@ -98,6 +107,7 @@ class ModelServer:
         self.forward_cpus, self.forward_thread_id = self._infer_pool.submit(_forward_thread).result()
         #: Wall and CPU seconds of preprocess and infer (forward pass and post-processing).
         self.profile = StageProfile()
+        watch_collections(self.profile)
         self.max_batch_size = settings.max_batch_size
         self.warmup_s = settings.warmup_s
         #: The frames the processor sends a request (its batch size): the batch size an

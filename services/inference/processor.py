@@ -19,10 +19,11 @@ from services.kafka_io.state import KafkaTrackStateStore
 from vlm_core import metrics as m
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
-from vlm_core.cpu import lower_priority
+from vlm_core.cpu import lower_priority, no_huge_pages
 from vlm_core.errors import FrameError
 from vlm_core.pipeline import Delivery, DeploymentSettings, PipelineConfig
 from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
+from vlm_core.stream.collector import watch_collections
 from vlm_core.stream.profile import StageProfile, StageTotals
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class StreamProcessorReplica:
         import cv2
 
         cv2.setNumThreads(1)
+        no_huge_pages()
         kafka_log = logging.getLogger("kafka")
         kafka_log.setLevel(os.environ.get("VLM_KAFKA_LOG_LEVEL", "WARNING"))
         library_log = logging.getLogger("vlm_core")
@@ -148,6 +150,8 @@ class StreamProcessorReplica:
             kafka_log.addHandler(handler)
             library_log.addHandler(handler)
         self.config = config
+        self.profile = StageProfile()
+        watch_collections(self.profile)
         # Models held here load first: their infer threads start now, and keep the
         # replica's priority while every other thread yields to them. (Imported here: a
         # processor that calls model deployments loads no torch.)
@@ -164,7 +168,6 @@ class StreamProcessorReplica:
         self.metrics = RayMetricsSink()
         self.stop_event = threading.Event()
         self.processor: StreamProcessor | None = None
-        self.profile = StageProfile()
         self.error = ""
         self.started = time.time()
         settings = self.config.processor

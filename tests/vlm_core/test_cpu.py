@@ -307,3 +307,20 @@ def test_a_thread_placed_on_one_cpu_still_sees_the_machines_cpus() -> None:
     thread.start()
     thread.join()
     assert seen == [machine_cpus()] and len(seen[0]) >= 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux reports THP_enabled in /proc")
+def test_no_huge_pages_keeps_a_large_array_out_of_huge_pages() -> None:
+    """NumPy asks for huge pages for arrays of 4 MB or more; after ``no_huge_pages`` the
+    kernel reports the process's huge pages off and maps none for such an array."""
+    script = """
+import numpy as np
+from vlm_core.cpu import no_huge_pages
+assert no_huge_pages()
+batch = np.ones((16, 3, 224, 224), np.float32)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+huge = sum(int(line.split()[1]) for line in open("/proc/self/smaps") if line.startswith("AnonHugePages:"))
+print(status.get("THP_enabled", "").strip(), huge)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0"]

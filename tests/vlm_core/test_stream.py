@@ -17,7 +17,7 @@ from vlm_core.contracts.result import Classification, ClassScore, ModelRef, Resu
 from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameDecodeError
 from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy, ModelInput
-from vlm_core.stream import DLQ_REASON_HEADER, StreamProcessor, dlq_reason, kafka_sinks
+from vlm_core.stream import DLQ_REASON_HEADER, SendRule, StreamProcessor, dlq_reason, kafka_sinks
 from vlm_core.stream.processor import ANSWER_POLL_MS
 
 TOPICS = Topics(results="results", dlq="dlq", to_label="to_label")
@@ -265,11 +265,11 @@ class _Ordered(FakeModel):
 
 
 @pytest.mark.parametrize(
-    ("arriving", "order"),
-    [(4, ["send", "answer", "send"]), (6, ["send", "send", "answer"])],
+    ("arriving", "order", "second_rule"),
+    [(4, ["send", "answer", "send"], SendRule.ANSWERED), (6, ["send", "send", "answer"], SendRule.FULL)],
 )
 def test_a_full_batch_joins_the_one_at_the_models_only_while_frames_wait_behind_it(
-    arriving: int, order: list[str]
+    arriving: int, order: list[str], second_rule: SendRule
 ) -> None:
     records = [frame_record(i) for i in range(4 + arriving)]
     model = _Ordered()
@@ -280,6 +280,9 @@ def test_a_full_batch_joins_the_one_at_the_models_only_while_frames_wait_behind_
     # with frames left behind (6 came), it joins the first at the models
     assert model.calls == [4, 4] and model.events == order
     assert [r.seq for r in producer.results()] == [0, 1, 2, 3]
+    # Each send is counted by its rule: the first went to idle models.
+    sent = {rule: processor.metrics.total(m.BATCHES_SENT, rule=rule.value) for rule in SendRule}
+    assert sent == {rule: float(rule is SendRule.ANSWERED) + float(rule is second_rule) for rule in SendRule}
 
 
 def test_a_failure_after_a_batch_was_produced_commits_it_rather_than_send_it_twice() -> None:

@@ -22,6 +22,7 @@ from vlm_core.stream.processor import (
     MODEL_ERROR,
     PRODUCE_ERROR,
     BatchFailedError,
+    SendRule,
     StreamProcessor,
     describe_error,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Rejected",
     "RestartWindow",
     "ResultSink",
+    "SendRule",
     "Sinks",
     "StateRecord",
     "StateStore",

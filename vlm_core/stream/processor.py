@@ -41,6 +41,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -93,6 +94,17 @@ POLLS_AFTER_HOLD = 2
 _MAX_REMEMBERED_DEAD_LETTERS = 100_000
 
 Source = tuple[str, int, int]  # topic, partition, offset of a frame record
+
+
+class SendRule(str, Enum):
+    """Why the forming batch went to the models (``vlm_batches_sent_total{rule}``)."""
+
+    #: The models had answered every batch in flight, or none was.
+    ANSWERED = "answered"
+    #: Full, with frames waiting on the broker behind it: it joins the batches in flight.
+    FULL = "full"
+    #: A sparse stream's frames: the next ones come after the models answer anyway.
+    SPARSE = "sparse"
 
 
 class BatchFailedError(Exception):
@@ -355,9 +367,11 @@ class StreamProcessor:
                 if self._polls_after_hold:
                     self._polls_after_hold = self._polls_after_hold - 1 if records else 0
                 while True:
-                    if self._forming is not None and self._may_send(self._forming, sparse, behind):
+                    rule = self._send_rule(self._forming, sparse, behind) if self._forming is not None else None
+                    if self._forming is not None and rule is not None:
                         self._inflight.append(self._send(self._forming))
                         self._forming = None
+                        self._record(m.BATCHES_SENT, rule=rule.value)
                     if not self._inflight or not (
                         len(self._inflight) >= self.max_inflight
                         or sparse
@@ -539,7 +553,7 @@ class StreamProcessor:
         return [*self._inflight, *([self._forming] if self._forming is not None else [])]
 
     def _admit_all(self, records: Sequence[Record]) -> None:
-        """Admit polled records into the forming batch, which ``_may_send`` sends."""
+        """Admit polled records into the forming batch, which ``_send_rule`` sends."""
         batch = self._admitted(records)
         forming = self._forming
         if forming is None:
@@ -833,12 +847,13 @@ class StreamProcessor:
         was short (``_poll_wait_ms``), and the forming batch still waits for them."""
         return self._few(polled, backlog) and self._arrival_gap_s > self._round_trip_s
 
-    def _may_send(self, forming: _Batch, sparse: bool, behind: bool) -> bool:
-        """Whether the forming batch goes to the models now: when they have answered every
-        batch of this processor's (before its results are produced, so the models do not
-        idle while they are), when it is full and frames wait on the broker behind it
-        (``behind``: the last poll left some, or the consumer cannot tell; full
-        batches overlap, up to ``max_inflight``), or when the stream is sparse; after a
+    def _send_rule(self, forming: _Batch, sparse: bool, behind: bool) -> SendRule | None:
+        """Why the forming batch goes to the models now (counted by rule), None while it
+        waits: when they have answered every batch of this processor's (before its results
+        are produced, so the models do not idle while they are), when it is full and frames
+        wait on the broker behind it (``behind``: the last poll left some, or the consumer
+        cannot tell; full batches overlap, up to ``max_inflight``), or when the stream is
+        sparse; after a
         hold, not before the second poll (``POLLS_AFTER_HOLD``) unless full. Otherwise its
         frames wait, decoded, for the batch in flight, and then go in one request: a
         request per poll would load the models with overhead and queue the requests behind
@@ -851,11 +866,17 @@ class StreamProcessor:
         overlaps: there the overlap is the throughput. (README, Measured, "A full batch
         waits while the processor keeps up".)"""
         if len(self._inflight) >= self.max_inflight:
-            return False
+            return None
         full = len(forming.items) >= self.batch_size
         if self._polls_after_hold and not full:  # frames that came during a hold are on their way
-            return False
-        return sparse or (full and behind) or all(self._answered(batch) for batch in self._inflight)
+            return None
+        if not self._inflight:
+            return SendRule.ANSWERED
+        if sparse:
+            return SendRule.SPARSE
+        if full and behind:
+            return SendRule.FULL
+        return SendRule.ANSWERED if all(self._answered(batch) for batch in self._inflight) else None
 
     def _answered(self, batch: _Batch, wait_s: float = 0.0, stage: str = "probe") -> bool:
         """Whether the models answered every request of the batch, waiting up to ``wait_s``

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -90,6 +90,13 @@ class StageProfile:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals: dict[str, list[float]] = {}
+        self._sources: list[Callable[[], dict[str, StageTotals]]] = []
+
+    def include(self, source: Callable[[], dict[str, StageTotals]]) -> None:
+        """Add the stages ``source`` keeps itself to every snapshot: a measurement that may
+        run while this profile's lock is held (the garbage collector's, which runs in
+        whichever thread allocates) cannot take the lock."""
+        self._sources.append(source)
 
     @contextmanager
     def measure(self, stage: str) -> Iterator[None]:
@@ -109,7 +116,10 @@ class StageProfile:
 
     def snapshot(self) -> dict[str, StageTotals]:
         with self._lock:
-            return {stage: StageTotals(int(c), w, p, q) for stage, (c, w, p, q) in self._totals.items()}
+            stages = {stage: StageTotals(int(c), w, p, q) for stage, (c, w, p, q) in self._totals.items()}
+        for source in self._sources:
+            stages.update(source())
+        return stages
 
 
 def per_frame_ms(
