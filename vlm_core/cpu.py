@@ -284,13 +284,13 @@ def no_huge_pages() -> bool:
     returns False where the kernel or C library cannot (nothing changes).
 
     NumPy asks for huge pages (``madvise(MADV_HUGEPAGE)``) for every array of 4 MB or
-    more: a batch of decoded frames or of model inputs is one. The kernel then collapses
-    such ranges in the background (``khugepaged``, every 10 s here), holding the process's
-    memory map while it does, and may compact memory at a page fault to find a huge page.
-    In a stream that allocates such arrays every batch, both stall every thread that
-    faults a page: in 60 s paced streams the slowest 1 % of frames came in bursts ~10 s
-    apart, at the moments ``khugepaged`` ran, while the processor used less CPU than the
-    idle core offered (README, "Transparent huge pages stall the stream")."""
+    more: a batch of decoded frames or of model inputs is one. The kernel may then compact
+    memory at a page fault to find a huge page, and collapses such ranges in the
+    background (``khugepaged``), holding the process's memory map while it does. A
+    process that allocates such an array every batch is better off without either. In 12
+    runs each way the pipeline's medians moved the right way with it off, within the
+    runs' spread (README, "Transparent huge pages, the garbage collector, and why batches
+    are sent")."""
     if platform.system() != "Linux":
         return False
     try:
