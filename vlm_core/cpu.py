@@ -274,9 +274,8 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> bool:
     return all(mallopt(param, value) == 1 for _name, param, value in settings)
 
 
-#: ``prctl`` options (``linux/prctl.h``): a process's transparent huge pages off, and read.
+#: The ``prctl`` option (``linux/prctl.h``) that turns a process's transparent huge pages off.
 PR_SET_THP_DISABLE = 41
-PR_GET_THP_DISABLE = 42
 
 
 def no_huge_pages() -> bool:
