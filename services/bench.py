@@ -42,8 +42,7 @@ from vlm_core.cpu import (
     CpuPlacement,
     Host,
     describe_host,
-    keep_freed_memory,
-    no_huge_pages,
+    model_process_memory,
     pin_thread,
     place_threads,
     restore_threads,
@@ -243,8 +242,7 @@ def measure_raw(
     # The model replica's budget and allocator: one torch thread, OpenCV single-threaded.
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    keep_freed_memory()
-    no_huge_pages()
+    model_process_memory()
     predictor = build_predictor(spec, graph=graph)
     previous = pin_thread(cpus) if cpus else None
     try:
@@ -314,6 +312,7 @@ def run_pipeline_bench(
         progress(f"raw: {raw_fps:.1f} fps")
 
     LocalStack(settings).up(["kafka", "ray"])
+    watch_collections(_BENCH_PROFILE)
     tag = uuid.uuid4().hex[:8]
     topics = kafka_io.private_topics(f"bench.{tag}")
     names = kafka_io.ensure_pipeline_topics(settings.bootstrap_servers, topics)
@@ -446,7 +445,7 @@ def run_pipeline_bench(
             _await_produced(app, paced_produced + results_due, give_up=paced.failed)
             paced.stop()
             produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
-            paced_sent = {rule: paced_sent_after[rule] - paced_sent_before[rule] for rule in paced_sent_after}
+            paced_sent = _sent_between(paced_sent_before, paced_sent_after)
             latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
             # Read on from the throughput stage's results, not from the topic's start.
             later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
@@ -503,7 +502,7 @@ def run_pipeline_bench(
         latency_stage_cpu_ms_per_frame=_column(paced_stages, "cpu"),
         latency_stage_wall_ms_per_frame=_column(paced_stages, "wall"),
         latency_stage_run_queue_ms_per_frame=_column(paced_stages, "run_queue"),
-        batches_by_send_rule={rule: sent_after[rule] - sent_before[rule] for rule in sent_after},
+        batches_by_send_rule=_sent_between(sent_before, sent_after),
         latency_batches_by_send_rule=paced_sent,
         processor_peak_rss_mb=round(stats.peak_rss_mb, 1),
         forward_cpus=forward_cpus,
@@ -668,13 +667,17 @@ def _stage_snapshot(app: str, task: Task) -> tuple[int, dict[str, StageTotals], 
     and the batches the processor sent so far by send rule (every rule, 0 or more)."""
     from services.inference import deploy
 
-    watch_collections(_BENCH_PROFILE)
     stats = deploy.processor_stats(app)
     stages = {f"processor.{name}": totals for name, totals in stats.stages.items()}
     stages.update({f"model.{name}": totals for name, totals in deploy.model_replica_stages(app, task).items()})
     stages.update({f"bench.{name}": totals for name, totals in _BENCH_PROFILE.snapshot().items()})
     sent = {rule.value: int(m.counter_total(stats.counters, m.BATCHES_SENT, rule=rule.value)) for rule in SendRule}
     return stats.results_produced, stages, sent
+
+
+def _sent_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Batches sent by rule between two :func:`_stage_snapshot` counts."""
+    return {rule: after[rule] - before[rule] for rule in after}
 
 
 def _pipeline_processes(settings: LocalSettings, app: str, task: Task) -> dict[str, list[int]]:

@@ -301,6 +301,15 @@ def no_huge_pages() -> bool:
     return prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
 
 
+def model_process_memory() -> None:
+    """This process's memory as a model replica's: freed memory kept (:func:`keep_freed_memory`)
+    and no transparent huge pages (:func:`no_huge_pages`), for the rest of the process. For
+    a process that times a model the way the replicas run it (the bench's raw loop, ``vlm
+    optimize``); a replica itself gets the first from its environment at start."""
+    keep_freed_memory()
+    no_huge_pages()
+
+
 def keep_freed_memory_environment(
     keep_bytes: int = KEEP_FREED_BYTES, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:

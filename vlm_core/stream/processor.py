@@ -367,11 +367,12 @@ class StreamProcessor:
                 if self._polls_after_hold:
                     self._polls_after_hold = self._polls_after_hold - 1 if records else 0
                 while True:
-                    rule = self._send_rule(self._forming, sparse, behind) if self._forming is not None else None
-                    if self._forming is not None and rule is not None:
-                        self._inflight.append(self._send(self._forming))
-                        self._forming = None
-                        self._record(m.BATCHES_SENT, rule=rule.value)
+                    if self._forming is not None:
+                        rule = self._send_rule(self._forming, sparse, behind)
+                        if rule is not None:
+                            self._inflight.append(self._send(self._forming))
+                            self._forming = None
+                            self._record(m.BATCHES_SENT, rule=rule.value)
                     if not self._inflight or not (
                         len(self._inflight) >= self.max_inflight
                         or sparse
@@ -853,11 +854,10 @@ class StreamProcessor:
         are produced, so the models do not idle while they are), when it is full and frames
         wait on the broker behind it (``behind``: the last poll left some, or the consumer
         cannot tell; full batches overlap, up to ``max_inflight``), or when the stream is
-        sparse; after a
-        hold, not before the second poll (``POLLS_AFTER_HOLD``) unless full. Otherwise its
-        frames wait, decoded, for the batch in flight, and then go in one request: a
-        request per poll would load the models with overhead and queue the requests behind
-        each other.
+        sparse; after a hold, not before the second poll (``POLLS_AFTER_HOLD``) unless
+        full. Otherwise its frames wait, decoded, for the batch in flight, and then go in
+        one request: a request per poll would load the models with overhead and queue the
+        requests behind each other.
 
         A full batch of a stream the processor keeps up with waits too: sent behind the
         one at the models, it would wait there for its whole round trip, and the batches

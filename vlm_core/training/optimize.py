@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlm_core.cpu import Host, describe_host, keep_freed_memory, no_huge_pages
+from vlm_core.cpu import Host, describe_host, model_process_memory
 from vlm_core.errors import ConfigError
 from vlm_core.models import Predictor
 from vlm_core.models.optimize import ModelInput, compress, prune_channels
@@ -253,8 +253,7 @@ def compare_to_source(
     images = [samples[i % len(samples)].image for i in range(timing_frames)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    keep_freed_memory()  # as a model replica runs (both stay for the rest of the process)
-    no_huge_pages()
+    model_process_memory()
     try:
         for predictor in (source, derived):
             predictor.warmup(batch_size, images[0].shape[:2])
