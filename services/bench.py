@@ -40,7 +40,10 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import (
     CpuMeter,
     CpuPlacement,
+    CpuSample,
+    CpuTimeline,
     Host,
+    cores_over,
     describe_host,
     model_process_memory,
     pin_thread,
@@ -105,6 +108,14 @@ class BenchReport:
     latency_tail_by_stage_ms: dict[str, float] = field(default_factory=dict)
     #: Seconds into the paced stream at which those slowest frames were captured.
     latency_tail_at_s: list[float] = field(default_factory=list)
+    #: Mean cores each process used over the paced stream, with the host's stolen
+    #: (``host steal``: the hypervisor gave them to other guests) and idle cores; then the
+    #: same over the slowest 1 % of its frames' spans, capture to result (what ran, or
+    #: did not, while they waited); and the samples they come from (every 0.1 s, seconds
+    #: after the first capture).
+    latency_cores: dict[str, float] = field(default_factory=dict)
+    latency_tail_cores: dict[str, float] = field(default_factory=dict)
+    latency_cores_timeline: list[dict[str, float]] = field(default_factory=list)
     weights: str = "random init (throughput only)"
     #: The cameras were tracked (with a line and a zone) in the pipeline run.
     tracking: bool = False
@@ -428,6 +439,9 @@ def run_pipeline_bench(
         breakdown: dict[str, float] = {}
         tail_breakdown: dict[str, float] = {}
         tail_at: list[float] = []
+        cores: dict[str, float] = {}
+        tail_cores: dict[str, float] = {}
+        cores_timeline: list[dict[str, float]] = []
         latency_cpu_ms: dict[str, float] = {}
         paced_stages: dict[str, dict[str, float]] = {}
         paced_sent: dict[str, int] = {}
@@ -435,8 +449,10 @@ def run_pipeline_bench(
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
-            paced_cpu = CpuMeter(_pipeline_processes(settings, app, task))
+            processes = _pipeline_processes(settings, app, task)
+            paced_cpu, timeline = CpuMeter(processes), CpuTimeline(processes)
             paced_cpu.start()
+            timeline.start()
             paced_produced, paced_before, paced_sent_before = _stage_snapshot(app, task)
             paced.start(settings.bootstrap_servers, topics.frames)
             results_due = n + paced.warmup_results
@@ -444,6 +460,7 @@ def run_pipeline_bench(
             # reading as they came would load the cores the latency is measured on.
             _await_produced(app, paced_produced + results_due, give_up=paced.failed)
             paced.stop()
+            samples = timeline.stop()
             produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
             paced_sent = _sent_between(paced_sent_before, paced_sent_after)
             latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
@@ -457,6 +474,7 @@ def run_pipeline_bench(
                 sent_fps = (len(captured) - 1) / max(1e-3, (captured[-1] - captured[0]) / 1000)
             breakdown = stage_medians(paced_results)
             tail_breakdown, tail_at = latency_tail(paced_results, latencies)
+            cores, tail_cores, cores_timeline = latency_cores(paced_results, latencies, samples)
     finally:
         deploy.delete(app)
         kafka_io.delete_topics(settings.bootstrap_servers, names)
@@ -482,6 +500,9 @@ def run_pipeline_bench(
         latency_p50_by_stage_ms={k: round(v, 1) for k, v in breakdown.items()},
         latency_tail_by_stage_ms={k: round(v, 1) for k, v in tail_breakdown.items()},
         latency_tail_at_s=tail_at,
+        latency_cores=cores,
+        latency_tail_cores=tail_cores,
+        latency_cores_timeline=cores_timeline,
         tracking=tracking,
         delivery=delivery.value,
         detections_per_frame=detections_per_frame,
@@ -535,16 +556,41 @@ def stage_medians(results: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.median([r["timing_ms"][k] for r in results if k in r.get("timing_ms", {})])) for k in stages}
 
 
-def latency_tail(results: list[dict[str, Any]], latencies: list[float]) -> tuple[dict[str, float], list[float]]:
-    """The slowest 1 % of ``results`` (``latencies``, in their order, at or above the p99):
-    their :func:`stage_medians`, and the seconds after the first capture at which each
-    was captured (a cluster of them is a stall, a spread tail is load)."""
+def slowest(results: list[dict[str, Any]], latencies: list[float]) -> list[dict[str, Any]]:
+    """The slowest 1 % of ``results``: ``latencies`` (in their order) at or above the p99."""
     if not latencies:
-        return {}, []
+        return []
     p99 = float(np.percentile(latencies, 99))
-    tail = [r for r, ms in zip(results, latencies, strict=True) if ms >= p99]
+    return [r for r, ms in zip(results, latencies, strict=True) if ms >= p99]
+
+
+def latency_tail(results: list[dict[str, Any]], latencies: list[float]) -> tuple[dict[str, float], list[float]]:
+    """The :func:`slowest` results' :func:`stage_medians`, and the seconds after the first
+    capture at which each was captured (a cluster of them is a stall, a spread tail is load)."""
+    tail = slowest(results, latencies)
+    if not tail:
+        return {}, []
     first = min(r["capture_ts_ms"] for r in results)
     return stage_medians(tail), sorted(round((r["capture_ts_ms"] - first) / 1000, 2) for r in tail)
+
+
+def latency_cores(
+    results: list[dict[str, Any]], latencies: list[float], samples: list[CpuSample]
+) -> tuple[dict[str, float], dict[str, float], list[dict[str, float]]]:
+    """Mean cores by process, and the host's steal and idle, over the paced stream (its
+    first capture to its last result) and over the :func:`slowest` frames' own spans
+    (capture to result); and the samples, timed in seconds after the first capture."""
+    if not results or not samples:
+        return {}, {}, []
+    first = min(r["capture_ts_ms"] for r in results)
+    last = max(r["processed_ts_ms"] for r in results)
+    tail = [(r["capture_ts_ms"], r["processed_ts_ms"]) for r in slowest(results, latencies)]
+    timeline = [
+        {"t_s": round((s.at_ms - first) / 1000, 2), "seconds": s.seconds, **s.cores}
+        for s in samples
+        if first < s.at_ms and s.at_ms - 1000 * s.seconds < last
+    ]
+    return cores_over(samples, [(first, last)]), cores_over(samples, tail), timeline
 
 
 class PacedCamera:

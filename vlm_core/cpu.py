@@ -21,6 +21,8 @@ import ctypes
 import os
 import platform
 import threading
+import time
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +230,103 @@ class CpuMeter:
                     total += end - self._start[pid]
             used[name] = round(1000 * total / frames, 3)
         return used
+
+
+#: The host's own figures in a :class:`CpuTimeline`: cores the hypervisor gave to other
+#: guests while this machine's were runnable (``steal``), and cores left idle.
+HOST_STEAL = "host steal"
+HOST_IDLE = "host idle"
+
+
+def host_ticks(proc_stat: Path = Path("/proc/stat")) -> tuple[int, int]:
+    """The machine's idle (idle and iowait) and stolen clock ticks so far, all CPUs
+    together (``/proc/stat``'s first line)."""
+    fields = proc_stat.read_text().split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        raise ValueError(f"{proc_stat} does not start with a cpu line: {fields[:3]}")
+    idle, iowait, steal = int(fields[4]), int(fields[5]), int(fields[8])
+    return idle + iowait, steal
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """One interval of a :class:`CpuTimeline`: when it ended (``at_ms``, milliseconds
+    since the epoch, the clock of frames' capture stamps), its length, and the cores each
+    group of processes used over it, with the host's steal and idle cores."""
+
+    at_ms: int
+    seconds: float
+    cores: dict[str, float]
+
+
+class CpuTimeline:
+    """The cores each named group of processes used, and the host's stolen and idle
+    cores, every ``interval_s``, on a thread of its own: which process was busy, or
+    whether the hypervisor took the CPUs, at the moment a frame was slow. Ticks are
+    1/``SC_CLK_TCK`` s (10 ms here), so at 0.1 s a sample's resolution is 0.1 core. At most
+    ``max_samples`` are kept (the latest)."""
+
+    def __init__(
+        self,
+        groups: dict[str, list[int]],
+        interval_s: float = 0.1,
+        max_samples: int = 36_000,
+        proc_stat: Path = Path("/proc/stat"),
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be above 0, got {interval_s}")
+        self.groups = {name: sorted(set(pids)) for name, pids in groups.items()}
+        self.interval_s = interval_s
+        self.proc_stat = proc_stat
+        self._samples: deque[CpuSample] = deque(maxlen=max_samples)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ticks_per_s = os.sysconf("SC_CLK_TCK")
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        seconds = {
+            name: sum(s for pid in pids if (s := cpu_seconds(pid)) is not None) for name, pids in self.groups.items()
+        }
+        idle, steal = host_ticks(self.proc_stat)
+        seconds[HOST_STEAL] = steal / self._ticks_per_s
+        seconds[HOST_IDLE] = idle / self._ticks_per_s
+        return time.monotonic(), seconds
+
+    def _sample(self) -> None:
+        before_at, before = self._read()
+        while not self._stop.wait(max(0.0, before_at + self.interval_s - time.monotonic())):
+            at, now = self._read()
+            elapsed = at - before_at
+            cores = {name: round(max(0.0, now[name] - before[name]) / elapsed, 3) for name in now}
+            self._samples.append(CpuSample(int(time.time() * 1000), round(elapsed, 4), cores))
+            before_at, before = at, now
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("this timeline has started already")
+        self._thread = threading.Thread(target=self._sample, name="cpu-timeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[CpuSample]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return list(self._samples)
+
+
+def cores_over(samples: list[CpuSample], windows: list[tuple[int, int]]) -> dict[str, float]:
+    """Mean cores by group over the samples whose interval overlaps any of ``windows``
+    (start and end, epoch milliseconds), each sample counted once; {} when none does."""
+    chosen = [
+        sample
+        for sample in samples
+        if any(start < sample.at_ms and sample.at_ms - 1000 * sample.seconds < end for start, end in windows)
+    ]
+    if not chosen:
+        return {}
+    total = sum(sample.seconds for sample in chosen)
+    names = chosen[0].cores
+    return {name: round(sum(s.cores.get(name, 0.0) * s.seconds for s in chosen) / total, 3) for name in names}
 
 
 #: The largest block glibc's heap may serve on a 64-bit system (``M_MMAP_THRESHOLD``'s

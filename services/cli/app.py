@@ -551,6 +551,16 @@ def bench_pipeline(
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
+    if first.latency_cores:
+        cores = Table(
+            title="cores by process during the paced stream, and while its slowest 1 % waited (median [min-max])"
+        )
+        cores.add_column("process")
+        cores.add_column("stream", justify="right")
+        cores.add_column("slowest 1 %", justify="right")
+        for name in first.latency_cores:
+            cores.add_row(name, cell(f"latency_cores.{name}"), cell(f"latency_tail_cores.{name}"))
+        console.print(cores)
     stage_tables = (
         ("stage_", first.stage_cpu_ms_per_frame, "processor and model replica"),
         ("latency_stage_", first.latency_stage_cpu_ms_per_frame, "during the paced stream"),

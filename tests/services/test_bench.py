@@ -176,6 +176,28 @@ def test_the_latency_tail_is_the_slowest_frames_stages_and_when_they_were_captur
     assert latency_tail([], []) == ({}, [])
 
 
+def test_the_cores_while_the_slowest_frames_waited_come_from_the_samples_over_their_spans() -> None:
+    from services.bench import latency_cores
+    from vlm_core.cpu import HOST_STEAL, CpuSample
+
+    def result(at_ms: int, latency_ms: int) -> dict[str, object]:
+        return {"capture_ts_ms": 10_000 + at_ms, "processed_ts_ms": 10_000 + at_ms + latency_ms}
+
+    results = [result(10 * i, 50) for i in range(198)] + [result(1_000, 300), result(1_010, 290)]
+    latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in results]  # type: ignore[operator]
+    # Every 0.1 s: the broker busy and the hypervisor taking a core while the two waited.
+    samples = [
+        CpuSample(10_000 + t, 0.1, {"broker": 1.0 if 1_200 <= t <= 1_400 else 0.1, HOST_STEAL: 0.0})
+        for t in range(100, 2_200, 100)
+    ]
+    stream, tail, timeline = latency_cores(results, latencies, samples)
+    # Their spans (11.0-11.3 s) cover the samples ending at 11.1, 11.2 and 11.3 s: two busy.
+    assert tail == {"broker": pytest.approx(0.7), HOST_STEAL: 0.0}
+    assert stream["broker"] == pytest.approx((3 * 1.0 + 18 * 0.1) / 21, abs=1e-3)
+    assert [row["t_s"] for row in timeline] == [round(0.1 * i, 2) for i in range(1, 22)]
+    assert latency_cores([], [], samples) == ({}, {}, [])
+
+
 def test_a_warm_up_pass_runs_unmeasured_before_the_repeated_runs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vlm_core.cpu import (
+    HOST_IDLE,
+    HOST_STEAL,
     KERNEL_FLAGS,
     MODEL_CPUS_ENV,
     CpuPlacement,
+    CpuSample,
+    CpuTimeline,
     available_cpus,
+    cores_over,
+    cpu_seconds,
     describe_host,
     format_cpu_list,
+    host_ticks,
     keep_freed_memory,
     keep_freed_memory_environment,
     lower_priority,
@@ -324,3 +332,50 @@ print(status.get("THP_enabled", "").strip(), huge)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0"]
+
+
+def test_the_hosts_idle_and_stolen_ticks_are_read_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 1 5 700 30 0 2 9 0 0\ncpu0 5 0 2 350 15 0 1 4 0 0\n")
+    assert host_ticks(stat) == (730, 9)  # idle + iowait, steal
+    stat.write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError, match="cpu line"):
+        host_ticks(stat)
+    idle, steal = host_ticks()  # this machine's
+    assert idle > 0 and steal >= 0
+
+
+def test_a_cpu_timeline_accounts_for_the_cpu_its_processes_used_interval_by_interval() -> None:
+    timeline = CpuTimeline({"this process": [os.getpid()]}, interval_s=0.05)
+    before = cpu_seconds(os.getpid())
+    timeline.start()
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # busy for a while, then idle
+        sum(range(1000))
+    time.sleep(0.3)
+    samples = timeline.stop()
+    used = cpu_seconds(os.getpid())
+    assert before is not None and used is not None
+    assert len(samples) >= 10 and all(s.seconds > 0 for s in samples)
+    assert [s.at_ms for s in samples] == sorted(s.at_ms for s in samples)
+    assert {HOST_IDLE, HOST_STEAL, "this process"} <= set(samples[0].cores)
+    # Each sample's cores times its length add up to the CPU the process used, within a
+    # clock tick or two a reading, and the busy loop shows as the first half's.
+    accounted = sum(s.cores["this process"] * s.seconds for s in samples)
+    assert accounted == pytest.approx(used - before, abs=0.05)
+    assert sum(s.cores["this process"] * s.seconds for s in samples[: len(samples) // 2]) > accounted / 2
+    with pytest.raises(ValueError, match="interval_s"):
+        CpuTimeline({}, interval_s=0)
+
+
+def test_cores_over_windows_weigh_the_samples_they_overlap_by_length() -> None:
+    samples = [
+        CpuSample(at_ms=1_100, seconds=0.1, cores={"processor": 1.0, HOST_STEAL: 0.0}),
+        CpuSample(at_ms=1_200, seconds=0.1, cores={"processor": 0.2, HOST_STEAL: 0.5}),
+        CpuSample(at_ms=1_500, seconds=0.3, cores={"processor": 0.6, HOST_STEAL: 0.1}),
+    ]
+    assert cores_over(samples, [(1_000, 1_600)]) == {"processor": 0.6, HOST_STEAL: 0.16}
+    # A window inside the second sample, and one across the second and third: each counted once.
+    assert cores_over(samples, [(1_120, 1_150), (1_190, 1_250)]) == {"processor": 0.5, HOST_STEAL: 0.2}
+    assert cores_over(samples, [(1_120, 1_150)]) == {"processor": 0.2, HOST_STEAL: 0.5}
+    assert cores_over(samples, [(2_000, 3_000)]) == {}
