@@ -518,7 +518,7 @@ def bench_pipeline(
     table = Table(
         title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
         f"batch {first.batch_size}{merged}{tracked}{hosted}, forward on CPUs {first.forward_cpus}), "
-        f"median [min-max] of {len(bench.runs)}"
+        f"median \\[min-max] of {len(bench.runs)}"
     )
     paced_at = f"{latency_fps:g} fps" if latency_fps else f"{latency_load:g}"
     figures = {
@@ -545,16 +545,14 @@ def bench_pipeline(
     lost = sum(r.frames_lost for r in bench.runs)
     table.add_row(*(cell(k) for k in figures.values()), str(lost), str(sum(r.duplicates for r in bench.runs)))
     console.print(table)
-    cpu = Table(title="CPU ms per frame by process (median [min-max])")
+    cpu = Table(title="CPU ms per frame by process (median \\[min-max])")
     cpu.add_column("process")
     cpu.add_column("CPU ms / frame", justify="right")
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
     if first.latency_cores:
-        cores = Table(
-            title="cores by process during the paced stream, and while its slowest 1 % waited (median [min-max])"
-        )
+        cores = Table(title="cores by process over the paced stream and its slowest 1 % (median \\[min-max])")
         cores.add_column("process")
         cores.add_column("stream", justify="right")
         cores.add_column("slowest 1 %", justify="right")
@@ -568,7 +566,7 @@ def bench_pipeline(
     for prefix, names, during in stage_tables:
         if not names:
             continue
-        stages = Table(title=f"ms per frame by stage, {during} (median [min-max])")
+        stages = Table(title=f"ms per frame by stage, {during} (median \\[min-max])")
         stages.add_column("stage")
         for heading in ("CPU", "wall", "run queue"):
             stages.add_column(heading, justify="right")
