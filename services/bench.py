@@ -38,6 +38,8 @@ from vlm_core.config import LocalSettings
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
 from vlm_core.cpu import (
+    HOST_IDLE,
+    HOST_STEAL,
     CpuMeter,
     CpuPlacement,
     CpuSample,
@@ -856,7 +858,13 @@ def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path 
     import matplotlib.pyplot as plt
 
     report = bench.runs[0]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    # The run with the slowest p99 beside the histogram: what each process used while it ran.
+    worst = max(bench.runs, key=lambda r: r.latency_ms.get("p99", 0.0))
+    if worst.latency_cores_timeline:
+        fig, (ax, over_time) = plt.subplots(2, 1, figsize=(7, 6.5))
+        _plot_cores(over_time, worst)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
     if latencies:
         ax.hist(latencies, bins=40, color="#3b7dd8")
         for name in ("p50", "p95", "p99"):
@@ -870,3 +878,19 @@ def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path 
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def _plot_cores(ax: Any, report: BenchReport) -> None:
+    """Cores by process over a run's paced stream, stacked, with the host's idle cores on
+    top and the slowest 1 % of its frames marked where they were captured."""
+    rows = report.latency_cores_timeline
+    at = [row["t_s"] for row in rows]
+    names = [name for name in report.latency_cores if name not in (HOST_IDLE, HOST_STEAL)]
+    names += [name for name in (HOST_STEAL, HOST_IDLE) if name in report.latency_cores]
+    ax.stackplot(at, *([row.get(name, 0.0) for row in rows] for name in names), labels=names, step="pre")
+    for captured in report.latency_tail_at_s:
+        ax.axvline(captured, color="k", linewidth=0.5, alpha=0.6)
+    ax.set_xlabel("seconds into the paced stream (black: the slowest 1 % of frames, at capture)")
+    ax.set_ylabel("cores")
+    ax.set_title(f"run with the slowest p99 ({report.latency_ms.get('p99', 0.0):.0f} ms): cores by process", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)

@@ -121,6 +121,33 @@ def test_the_bench_json_names_the_host_it_ran_on(tmp_path: Path) -> None:
     assert host["cpus"] >= 1 and host["cpu"] and set(host["flags"]) <= set(KERNEL_FLAGS)
 
 
+def test_a_report_with_a_cpu_timeline_draws_it_under_the_histogram(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import matplotlib.image
+
+    from services.bench import BenchReport, RepeatedBench, summarize, write_outputs
+    from vlm_core.cpu import HOST_IDLE
+
+    plain = BenchReport("classification", "m", 1000, 16, "320x240", 300.0, 500.0, 270.0, 0.9, 0, 0, 16.0)
+    timeline = [{"t_s": 0.1 * i, "seconds": 0.1, "processor": 0.9, HOST_IDLE: 0.6} for i in range(1, 50)]
+    timed = replace(
+        plain,
+        latency_ms={"p99": 200.0},
+        latency_cores={"processor": 0.9, HOST_IDLE: 0.6},
+        latency_tail_at_s=[2.0, 2.01],
+        latency_cores_timeline=timeline,
+    )
+    heights = []
+    for runs in ([plain], [plain, timed]):
+        png = write_outputs(RepeatedBench(runs, summarize(runs)), [10.0, 20.0], tmp_path / f"{len(runs)}.json")
+        assert png is not None
+        heights.append(matplotlib.image.imread(png).shape[0])
+    assert heights[1] > 1.5 * heights[0]  # a second panel
+    document = json.loads((tmp_path / "2.json").read_text())
+    assert document["runs"][1]["latency_cores_timeline"] == timeline
+
+
 def test_frame_sizes_are_the_camera_resolutions_offered() -> None:
     import pytest
 
