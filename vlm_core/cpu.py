@@ -283,9 +283,10 @@ class CpuTimeline:
         self._thread: threading.Thread | None = None
         self._ticks_per_s = os.sysconf("SC_CLK_TCK")
 
-    def _read(self) -> tuple[float, dict[str, float]]:
-        seconds = {
-            name: sum(s for pid in pids if (s := cpu_seconds(pid)) is not None) for name, pids in self.groups.items()
+    def _read(self) -> tuple[float, dict[int | str, float]]:
+        """CPU seconds so far by process (those alive) and the host's, and when."""
+        seconds: dict[int | str, float] = {
+            pid: s for pids in self.groups.values() for pid in pids if (s := cpu_seconds(pid)) is not None
         }
         idle, steal = host_ticks(self.proc_stat)
         seconds[HOST_STEAL] = steal / self._ticks_per_s
@@ -297,7 +298,16 @@ class CpuTimeline:
         while not self._stop.wait(max(0.0, before_at + self.interval_s - time.monotonic())):
             at, now = self._read()
             elapsed = at - before_at
-            cores = {name: round(max(0.0, now[name] - before[name]) / elapsed, 3) for name in now}
+            keys: dict[str, list[int | str]] = {
+                **{name: list(pids) for name, pids in self.groups.items()},
+                HOST_STEAL: [HOST_STEAL],
+                HOST_IDLE: [HOST_IDLE],
+            }
+            # A process gone (or not yet seen) counts only where both readings exist.
+            cores = {
+                name: round(sum(now[k] - before[k] for k in ks if k in now and k in before) / elapsed, 3)
+                for name, ks in keys.items()
+            }
             self._samples.append(CpuSample(int(time.time() * 1000), round(elapsed, 4), cores))
             before_at, before = at, now
 

@@ -368,6 +368,19 @@ def test_a_cpu_timeline_accounts_for_the_cpu_its_processes_used_interval_by_inte
         CpuTimeline({}, interval_s=0)
 
 
+def test_a_process_that_ends_during_a_cpu_timeline_counts_while_it_ran_and_never_below_zero() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 0.4\nwhile time.time() < end: pass"]
+    )
+    timeline = CpuTimeline({"child": [child.pid]}, interval_s=0.05)
+    timeline.start()
+    child.wait()
+    time.sleep(0.3)
+    samples = timeline.stop()
+    assert all(s.cores["child"] >= 0 for s in samples)
+    assert max(s.cores["child"] for s in samples) > 0.3 and samples[-1].cores["child"] == 0
+
+
 def test_cores_over_windows_weigh_the_samples_they_overlap_by_length() -> None:
     samples = [
         CpuSample(at_ms=1_100, seconds=0.1, cores={"processor": 1.0, HOST_STEAL: 0.0}),
