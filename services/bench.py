@@ -63,7 +63,7 @@ from vlm_core.pipeline import (
     model_pipeline_args,
 )
 from vlm_core.registry import ModelRegistry
-from vlm_core.stream import SendRule
+from vlm_core.stream import BatchTiming, SendRule
 from vlm_core.stream.collector import watch_collections
 from vlm_core.stream.profile import StageProfile, StageTotals, per_frame_ms
 from vlm_core.tasks import get_profile
@@ -118,6 +118,13 @@ class BenchReport:
     latency_cores: dict[str, float] = field(default_factory=dict)
     latency_tail_cores: dict[str, float] = field(default_factory=dict)
     latency_cores_timeline: list[dict[str, float]] = field(default_factory=list)
+    #: The paced stream's batches as the processor timed them (``BatchTiming``): median
+    #: frames, wait (oldest frame's capture to send) and round trip (send to answer) of
+    #: all of them, and of those that carried the slowest 1 % of frames; and each batch
+    #: (sent at ``t_s`` after the first capture).
+    latency_batch_medians: dict[str, float] = field(default_factory=dict)
+    latency_tail_batch_medians: dict[str, float] = field(default_factory=dict)
+    latency_batches: list[dict[str, float | str]] = field(default_factory=list)
     weights: str = "random init (throughput only)"
     #: The cameras were tracked (with a line and a zone) in the pipeline run.
     tracking: bool = False
@@ -444,6 +451,9 @@ def run_pipeline_bench(
         cores: dict[str, float] = {}
         tail_cores: dict[str, float] = {}
         cores_timeline: list[dict[str, float]] = []
+        batch_medians: dict[str, float] = {}
+        tail_batch_medians: dict[str, float] = {}
+        paced_batches: list[dict[str, float | str]] = []
         latency_cpu_ms: dict[str, float] = {}
         paced_stages: dict[str, dict[str, float]] = {}
         paced_sent: dict[str, int] = {}
@@ -477,6 +487,10 @@ def run_pipeline_bench(
             breakdown = stage_medians(paced_results)
             tail_breakdown, tail_at = latency_tail(paced_results, latencies)
             cores, tail_cores, cores_timeline = latency_cores(paced_results, latencies, samples)
+            if paced_results:
+                first_capture = min(r["capture_ts_ms"] for r in paced_results)
+                timings = deploy.processor_batch_timings(app, since_ms=first_capture)
+                batch_medians, tail_batch_medians, paced_batches = latency_batches(paced_results, latencies, timings)
     finally:
         deploy.delete(app)
         kafka_io.delete_topics(settings.bootstrap_servers, names)
@@ -505,6 +519,9 @@ def run_pipeline_bench(
         latency_cores=cores,
         latency_tail_cores=tail_cores,
         latency_cores_timeline=cores_timeline,
+        latency_batch_medians=batch_medians,
+        latency_tail_batch_medians=tail_batch_medians,
+        latency_batches=paced_batches,
         tracking=tracking,
         delivery=delivery.value,
         detections_per_frame=detections_per_frame,
@@ -593,6 +610,47 @@ def latency_cores(
         if first < s.at_ms and s.at_ms - 1000 * s.seconds < last
     ]
     return cores_over(samples, [(first, last)]), cores_over(samples, tail), timeline
+
+
+def latency_batches(
+    results: list[dict[str, Any]], latencies: list[float], timings: list[BatchTiming]
+) -> tuple[dict[str, float], dict[str, float], list[dict[str, float | str]]]:
+    """The paced stream's batches (``timings`` sent from its first capture on): median
+    frames, wait (oldest capture to send) and round trip (send to answer) of all of them
+    and of those that carried the :func:`slowest` frames (for each such frame, the first
+    batch sent at or after its capture whose oldest frame is no younger), and each batch
+    timed in seconds after the first capture."""
+    if not results or not timings:
+        return {}, {}, []
+    first = min(r["capture_ts_ms"] for r in results)
+    timings = sorted((t for t in timings if t.sent_ms >= first), key=lambda t: t.sent_ms)
+
+    def medians(chosen: list[BatchTiming]) -> dict[str, float]:
+        if not chosen:
+            return {}
+        return {
+            "frames": float(np.median([t.frames for t in chosen])),
+            "waited_ms": float(np.median([t.sent_ms - t.oldest_capture_ms for t in chosen])),
+            "round_trip_ms": float(np.median([t.answered_ms - t.sent_ms for t in chosen])),
+        }
+
+    carried: dict[int, BatchTiming] = {}
+    for frame in slowest(results, latencies):
+        captured = frame["capture_ts_ms"]
+        batch = next((t for t in timings if t.sent_ms >= captured and t.oldest_capture_ms <= captured), None)
+        if batch is not None:
+            carried[batch.sent_ms] = batch
+    each: list[dict[str, float | str]] = [
+        {
+            "t_s": round((t.sent_ms - first) / 1000, 3),
+            "frames": t.frames,
+            "waited_ms": t.sent_ms - t.oldest_capture_ms,
+            "round_trip_ms": t.answered_ms - t.sent_ms,
+            "rule": t.rule,
+        }
+        for t in timings
+    ]
+    return medians(timings), medians(list(carried.values())), each
 
 
 class PacedCamera:
@@ -882,7 +940,8 @@ def write_outputs(bench: RepeatedBench, latencies: list[float], json_path: Path 
 
 def _plot_cores(ax: Any, report: BenchReport) -> None:
     """Cores by process over a run's paced stream, stacked, with the host's idle cores on
-    top and the slowest 1 % of its frames marked where they were captured."""
+    top, the slowest 1 % of its frames marked where they were captured, and each batch's
+    round trip."""
     rows = report.latency_cores_timeline
     at = [row["t_s"] for row in rows]
     names = [name for name in report.latency_cores if name not in (HOST_IDLE, HOST_STEAL)]
@@ -892,5 +951,14 @@ def _plot_cores(ax: Any, report: BenchReport) -> None:
         ax.axvline(captured, color="k", linewidth=0.5, alpha=0.6)
     ax.set_xlabel("seconds into the paced stream (black: the slowest 1 % of frames, at capture)")
     ax.set_ylabel("cores")
+    if report.latency_batches:
+        round_trips = ax.twinx()
+        round_trips.plot(
+            [b["t_s"] for b in report.latency_batches],
+            [b["round_trip_ms"] for b in report.latency_batches],
+            "k.",
+            markersize=3,
+        )
+        round_trips.set_ylabel("batch round trip, ms (dots)")
     ax.set_title(f"run with the slowest p99 ({report.latency_ms.get('p99', 0.0):.0f} ms): cores by process", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", ncol=3)

@@ -559,6 +559,14 @@ def bench_pipeline(
         for name in first.latency_cores:
             cores.add_row(name, cell(f"latency_cores.{name}"), cell(f"latency_tail_cores.{name}"))
         console.print(cores)
+    if first.latency_batch_medians:
+        batches = Table(title="paced batches: all, and those with the slowest 1 % (median \\[min-max])")
+        batches.add_column("per batch")
+        batches.add_column("all", justify="right")
+        batches.add_column("slowest 1 %", justify="right")
+        for name in first.latency_batch_medians:
+            batches.add_row(name, cell(f"latency_batch_medians.{name}"), cell(f"latency_tail_batch_medians.{name}"))
+        console.print(batches)
     stage_tables = (
         ("stage_", first.stage_cpu_ms_per_frame, "processor and model replica"),
         ("latency_stage_", first.latency_stage_cpu_ms_per_frame, "during the paced stream"),

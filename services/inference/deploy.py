@@ -23,6 +23,7 @@ from vlm_core.pipeline import (
 
 if TYPE_CHECKING:
     from services.inference.processor import ProcessorStats
+    from vlm_core.stream import BatchTiming
     from vlm_core.stream.profile import StageTotals
 
 DEFAULT_CONFIG = resource("serve/pipeline.yaml")
@@ -195,6 +196,15 @@ def processor_stats_reader(app_name: str = "vlm") -> Callable[[], ProcessorStats
 
     stats = serve.get_deployment_handle("StreamProcessor", app_name=app_name).stats
     return lambda: stats.remote().result(timeout_s=30)
+
+
+def processor_batch_timings(app_name: str = "vlm", since_ms: int = 0) -> list[BatchTiming]:
+    """The app's processor's timing of each batch sent at or after ``since_ms``."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("StreamProcessor", app_name=app_name)
+    timings: list[BatchTiming] = handle.batch_timings.remote(since_ms).result(timeout_s=30)
+    return timings
 
 
 def _ask_model(app_name: str, task: Task, method: str) -> Any:

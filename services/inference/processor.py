@@ -22,7 +22,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.cpu import lower_priority, no_huge_pages
 from vlm_core.errors import FrameError
 from vlm_core.pipeline import Delivery, DeploymentSettings, PipelineConfig
-from vlm_core.stream import ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
+from vlm_core.stream import BatchTiming, ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
 from vlm_core.stream.collector import watch_collections
 from vlm_core.stream.profile import StageProfile, StageTotals
 
@@ -290,6 +290,11 @@ class StreamProcessorReplica:
             tracker_state_bytes=tracking.state_bytes() if tracking else 0,
             stages=self.profile.snapshot(),
         )
+
+    def batch_timings(self, since_ms: int = 0) -> list[BatchTiming]:
+        """The processor's :class:`~vlm_core.stream.BatchTiming` of batches sent at or after
+        ``since_ms`` (the bench's per-batch timeline)."""
+        return self.processor.batch_timings(since_ms) if self.processor else []
 
     def model_info(self, task: Task) -> dict[str, Any]:
         """``ModelServer.info`` of the model for ``task`` this replica holds."""

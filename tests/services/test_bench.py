@@ -137,6 +137,7 @@ def test_a_report_with_a_cpu_timeline_draws_it_under_the_histogram(tmp_path: Pat
         latency_cores={"processor": 0.9, HOST_IDLE: 0.6},
         latency_tail_at_s=[2.0, 2.01],
         latency_cores_timeline=timeline,
+        latency_batches=[{"t_s": 1.0, "frames": 5, "waited_ms": 12, "round_trip_ms": 31, "rule": "answered"}],
     )
     heights = []
     for runs in ([plain], [plain, timed]):
@@ -223,6 +224,29 @@ def test_the_cores_while_the_slowest_frames_waited_come_from_the_samples_over_th
     assert stream["broker"] == pytest.approx((3 * 1.0 + 18 * 0.1) / 21, abs=1e-3)
     assert [row["t_s"] for row in timeline] == [round(0.1 * i, 2) for i in range(1, 22)]
     assert latency_cores([], [], samples) == ({}, {}, [])
+
+
+def test_the_batches_that_carried_the_slowest_frames_are_found_by_capture_and_send_time() -> None:
+    from services.bench import latency_batches
+    from vlm_core.stream import BatchTiming
+
+    def result(at_ms: int, latency_ms: int) -> dict[str, object]:
+        return {"capture_ts_ms": 10_000 + at_ms, "processed_ts_ms": 10_000 + at_ms + latency_ms}
+
+    results = [result(10 * i, 40) for i in range(198)] + [result(1_000, 250), result(1_005, 240)]
+    latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in results]  # type: ignore[operator]
+    # A batch every 50 ms of the frames since the last, answered 30 ms after; the slow two
+    # (captured at 11.000 and 11.005 s) went in one batch of 12 sent at 11.190 s.
+    timings = [BatchTiming(10_000 + t, 10_000 + t + 30, 5, 10_000 + t - 45, "answered") for t in range(50, 2_000, 50)]
+    timings.append(BatchTiming(9_990, 10_020, 3, 9_950, "answered"))  # before the stream: left out
+    timings = [t for t in timings if not 950 < t.sent_ms - 10_000 < 1_200]
+    timings.append(BatchTiming(11_190, 11_240, 12, 11_000, "full"))
+    every, carried, each = latency_batches(results, latencies, timings)
+    assert carried == {"frames": 12.0, "waited_ms": 190.0, "round_trip_ms": 50.0}
+    assert every == {"frames": 5.0, "waited_ms": 45.0, "round_trip_ms": 30.0}
+    assert each[0] == {"t_s": 0.05, "frames": 5, "waited_ms": 45, "round_trip_ms": 30, "rule": "answered"}
+    assert len(each) == len(timings) - 1 and [b["t_s"] for b in each] == sorted(b["t_s"] for b in each)
+    assert latency_batches(results, latencies, []) == ({}, {}, [])
 
 
 def test_a_warm_up_pass_runs_unmeasured_before_the_repeated_runs(

@@ -18,7 +18,7 @@ from vlm_core.contracts.task import Task
 from vlm_core.errors import FrameDecodeError
 from vlm_core.pipeline import CameraPolicy, CameraRouting, DropPolicy, ModelInput
 from vlm_core.stream import DLQ_REASON_HEADER, SendRule, StreamProcessor, dlq_reason, kafka_sinks
-from vlm_core.stream.processor import ANSWER_POLL_MS
+from vlm_core.stream.processor import ANSWER_POLL_MS, ISOLATED
 
 TOPICS = Topics(results="results", dlq="dlq", to_label="to_label")
 
@@ -179,6 +179,24 @@ def test_every_frame_gets_one_result_in_order_and_one_request_per_batch() -> Non
     assert all(r.classification is not None for r in results)
     assert results[0].timing_ms["total"] == 1000
     assert processor.metrics.total(m.FRAMES_PROCESSED) == 10
+
+
+def test_each_batch_answered_is_timed_with_its_frames_oldest_capture_and_rule() -> None:
+    records = [frame_record(i, ts=1_000 + i) for i in range(10)]
+    processor, consumer, _producer, _model = make(records)
+    run_until_idle(processor, consumer)
+    timings = processor.batch_timings()
+    assert [(t.frames, t.oldest_capture_ms, t.sent_ms, t.answered_ms) for t in timings] == [
+        (4, 1_000, 2_000, 2_000),
+        (4, 1_004, 2_000, 2_000),
+        (2, 1_008, 2_000, 2_000),
+    ]
+    assert {t.rule for t in timings} <= {rule.value for rule in SendRule}
+    assert processor.batch_timings(since_ms=2_001) == []
+    # A batch that keeps failing is re-run a frame at a time: those batches say so.
+    processor, consumer, _producer, _model = make([frame_record(i) for i in range(4)], model=FakeModel(poison=2))
+    run_until_idle(processor, consumer)
+    assert [t.rule for t in processor.batch_timings()] == [ISOLATED] * 3  # the poisoned frame has no answer
 
 
 def test_a_poll_that_leaves_frames_behind_keeps_a_running_batch_in_flight() -> None:

@@ -107,6 +107,26 @@ class SendRule(str, Enum):
     SPARSE = "sparse"
 
 
+#: The rule of a batch of one frame run on its own after its batch kept failing.
+ISOLATED = "isolated"
+#: Batches whose timing the processor keeps (``StreamProcessor.batch_timings``): the latest.
+MAX_BATCH_TIMINGS = 4096
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """One batch's way through the models as the processor saw it, in milliseconds since
+    the epoch (the clock of frames' capture stamps): sent, and answered (its outputs read,
+    its results sent next), with its frames, its oldest frame's capture and the rule that
+    sent it (a :class:`SendRule` value, or ``isolated``)."""
+
+    sent_ms: int
+    answered_ms: int
+    frames: int
+    oldest_capture_ms: int
+    rule: str
+
+
 class BatchFailedError(Exception):
     """A stage failed for a whole batch; the processor rewinds and retries it.
 
@@ -160,6 +180,8 @@ class _Batch:
     side_sends: list[Pending] = field(default_factory=list)  # the dead letters of this batch
     #: When its requests went to the models (its frames wait from their dequeue to this).
     sent_ms: int = 0
+    #: Why it was sent (``SendRule`` value; a frame run on its own: ``isolated``).
+    rule: str = ISOLATED
 
 
 @dataclass
@@ -254,6 +276,7 @@ class StreamProcessor:
         #: its bad records again.
         self._dead_letters: dict[Source, list[Pending]] = {}
         self.results_produced = 0
+        self._batch_timings: deque[BatchTiming] = deque(maxlen=MAX_BATCH_TIMINGS)
         self.tracking = tracking
         self.state_store = state_store
         if tracking is not None:
@@ -370,6 +393,7 @@ class StreamProcessor:
                     if self._forming is not None:
                         rule = self._send_rule(self._forming, sparse, behind)
                         if rule is not None:
+                            self._forming.rule = rule.value
                             self._inflight.append(self._send(self._forming))
                             self._forming = None
                             self._record(m.BATCHES_SENT, rule=rule.value)
@@ -396,6 +420,12 @@ class StreamProcessor:
         finally:
             self._record(m.INFLIGHT_BATCHES, len(self._inflight))
         return len(records)
+
+    def batch_timings(self, since_ms: int = 0) -> list[BatchTiming]:
+        """The batches sent at or after ``since_ms`` whose outputs were read, oldest first
+        (at most the latest MAX_BATCH_TIMINGS)."""
+        with self._lock:
+            return [timing for timing in self._batch_timings if timing.sent_ms >= since_ms]
 
     def _load_states(self) -> None:
         """On a new assignment, before any of its frames: the assigned cameras' tracker
@@ -657,6 +687,11 @@ class StreamProcessor:
                 tags = {"task": task.value, "model": ref.name, "version": ref.version}
                 self._record(m.MODEL_LATENCY, elapsed, **tags)
                 self._record(m.MODEL_BATCH_SIZE, len(indices), **tags)
+        if batch.items:
+            oldest = min(item.frame.capture_ts_ms for item in batch.items)
+            self._batch_timings.append(
+                BatchTiming(batch.sent_ms, self.clock_ms(), len(batch.items), oldest, batch.rule)
+            )
         self._send_dead_letters(batch)
         sends: list[tuple[_Item, Result, list[Pending]]] = []
         for i, item in enumerate(batch.items):
