@@ -551,22 +551,21 @@ def bench_pipeline(
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
-    if first.latency_cores:
-        cores = Table(title="cores by process over the paced stream and its slowest 1 % (median \\[min-max])")
-        cores.add_column("process")
-        cores.add_column("stream", justify="right")
-        cores.add_column("slowest 1 %", justify="right")
-        for name in first.latency_cores:
-            cores.add_row(name, cell(f"latency_cores.{name}"), cell(f"latency_tail_cores.{name}"))
-        console.print(cores)
-    if first.latency_batch_medians:
-        batches = Table(title="paced batches: all, and those with the slowest 1 % (median \\[min-max])")
-        batches.add_column("per batch")
-        batches.add_column("all", justify="right")
-        batches.add_column("slowest 1 %", justify="right")
-        for name in first.latency_batch_medians:
-            batches.add_row(name, cell(f"latency_batch_medians.{name}"), cell(f"latency_tail_batch_medians.{name}"))
-        console.print(batches)
+    # Each paced-stream figure over the whole stream and over its slowest 1 %.
+    whole_and_tail = (
+        ("process", first.latency_cores, "latency_cores", "latency_tail_cores", "cores by process"),
+        ("per batch", first.latency_batch_medians, "latency_batch_medians", "latency_tail_batch_medians", "batches"),
+    )
+    for heading, names, whole, tail, what in whole_and_tail:
+        if not names:
+            continue
+        split = Table(title=f"{what}, over the paced stream and its slowest 1 % (median \\[min-max])")
+        split.add_column(heading)
+        split.add_column("stream", justify="right")
+        split.add_column("slowest 1 %", justify="right")
+        for name in names:
+            split.add_row(name, cell(f"{whole}.{name}"), cell(f"{tail}.{name}"))
+        console.print(split)
     stage_tables = (
         ("stage_", first.stage_cpu_ms_per_frame, "processor and model replica"),
         ("latency_stage_", first.latency_stage_cpu_ms_per_frame, "during the paced stream"),

@@ -114,3 +114,40 @@ def test_a_busy_metrics_port_is_one_line() -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"cannot serve ingest metrics on 127.0.0.1:{port}" in lines[0], proc.stderr
+
+
+def test_the_pipeline_bench_prints_the_paced_streams_figures_over_it_and_over_its_slowest_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from services import bench
+    from services.cli.app import app
+
+    report = bench.BenchReport(
+        "classification",
+        "m",
+        1000,
+        16,
+        "320x240",
+        300.0,
+        500.0,
+        270.0,
+        0.9,
+        0,
+        0,
+        16.0,
+        latency_cores={"processor": 0.94, "host idle": 0.48},
+        latency_tail_cores={"processor": 1.07, "host idle": 0.21},
+        latency_batch_medians={"frames": 9.0, "round_trip_ms": 42.0},
+        latency_tail_batch_medians={"frames": 16.0, "round_trip_ms": 104.5},
+    )
+    repeated = bench.RepeatedBench([report], bench.summarize([report]), "vlm bench pipeline")
+    monkeypatch.setattr(bench, "run_repeated", lambda *_args, **_kwargs: (repeated, [10.0, 20.0]))
+    result = CliRunner().invoke(app, ["bench", "pipeline", "--task", "classification"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "cores by process," in result.output and "batches," in result.output
+    assert "[min-max]" in result.output  # not taken for markup
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 4}
+    assert "0.9 [0.9-0.9]" in rows["processor"] and "1.1 [1.1-1.1]" in rows["processor"]
+    assert "42.0 [42.0-42.0]" in rows["round_trip_ms"] and "104 [104-104]" in rows["round_trip_ms"]
