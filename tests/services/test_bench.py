@@ -213,7 +213,7 @@ def test_the_cores_while_the_slowest_frames_waited_come_from_the_samples_over_th
 
     results = [result(10 * i, 50) for i in range(198)] + [result(1_000, 300), result(1_010, 290)]
     latencies = [float(r["processed_ts_ms"] - r["capture_ts_ms"]) for r in results]  # type: ignore[operator]
-    # Every 0.1 s: the broker busy and the hypervisor taking a core while the two waited.
+    # Every 0.1 s, the broker busy around the two slow frames and nothing stolen.
     samples = [
         CpuSample(10_000 + t, 0.1, {"broker": 1.0 if 1_200 <= t <= 1_400 else 0.1, HOST_STEAL: 0.0})
         for t in range(100, 2_200, 100)
