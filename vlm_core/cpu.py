@@ -206,6 +206,20 @@ def cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _process_seconds(groups: dict[str, list[int]]) -> dict[int, float]:
+    """CPU seconds so far of every live process of ``groups``."""
+    return {pid: s for pids in groups.values() for pid in pids if (s := cpu_seconds(pid)) is not None}
+
+
+def _seconds_used(groups: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds each group used between two :func:`_process_seconds` readings: a process
+    gone (or not yet there) at either counts for what it used while both exist."""
+    return {
+        name: sum(after[pid] - before[pid] for pid in pids if pid in before and pid in after)
+        for name, pids in groups.items()
+    }
+
+
 class CpuMeter:
     """CPU milliseconds per frame of named groups of processes between ``start`` and
     ``stop``: each group's summed CPU time difference over the frames in between. A
@@ -216,20 +230,13 @@ class CpuMeter:
         self._start: dict[int, float] = {}
 
     def start(self) -> None:
-        self._start = {pid: s for pids in self.groups.values() for pid in pids if (s := cpu_seconds(pid)) is not None}
+        self._start = _process_seconds(self.groups)
 
     def stop(self, frames: int) -> dict[str, float]:
         if frames <= 0:
             raise ValueError("frames must be positive")
-        used: dict[str, float] = {}
-        for name, pids in self.groups.items():
-            total = 0.0
-            for pid in pids:
-                end = cpu_seconds(pid)
-                if end is not None and pid in self._start:
-                    total += end - self._start[pid]
-            used[name] = round(1000 * total / frames, 3)
-        return used
+        used = _seconds_used(self.groups, self._start, _process_seconds(self.groups))
+        return {name: round(1000 * seconds / frames, 3) for name, seconds in used.items()}
 
 
 #: The host's own figures in a :class:`CpuTimeline`: cores the hypervisor gave to other
@@ -283,33 +290,20 @@ class CpuTimeline:
         self._thread: threading.Thread | None = None
         self._ticks_per_s = os.sysconf("SC_CLK_TCK")
 
-    def _read(self) -> tuple[float, dict[int | str, float]]:
-        """CPU seconds so far by process (those alive) and the host's, and when."""
-        seconds: dict[int | str, float] = {
-            pid: s for pids in self.groups.values() for pid in pids if (s := cpu_seconds(pid)) is not None
-        }
-        idle, steal = host_ticks(self.proc_stat)
-        seconds[HOST_STEAL] = steal / self._ticks_per_s
-        seconds[HOST_IDLE] = idle / self._ticks_per_s
-        return time.monotonic(), seconds
+    def _read(self) -> tuple[float, dict[int, float], tuple[int, int]]:
+        """When, the CPU seconds so far by live process, and the host's idle and stolen ticks."""
+        return time.monotonic(), _process_seconds(self.groups), host_ticks(self.proc_stat)
 
     def _sample(self) -> None:
-        before_at, before = self._read()
+        before_at, before, (idle_before, steal_before) = self._read()
         while not self._stop.wait(max(0.0, before_at + self.interval_s - time.monotonic())):
-            at, now = self._read()
+            at, now, (idle, steal) = self._read()
             elapsed = at - before_at
-            keys: dict[str, list[int | str]] = {
-                **{name: list(pids) for name, pids in self.groups.items()},
-                HOST_STEAL: [HOST_STEAL],
-                HOST_IDLE: [HOST_IDLE],
-            }
-            # A process gone (or not yet seen) counts only where both readings exist.
-            cores = {
-                name: round(sum(now[k] - before[k] for k in ks if k in now and k in before) / elapsed, 3)
-                for name, ks in keys.items()
-            }
+            cores = {name: round(s / elapsed, 3) for name, s in _seconds_used(self.groups, before, now).items()}
+            cores[HOST_STEAL] = round((steal - steal_before) / self._ticks_per_s / elapsed, 3)
+            cores[HOST_IDLE] = round((idle - idle_before) / self._ticks_per_s / elapsed, 3)
             self._samples.append(CpuSample(int(time.time() * 1000), round(elapsed, 4), cores))
-            before_at, before = at, now
+            before_at, before, idle_before, steal_before = at, now, idle, steal
 
     def start(self) -> None:
         if self._thread is not None:

@@ -23,6 +23,9 @@ from vlm_core.errors import VlmError
 console = Console()
 err_console = Console(stderr=True)
 
+#: How a bench table names its cells, escaped: rich reads "[min-max]" as markup and drops it.
+MEDIAN_SPREAD = "median \\[min-max]"
+
 app = typer.Typer(
     name="vlm",
     help="vlm-stream: cameras -> Kafka -> Ray Serve (classify / detect / segment) -> Kafka.",
@@ -518,7 +521,7 @@ def bench_pipeline(
     table = Table(
         title=f"vlm bench pipeline: {first.task} / {first.model} ({first.frame_size}, {first.cameras} cameras, "
         f"batch {first.batch_size}{merged}{tracked}{hosted}, forward on CPUs {first.forward_cpus}), "
-        f"median \\[min-max] of {len(bench.runs)}"
+        f"{MEDIAN_SPREAD} of {len(bench.runs)}"
     )
     paced_at = f"{latency_fps:g} fps" if latency_fps else f"{latency_load:g}"
     figures = {
@@ -545,7 +548,7 @@ def bench_pipeline(
     lost = sum(r.frames_lost for r in bench.runs)
     table.add_row(*(cell(k) for k in figures.values()), str(lost), str(sum(r.duplicates for r in bench.runs)))
     console.print(table)
-    cpu = Table(title="CPU ms per frame by process (median \\[min-max])")
+    cpu = Table(title=f"CPU ms per frame by process ({MEDIAN_SPREAD})")
     cpu.add_column("process")
     cpu.add_column("CPU ms / frame", justify="right")
     for name in first.cpu_ms_per_frame:
@@ -559,7 +562,7 @@ def bench_pipeline(
     for heading, names, whole, tail, what in whole_and_tail:
         if not names:
             continue
-        split = Table(title=f"{what}, over the paced stream and its slowest 1 % (median \\[min-max])")
+        split = Table(title=f"{what}, over the paced stream and its slowest 1 % ({MEDIAN_SPREAD})")
         split.add_column(heading)
         split.add_column("stream", justify="right")
         split.add_column("slowest 1 %", justify="right")
@@ -573,7 +576,7 @@ def bench_pipeline(
     for prefix, names, during in stage_tables:
         if not names:
             continue
-        stages = Table(title=f"ms per frame by stage, {during} (median \\[min-max])")
+        stages = Table(title=f"ms per frame by stage, {during} ({MEDIAN_SPREAD})")
         stages.add_column("stage")
         for heading in ("CPU", "wall", "run queue"):
             stages.add_column(heading, justify="right")

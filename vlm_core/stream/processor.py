@@ -423,9 +423,10 @@ class StreamProcessor:
 
     def batch_timings(self, since_ms: int = 0) -> list[BatchTiming]:
         """The batches sent at or after ``since_ms`` whose outputs were read, oldest first
-        (at most the latest MAX_BATCH_TIMINGS)."""
-        with self._lock:
-            return [timing for timing in self._batch_timings if timing.sent_ms >= since_ms]
+        (at most the latest MAX_BATCH_TIMINGS). Read without the processor's lock, which a
+        step holds while it waits for the models: copying the deque is one C call, so it
+        does not interleave with the processor thread's appends."""
+        return [timing for timing in tuple(self._batch_timings) if timing.sent_ms >= since_ms]
 
     def _load_states(self) -> None:
         """On a new assignment, before any of its frames: the assigned cameras' tracker
