@@ -846,7 +846,7 @@ def run_repeated(
     First, ``warm_up_frames`` go through the whole pipeline unmeasured. A broker started
     minutes ago is a JVM still compiling its hot paths: in a run on a fresh stack here it
     spent 0.62-0.75 CPU ms a frame, against 0.16-0.19 once it had carried some 30,000
-    frames, on the same 2 cores as the model (README, "A fresh broker"). A deployment
+    frames, on the same 2 cores as the model (docs/performance-notes.md, "A fresh broker"). A deployment
     runs for weeks; the bench measures that state, not the first minute."""
     if repeat < 1:
         raise ConfigError(f"--repeat {repeat}: give at least 1 (3 or more for a median with a spread)")

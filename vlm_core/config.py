@@ -49,6 +49,8 @@ class LocalSettings(BaseModel, frozen=True):
     kafka_controller_port: int = 29093
     kafka_version: str = "4.1.1"
     kafka_heap: str = "512m"
+    #: More options for the broker's JVM, as one shell-quoted string (``VLM_KAFKA_JVM_OPTIONS``).
+    kafka_jvm_options: str = ""
     #: 1, or 3 for a cluster in a box: three KRaft nodes (broker and controller each),
     #: replication factor 3, ``min.insync.replicas=2``. Node N>1 listens on the ports of
     #: node 1 plus 100*(N-1).

@@ -11,7 +11,7 @@ Placement goes further: a node may reserve CPUs for the model forward passes
 on those CPUs alone and everything else the node starts runs on the others, so a
 forward pass never waits for a core behind the plumbing, at the price of the plumbing
 never using the model's CPUs when the model is idle (on 2 CPUs that price was the higher:
-README, "The forward pass on a CPU of its own").
+docs/performance-notes.md, "The forward pass on a CPU of its own").
 """
 
 from __future__ import annotations
@@ -391,8 +391,8 @@ def no_huge_pages() -> bool:
     background (``khugepaged``), holding the process's memory map while it does. A
     process that allocates such an array every batch is better off without either. In 12
     runs each way the pipeline's medians moved the right way with it off, within the
-    runs' spread (README, "Transparent huge pages, the garbage collector, and why batches
-    are sent")."""
+    runs' spread (docs/performance-notes.md, "Transparent huge pages, the garbage
+    collector, and why batches are sent")."""
     if platform.system() != "Linux":
         return False
     try:

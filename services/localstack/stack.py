@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -396,6 +397,7 @@ class KafkaService(LocalService):
         return [
             "java",
             f"-Xmx{self.settings.kafka_heap}",
+            *shlex.split(self.settings.kafka_jvm_options),
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
             f"{self.libs_dir}/*",

@@ -8,8 +8,8 @@ them took 279 ms on this project's 2-core test machine, long enough to be a stre
 slowest 1 % on its own. :func:`watch_collections` adds every collection's pause to a
 :class:`~vlm_core.stream.profile.StageProfile` as two stages, ``gc`` (young generations)
 and ``gc full``, so the bench's stage tables show whether the collector is where a
-stream's time goes (in the bench's paced streams it was not: README, "Transparent huge
-pages, the garbage collector, and why batches are sent").
+stream's time goes (in the bench's paced streams it was not: docs/performance-notes.md,
+"Transparent huge pages, the garbage collector, and why batches are sent").
 """
 
 from __future__ import annotations

@@ -861,8 +861,9 @@ class StreamProcessor:
         batch is under half full, until HOLD_LEAD_MS before the oldest batch in flight is
         due back, or its answer. Polled as they came, such frames cost a poll and a fetch
         each: 2.66 CPU ms a frame in the processor at a paced 180 fps, 1.93 with the hold
-        (README, Measured). Those that come during a hold wait on the broker and come in
-        one fetch, decoded before the answer they would have waited for anyway."""
+        (docs/performance-notes.md, "The processor holds its polls while the models work").
+        Those that come during a hold wait on the broker and come in one fetch, decoded
+        before the answer they would have waited for anyway."""
         due_s = self._due_in_s()
         if not self._trickling or due_s is None or 2 * self._forming_size() >= self.batch_size:
             return 0.0
@@ -899,8 +900,8 @@ class StreamProcessor:
         one at the models, it would wait there for its whole round trip, and the batches
         of a live stream would grow to full size and stay there; sent when that one is
         answered, it carries the frames that came during the last. A backlog still
-        overlaps: there the overlap is the throughput. (README, Measured, "A full batch
-        waits while the processor keeps up".)"""
+        overlaps: there the overlap is the throughput. (docs/performance-notes.md, "A full
+        batch waits while the processor keeps up".)"""
         if len(self._inflight) >= self.max_inflight:
             return None
         full = len(forming.items) >= self.batch_size

@@ -77,7 +77,7 @@ class ClassificationProfile(TaskProfile):
     )
     recipes = {
         # 28 px greyscale garments: a network that keeps their resolution, the whole image
-        # in the crop (see the zoo's vgg6_bn); measured in README "Better base models".
+        # in the crop (see the zoo's vgg6_bn); measured in README, "The recipe".
         "fashion-mnist": replace(defaults, training_arch="vgg6_bn", training_input_size=32, epochs=12),
     }
     confusion_artifact = True

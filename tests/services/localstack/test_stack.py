@@ -170,3 +170,15 @@ def test_a_running_stack_keeps_its_model_cpus_until_it_is_down(tmp_path: Path) -
     # Not running: any placement may start, and none leaves nothing recorded.
     LocalStack(pinned.model_copy(update={"model_cpus": ""}))._record_placement()
     assert not pinned.model_cpus_file.exists()
+
+
+def test_the_brokers_jvm_takes_the_settings_options_after_its_heap(tmp_path: Path) -> None:
+    from vlm_core.config import LocalSettings
+
+    plain = local.KafkaService(LocalSettings(state_dir=tmp_path)).command()
+    assert plain[:2] == ["java", "-Xmx512m"] and plain[-2] == "kafka.Kafka"
+    assert not any(arg.startswith("-XX:") for arg in plain)
+    tuned = local.KafkaService(
+        LocalSettings(state_dir=tmp_path, kafka_jvm_options="-XX:TieredStopAtLevel=1 '-Dname=a b'")
+    ).command()
+    assert tuned == [*plain[:2], "-XX:TieredStopAtLevel=1", "-Dname=a b", *plain[2:]]
