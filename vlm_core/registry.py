@@ -229,7 +229,7 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
             digest = save_state_dict(state_dict, staging / "model.safetensors")
-            version_no = max((v.version for v in self.versions(name)), default=0) + 1
+            version_no = self._last_version(name) + 1
             version = ModelVersion(
                 name=name,
                 version=version_no,
@@ -250,6 +250,7 @@ class ModelRegistry:
                 shutil.copyfile(source, staging / artifact)
             _write_json(staging / "version.json", version.to_json())
             staging.rename(_version_dir(self.root, name, version_no))  # atomic on one filesystem
+            _write_json(model_dir / LAST_VERSION_FILE, {"version": version_no})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -323,7 +324,82 @@ class ModelRegistry:
         _write_json(self.root / name / "production.json", {"version": previous, "history": history[:-1]})
         return restored
 
+    def kept_for(self, name: str) -> dict[int, str]:
+        """The versions of ``name`` that may not be deleted, and why: production, every
+        earlier production version (a rollback serves them again), and the parent of any
+        other version (its lineage: an optimised version's accuracy is against it)."""
+        return {number: why for number, (why, _hint) in self._kept(name).items()}
+
+    def delete(self, version: ModelVersion) -> int:
+        """Delete one version (its weights, record and artifacts); returns the bytes freed.
+        Its number is never given out again. Refused for the versions :meth:`kept_for`
+        names; a version a pipeline config pins by number is the config's to drop first."""
+        kept = self._kept(version.name).get(version.version)
+        if kept is not None:
+            why, hint = kept
+            raise RegistryError(f"{version.ref} is {why}", hint=hint)
+        folder = self.version_dir(version)
+        if not folder.is_dir():
+            raise RegistryError(f"{version.ref} does not exist in {self.root}", hint="see `vlm models list`")
+        freed = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        last = self._last_version(version.name)
+        _write_json(self.root / version.name / LAST_VERSION_FILE, {"version": last})
+        # Out of sight first, so that no reader ever lists half a version.
+        doomed = Path(tempfile.mkdtemp(prefix=f".deleting-v{version.version}-", dir=self.root / version.name))
+        folder.rename(doomed / folder.name)
+        shutil.rmtree(doomed)
+        return freed
+
+    def prune_plan(self, name: str, keep: int) -> list[ModelVersion]:
+        """The versions of ``name`` that :meth:`prune` deletes: all except production, the
+        earlier production versions, the newest ``keep`` of the others, and the parents
+        (and theirs) of every version that stays."""
+        if keep < 0:
+            raise ConfigError(f"keep must be at least 0, got {keep}")
+        versions = self.versions(name)
+        if not versions:
+            raise RegistryError(f"no model named {name!r} in {self.root}", hint="see `vlm models list`")
+        by_number = {v.version: v for v in versions}
+        staying = {int(number) for number in self._pointer(name).get("history", [])}
+        free = [v.version for v in versions if v.version not in staying]
+        staying.update(free[max(0, len(free) - keep) :] if keep else [])
+        pending = list(staying)
+        while pending:  # lineage: the parents of what stays stay too
+            child = by_number.get(pending.pop())
+            parent = child.parent if child is not None else None
+            if parent is not None and parent in by_number and parent not in staying:
+                staying.add(parent)
+                pending.append(parent)
+        return [v for v in versions if v.version not in staying]
+
+    def prune(self, name: str, keep: int) -> list[tuple[ModelVersion, int]]:
+        """Delete the versions :meth:`prune_plan` names, newest first (so that each one's
+        children are gone before it); returns each with the bytes freed."""
+        return [(version, self.delete(version)) for version in reversed(self.prune_plan(name, keep))]
+
     # -- helpers ------------------------------------------------------------------------
+    def _kept(self, name: str) -> dict[int, tuple[str, str]]:
+        """:meth:`kept_for`'s reasons, each with what would free the version."""
+        kept: dict[int, tuple[str, str]] = {}
+        history = [int(number) for number in self._pointer(name).get("history", [])]
+        for earlier in history[:-1]:
+            kept[earlier] = (
+                "an earlier production version (rollback)",
+                "it stays while `vlm models rollback` may serve it",
+            )
+        if history:
+            kept[history[-1]] = ("production", f"promote another version of {name} first")
+        for version in self.versions(name):
+            if version.parent is not None and version.parent not in kept:
+                kept[version.parent] = (f"the parent of v{version.version}", f"delete {version.ref} first")
+        return kept
+
+    def _last_version(self, name: str) -> int:
+        """The highest version number ``name`` ever had, deleted ones included."""
+        path = self.root / name / LAST_VERSION_FILE
+        recorded = int(json.loads(path.read_text())["version"]) if path.is_file() else 0
+        return max([recorded, *(v.version for v in self.versions(name))])
+
     def _pointer(self, name: str) -> dict[str, Any]:
         path = self.root / name / "production.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -332,6 +408,10 @@ class ModelRegistry:
         updated = replace(version, status=status, status_reason=reason)
         _write_json(self.version_dir(version) / "version.json", updated.to_json())
         return updated
+
+
+#: Beside a model's versions: the highest number it gave out, so that none is given twice.
+LAST_VERSION_FILE = "last_version.json"
 
 
 def _version_dir(root: Path, name: str, version: int) -> Path:

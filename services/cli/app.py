@@ -891,6 +891,48 @@ def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) ->
     console.print(f"{name}: production is now {restored.ref}")
 
 
+@models_app.command("rm")
+def models_rm(refs: Annotated[list[str], typer.Argument(help="NAME@VERSION of each version to delete.")]) -> None:
+    """Delete versions: weights, record and artifacts. Production, earlier production versions
+    (rollback) and the parents of other versions are refused; a number is never reused."""
+    from vlm_core.registry import parse_ref
+
+    registry = _registry()
+    targets = []
+    for ref in refs:
+        name, version = parse_ref(ref)
+        if version is None:
+            raise VlmError(f"rm needs a version: {ref!r}", hint=f"e.g. vlm models rm {name}@2")
+        targets.append(registry.get(name, version))
+    for target in targets:
+        freed = registry.delete(target)
+        console.print(f"deleted {target.ref} ({target.status.value}, {freed / 1e6:.1f} MB)")
+
+
+@models_app.command("prune")
+def models_prune(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    keep: Annotated[
+        int,
+        typer.Option(min=0, help="Versions to keep besides production, earlier production ones and their parents."),
+    ] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete all but the newest --keep versions that nothing depends on."""
+    registry = _registry()
+    doomed = registry.prune_plan(name, keep)
+    if not doomed:
+        console.print(f"{name}: nothing to delete ({len(registry.versions(name))} versions, --keep {keep})")
+    elif dry_run:
+        console.print(f"{name}: would delete {', '.join(v.ref for v in doomed)}")
+    else:
+        deleted = registry.prune(name, keep)
+        freed = sum(size for _version, size in deleted) / 1e6
+        refs = ", ".join(version.ref for version, _size in reversed(deleted))
+        plural = "s" if len(deleted) != 1 else ""
+        console.print(f"{name}: deleted {len(deleted)} version{plural} ({freed:.1f} MB): {refs}")
+
+
 @models_app.command("archs")
 def models_archs() -> None:
     """List the architectures the zoo can build."""

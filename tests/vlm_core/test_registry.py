@@ -109,6 +109,17 @@ def test_models_cli(registry: ModelRegistry) -> None:
     assert '"status": "production"' in vlm("show", "cls").stdout
     missing = vlm("promote", "cls")
     assert missing.returncode == 2 and "promote needs a version" in missing.stderr
+    kept = vlm("rm", "cls@1")
+    assert kept.returncode == 2 and "cls@1 is production" in kept.stderr and "Traceback" not in kept.stderr
+    register_classifier(registry, 0.5)
+    assert "would delete cls@2, cls@3" in vlm("prune", "cls", "--keep", "0", "--dry-run").stdout
+    assert [v.version for v in registry.versions("cls")] == [1, 2, 3]
+    removed = vlm("rm", "cls@3")
+    assert removed.returncode == 0 and "deleted cls@3 (candidate," in removed.stdout
+    pruned = vlm("prune", "cls", "--keep", "0")
+    assert pruned.returncode == 0 and "deleted 1 version (" in pruned.stdout and "cls@2" in pruned.stdout
+    assert [v.version for v in registry.versions("cls")] == [1]
+    assert "nothing to delete" in vlm("prune", "cls").stdout
 
 
 def test_gate_checks_on_several_domains_must_all_pass(registry: ModelRegistry) -> None:
@@ -126,3 +137,48 @@ def test_gate_checks_on_several_domains_must_all_pass(registry: ModelRegistry) -
     promoted = registry.promote("cls", 2, checks=holds)
     assert promoted.promoted and registry.production("cls").version == 2  # type: ignore[union-attr]
     assert registry.get("cls", 2).status_reason.startswith("new: accuracy 0.9000 >= production 0.5000")
+
+
+def test_delete_refuses_what_serving_or_lineage_needs_and_never_reuses_a_number(registry: ModelRegistry) -> None:
+    for accuracy in (0.8, 0.85):
+        register_classifier(registry, accuracy)
+    register_classifier(registry, 0.86, parent=2)  # v3: an optimised v2, say
+    register_classifier(registry, 0.5)  # v4: refused candidate
+    registry.promote("cls", 1)
+    registry.promote("cls", 2)
+    assert registry.kept_for("cls") == {1: "an earlier production version (rollback)", 2: "production"}
+    for number, why in ((1, "an earlier production version"), (2, "production")):
+        with pytest.raises(RegistryError, match=why):
+            registry.delete(registry.get("cls", number))
+    registry.promote("cls", 3, force=True)
+    with pytest.raises(RegistryError, match="an earlier production version"):
+        registry.delete(registry.get("cls", 2))
+    freed = registry.delete(registry.get("cls", 4))
+    assert freed > 1_000_000 and [v.version for v in registry.versions("cls")] == [1, 2, 3]
+    assert not [p for p in (registry.root / "cls").iterdir() if p.name.startswith(".deleting")]
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.get("cls", 4)
+    assert register_classifier(registry, 0.7).version == 5
+
+
+def test_prune_keeps_the_newest_and_everything_they_depend_on(registry: ModelRegistry) -> None:
+    register_classifier(registry, 0.8)  # v1 production
+    register_classifier(registry, 0.7)  # v2
+    register_classifier(registry, 0.7)  # v3, parent of v6
+    register_classifier(registry, 0.7)  # v4
+    register_classifier(registry, 0.7)  # v5
+    register_classifier(registry, 0.7, parent=3)  # v6
+    registry.promote("cls", 1)
+    with pytest.raises(RegistryError, match="the parent of v6"):
+        registry.delete(registry.get("cls", 3))
+    assert [v.version for v in registry.prune_plan("cls", keep=2)] == [2, 4]
+    assert [v.version for v in registry.prune_plan("cls", keep=0)] == [2, 3, 4, 5, 6]
+    assert registry.prune_plan("cls", keep=10) == []
+    with pytest.raises(ConfigError, match="at least 0"):
+        registry.prune_plan("cls", keep=-1)
+    deleted = registry.prune("cls", keep=1)
+    assert [v.version for v, _size in deleted] == [5, 4, 2]
+    assert [v.version for v in registry.versions("cls")] == [1, 3, 6]
+    assert registry.production("cls").version == 1  # type: ignore[union-attr]
+    assert [v.version for v, _size in registry.prune("cls", keep=0)] == [6, 3]
+    assert [v.version for v in registry.versions("cls")] == [1]
