@@ -45,6 +45,7 @@ from vlm_core.cpu import (
     CpuSample,
     CpuTimeline,
     Host,
+    ThreadMeter,
     cores_over,
     describe_host,
     model_process_memory,
@@ -155,6 +156,9 @@ class BenchReport:
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     #: The same while the paced stream ran (its sender is in this process's figure).
     latency_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    #: That split by thread name, the busiest 5 of each process group and the rest as
+    #: ``other threads`` (``"broker / C2 CompilerThre"``: the kernel keeps 15 characters).
+    latency_thread_cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     #: Milliseconds per frame by stage inside the processor (``processor.decode``) and the
     #: model replica (``model.infer``) while the pipeline drained the frames topic: the
     #: stage's own thread's CPU time, and its wall time (waits included).
@@ -455,6 +459,7 @@ def run_pipeline_bench(
         tail_batch_medians: dict[str, float] = {}
         paced_batches: list[dict[str, float | str]] = []
         latency_cpu_ms: dict[str, float] = {}
+        latency_thread_cpu_ms: dict[str, float] = {}
         paced_stages: dict[str, dict[str, float]] = {}
         paced_sent: dict[str, int] = {}
         if latency_seconds > 0:
@@ -462,7 +467,8 @@ def run_pipeline_bench(
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
             processes = _pipeline_processes(settings, app, task)
-            paced_cpu, timeline = CpuMeter(processes), CpuTimeline(processes)
+            paced_cpu, paced_threads, timeline = CpuMeter(processes), ThreadMeter(processes), CpuTimeline(processes)
+            paced_threads.start()
             paced_cpu.start()
             timeline.start()
             paced_produced, paced_before, paced_sent_before = _stage_snapshot(app, task)
@@ -476,6 +482,7 @@ def run_pipeline_bench(
             produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
             paced_sent = _sent_between(paced_sent_before, paced_sent_after)
             latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
+            latency_thread_cpu_ms = paced_threads.stop(max(1, produced - paced_produced))
             # Read on from the throughput stage's results, not from the topic's start.
             later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
             paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
@@ -536,6 +543,7 @@ def run_pipeline_bench(
         latency_load=round(rate / pipeline_fps, 3) if latency_fps and pipeline_fps else latency_load,
         cpu_ms_per_frame=cpu_ms,
         latency_cpu_ms_per_frame=latency_cpu_ms,
+        latency_thread_cpu_ms_per_frame=latency_thread_cpu_ms,
         stage_cpu_ms_per_frame=_column(by_stage, "cpu"),
         stage_wall_ms_per_frame=_column(by_stage, "wall"),
         stage_run_queue_ms_per_frame=_column(by_stage, "run_queue"),

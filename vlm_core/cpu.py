@@ -199,11 +199,17 @@ def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds a live process has used (``/proc/<pid>/stat``), or
     None when it is gone or unreadable."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return _name_and_seconds(Path(f"/proc/{pid}/stat").read_text())[1]
     except (OSError, IndexError, ValueError):
         return None
-    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _name_and_seconds(stat: str) -> tuple[str, float]:
+    """A process's or thread's name and user plus system CPU seconds, from its ``stat``."""
+    head, tail = stat.rsplit(")", 1)
+    fields = tail.split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return head.split("(", 1)[1], ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _process_seconds(groups: dict[str, list[int]]) -> dict[int, float]:
@@ -237,6 +243,68 @@ class CpuMeter:
             raise ValueError("frames must be positive")
         used = _seconds_used(self.groups, self._start, _process_seconds(self.groups))
         return {name: round(1000 * seconds / frames, 3) for name, seconds in used.items()}
+
+
+def thread_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of a process by id: its name (the kernel's, 15 characters at most)
+    and the user plus system CPU seconds it has used; empty when the process is gone."""
+    threads: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return threads
+    for tid in tids:
+        try:
+            threads[int(tid)] = _name_and_seconds(Path(f"/proc/{pid}/task/{tid}/stat").read_text())
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended while the task list was read
+    return threads
+
+
+class ThreadMeter:
+    """:class:`CpuMeter`'s figure split by thread name inside each group, for the
+    ``top`` busiest names of each (the rest as ``other threads``): CPU milliseconds per
+    frame between ``start`` and ``stop``, as ``"group / thread"``. Threads of one name are
+    summed (a pool's workers); a thread that started or ended in between counts for
+    nothing, so the names need not add up to the group's :class:`CpuMeter` figure."""
+
+    OTHERS = "other threads"
+
+    def __init__(self, groups: dict[str, list[int]], top: int = 5) -> None:
+        if top < 1:
+            raise ValueError(f"top must be at least 1, got {top}")
+        self.groups = {name: sorted(set(pids)) for name, pids in groups.items()}
+        self.top = top
+        self._start: dict[tuple[int, int], float] = {}
+
+    def _read(self) -> dict[tuple[int, int], tuple[str, float]]:
+        return {
+            (pid, tid): thread
+            for pids in self.groups.values()
+            for pid in pids
+            for tid, thread in thread_seconds(pid).items()
+        }
+
+    def start(self) -> None:
+        self._start = {key: seconds for key, (_name, seconds) in self._read().items()}
+
+    def stop(self, frames: int) -> dict[str, float]:
+        if frames <= 0:
+            raise ValueError("frames must be positive")
+        after = self._read()
+        figures: dict[str, float] = {}
+        for group, pids in self.groups.items():
+            by_name: dict[str, float] = {}
+            for (pid, tid), (name, seconds) in after.items():
+                if pid in pids and (pid, tid) in self._start:
+                    by_name[name] = by_name.get(name, 0.0) + seconds - self._start[(pid, tid)]
+            ranked = sorted(by_name.items(), key=lambda item: -item[1])
+            for name, seconds in ranked[: self.top]:
+                figures[f"{group} / {name}"] = round(1000 * seconds / frames, 3)
+            if len(ranked) > self.top:
+                rest = sum(seconds for _name, seconds in ranked[self.top :])
+                figures[f"{group} / {self.OTHERS}"] = round(1000 * rest / frames, 3)
+        return figures
 
 
 #: The host's own figures in a :class:`CpuTimeline`: cores the hypervisor gave to other

@@ -554,6 +554,13 @@ def bench_pipeline(
     for name in first.cpu_ms_per_frame:
         cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
     console.print(cpu)
+    if first.latency_thread_cpu_ms_per_frame:
+        threads = Table(title=f"CPU ms per paced frame by thread, the busiest of each process ({MEDIAN_SPREAD})")
+        threads.add_column("process / thread")
+        threads.add_column("CPU ms / frame", justify="right")
+        for name in first.latency_thread_cpu_ms_per_frame:
+            threads.add_row(name, cell(f"latency_thread_cpu_ms_per_frame.{name}"))
+        console.print(threads)
     # Each paced-stream figure over the whole stream and over its slowest 1 %.
     whole_and_tail = (
         ("process", first.latency_cores, "latency_cores", "latency_tail_cores", "cores by process"),

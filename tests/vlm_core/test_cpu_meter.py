@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vlm_core.cpu import CpuMeter, cpu_seconds
+from vlm_core.cpu import CpuMeter, ThreadMeter, cpu_seconds, thread_seconds
 
 
 def burn(seconds: float) -> None:
@@ -37,3 +37,37 @@ def test_meter_divides_each_groups_cpu_by_the_frames() -> None:
     assert per_frame["gone"] == 0.0
     with pytest.raises(ValueError):
         meter.stop(frames=0)
+
+
+def test_thread_meter_names_the_thread_that_worked() -> None:
+    import ctypes
+    import threading
+
+    PR_SET_NAME = 15  # linux/prctl.h
+
+    burned, read = threading.Event(), threading.Event()
+
+    def worker_burns() -> None:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, b"burner", 0, 0, 0)  # the kernel's thread name
+        burn(0.4)
+        burned.set()
+        read.wait(30)  # alive for both readings: a thread that ended counts for nothing
+
+    meter = ThreadMeter({"me": [os.getpid()], "gone": [2**22 + 12345]}, top=2)
+    worker = threading.Thread(target=worker_burns)
+    worker.start()
+    meter.start()
+    burned.wait(30)
+    per_frame = meter.stop(frames=100)
+    read.set()
+    worker.join()
+    assert 3.5 <= per_frame["me / burner"] <= 6.0, per_frame  # ~400 ms over 100 frames
+    assert max(per_frame, key=per_frame.__getitem__) == "me / burner"
+    assert all(key.startswith("me / ") for key in per_frame) and len(per_frame) <= 3
+    assert thread_seconds(2**22 + 12345) == {}
+    mine = thread_seconds(os.getpid())
+    assert threading.get_native_id() in mine and all(seconds >= 0 for _name, seconds in mine.values())
+    with pytest.raises(ValueError):
+        meter.stop(frames=0)
+    with pytest.raises(ValueError):
+        ThreadMeter({}, top=0)

@@ -141,6 +141,7 @@ def test_the_pipeline_bench_prints_the_paced_streams_figures_over_it_and_over_it
         latency_tail_cores={"processor": 1.07, "host idle": 0.21},
         latency_batch_medians={"frames": 9.0, "round_trip_ms": 42.0},
         latency_tail_batch_medians={"frames": 16.0, "round_trip_ms": 104.5},
+        latency_thread_cpu_ms_per_frame={"broker / C2 CompilerThre": 0.41, "broker / other threads": 0.2},
     )
     repeated = bench.RepeatedBench([report], bench.summarize([report]), "vlm bench pipeline")
     monkeypatch.setattr(bench, "run_repeated", lambda *_args, **_kwargs: (repeated, [10.0, 20.0]))
@@ -151,3 +152,6 @@ def test_the_pipeline_bench_prints_the_paced_streams_figures_over_it_and_over_it
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 4}
     assert "0.9 [0.9-0.9]" in rows["processor"] and "1.1 [1.1-1.1]" in rows["processor"]
     assert "42.0 [42.0-42.0]" in rows["round_trip_ms"] and "104 [104-104]" in rows["round_trip_ms"]
+    threads = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 3}
+    assert "CPU ms per paced frame by thread" in result.output
+    assert "0.4 [0.4-0.4]" in threads["broker / C2 CompilerThre"] and "0.2" in threads["broker / other threads"]
