@@ -49,6 +49,7 @@ from vlm_core.cpu import (
     cores_over,
     describe_host,
     model_process_memory,
+    name_thread,
     pin_thread,
     place_threads,
     restore_threads,
@@ -719,6 +720,7 @@ class PacedCamera:
             raise
 
         def send() -> None:
+            name_thread()
             start = time.monotonic()
             try:
                 for i, frame in enumerate(self.frames):

@@ -24,6 +24,7 @@ from vlm_core.cpu import (
     format_cpu_list,
     lower_thread_priority,
     model_cpus,
+    name_thread,
     no_huge_pages,
     pin_thread,
 )
@@ -44,10 +45,16 @@ class _Prepared:
     batch: PreparedBatch
 
 
+def _preprocessing_thread(niceness: int) -> None:
+    name_thread()
+    lower_thread_priority(niceness)
+
+
 def place_forward_thread() -> None:
-    """The calling (infer) thread onto the node's model CPUs (``VLM_MODEL_CPUS``), where it
-    reserves some: its other processes run elsewhere, so a forward pass never waits behind
-    them for a core."""
+    """The calling (infer) thread, named for the kernel, onto the node's model CPUs
+    (``VLM_MODEL_CPUS``), where it reserves some: its other processes run elsewhere, so a
+    forward pass never waits behind them for a core."""
+    name_thread()
     try:
         cpus = model_cpus()
         if cpus is not None:
@@ -97,7 +104,7 @@ class ModelServer:
         self._prep_pool = ThreadPoolExecutor(
             1,
             thread_name_prefix="preprocess",
-            initializer=lower_thread_priority,
+            initializer=_preprocessing_thread,
             initargs=(settings.preprocess_niceness,),
         )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer", initializer=place_forward_thread)
@@ -178,6 +185,7 @@ class ModelServer:
         return self.info()
 
     def _follow_registry(self) -> None:
+        name_thread()
         follow = self.follow
         assert follow is not None
         failed_version = None

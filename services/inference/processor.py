@@ -19,7 +19,7 @@ from services.kafka_io.state import KafkaTrackStateStore
 from vlm_core import metrics as m
 from vlm_core.contracts.frame import Frame
 from vlm_core.contracts.task import Task
-from vlm_core.cpu import lower_priority, no_huge_pages
+from vlm_core.cpu import lower_priority, name_thread, no_huge_pages
 from vlm_core.errors import FrameError
 from vlm_core.pipeline import Delivery, DeploymentSettings, PipelineConfig
 from vlm_core.stream import BatchTiming, ModelClient, RestartWindow, StreamProcessor, TrackingStage, kafka_sinks
@@ -183,6 +183,7 @@ class StreamProcessorReplica:
         return [*self.handles, *self.hosted]
 
     def _run(self) -> None:
+        name_thread()
         cfg = self.config
         while not self.stop_event.is_set():
             consumer = producer = None

@@ -17,6 +17,7 @@ from services.ingest import metrics
 from vlm_core.buffering import BufferPolicy, FrameBuffer
 from vlm_core.contracts.frame import Encoding, Frame, validate_camera_id
 from vlm_core.contracts.truth import FrameTruth
+from vlm_core.cpu import name_thread
 from vlm_core.errors import ConfigError, VlmError
 from vlm_core.metrics import metric_label
 from vlm_core.sources import Source, SourceFailure, SourceSpec, failure_of, open_source, probe_file
@@ -326,6 +327,7 @@ class IngestRunner:
 
     # -- buffers -> Kafka --------------------------------------------------------------------
     def _send_loop(self) -> None:
+        name_thread()
         while True:
             with self.cond:
                 item = self._take()

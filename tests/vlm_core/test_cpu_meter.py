@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
-from vlm_core.cpu import CpuMeter, ThreadMeter, cpu_seconds, thread_seconds
+from vlm_core.cpu import CpuMeter, ThreadMeter, cpu_seconds, name_thread, thread_seconds
 
 
 def burn(seconds: float) -> None:
@@ -71,3 +72,20 @@ def test_thread_meter_names_the_thread_that_worked() -> None:
         meter.stop(frames=0)
     with pytest.raises(ValueError):
         ThreadMeter({}, top=0)
+
+
+def test_a_thread_takes_its_python_name_for_the_kernel_cut_to_15_bytes() -> None:
+    import threading
+
+    names: dict[str, str] = {}
+
+    def named() -> None:
+        assert name_thread()
+        names["own"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        assert name_thread("infer")
+        names["given"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    worker = threading.Thread(target=named, name="stream-processor-of-a-long-name")
+    worker.start()
+    worker.join()
+    assert names == {"own": "stream-processor"[:15], "given": "infer"}
