@@ -911,7 +911,8 @@ def models_rm(refs: Annotated[list[str], typer.Argument(help="NAME@VERSION of ea
         if version is None:
             raise VlmError(f"rm needs a version: {ref!r}", hint=f"e.g. vlm models rm {name}@2")
         targets.append(registry.get(name, version))
-    for target in targets:
+    # Newest first: a version and its parent given together go child first.
+    for target in sorted(targets, key=lambda v: v.version, reverse=True):
         freed = registry.delete(target)
         console.print(f"deleted {target.ref} ({target.status.value}, {freed / 1e6:.1f} MB)")
 

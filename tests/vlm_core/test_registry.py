@@ -119,6 +119,11 @@ def test_models_cli(registry: ModelRegistry) -> None:
     pruned = vlm("prune", "cls", "--keep", "0")
     assert pruned.returncode == 0 and "deleted 1 version (" in pruned.stdout and "cls@2" in pruned.stdout
     assert [v.version for v in registry.versions("cls")] == [1]
+    register_classifier(registry, 0.5)  # v4
+    register_classifier(registry, 0.5, parent=4)  # v5
+    both = vlm("rm", "cls@4", "cls@5")  # the parent first on the line, deleted after its child
+    assert both.returncode == 0 and both.stdout.index("cls@5") < both.stdout.index("cls@4"), both.stdout
+    assert [v.version for v in registry.versions("cls")] == [1]
     assert "nothing to delete" in vlm("prune", "cls").stdout
 
 
