@@ -255,16 +255,22 @@ def name_thread(name: str | None = None) -> bool:
     every new thread the name of the thread that started it (in a Ray worker,
     ``ray::IDLE``), so :class:`ThreadMeter` and ``top -H`` could not tell a replica's
     forward pass from its preprocessing or its event loop."""
+    return _prctl(PR_SET_NAME, (name or threading.current_thread().name).encode()[:15])
+
+
+def _prctl(option: int, argument: int | bytes) -> bool:
+    """``prctl(option, argument, 0, 0, 0)`` for this process or thread; False where the
+    kernel or C library cannot, or refuses."""
     if platform.system() != "Linux":
         return False
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return False
-    prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    kind = ctypes.c_char_p if isinstance(argument, bytes) else ctypes.c_ulong
+    prctl.argtypes = [ctypes.c_int, kind, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
-    text = (name or threading.current_thread().name).encode()[:15]
-    return prctl(PR_SET_NAME, text, 0, 0, 0) == 0
+    return bool(prctl(option, argument, 0, 0, 0) == 0)
 
 
 def thread_seconds(pid: int) -> dict[int, tuple[str, float]]:
@@ -484,15 +490,7 @@ def no_huge_pages() -> bool:
     runs each way the pipeline's medians moved the right way with it off, within the
     runs' spread (docs/performance-notes.md, "Transparent huge pages, the garbage
     collector, and why batches are sent")."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return False
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    return _prctl(PR_SET_THP_DISABLE, 1)
 
 
 def model_process_memory() -> None:

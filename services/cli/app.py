@@ -548,19 +548,24 @@ def bench_pipeline(
     lost = sum(r.frames_lost for r in bench.runs)
     table.add_row(*(cell(k) for k in figures.values()), str(lost), str(sum(r.duplicates for r in bench.runs)))
     console.print(table)
-    cpu = Table(title=f"CPU ms per frame by process ({MEDIAN_SPREAD})")
-    cpu.add_column("process")
-    cpu.add_column("CPU ms / frame", justify="right")
-    for name in first.cpu_ms_per_frame:
-        cpu.add_row(name, cell(f"cpu_ms_per_frame.{name}"))
-    console.print(cpu)
-    if first.latency_thread_cpu_ms_per_frame:
-        threads = Table(title=f"CPU ms per paced frame by thread, the busiest of each process ({MEDIAN_SPREAD})")
-        threads.add_column("process / thread")
-        threads.add_column("CPU ms / frame", justify="right")
-        for name in first.latency_thread_cpu_ms_per_frame:
-            threads.add_row(name, cell(f"latency_thread_cpu_ms_per_frame.{name}"))
-        console.print(threads)
+    cpu_tables = (
+        ("CPU ms per frame by process", "process", "cpu_ms_per_frame"),
+        (
+            "CPU ms per paced frame by thread, the busiest of each process",
+            "process / thread",
+            "latency_thread_cpu_ms_per_frame",
+        ),
+    )
+    for title, heading, key in cpu_tables:
+        names = getattr(first, key)
+        if not names:
+            continue
+        cpu = Table(title=f"{title} ({MEDIAN_SPREAD})")
+        cpu.add_column(heading)
+        cpu.add_column("CPU ms / frame", justify="right")
+        for name in names:
+            cpu.add_row(name, cell(f"{key}.{name}"))
+        console.print(cpu)
     # Each paced-stream figure over the whole stream and over its slowest 1 %.
     whole_and_tail = (
         ("process", first.latency_cores, "latency_cores", "latency_tail_cores", "cores by process"),
