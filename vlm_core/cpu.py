@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import threading
@@ -26,9 +27,11 @@ from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 MAX_NICENESS = 19
+#: What a CPU reading is keyed by: a process id, or a (process id, thread id) pair.
+_Key = TypeVar("_Key", int, tuple[int, int])
 
 #: The variable that tells a node's processes which CPUs the model forward passes own, as a
 #: Linux CPU list ("1", "2-3,6"). ``vlm local up --model-cpus`` sets it for Ray's processes.
@@ -209,7 +212,13 @@ def _name_and_seconds(stat: str) -> tuple[str, float]:
     head, tail = stat.rsplit(")", 1)
     fields = tail.split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return head.split("(", 1)[1], ticks / os.sysconf("SC_CLK_TCK")
+    return head.split("(", 1)[1], ticks / _ticks_per_s()
+
+
+@functools.cache
+def _ticks_per_s() -> int:
+    """The kernel's clock ticks a second, the unit of ``/proc``'s CPU times."""
+    return os.sysconf("SC_CLK_TCK")
 
 
 def _process_seconds(groups: dict[str, list[int]]) -> dict[int, float]:
@@ -217,13 +226,22 @@ def _process_seconds(groups: dict[str, list[int]]) -> dict[int, float]:
     return {pid: s for pids in groups.values() for pid in pids if (s := cpu_seconds(pid)) is not None}
 
 
-def _seconds_used(groups: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
-    """CPU seconds each group used between two :func:`_process_seconds` readings: a process
+def _seconds_used(
+    groups: Mapping[str, Collection[_Key]], before: Mapping[_Key, float], after: Mapping[_Key, float]
+) -> dict[str, float]:
+    """CPU seconds each group used between two readings (by process, or by thread): one
     gone (or not yet there) at either counts for what it used while both exist."""
     return {
-        name: sum(after[pid] - before[pid] for pid in pids if pid in before and pid in after)
-        for name, pids in groups.items()
+        name: sum(after[key] - before[key] for key in keys if key in before and key in after)
+        for name, keys in groups.items()
     }
+
+
+def _ms_per_frame(used: Mapping[str, float], frames: int) -> dict[str, float]:
+    """CPU seconds as milliseconds a frame, over ``frames`` (at least 1)."""
+    if frames <= 0:
+        raise ValueError("frames must be positive")
+    return {name: round(1000 * seconds / frames, 3) for name, seconds in used.items()}
 
 
 class CpuMeter:
@@ -239,10 +257,7 @@ class CpuMeter:
         self._start = _process_seconds(self.groups)
 
     def stop(self, frames: int) -> dict[str, float]:
-        if frames <= 0:
-            raise ValueError("frames must be positive")
-        used = _seconds_used(self.groups, self._start, _process_seconds(self.groups))
-        return {name: round(1000 * seconds / frames, 3) for name, seconds in used.items()}
+        return _ms_per_frame(_seconds_used(self.groups, self._start, _process_seconds(self.groups)), frames)
 
 
 #: The ``prctl`` option (``linux/prctl.h``) that names the calling thread.
@@ -317,22 +332,19 @@ class ThreadMeter:
         self._start = {key: seconds for key, (_name, seconds) in self._read().items()}
 
     def stop(self, frames: int) -> dict[str, float]:
-        if frames <= 0:
-            raise ValueError("frames must be positive")
         after = self._read()
-        figures: dict[str, float] = {}
+        seconds_now = {key: seconds for key, (_name, seconds) in after.items()}
+        used: dict[str, float] = {}
         for group, pids in self.groups.items():
-            by_name: dict[str, float] = {}
-            for (pid, tid), (name, seconds) in after.items():
-                if pid in pids and (pid, tid) in self._start:
-                    by_name[name] = by_name.get(name, 0.0) + seconds - self._start[(pid, tid)]
-            ranked = sorted(by_name.items(), key=lambda item: -item[1])
-            for name, seconds in ranked[: self.top]:
-                figures[f"{group} / {name}"] = round(1000 * seconds / frames, 3)
+            named: dict[str, list[tuple[int, int]]] = {}
+            for (pid, tid), (name, _seconds) in after.items():
+                if pid in pids:
+                    named.setdefault(name, []).append((pid, tid))
+            ranked = sorted(_seconds_used(named, self._start, seconds_now).items(), key=lambda item: -item[1])
+            used.update((f"{group} / {name}", seconds) for name, seconds in ranked[: self.top])
             if len(ranked) > self.top:
-                rest = sum(seconds for _name, seconds in ranked[self.top :])
-                figures[f"{group} / {self.OTHERS}"] = round(1000 * rest / frames, 3)
-        return figures
+                used[f"{group} / {self.OTHERS}"] = sum(seconds for _name, seconds in ranked[self.top :])
+        return _ms_per_frame(used, frames)
 
 
 #: The host's own figures in a :class:`CpuTimeline`: cores the hypervisor gave to other
@@ -384,7 +396,6 @@ class CpuTimeline:
         self._samples: deque[CpuSample] = deque(maxlen=max_samples)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ticks_per_s = os.sysconf("SC_CLK_TCK")
 
     def _read(self) -> tuple[float, dict[int, float], tuple[int, int]]:
         """When, the CPU seconds so far by live process, and the host's idle and stolen ticks."""
@@ -397,8 +408,8 @@ class CpuTimeline:
             at, now, (idle, steal) = self._read()
             elapsed = at - before_at
             cores = {name: round(s / elapsed, 3) for name, s in _seconds_used(self.groups, before, now).items()}
-            cores[HOST_STEAL] = round((steal - steal_before) / self._ticks_per_s / elapsed, 3)
-            cores[HOST_IDLE] = round((idle - idle_before) / self._ticks_per_s / elapsed, 3)
+            cores[HOST_STEAL] = round((steal - steal_before) / _ticks_per_s() / elapsed, 3)
+            cores[HOST_IDLE] = round((idle - idle_before) / _ticks_per_s() / elapsed, 3)
             self._samples.append(CpuSample(int(time.time() * 1000), round(elapsed, 4), cores))
             before_at, before, idle_before, steal_before = at, now, idle, steal
 

@@ -342,8 +342,9 @@ class ModelRegistry:
         if not folder.is_dir():
             raise RegistryError(f"{version.ref} does not exist in {self.root}", hint="see `vlm models list`")
         freed = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-        last = self._last_version(version.name)
-        _write_json(self.root / version.name / LAST_VERSION_FILE, {"version": last})
+        recorded = self._recorded_last_version(version.name)
+        if version.version > recorded:  # the file plus the versions left cover every number given
+            _write_json(self.root / version.name / LAST_VERSION_FILE, {"version": version.version})
         # Out of sight first, so that no reader ever lists half a version.
         doomed = Path(tempfile.mkdtemp(prefix=f".deleting-v{version.version}-", dir=self.root / version.name))
         folder.rename(doomed / folder.name)
@@ -396,9 +397,12 @@ class ModelRegistry:
 
     def _last_version(self, name: str) -> int:
         """The highest version number ``name`` ever had, deleted ones included."""
+        return max([self._recorded_last_version(name), *(v.version for v in self.versions(name))])
+
+    def _recorded_last_version(self, name: str) -> int:
+        """What ``last_version.json`` holds (0 in a registry from before it existed)."""
         path = self.root / name / LAST_VERSION_FILE
-        recorded = int(json.loads(path.read_text())["version"]) if path.is_file() else 0
-        return max([recorded, *(v.version for v in self.versions(name))])
+        return int(json.loads(path.read_text())["version"]) if path.is_file() else 0
 
     def _pointer(self, name: str) -> dict[str, Any]:
         path = self.root / name / "production.json"

@@ -933,17 +933,20 @@ def models_prune(
 ) -> None:
     """Delete all but the newest --keep versions that nothing depends on."""
     registry = _registry()
-    doomed = registry.prune_plan(name, keep)
-    if not doomed:
-        console.print(f"{name}: nothing to delete ({len(registry.versions(name))} versions, --keep {keep})")
-    elif dry_run:
-        console.print(f"{name}: would delete {', '.join(v.ref for v in doomed)}")
+    if dry_run:
+        doomed = registry.prune_plan(name, keep)
+        if doomed:
+            console.print(f"{name}: would delete {', '.join(v.ref for v in doomed)}")
     else:
         deleted = registry.prune(name, keep)
-        freed = sum(size for _version, size in deleted) / 1e6
-        refs = ", ".join(version.ref for version, _size in reversed(deleted))
-        plural = "s" if len(deleted) != 1 else ""
-        console.print(f"{name}: deleted {len(deleted)} version{plural} ({freed:.1f} MB): {refs}")
+        doomed = [version for version, _size in reversed(deleted)]
+        if deleted:
+            freed = sum(size for _version, size in deleted) / 1e6
+            plural = "s" if len(deleted) != 1 else ""
+            refs = ", ".join(v.ref for v in doomed)
+            console.print(f"{name}: deleted {len(deleted)} version{plural} ({freed:.1f} MB): {refs}")
+    if not doomed:
+        console.print(f"{name}: nothing to delete ({len(registry.versions(name))} versions, --keep {keep})")
 
 
 @models_app.command("archs")
