@@ -308,8 +308,10 @@ class ThreadMeter:
     """:class:`CpuMeter`'s figure split by thread name inside each group, for the
     ``top`` busiest names of each (the rest as ``other threads``): CPU milliseconds per
     frame between ``start`` and ``stop``, as ``"group / thread"``. Threads of one name are
-    summed (a pool's workers); a thread that started or ended in between counts for
-    nothing, so the names need not add up to the group's :class:`CpuMeter` figure."""
+    summed (a pool's workers). A thread started in between counts all it used (it had used
+    nothing at ``start``: the bench's paced camera starts after); one that ended in between
+    counts for nothing, so the names need not add up to the group's :class:`CpuMeter`
+    figure."""
 
     OTHERS = "other threads"
 
@@ -319,6 +321,7 @@ class ThreadMeter:
         self.groups = {name: sorted(set(pids)) for name, pids in groups.items()}
         self.top = top
         self._start: dict[tuple[int, int], float] = {}
+        self._started_pids: set[int] = set()
 
     def _read(self) -> dict[tuple[int, int], tuple[str, float]]:
         return {
@@ -330,17 +333,20 @@ class ThreadMeter:
 
     def start(self) -> None:
         self._start = {key: seconds for key, (_name, seconds) in self._read().items()}
+        self._started_pids = {pid for pid, _tid in self._start}
 
     def stop(self, frames: int) -> dict[str, float]:
         after = self._read()
         seconds_now = {key: seconds for key, (_name, seconds) in after.items()}
+        born = {key: 0.0 for key in after if key not in self._start and key[0] in self._started_pids}
+        before = {**born, **self._start}
         used: dict[str, float] = {}
         for group, pids in self.groups.items():
             named: dict[str, list[tuple[int, int]]] = {}
             for (pid, tid), (name, _seconds) in after.items():
                 if pid in pids:
                     named.setdefault(name, []).append((pid, tid))
-            ranked = sorted(_seconds_used(named, self._start, seconds_now).items(), key=lambda item: -item[1])
+            ranked = sorted(_seconds_used(named, before, seconds_now).items(), key=lambda item: -item[1])
             used.update((f"{group} / {name}", seconds) for name, seconds in ranked[: self.top])
             if len(ranked) > self.top:
                 used[f"{group} / {self.OTHERS}"] = sum(seconds for _name, seconds in ranked[self.top :])

@@ -81,6 +81,30 @@ def test_thread_meter_names_the_thread_that_worked() -> None:
         ThreadMeter({}, top=0)
 
 
+def test_thread_meter_counts_all_of_a_thread_started_between_the_readings() -> None:
+    import threading
+
+    burned, read = threading.Event(), threading.Event()
+
+    def late_burner() -> None:
+        name_thread("late-burner")
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        burned.set()
+        read.wait(30)
+
+    meter = ThreadMeter({"me": [os.getpid()]}, top=10_000)
+    meter.start()
+    worker = threading.Thread(target=late_burner)
+    worker.start()
+    burned.wait(30)
+    per_frame = meter.stop(frames=100)
+    read.set()
+    worker.join()
+    assert 2.5 <= per_frame["me / late-burner"] <= 4.5, per_frame  # ~300 ms over 100 frames
+
+
 def test_a_thread_takes_its_python_name_for_the_kernel_cut_to_15_bytes() -> None:
     import threading
 
