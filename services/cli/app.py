@@ -550,6 +550,7 @@ def bench_pipeline(
     console.print(table)
     cpu_tables = (
         ("CPU ms per frame by process", "process", "cpu_ms_per_frame"),
+        ("CPU ms per frame by thread, the busiest of each process", "process / thread", "thread_cpu_ms_per_frame"),
         (
             "CPU ms per paced frame by thread, the busiest of each process",
             "process / thread",

@@ -142,6 +142,7 @@ def test_the_pipeline_bench_prints_the_paced_streams_figures_over_it_and_over_it
         latency_batch_medians={"frames": 9.0, "round_trip_ms": 42.0},
         latency_tail_batch_medians={"frames": 16.0, "round_trip_ms": 104.5},
         latency_thread_cpu_ms_per_frame={"broker / C2 CompilerThre": 0.41, "broker / other threads": 0.2},
+        thread_cpu_ms_per_frame={"processor and model / infer_0": 2.34},
     )
     repeated = bench.RepeatedBench([report], bench.summarize([report]), "vlm bench pipeline")
     monkeypatch.setattr(bench, "run_repeated", lambda *_args, **_kwargs: (repeated, [10.0, 20.0]))
@@ -155,3 +156,5 @@ def test_the_pipeline_bench_prints_the_paced_streams_figures_over_it_and_over_it
     threads = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 3}
     assert "CPU ms per paced frame by thread" in result.output
     assert "0.4 [0.4-0.4]" in threads["broker / C2 CompilerThre"] and "0.2" in threads["broker / other threads"]
+    assert "CPU ms per frame by thread, the busiest" in result.output
+    assert "2.3 [2.3-2.3]" in threads["processor and model / infer_0"]
