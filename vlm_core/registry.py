@@ -351,17 +351,18 @@ class ModelRegistry:
         shutil.rmtree(doomed)
         return freed
 
-    def prune_plan(self, name: str, keep: int) -> list[ModelVersion]:
+    def prune_plan(self, name: str, keep: int, rollback_depth: int | None = None) -> list[ModelVersion]:
         """The versions of ``name`` that :meth:`prune` deletes: all except production, the
-        earlier production versions, the newest ``keep`` of the others, and the parents
-        (and theirs) of every version that stays."""
+        earlier production versions (only the latest ``rollback_depth`` of them, when
+        given), the newest ``keep`` of the others, and the parents (and theirs) of every
+        version that stays."""
         if keep < 0:
             raise ConfigError(f"keep must be at least 0, got {keep}")
         versions = self.versions(name)
         if not versions:
             raise RegistryError(f"no model named {name!r} in {self.root}", hint="see `vlm models list`")
         by_number = {v.version: v for v in versions}
-        staying = {int(number) for number in self._pointer(name).get("history", [])}
+        staying = set(self.rollback_history(name, rollback_depth))
         free = [v.version for v in versions if v.version not in staying]
         staying.update(free[max(0, len(free) - keep) :] if keep else [])
         pending = list(staying)
@@ -373,20 +374,37 @@ class ModelRegistry:
                 pending.append(parent)
         return [v for v in versions if v.version not in staying]
 
-    def prune(self, name: str, keep: int) -> list[tuple[ModelVersion, int]]:
+    def prune(self, name: str, keep: int, rollback_depth: int | None = None) -> list[tuple[ModelVersion, int]]:
         """Delete the versions :meth:`prune_plan` names, newest first (so that each one's
-        children are gone before it); returns each with the bytes freed."""
-        return [(version, self.delete(version)) for version in reversed(self.prune_plan(name, keep))]
+        children are gone before it); returns each with the bytes freed. With
+        ``rollback_depth``, the rollback history first loses all but its latest
+        ``rollback_depth`` earlier production versions (``vlm models rollback`` goes back
+        that far, no further)."""
+        doomed = self.prune_plan(name, keep, rollback_depth)
+        history = self.rollback_history(name, rollback_depth)
+        pointer = self._pointer(name)
+        if pointer and len(history) < len(pointer.get("history", [])):
+            _write_json(self.root / name / "production.json", {**pointer, "history": history})
+        return [(version, self.delete(version)) for version in reversed(doomed)]
+
+    def rollback_history(self, name: str, depth: int | None = None) -> list[int]:
+        """The production versions of ``name`` in the order they were promoted, the one that
+        serves last (what ``vlm models rollback`` walks back through); with ``depth``, only
+        production and the latest ``depth`` before it."""
+        if depth is not None and depth < 0:
+            raise ConfigError(f"rollback depth must be at least 0, got {depth}")
+        history = [int(number) for number in self._pointer(name).get("history", [])]
+        return history if depth is None else history[max(0, len(history) - depth - 1) :]
 
     # -- helpers ------------------------------------------------------------------------
     def _kept(self, name: str) -> dict[int, tuple[str, str]]:
         """:meth:`kept_for`'s reasons, each with what would free the version."""
         kept: dict[int, tuple[str, str]] = {}
-        history = [int(number) for number in self._pointer(name).get("history", [])]
+        history = self.rollback_history(name)
         for earlier in history[:-1]:
             kept[earlier] = (
                 "an earlier production version (rollback)",
-                "it stays while `vlm models rollback` may serve it",
+                f"`vlm models prune {name} --rollback-depth N` keeps only the latest N for rollback",
             )
         if history:
             kept[history[-1]] = ("production", f"promote another version of {name} first")

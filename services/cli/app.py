@@ -930,22 +930,36 @@ def models_prune(
         int,
         typer.Option(min=0, help="Versions to keep besides production, earlier production ones and their parents."),
     ] = 3,
+    rollback_depth: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Keep only this many earlier production versions for `vlm models rollback` "
+            "(the rest may go; default: all stay).",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
 ) -> None:
     """Delete all but the newest --keep versions that nothing depends on."""
     registry = _registry()
+    history = registry.rollback_history(name)
+    dropped = history[: len(history) - len(registry.rollback_history(name, rollback_depth))]
     if dry_run:
-        doomed = registry.prune_plan(name, keep)
+        doomed = registry.prune_plan(name, keep, rollback_depth)
         if doomed:
             console.print(f"{name}: would delete {', '.join(v.ref for v in doomed)}")
     else:
-        deleted = registry.prune(name, keep)
+        deleted = registry.prune(name, keep, rollback_depth)
         doomed = [version for version, _size in reversed(deleted)]
         if deleted:
             freed = sum(size for _version, size in deleted) / 1e6
             plural = "s" if len(deleted) != 1 else ""
             refs = ", ".join(v.ref for v in doomed)
             console.print(f"{name}: deleted {len(deleted)} version{plural} ({freed:.1f} MB): {refs}")
+    if dropped:
+        verb = "would leave" if dry_run else "left"
+        numbers = ", ".join(f"v{n}" for n in dropped)
+        console.print(f"{name}: {numbers} {verb} the rollback history (--rollback-depth {rollback_depth})")
     if not doomed:
         console.print(f"{name}: nothing to delete ({len(registry.versions(name))} versions, --keep {keep})")
 

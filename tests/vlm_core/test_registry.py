@@ -125,6 +125,17 @@ def test_models_cli(registry: ModelRegistry) -> None:
     assert both.returncode == 0 and both.stdout.index("cls@5") < both.stdout.index("cls@4"), both.stdout
     assert [v.version for v in registry.versions("cls")] == [1]
     assert "nothing to delete" in vlm("prune", "cls").stdout
+    register_classifier(registry, 0.9)  # v6, promoted over v1
+    assert vlm("promote", "cls@6").returncode == 0
+    kept = vlm("rm", "cls@1")
+    assert kept.returncode == 2 and "--rollback-depth N" in kept.stderr, kept.stderr
+    planned = vlm("prune", "cls", "--keep", "0", "--rollback-depth", "0", "--dry-run").stdout
+    assert "would delete cls@1" in planned and "v1 would leave the rollback history" in planned, planned
+    trimmed = vlm("prune", "cls", "--keep", "0", "--rollback-depth", "0")
+    assert trimmed.returncode == 0 and "v1 left the rollback history" in trimmed.stdout, trimmed.stdout
+    assert [v.version for v in registry.versions("cls")] == [6]
+    negative = vlm("prune", "cls", "--rollback-depth", "-1")
+    assert negative.returncode == 2 and "Traceback" not in negative.stderr
 
 
 def test_gate_checks_on_several_domains_must_all_pass(registry: ModelRegistry) -> None:
@@ -187,3 +198,28 @@ def test_prune_keeps_the_newest_and_everything_they_depend_on(registry: ModelReg
     assert registry.production("cls").version == 1  # type: ignore[union-attr]
     assert [v.version for v, _size in registry.prune("cls", keep=0)] == [6, 3]
     assert [v.version for v in registry.versions("cls")] == [1]
+
+
+def test_prune_with_a_rollback_depth_lets_older_production_versions_go(registry: ModelRegistry) -> None:
+    for accuracy in (0.5, 0.6, 0.7, 0.8):  # v1-v4, each promoted in turn
+        version = register_classifier(registry, accuracy)
+        assert registry.promote("cls", version.version).promoted
+    register_classifier(registry, 0.7, parent=2)  # v5: keeps v2 as its parent
+    assert registry.rollback_history("cls") == [1, 2, 3, 4]
+    assert registry.rollback_history("cls", 1) == [3, 4]
+    with pytest.raises(RegistryError, match="earlier production version"):
+        registry.delete(registry.get("cls", 1))
+    assert registry.prune_plan("cls", keep=0) == [registry.get("cls", 5)]
+    assert [v.version for v in registry.prune_plan("cls", keep=1, rollback_depth=1)] == [1]
+    with pytest.raises(ConfigError, match="rollback depth must be at least 0"):
+        registry.prune_plan("cls", keep=1, rollback_depth=-1)
+    assert registry.rollback_history("cls") == [1, 2, 3, 4]  # a plan changes nothing
+    deleted = registry.prune("cls", keep=1, rollback_depth=1)
+    assert [v.version for v, _size in deleted] == [1]
+    assert registry.rollback_history("cls") == [3, 4]
+    assert [v.version for v in registry.versions("cls")] == [2, 3, 4, 5]
+    assert registry.rollback("cls").version == 3
+    with pytest.raises(RegistryError, match="no earlier production version"):
+        registry.rollback("cls")
+    assert [v.version for v, _size in registry.prune("cls", keep=0, rollback_depth=0)] == [5, 4, 2]
+    assert [v.version for v in registry.versions("cls")] == [3]
