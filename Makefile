@@ -15,7 +15,7 @@ bootstrap:
 	@bash deploy/local/bootstrap.sh > $(VENV_FILE)
 
 demo: bootstrap
-	@V=$$(cat $(VENV_FILE)); $$V/bin/vlm demo
+	@V=$$(cat $(VENV_FILE)); PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $$V/bin/vlm demo
 
 test: bootstrap
 	@bash deploy/local/run-tests.sh "$$(cat $(VENV_FILE))"

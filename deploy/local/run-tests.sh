@@ -6,6 +6,10 @@ venv="$1"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 export PATH="$venv/bin:$PATH"
+# The venv is shared by every clone of one dependency set, and each bootstrap points its
+# editable install at its own clone: this checkout's code comes first for the tests, the
+# stack and Ray's workers, whichever clone bootstrapped last.
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # A private stack so tests never touch a developer's running demo.
 export VLM_STATE_DIR="${VLM_TEST_STATE_DIR:-${TMPDIR:-/tmp}/vlm-stream-test-$$}"

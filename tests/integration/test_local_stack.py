@@ -1,8 +1,10 @@
-"""`vlm local up|status|down` on its own ports and state dir, as a user runs it."""
+"""`vlm local up|status|down` on its own ports and state dir, as a user runs it: the
+`vlm` of a wheel built from this checkout and installed on its own."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,67 @@ from vlm_core.cpu import MODEL_CPUS_ENV, machine_cpus
 pytestmark = pytest.mark.integration
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built from a copy of what it packs and installed into a folder
+    of its own; returns that folder (its ``bin/vlm`` is the console script)."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for package in ("services", "vlm_core"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (work / "dist").glob("vlm_stream-*.whl")
+    target = work / "site"
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return target
+
+
 def vlm(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``vlm`` as installed from the wheel, run outside the checkout (its dependencies come
+    from this interpreter's environment; its own code only from the wheel)."""
+    site = Path(env["PYTHONPATH"].split(os.pathsep)[0])
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=240
+        [str(site / "bin" / "vlm"), *args], env=env, cwd=site.parent, capture_output=True, text=True, timeout=240
     )
 
 
-def test_up_status_down(tmp_path: Path) -> None:
+def test_the_wheel_holds_the_stack_and_runs_from_its_own_files(installed: Path) -> None:
+    where = subprocess.run(
+        [sys.executable, "-c", "import services, vlm_core; print(services.__file__); print(vlm_core.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        cwd=installed.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stderr
+    assert all(Path(line).is_relative_to(installed) for line in where.stdout.split()), where.stdout
+    packed = {path.relative_to(installed).as_posix() for path in installed.rglob("*") if path.is_file()}
+    for data in ("services/resources/kafka", "services/resources/prometheus", "services/view/static"):
+        assert any(name.startswith(data + "/") for name in packed), f"{data} is not in the wheel"
+    assert any(name.startswith("vlm_core/contracts/schemas/") and name.endswith(".json") for name in packed)
+
+
+def test_up_status_down(tmp_path: Path, installed: Path) -> None:
     env = {
         **os.environ,
+        "PYTHONPATH": str(installed),
         "VLM_STATE_DIR": str(tmp_path / "state"),
         "VLM_KAFKA_PORT": "49092",
         "VLM_KAFKA_CONTROLLER_PORT": "49093",
