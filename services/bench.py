@@ -482,13 +482,15 @@ def run_pipeline_bench(
             results_due = n + paced.warmup_results
             # Read once produced, as in the throughput stage: beside the camera's sender,
             # reading as they came would load the cores the latency is measured on.
-            _await_produced(app, paced_produced + results_due, give_up=paced.failed)
-            paced.stop()
-            samples = timeline.stop()
-            produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
+            try:
+                _await_produced(app, paced_produced + results_due, give_up=paced.failed)
+                samples = timeline.stop()
+                produced, paced_after, paced_sent_after = _stage_snapshot(app, task)
+                latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
+                latency_thread_cpu_ms = paced_threads.stop(max(1, produced - paced_produced))
+            finally:
+                paced.stop()  # after the readings: its threads end with it
             paced_sent = _sent_between(paced_sent_before, paced_sent_after)
-            latency_cpu_ms = paced_cpu.stop(max(1, produced - paced_produced))
-            latency_thread_cpu_ms = paced_threads.stop(max(1, produced - paced_produced))
             # Read on from the throughput stage's results, not from the topic's start.
             later, _ = _collect(settings.bootstrap_servers, topics.results, results_due, after=read_up_to)
             paced_stages = per_frame_ms(paced_before, paced_after, max(1, produced - paced_produced))
@@ -734,6 +736,9 @@ class PacedCamera:
                         break
                     kafka_io.send_frame(producer, topic, replace(frame, capture_ts_ms=int(time.time() * 1000)))
                 producer.flush()
+                # Alive (with the producer's network thread) until stopped, so that the
+                # bench's CPU-by-thread reading after the stream still finds both.
+                self._stop.wait()
             except BaseException as exc:  # reported by stop(), on the bench's thread
                 self.error = exc
             finally:

@@ -279,3 +279,32 @@ def test_a_warm_up_pass_runs_unmeasured_before_the_repeated_runs(
     for few in (-1, 10):
         with pytest.raises(ConfigError, match=f"--warm-up-frames {few}: give 0 \\(none\\) or at least 50"):
             bench.run_repeated(1, Task.CLASSIFICATION, None, 1000, warm_up_frames=few)
+
+
+@pytest.mark.integration
+def test_the_paced_camera_sends_at_its_rate_and_its_threads_live_until_stopped(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    import os
+    import time
+
+    from services import kafka_io
+    from services.bench import PacedCamera
+    from vlm_core.contracts.frame import Frame
+    from vlm_core.cpu import ThreadMeter
+
+    kafka_io.ensure_topics(kafka_bootstrap, [kafka_io.TopicSpec(topic_name, 1)])
+    camera = PacedCamera.render("paced", "synthetic://?seed=7&width=320&height=240", 40, rate=20.0)
+    meter = ThreadMeter({"bench": [os.getpid()]}, top=10_000)
+    meter.start()
+    camera.start(kafka_bootstrap, topic_name)
+    records = kafka_io.read_records(kafka_bootstrap, topic_name, 41, timeout_s=60)
+    time.sleep(0.5)  # every frame is sent: the camera's threads wait for stop()
+    threads = meter.stop(frames=40)
+    camera.stop()
+    frames = [Frame.from_kafka(r.key, r.value, r.headers) for r in records]
+    assert [f.seq for f in frames if f.camera_id == "paced"] == list(range(40))
+    assert [f.camera_id for f in frames].count(camera.warmup_camera_id) == PacedCamera.warmup_results
+    stamps = [f.capture_ts_ms for f in frames if f.camera_id == "paced"]
+    assert 1500 <= stamps[-1] - stamps[0] <= 4000, "39 gaps of 50 ms, not all at once"
+    assert threads.get("bench / paced-camera", 0.0) > 0.0, threads  # alive at the second reading
