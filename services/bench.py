@@ -472,7 +472,6 @@ def run_pipeline_bench(
             n = max(20, int(rate * latency_seconds))
             progress(f"latency: paced stream at {rate:.0f} fps for {latency_seconds:.0f}s...")
             paced = PacedCamera.render("bench-latency", f"synthetic://?seed=7&width={width}&height={height}", n, rate)
-            processes = _pipeline_processes(settings, app, task)
             paced_cpu, paced_threads, timeline = CpuMeter(processes), ThreadMeter(processes), CpuTimeline(processes)
             paced_threads.start()
             paced_cpu.start()

@@ -305,23 +305,20 @@ class ModelRegistry:
             if production is not None:
                 self._set_status(production, ModelStatus.ARCHIVED, f"replaced by v{candidate.version}")
             candidate = self._set_status(candidate, ModelStatus.PRODUCTION, reason)
-            pointer = self._pointer(name)
-            history = [*pointer.get("history", []), candidate.version]
-            _write_json(self.root / name / "production.json", {"version": candidate.version, "history": history})
+            self._write_history(name, [*self.rollback_history(name), candidate.version])
         else:
             candidate = self._set_status(candidate, ModelStatus.CANDIDATE, f"refused: {reason}")
         return PromotionDecision(promoted, candidate, production, cand, prod, reason, tuple(checks))
 
     def rollback(self, name: str) -> ModelVersion:
         """Serve the previous production version again."""
-        pointer = self._pointer(name)
-        history = list(pointer.get("history", []))
+        history = self.rollback_history(name)
         if len(history) < 2:
             raise RegistryError(f"{name} has no earlier production version to roll back to")
         current, previous = history[-1], history[-2]
         self._set_status(self.get(name, current), ModelStatus.ARCHIVED, f"rolled back to v{previous}")
         restored = self._set_status(self.get(name, previous), ModelStatus.PRODUCTION, f"rollback from v{current}")
-        _write_json(self.root / name / "production.json", {"version": previous, "history": history[:-1]})
+        self._write_history(name, history[:-1])
         return restored
 
     def kept_for(self, name: str) -> dict[int, str]:
@@ -381,10 +378,9 @@ class ModelRegistry:
         ``rollback_depth`` earlier production versions (``vlm models rollback`` goes back
         that far, no further)."""
         doomed = self.prune_plan(name, keep, rollback_depth)
-        history = self.rollback_history(name, rollback_depth)
-        pointer = self._pointer(name)
-        if pointer and len(history) < len(pointer.get("history", [])):
-            _write_json(self.root / name / "production.json", {**pointer, "history": history})
+        kept = self.rollback_history(name, rollback_depth)
+        if len(kept) < len(self.rollback_history(name)):
+            self._write_history(name, kept)
         return [(version, self.delete(version)) for version in reversed(doomed)]
 
     def rollback_history(self, name: str, depth: int | None = None) -> list[int]:
@@ -421,6 +417,10 @@ class ModelRegistry:
         """What ``last_version.json`` holds (0 in a registry from before it existed)."""
         path = self.root / name / LAST_VERSION_FILE
         return int(json.loads(path.read_text())["version"]) if path.is_file() else 0
+
+    def _write_history(self, name: str, history: list[int]) -> None:
+        """The production pointer: the last of ``history`` serves, the rest are rollback's."""
+        _write_json(self.root / name / "production.json", {"version": history[-1], "history": history})
 
     def _pointer(self, name: str) -> dict[str, Any]:
         path = self.root / name / "production.json"
